@@ -1,0 +1,1 @@
+"""The `apsis` command-line client: talks to the server's REST API over HTTP."""

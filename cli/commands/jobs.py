@@ -1,0 +1,93 @@
+"""Jobs: `jobs` (tree), `job` (details), `reload`, and offline `check-jobs`."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from rich.text import Text
+
+from cli import render
+from cli.client import Json
+from cli.commands import Commands, resolve_job
+from cli.context import Context
+
+RECENT_RUNS = 10
+
+
+def _under(job_id: str, path: str) -> bool:
+    path = path.strip("/")
+    return not path or job_id == path or job_id.startswith(f"{path}/")
+
+
+def _jobs(ctx: Context, args: argparse.Namespace) -> int:
+    answer = ctx.client.jobs(label=args.label)
+    path = args.path or ""
+    jobs: list[Json] = [j for j in answer.get("jobs") or () if _under(str(j.get("job_id")), path)]
+    errors: list[Json] = [
+        e for e in answer.get("errors") or () if _under(str(e.get("job_id") or ""), path)
+    ]
+    if args.json:
+        ctx.print_json({**answer, "jobs": jobs, "errors": errors})
+        return 0
+    if jobs:
+        ctx.show(render.jobs_tree(jobs, title=path.strip("/") or "jobs"))
+    else:
+        ctx.warn("no jobs")
+    if errors:
+        ctx.show(Text("jobs that failed to load:", style="bold red"))
+        ctx.show(render.job_errors_table(errors))
+    return 0
+
+
+def _job(ctx: Context, args: argparse.Namespace) -> int:
+    job_id = resolve_job(ctx, args.job)
+    answer = ctx.client.job(job_id)
+    if args.json:
+        ctx.print_json(answer)
+        return 0
+    runs = ctx.client.job_runs(job_id, limit=RECENT_RUNS).get("runs") or []
+    ctx.show(render.job_detail(answer["job"], runs, ctx.now()))
+    return 0
+
+
+def _reload(ctx: Context, args: argparse.Namespace) -> int:
+    answer = ctx.client.reload()
+    if args.json:
+        ctx.print_json(answer)
+    else:
+        ctx.show(render.reload_summary(answer))
+    return 1 if answer.get("errors") else 0
+
+
+def _check_jobs(ctx: Context, args: argparse.Namespace) -> int:
+    # The checker lives in the server package; run it apart so the CLI never imports it.
+    result = subprocess.run(
+        [sys.executable, "-m", "apsis_server.checkjobs", args.dir],
+        capture_output=True,
+        check=False,
+    )
+    sys.stdout.flush()
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.buffer.flush()
+    return result.returncode
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add("jobs", _jobs, "list jobs as a tree by path", json=True)
+    parser.add_argument("path", metavar="PATH", nargs="?", help="only jobs under this path")
+    parser.add_argument("--label", metavar="L", help="only jobs with this label")
+
+    parser = commands.add(
+        "job", _job, "show a job: program, schedules, conditions, actions, recent runs", json=True
+    )
+    parser.add_argument("job", metavar="JOB", help="job id, unique prefix, or fuzzy words")
+
+    commands.add("reload", _reload, "reload job files on the server", json=True)
+
+    parser = commands.add("check-jobs", _check_jobs, "validate a jobs directory offline")
+    parser.add_argument("dir", metavar="DIR", help="jobs directory")

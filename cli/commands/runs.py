@@ -1,0 +1,132 @@
+"""Runs: `runs` (listing), `run` (one run and its log), `schedule` and `adhoc`."""
+
+from __future__ import annotations
+
+import argparse
+
+from apsis_common.errors import NotFound
+from cli import arguments, render
+from cli.client import Json
+from cli.commands import Commands, resolve_job, run_line
+from cli.commands.output import write_output
+from cli.commands.wait import finished, outcome, wait_for
+from cli.context import Context
+from cli.errors import UsageError
+
+# How long one `POST /runs?wait=` may block before the CLI polls again.
+SERVER_WAIT = 60.0
+
+
+def _list_runs(ctx: Context, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    job_id = resolve_job(ctx, args.job) if args.job else None
+    filters: dict[str, str | int | None] = {
+        "job_id": job_id,
+        "state": arguments.states(args.state) if args.state else None,
+        "label": args.label,
+        "since": arguments.when(args.since, ctx.now(), past=True) if args.since else None,
+        "until": arguments.when(args.until, ctx.now(), past=True) if args.until else None,
+        "args": ",".join(args.args) if args.args else None,
+    }
+    runs: list[Json] = []
+    cursor: str | None = None
+    while len(runs) < args.limit:
+        answer = ctx.client.runs(**filters, limit=args.limit - len(runs), before=cursor)
+        runs += answer.get("runs") or []
+        cursor = answer.get("next")
+        if not cursor or not answer.get("runs"):
+            break
+    runs = runs[: args.limit]
+    if args.json:
+        ctx.print_json({"runs": runs, "next": cursor})
+    elif runs:
+        ctx.show(render.runs_table(runs, ctx.now(), times=args.times))
+    else:
+        ctx.warn("no runs")
+    return 0
+
+
+def _show_run(ctx: Context, args: argparse.Namespace) -> int:
+    rid = arguments.run_id(args.run)
+    run = ctx.client.run(rid)["run"]
+    log = ctx.client.run_log(rid).get("log") or []
+    try:
+        meta = ctx.client.run_meta(rid).get("meta")
+    except NotFound:  # a run that never started may have no metadata
+        meta = None
+    if args.json:
+        ctx.print_json({"run": run, "log": log, "meta": meta})
+    else:
+        ctx.show(render.run_detail(run, log, meta, ctx.now()))
+    return 0
+
+
+def _create(ctx: Context, args: argparse.Namespace, body: Json) -> int:
+    """POST the run, then report it, or wait for it and exit with its outcome."""
+    body["time"] = arguments.when(args.time, ctx.now(), past=False) if args.time else None
+    waiting = args.wait or args.output
+    run: Json = ctx.client.create_run(body, wait=SERVER_WAIT if waiting else None)["run"]
+    if waiting and not finished(run):
+        run = wait_for(ctx, str(run["run_id"]))
+    if args.output:
+        write_output(ctx, str(run["run_id"]))
+    elif args.json:
+        ctx.print_json({"run": run})
+    else:
+        ctx.say(run_line(run))
+    return outcome(run) if waiting else 0
+
+
+def _schedule(ctx: Context, args: argparse.Namespace) -> int:
+    run_args = arguments.run_args(args.args)
+    job_id = resolve_job(ctx, args.job)
+    return _create(ctx, args, {"job_id": job_id, "args": run_args})
+
+
+def _adhoc(ctx: Context, args: argparse.Namespace) -> int:
+    program: Json = {"type": "shell", "command": args.command}
+    if args.host:
+        program["host"] = args.host
+    return _create(ctx, args, {"program": program})
+
+
+def _creation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--time", metavar="T", help="when to run: ISO time, local '2026-11-26 21:00', or '+10m'"
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for the run; exit with its outcome like `wait`"
+    )
+    parser.add_argument(
+        "--output", action="store_true", help="wait for the run, then print its output"
+    )
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add("runs", _list_runs, "list runs, newest first", json=True)
+    parser.add_argument("job", metavar="JOB", nargs="?", help="only this job's runs")
+    parser.add_argument("--state", metavar="S", help="only runs in these states (a,b)")
+    parser.add_argument("--since", metavar="T", help="only runs since T (ISO time or '1h')")
+    parser.add_argument("--until", metavar="T", help="only runs until T")
+    parser.add_argument("--label", metavar="L", help="only runs with this label")
+    parser.add_argument(
+        "--args", metavar="ARG=VALUE", action="append", help="only runs with this arg (repeatable)"
+    )
+    parser.add_argument("--times", action="store_true", help="show the time of every state")
+    parser.add_argument("--limit", metavar="N", type=int, default=50, help="at most N runs")
+
+    parser = commands.add("run", _show_run, "show a run, its metadata and its run log", json=True)
+    parser.add_argument("run", metavar="RUN", help="run id (r42 or 42)")
+
+    parser = commands.add(
+        "schedule", _schedule, "create a run of a job (now by default)", json=True
+    )
+    parser.add_argument("job", metavar="JOB", help="job id, unique prefix, or fuzzy words")
+    parser.add_argument("args", metavar="ARG=VALUE", nargs="*", help="the run's arguments")
+    _creation_options(parser)
+
+    parser = commands.add("adhoc", _adhoc, "run an ad-hoc shell command", json=True)
+    parser.add_argument("command", metavar="COMMAND", help="shell command line")
+    parser.add_argument("--host", metavar="H", help="the host to run it on")
+    _creation_options(parser)

@@ -1,0 +1,308 @@
+"""How things look on a terminal: rich tables and trees, coloured states, times.
+
+Every function takes the server's JSON values (and `now`, where times are shown
+relative to it) and returns a renderable; nothing here prints or talks HTTP.
+Server text is always wrapped in `Text`, never parsed as rich markup.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from apsis_common.errors import BadInput
+from apsis_common.times import parse_time
+
+Json = Mapping[str, Any]
+
+STATE_STYLES: Mapping[str, str] = {
+    "new": "dim",
+    "scheduled": "blue",
+    "waiting": "yellow",
+    "starting": "cyan",
+    "running": "bold cyan",
+    "stopping": "magenta",
+    "success": "green",
+    "failure": "red",
+    "error": "bold red",
+    "skipped": "dim",
+}
+
+# The order of a run's times, for the --times columns.
+TIME_COLUMNS = ("scheduled", "waiting", "starting", "running", "stopping")
+FINISHED = ("success", "failure", "error", "skipped")
+
+
+def state_text(state: object) -> Text:
+    name = str(state) if state is not None else "-"
+    return Text(name, style=STATE_STYLES.get(name, ""))
+
+
+def epoch(value: object) -> float | None:
+    """Seconds since the epoch from the API's time text, None if absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except BadInput:
+        return None
+
+
+def duration(seconds: float | None) -> str:
+    """`0.012s`, `4.2s`, `1m 03s`, `2h 05m`, `3d 04h`."""
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.3f}s" if seconds < 1 else f"{seconds:.1f}s"
+    whole = round(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if whole >= size:
+            return f"{whole // size}{unit} {(whole % size) // subsize:02d}{sub}"
+    if whole >= 60:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole}s"
+
+
+def relative(t: float | None, now: float) -> str:
+    """`3m 10s ago`, `in 10s`, `now`."""
+    if t is None:
+        return "-"
+    delta = t - now
+    if abs(delta) < 1:
+        return "now"
+    text = duration(abs(delta)) if abs(delta) >= 10 else f"{abs(delta):.0f}s"
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def absolute(t: float | None) -> str:
+    """Local time `2026-11-26 21:00:00`."""
+    if t is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def moment(value: object, now: float) -> Text:
+    """Absolute and relative: `2026-11-26 21:00:00 (3m ago)`."""
+    t = epoch(value)
+    if t is None:
+        return Text("-", style="dim")
+    return Text.assemble(absolute(t), (f" ({relative(t, now)})", "dim"))
+
+
+def args_text(args: object) -> Text:
+    if not isinstance(args, Mapping) or not args:
+        return Text("")
+    return Text(" ".join(f"{k}={v}" for k, v in args.items()))
+
+
+def _run_row(run: Json, now: float, times: bool) -> list[RenderableType]:
+    run_times = run.get("times") or {}
+    row: list[RenderableType] = [
+        Text(str(run.get("run_id", "?")), style="bold"),
+        Text(str(run.get("job_id") or "(ad hoc)")),
+        args_text(run.get("args")),
+        state_text(run.get("state")),
+    ]
+    if times:
+        row += [Text(absolute(epoch(run_times.get(name)))) for name in TIME_COLUMNS]
+        end = next((run_times[s] for s in FINISHED if run_times.get(s)), None)
+        row.append(Text(absolute(epoch(end))))
+    else:
+        schedule = epoch(run.get("schedule_time"))
+        row.append(Text(f"{absolute(schedule)}  {relative(schedule, now)}"))
+    elapsed = run.get("elapsed")
+    row.append(Text(duration(float(elapsed)) if isinstance(elapsed, int | float) else "-"))
+    row.append(Text(str(run.get("message") or ""), style="dim"))
+    return row
+
+
+def runs_table(runs: Sequence[Json], now: float, times: bool = False) -> Table:
+    """Runs one per row: id, job, args, state, schedule time (or every time), elapsed."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("run", "job", "args", "state"):
+        table.add_column(name, no_wrap=name != "args")
+    if times:
+        for name in (*TIME_COLUMNS, "finished"):
+            table.add_column(name, no_wrap=True)
+    else:
+        table.add_column("schedule time", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("message")
+    for run in runs:
+        table.add_row(*_run_row(run, now, times))
+    return table
+
+
+def _schedules(job: Json) -> str:
+    texts = []
+    for schedule in job.get("schedules") or ():
+        text = str(schedule.get("text") or schedule.get("type") or "?")
+        texts.append(text if schedule.get("enabled", True) else f"{text} (disabled)")
+    return "; ".join(texts)
+
+
+def jobs_tree(jobs: Iterable[Json], title: str = "jobs") -> Tree:
+    """Jobs as a tree by the path in their ids, each leaf with schedules and labels."""
+    root = Tree(Text(title, style="bold"))
+    branches: dict[str, Tree] = {}
+    for job in sorted(jobs, key=lambda j: str(j.get("job_id", ""))):
+        *dirs, name = str(job.get("job_id", "?")).split("/")
+        parent, path = root, ""
+        for part in dirs:
+            path = f"{path}/{part}"
+            if path not in branches:
+                branches[path] = parent.add(Text(f"{part}/", style="bold blue"))
+            parent = branches[path]
+        leaf = Text.assemble((name, "bold"), "  ", (_schedules(job), "cyan"))
+        labels = job.get("labels") or ()
+        if labels:
+            leaf.append("  " + " ".join(f"#{label}" for label in labels), style="magenta")
+        parent.add(leaf)
+    return root
+
+
+def job_errors_table(errors: Sequence[Json]) -> Table:
+    """Jobs that failed to load: job, file, key path, message."""
+    table = Table(box=None, header_style="bold red", pad_edge=False, title_justify="left")
+    for name in ("job", "file", "key", "error"):
+        table.add_column(name)
+    for err in errors:
+        table.add_row(
+            *(Text(str(err.get(k) or "")) for k in ("job_id", "path", "key_path")),
+            Text(str(err.get("message") or ""), style="red"),
+        )
+    return table
+
+
+def _section(title: str, body: RenderableType) -> Group:
+    return Group(Text(title, style="bold underline"), body, Text(""))
+
+
+def _fields(pairs: Iterable[tuple[str, object]]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in pairs:
+        table.add_row(name, value if isinstance(value, Text) else Text(_plain(value)))
+    return table
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _listing(items: Sequence[object]) -> RenderableType:
+    if not items:
+        return Text("none", style="dim")
+    return Group(*(Text(f"- {_plain(item)}") for item in items))
+
+
+def job_detail(job: Json, runs: Sequence[Json], now: float) -> Group:
+    """One job: description, program, params, schedules with next times, and so on."""
+    metadata = job.get("metadata") or {}
+    head = _fields(
+        [
+            ("job", Text(str(job.get("job_id")), style="bold")),
+            ("description", metadata.get("description", "")),
+            ("labels", job.get("labels") or []),
+            ("params", job.get("params") or []),
+            ("program", job.get("program") or {}),
+        ]
+    )
+    schedules = [
+        f"{s.get('text') or s.get('type')}" + ("" if s.get("enabled", True) else " (disabled)")
+        for s in job.get("schedules") or ()
+    ]
+    times = job.get("next_times") or ()
+    next_times = Group(*(moment(t, now) for t in times)) if times else Text("none", style="dim")
+    return Group(
+        head,
+        Text(""),
+        _section("schedules", _listing(schedules)),
+        _section("next times", next_times),
+        _section("conditions", _listing(job.get("conditions") or [])),
+        _section("actions", _listing(job.get("actions") or [])),
+        _section("recent runs", runs_table(runs, now) if runs else Text("none", style="dim")),
+    )
+
+
+def log_table(entries: Sequence[Json], now: float) -> Table:
+    """The run log: time, state (if a transition), message."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column()
+    for entry in entries:
+        table.add_row(
+            moment(entry.get("time"), now),
+            state_text(entry.get("state")) if entry.get("state") else Text(""),
+            Text(str(entry.get("message") or "")),
+        )
+    return table
+
+
+def run_detail(run: Json, log: Sequence[Json], meta: Json | None, now: float) -> Group:
+    """One run: summary, times, metadata and its log."""
+    elapsed = run.get("elapsed")
+    fields: list[tuple[str, object]] = [
+        ("run", Text(str(run.get("run_id")), style="bold")),
+        ("job", run.get("job_id") or "(ad hoc)"),
+        ("args", run.get("args") or {}),
+        ("state", state_text(run.get("state"))),
+        ("message", run.get("message") or ""),
+        ("schedule time", moment(run.get("schedule_time"), now)),
+        ("elapsed", duration(float(elapsed)) if isinstance(elapsed, int | float) else "-"),
+    ]
+    if run.get("rerun_of"):
+        fields.append(("rerun of", run["rerun_of"]))
+    if run.get("labels"):
+        fields.append(("labels", run["labels"]))
+    times = run.get("times") or {}
+    parts: list[RenderableType] = [_fields(fields), Text("")]
+    parts.append(_section("times", _fields((k, moment(v, now)) for k, v in times.items())))
+    if meta:
+        parts.append(_section("metadata", _fields(meta.items())))
+    parts.append(_section("log", log_table(log, now) if log else Text("none", style="dim")))
+    return Group(*parts)
+
+
+def agents_table(agents: Sequence[Json], now: float) -> Table:
+    """Agents: host, user, state, version, running count, last heartbeat."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("host", "user", "state", "version", "running", "last heartbeat"):
+        table.add_column(name, no_wrap=True)
+    styles = {"connected": "green", "disconnected": "red", "stopped": "dim"}
+    for agent in agents:
+        state = str(agent.get("state") or "-")
+        heartbeat = agent.get("last_heartbeat") or agent.get("heartbeat")
+        table.add_row(
+            Text(str(agent.get("host") or agent.get("hostname") or "-"), style="bold"),
+            Text(str(agent.get("user") or "-")),
+            Text(state, style=styles.get(state, "")),
+            Text(str(agent.get("version") or "-")),
+            Text(str(agent.get("running", "-"))),
+            Text(relative(epoch(heartbeat), now)),
+        )
+    return table
+
+
+def reload_summary(answer: Json) -> Group:
+    """What a reload changed, and the jobs that failed to load."""
+    parts: list[RenderableType] = []
+    for key, style in (("added", "green"), ("changed", "yellow"), ("removed", "red")):
+        ids = [str(i.get("job_id") if isinstance(i, Mapping) else i) for i in answer.get(key) or ()]
+        parts.append(Text.assemble((f"{key}: ", "bold"), (", ".join(ids) or "none", style)))
+    errors = answer.get("errors") or []
+    if errors:
+        parts += [Text("jobs that failed to load:", style="bold red"), job_errors_table(errors)]
+    return Group(*parts)
