@@ -15,6 +15,8 @@ from cli.errors import UsageError
 
 # How long one `POST /runs?wait=` may block before the CLI polls again.
 SERVER_WAIT = 60.0
+# The most runs the server gives in one page.
+PAGE_LIMIT = 1000
 
 
 def _list_runs(ctx: Context, args: argparse.Namespace) -> int:
@@ -32,7 +34,8 @@ def _list_runs(ctx: Context, args: argparse.Namespace) -> int:
     runs: list[Json] = []
     cursor: str | None = None
     while len(runs) < args.limit:
-        answer = ctx.client.runs(**filters, limit=args.limit - len(runs), before=cursor)
+        limit = min(PAGE_LIMIT, args.limit - len(runs))
+        answer = ctx.client.runs(**filters, limit=limit, before=cursor)
         runs += answer.get("runs") or []
         cursor = answer.get("next")
         if not cursor or not answer.get("runs"):
