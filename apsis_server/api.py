@@ -1,0 +1,322 @@
+"""The REST API under /api/v1 (docs/api.md); errors map to statuses in one table."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from apsis_common import __version__
+from apsis_common.errors import (
+    ApsisError,
+    AuthError,
+    BadInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unavailable,
+)
+from apsis_common.states import State
+from apsis_common.times import parse_time
+from apsis_server.core.fields import Invalid
+from apsis_server.core.jobs import Job
+from apsis_server.core.programs import parse_program, signal_number
+from apsis_server.engine import Engine
+from apsis_server.jsonview import job_json, log_json, run_json
+from apsis_server.store.base import RunFilter
+
+# The one table from error to status.
+STATUS: list[tuple[type[Exception], int]] = [
+    (Forbidden, 403),
+    (AuthError, 401),
+    (NotFound, 404),
+    (Conflict, 409),
+    (BadInput, 400),
+    (Unavailable, 503),
+]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return JSONResponse({"error": str(exc)}, status_code=status)
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+def _handled(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (ApsisError, LookupError, ValueError) as exc:
+            return error_response(exc)
+
+    return wrapped
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadInput("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadInput("body must be a JSON object")
+    return body
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadInput(f"{name} must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise BadInput(f"{name} must be between {low} and {high}")
+    return number
+
+
+def _float(request: Request, name: str) -> float | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadInput(f"{name} must be a number, got {value!r}") from None
+
+
+def _runs_page(engine: Engine, run_filter: RunFilter) -> JSONResponse:
+    now = engine.clock()
+    runs = engine.store.query(run_filter)
+    # Unfinished runs live in memory and are newer in state than the store's copy.
+    runs = [engine.runs.get(r.run_id, r) for r in runs]
+    more = len(runs) == run_filter.limit
+    return JSONResponse(
+        {"runs": [run_json(r, now) for r in runs], "next": runs[-1].run_id if more else None}
+    )
+
+
+def _filter(request: Request, job_id: str | None) -> RunFilter:
+    q = request.query_params
+    states = []
+    for name in q.getlist("state"):
+        for part in name.split(","):
+            try:
+                states.append(State(part.strip()))
+            except ValueError:
+                raise BadInput(f"unknown state {part!r}") from None
+    args: dict[str, str] = {}
+    for pair in filter(None, (q.get("args") or "").split(",")):
+        name, eq, value = pair.partition("=")
+        if not eq:
+            raise BadInput(f"args must be name=value pairs, got {pair!r}")
+        args[name.strip()] = value
+    before = q.get("before")
+    if before is not None and not (before.startswith("r") and before[1:].isdigit()):
+        raise BadInput(f"before must be a run id, got {before!r}")
+    return RunFilter(
+        job_id=job_id if job_id is not None else q.get("job_id"),
+        states=tuple(states),
+        label=q.get("label"),
+        args=args,
+        since=parse_time(q["since"]) if "since" in q else None,
+        until=parse_time(q["until"]) if "until" in q else None,
+        before=before,
+        limit=_int(request, "limit", 100, 1, 1000),
+    )
+
+
+def _run_id(request: Request) -> str:
+    run_id = str(request.path_params["run_id"])
+    if run_id.isdigit():
+        run_id = "r" + run_id
+    return run_id
+
+
+# -- handlers ---------------------------------------------------------------------
+
+
+async def alive(request: Request) -> Response:
+    return JSONResponse({"alive": True})
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": __version__})
+
+
+def _next_times(engine: Engine, job: Job, count: int = 5) -> list[float]:
+    now = engine.clock()
+    times: list[float] = []
+    for schedule in job.schedules:
+        if schedule.enabled:
+            times.extend(d.time for d in itertools.islice(schedule.due(now, job.params), count))
+    return sorted(times)[:count]
+
+
+async def jobs(request: Request) -> Response:
+    engine = _engine(request)
+    label = request.query_params.get("label")
+    text = (request.query_params.get("q") or "").lower()
+    out = []
+    for job in sorted(engine.jobs.values(), key=lambda j: j.job_id):
+        if label and label not in job.labels:
+            continue
+        if text and text not in f"{job.job_id} {job.description}".lower():
+            continue
+        out.append(job_json(job, _next_times(engine, job)))
+    errors = [e.__dict__ for e in request.app.state.job_errors]
+    return JSONResponse({"jobs": out, "errors": errors})
+
+
+async def job(request: Request) -> Response:
+    engine = _engine(request)
+    job_id = str(request.path_params["job_id"])
+    found = engine.jobs.get(job_id)
+    if found is None:
+        errors = [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
+        if errors:
+            return JSONResponse({"error": f"job {job_id} is invalid", "errors": errors}, 422)
+        raise NotFound(f"no job {job_id!r}")
+    return JSONResponse({"job": job_json(found, _next_times(engine, found, 10))})
+
+
+async def job_runs(request: Request) -> Response:
+    return _runs_page(_engine(request), _filter(request, str(request.path_params["job_id"])))
+
+
+async def runs(request: Request) -> Response:
+    return _runs_page(_engine(request), _filter(request, None))
+
+
+async def schedule(request: Request) -> Response:
+    engine = _engine(request)
+    body = await _body(request)
+    when = parse_time(body["time"]) if body.get("time") is not None else None
+    args = body.get("args") or {}
+    if not isinstance(args, dict):
+        raise BadInput("args must be an object of name: value")
+    if "program" in body:
+        try:
+            program = parse_program(body["program"])
+        except Invalid as exc:
+            raise BadInput(str(exc)) from None
+        run = engine.schedule_program(Job(job_id="adhoc", params=(), program=program), when)
+    elif isinstance(body.get("job_id"), str):
+        run = engine.schedule(body["job_id"], {str(k): str(v) for k, v in args.items()}, when)
+    else:
+        raise BadInput("give job_id (and args) or program")
+    wait = _float(request, "wait")
+    if wait is not None:
+        run = await engine.wait(run.run_id, min(wait, 3600.0))
+    return JSONResponse({"run": run_json(run, engine.clock())}, status_code=201)
+
+
+async def run(request: Request) -> Response:
+    engine = _engine(request)
+    return JSONResponse({"run": run_json(engine.get(_run_id(request)), engine.clock())})
+
+
+async def run_log(request: Request) -> Response:
+    engine = _engine(request)
+    run_id = engine.get(_run_id(request)).run_id
+    return JSONResponse({"log": [log_json(e) for e in engine.store.log(run_id)]})
+
+
+async def run_meta(request: Request) -> Response:
+    engine = _engine(request)
+    run_id = engine.get(_run_id(request)).run_id
+    return JSONResponse({"meta": engine.store.meta(run_id)})
+
+
+async def run_output(request: Request) -> Response:
+    engine = _engine(request)
+    run_id = engine.get(_run_id(request)).run_id
+    length = engine.store.output_length(run_id)
+    start = _int(request, "start", 0, 0, 2**62)
+    stop = _int(request, "stop", length, 0, 2**62)
+    data = engine.store.output(run_id, start, max(start, min(stop, length)))
+    headers = {"x-apsis-output-length": str(length)}
+    if request.query_params.get("format", "raw") == "text":
+        return Response(data.decode("utf-8", "replace"), media_type="text/plain", headers=headers)
+    return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+def _operation(name: str) -> Handler:
+    async def handler(request: Request) -> Response:
+        engine = _engine(request)
+        run_id = _run_id(request)
+        operation: Callable[[str], Any] = getattr(engine, name)
+        return JSONResponse({"run": run_json(operation(run_id), engine.clock())})
+
+    return handler
+
+
+async def signal(request: Request) -> Response:
+    engine = _engine(request)
+    try:
+        number = signal_number(str(request.path_params["signal"]), "signal")
+    except Invalid as exc:
+        raise BadInput(str(exc)) from None
+    return JSONResponse({"run": run_json(engine.signal(_run_id(request), number), engine.clock())})
+
+
+async def mark(request: Request) -> Response:
+    engine = _engine(request)
+    try:
+        state = State(str(request.path_params["state"]))
+    except ValueError:
+        raise BadInput(f"unknown state {request.path_params['state']!r}") from None
+    body = await _body(request)
+    message = body.get("message")
+    new = engine.mark(_run_id(request), state, str(message) if message else None)
+    return JSONResponse({"run": run_json(new, engine.clock())})
+
+
+async def force_error(request: Request) -> Response:
+    engine = _engine(request)
+    body = await _body(request)
+    message = str(body.get("message") or "set to error by hand")
+    return JSONResponse(
+        {"run": run_json(engine.force_error(_run_id(request), message), engine.clock())}
+    )
+
+
+def routes() -> list[Route]:
+    r = "/api/v1"
+    table: list[tuple[str, Handler, list[str]]] = [
+        ("/alive", alive, ["GET"]),
+        ("/version", version, ["GET"]),
+        ("/jobs", jobs, ["GET"]),
+        ("/jobs/{job_id:path}/runs", job_runs, ["GET"]),
+        ("/jobs/{job_id:path}", job, ["GET"]),
+        ("/runs", runs, ["GET"]),
+        ("/runs", schedule, ["POST"]),
+        ("/runs/{run_id}", run, ["GET"]),
+        ("/runs/{run_id}/log", run_log, ["GET"]),
+        ("/runs/{run_id}/meta", run_meta, ["GET"]),
+        ("/runs/{run_id}/output", run_output, ["GET"]),
+        ("/runs/{run_id}/signal/{signal}", signal, ["POST"]),
+        ("/runs/{run_id}/mark/{state}", mark, ["POST"]),
+        ("/runs/{run_id}/error", force_error, ["POST"]),
+    ]
+    table += [
+        (f"/runs/{{run_id}}/{op}", _operation(op), ["POST"])
+        for op in ("start", "skip", "stop", "kill", "rerun")
+    ]
+    return [Route(r + path, _handled(h), methods=m) for path, h, m in table]

@@ -1,0 +1,191 @@
+"""Building and running the server: `build_app(config)` and the `apsis-server` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from apsis_common import __version__
+from apsis_common.auth import Verifier
+from apsis_common.tls import ensure_ca, server_context
+from apsis_server import api
+from apsis_server.agents.registry import Registry
+from apsis_server.config import Config, load_config
+from apsis_server.core.planner import Horizon
+from apsis_server.core.templates import Templates
+from apsis_server.engine import Engine
+from apsis_server.facts import Facts
+from apsis_server.jobsdir import load_jobs_dir
+from apsis_server.reconcile import reconcile
+from apsis_server.store.sqlite import SqliteStore
+from apsis_server.webhooks import PATH, webhook_route
+
+log = logging.getLogger("apsis_server")
+
+
+def webhook_url(config: Config) -> str:
+    if config.public_url:
+        return config.public_url.rstrip("/") + PATH
+    scheme = "https" if config.tls_cert else "http"
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "") else config.host
+    return f"{scheme}://{host}:{config.port}{PATH}"
+
+
+def build_app(config: Config) -> Starlette:
+    """The whole server as an ASGI app; its lifespan runs the engine and agents."""
+    config.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = ensure_ca(config.state / "ca")
+    store = SqliteStore(config.state / "apsis.db")
+    templates = Templates()
+    engine_box: list[Engine] = []
+
+    def refused(proc_id: str, error: str) -> None:
+        engine = engine_box[0]
+        run_id = engine._by_proc.get(proc_id)
+        if run_id is not None:
+            engine.error_run(run_id, error)
+            engine.commit()
+
+    registry = Registry(config.state, ca, lambda: webhook_url(config), refused, config.local_agent)
+    engine = Engine(
+        store,
+        registry,
+        templates,
+        Horizon(config.horizon, config.max_scheduled_per_schedule),
+    )
+    engine_box.append(engine)
+    facts = Facts(engine, registry.agent_started)
+
+    async def reconcile_agent(agent_id: str, client: object) -> None:
+        from apsis_server.dispatch import AgentClient
+
+        assert isinstance(client, AgentClient)
+        await reconcile(engine, agent_id, client)
+
+    registry.reconcile = reconcile_agent
+    verifier = Verifier(registry.keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loaded = load_jobs_dir(config.jobs, templates)
+        for error in loaded.errors:
+            log.error("job %s: %s: %s", error.path, error.key_path, error.message)
+        app.state.job_errors = loaded.errors
+        engine.set_jobs(loaded.jobs)
+        engine.restore()
+        log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
+        task = asyncio.create_task(_background(engine, registry))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            store.close()
+
+    app = Starlette(
+        routes=[*api.routes(), webhook_route(registry, facts, verifier)],
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.registry = registry
+    app.state.config = config
+    app.state.job_errors = []
+    return app
+
+
+async def _background(engine: Engine, registry: Registry) -> None:
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(engine.run())
+        tasks.create_task(engine.plan_loop())
+        tasks.create_task(registry.run())
+
+
+def _setup_logging(config: Config) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config.log_file is not None:
+        handlers.append(logging.FileHandler(config.log_file))
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="apsis-server", description="Run the Apsis server.")
+    parser.add_argument("--config", type=Path, help="config.yaml")
+    parser.add_argument("--jobs", type=Path, help="jobs directory")
+    parser.add_argument("--state", type=Path, help="state directory")
+    parser.add_argument("--bind", help="HOST:PORT (port 0: any free port)")
+    parser.add_argument("--log-file", type=Path)
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.bind:
+            config = config.with_bind(args.bind)
+    except (OSError, ValueError) as exc:
+        print(f"apsis-server: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    config = replace(
+        config,
+        jobs=args.jobs or config.jobs,
+        state=args.state or config.state,
+        log_file=args.log_file or config.log_file,
+    )
+    _setup_logging(config)
+    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as exc:
+        print(
+            f"apsis-server: cannot bind {config.host}:{config.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    sock.listen(1024)
+    config = replace(config, port=sock.getsockname()[1])
+    log.info(
+        "apsis-server %s on %s:%d, jobs %s, state %s",
+        __version__,
+        config.host,
+        config.port,
+        config.jobs,
+        config.state,
+    )
+    app = build_app(config)
+    certfile = keyfile = None
+    if config.tls_cert and config.tls_key:
+        server_context(config.tls_cert, config.tls_key)  # fail early on a bad pair
+        certfile, keyfile = str(config.tls_cert), str(config.tls_key)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+        )
+    )
+    if args.port_file:
+        args.port_file.write_text(str(config.port))
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Server configuration: `config.yaml` plus command-line overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from apsis_server.core.fields import Fields, Invalid, boolean, duration, string
+from apsis_server.core.jobs import load_yaml
+
+
+@dataclass(frozen=True)
+class Config:
+    jobs: Path = Path("jobs")
+    state: Path = Path("apsis-state")
+    host: str = "127.0.0.1"
+    port: int = 5005
+    public_url: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    horizon: float = 86400.0
+    max_scheduled_per_schedule: int = 16
+    local_agent: bool = True
+    lost_timeout: float = 600.0
+    log_level: str = "INFO"
+    log_file: Path | None = None
+    host_groups: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def with_bind(self, bind: str) -> Config:
+        host, _, port = bind.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"bind must be HOST:PORT, got {bind!r}")
+        return replace(self, host=host, port=int(port))
+
+
+def _bind(value: Any, path: str) -> tuple[str, int]:
+    text = string(value, path)
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise Invalid([])
+    return host, int(port)
+
+
+def _section(f: Fields, key: str) -> Fields:
+    return Fields(f.raw(key) or {}, f.at(key))
+
+
+def parse_config(data: Any, base: Path) -> Config:
+    """A Config from parsed YAML; relative paths are relative to `base`."""
+    f = Fields(data or {}, "", "a mapping of config keys")
+    cfg = Config()
+
+    def path(value: Any, where: str) -> Path:
+        return base / string(value, where)
+
+    jobs = f.take("jobs", path, base / "jobs")
+    state = f.take("state", path, base / "apsis-state")
+    host, port = f.take("bind", _bind, (cfg.host, cfg.port))
+    public_url = f.take("public_url", string, None)
+    tls = _section(f, "tls")
+    tls_cert, tls_key = tls.take("cert", path, None), tls.take("key", path, None)
+    tls.done()
+    f.raw("api")
+    schedule = _section(f, "schedule")
+    horizon = schedule.take("horizon", duration, cfg.horizon)
+    per_schedule = schedule.take("max_scheduled_per_schedule", lambda v, p: int(v), 16)
+    schedule.raw("catch_up")
+    schedule.done()
+    f.raw("waiting")
+    f.raw("calendars")
+    agents = _section(f, "agents")
+    local = Fields(agents.raw("local") or {}, agents.at("local"))
+    local_enabled = local.take("enabled", boolean, True)
+    local.done()
+    lost_timeout = agents.take("lost_timeout", duration, cfg.lost_timeout)
+    for key in ("ssh", "remote_command", "idle_stop"):
+        agents.raw(key)
+    agents.done()
+    host_groups = f.raw("host_groups") or {}
+    f.raw("output")
+    f.raw("retention")
+    logs = _section(f, "log")
+    log_level = logs.take("level", string, "INFO").upper()
+    log_file = logs.take("file", lambda v, p: None if v is None else path(v, p), None)
+    logs.done()
+    f.done()
+    return Config(
+        jobs=jobs,
+        state=state,
+        host=host,
+        port=port,
+        public_url=public_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        horizon=horizon,
+        max_scheduled_per_schedule=per_schedule,
+        local_agent=local_enabled,
+        lost_timeout=lost_timeout,
+        log_level=log_level,
+        log_file=log_file,
+        host_groups=dict(host_groups),
+        raw=dict(data or {}),
+    )
+
+
+def load_config(path: Path | None) -> Config:
+    """The config in `path`, or the defaults (relative to the working directory)."""
+    if path is None:
+        return parse_config({}, Path.cwd())
+    return parse_config(load_yaml(path.read_text()), path.parent.resolve())

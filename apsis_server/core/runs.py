@@ -1,0 +1,53 @@
+"""The run value: one instance of a job, for one time and one set of args."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from apsis_common.states import State
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run as the server knows it. Only `lifecycle` makes one in a new state."""
+
+    run_id: str
+    job_id: str
+    args: Mapping[str, str]
+    state: State
+    schedule_time: float | None = None
+    times: Mapping[str, float] = field(default_factory=dict)
+    message: str | None = None
+    ad_hoc: bool = False
+    rerun_of: str | None = None
+    labels: tuple[str, ...] = ()
+    # Identity of a scheduled run: (schedule key, schedule time) within the job.
+    schedule_key: str | None = None
+    stop_time: float | None = None
+    # The bound program, once the run has left `scheduled` (plain JSON values).
+    program: Mapping[str, Any] | None = None
+    # The process id the server chose, recorded before the agent is asked.
+    proc_id: str | None = None
+    agent_id: str | None = None
+    attempt: int = 0
+
+    def replace(self, **changes: Any) -> Run:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of a run's log."""
+
+    run_id: str
+    time: float
+    message: str
+    state: State | None = None
+
+
+def run_number(run_id: str) -> int:
+    """The integer in a run id (`r42` → 42)."""
+    return int(run_id[1:])

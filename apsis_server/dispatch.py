@@ -1,0 +1,168 @@
+"""Talking to agents: a signed HTTPS client, and a per-agent command queue.
+
+Starts are batched: whatever the engine queued since the last request goes out
+in one `POST /procs`. Commands are retried with jittered backoff while the agent
+is unreachable; a run waits in `starting` meanwhile, and since the agent starts
+a proc id at most once, a repeated start is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import httpx
+
+from apsis_common import protocol as p
+from apsis_common.auth import Key, sign
+from apsis_common.errors import AuthError, BadInput, Conflict, NotFound, Unavailable
+from apsis_common.tls import client_context
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_STATUS_ERRORS: dict[int, type[Exception]] = {
+    400: BadInput,
+    401: AuthError,
+    404: NotFound,
+    409: Conflict,
+    413: BadInput,
+    503: Unavailable,
+}
+
+
+class AgentClient:
+    """Signed msgpack requests to one agent over verified HTTPS."""
+
+    def __init__(self, base_url: str, key: Key, ca_pem: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url
+        self._key = key
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            verify=client_context(ca_pem),
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, target: str, message: Any = None) -> bytes:
+        body = b"" if message is None else p.encode(message)
+        headers = sign(self._key, method, target, body)
+        headers["content-type"] = p.MSGPACK
+        try:
+            response = await self._http.request(method, target, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"agent at {self.base_url} unreachable: {exc!r}") from exc
+        if response.status_code >= 400:
+            error = _STATUS_ERRORS.get(response.status_code, Unavailable)
+            raise error(f"agent answered {response.status_code}: {response.text[:200]}")
+        return response.content
+
+    async def call(self, cls: type[T], method: str, target: str, message: Any = None) -> T:
+        return p.decode(cls, await self.request(method, target, message))
+
+    async def info(self) -> p.AgentInfo:
+        return await self.call(p.AgentInfo, "GET", "/agent")
+
+    async def start(self, procs: list[p.StartProc]) -> tuple[p.StartResult, ...]:
+        answer = await self.call(p.StartResults, "POST", "/procs", p.StartBatch(tuple(procs)))
+        return answer.results
+
+    async def procs(self) -> tuple[p.ProcSummary, ...]:
+        return (await self.call(p.ProcList, "GET", "/procs")).procs
+
+    async def output(self, proc_id: str, start: int, stop: int) -> bytes:
+        query = urlencode({"start": start, "stop": stop})
+        return await self.request("GET", f"/procs/{proc_id}/output?{query}")
+
+    async def stop(self, proc_id: str, request: p.StopRequest) -> None:
+        await self.request("POST", f"/procs/{proc_id}/stop", request)
+
+    async def signal(self, proc_id: str, signal: int) -> None:
+        await self.request("POST", f"/procs/{proc_id}/signal", p.SignalRequest(signal))
+
+    async def delete(self, proc_id: str) -> None:
+        await self.request("DELETE", f"/procs/{proc_id}")
+
+
+@dataclass(frozen=True)
+class Command:
+    """A non-start request for one process: stop, signal or delete."""
+
+    kind: str
+    proc_id: str
+    stop: p.StopRequest | None = None
+    signal: int = 0
+
+
+StartRefused = Callable[[str, str], None]
+
+
+class Dispatcher:
+    """The queue of requests for one agent, sent by one task."""
+
+    def __init__(self, agent_id: str, on_refused: StartRefused) -> None:
+        self.agent_id = agent_id
+        self.client: AgentClient | None = None
+        self._on_refused = on_refused
+        self._starts: dict[str, p.StartProc] = {}
+        self._commands: list[Command] = []
+        self._wake = asyncio.Event()
+
+    def start(self, proc: p.StartProc) -> None:
+        self._starts[proc.proc_id] = proc
+        self._wake.set()
+
+    def command(self, command: Command) -> None:
+        self._commands.append(command)
+        self._wake.set()
+
+    def connected(self, client: AgentClient) -> None:
+        self.client = client
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send whatever is queued, forever; back off while the agent is unreachable."""
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.client is None:
+                continue
+            try:
+                await self._send(self.client)
+                delay = 0.05
+            except Unavailable as exc:
+                log.warning("agent %s: %s; retrying in %.1fs", self.agent_id, exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+                self._wake.set()
+
+    async def _send(self, client: AgentClient) -> None:
+        while self._starts:
+            batch = list(self._starts.values())[:500]
+            results = await client.start(batch)
+            for proc in batch:
+                self._starts.pop(proc.proc_id, None)
+            for result in results:
+                if result.status == "refused":
+                    self._on_refused(result.proc_id, result.error or "refused by the agent")
+        while self._commands:
+            command = self._commands[0]
+            try:
+                if command.kind == "stop":
+                    await client.stop(command.proc_id, command.stop or p.StopRequest())
+                elif command.kind == "signal":
+                    await client.signal(command.proc_id, command.signal)
+                elif command.kind == "delete":
+                    await client.delete(command.proc_id)
+            except (NotFound, Conflict, BadInput) as exc:
+                log.info("agent %s: %s %s: %s", self.agent_id, command.kind, command.proc_id, exc)
+            self._commands.pop(0)

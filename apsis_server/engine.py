@@ -1,0 +1,485 @@
+"""The engine: the one place that applies run transitions, writes the store,
+publishes changes and asks agents to act.
+
+Every decision comes from the pure core (`lifecycle`, `planner`, `outcomes`);
+the engine applies them. Changes gather in one `Changes` batch and `commit`
+writes them in one transaction, then releases what must wait for durability:
+agent starts (a proc id is recorded before any agent hears of it), waiters and
+listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from apsis_common import protocol as p
+from apsis_common.errors import BadInput, Conflict, NotFound
+from apsis_common.states import FINISHED, State
+from apsis_server.core import lifecycle
+from apsis_server.core.jobs import Job
+from apsis_server.core.outcomes import StopContext, signal_name
+from apsis_server.core.planner import Horizon, Key, plan_job
+from apsis_server.core.programs import BindError, bind
+from apsis_server.core.runs import LogEntry, Run
+from apsis_server.core.templates import Templates
+from apsis_server.dispatch import Command
+from apsis_server.store.base import Changes, RunStore
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Run], None]
+
+
+class Agents(Protocol):
+    """What the engine needs of the agent registry."""
+
+    def choose(self, host: str | None, user: str | None) -> str:
+        """The agent to run on `host` as `user`; LookupError if there is none."""
+
+    def start(self, agent_id: str, proc: p.StartProc) -> None: ...
+
+    def command(self, agent_id: str, command: Command) -> None: ...
+
+    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes: ...
+
+
+class Engine:
+    """Owns the unfinished runs; applies every change to them."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        agents: Agents,
+        templates: Templates,
+        horizon: Horizon | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.templates = templates
+        self.horizon = horizon or Horizon()
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self.runs: dict[str, Run] = {}
+        self.listeners: list[Listener] = []
+        self._by_proc: dict[str, str] = {}
+        self._output_len: dict[str, int] = {}
+        self._stop: dict[str, StopContext] = {}
+        self._acks: dict[str, int] = {}
+        self._changes = Changes()
+        self._outgoing: list[tuple[str, p.StartProc | Command]] = []
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._timer_seq = 0
+        self._cursors: dict[Key, float] = {}
+        self._pending: dict[Key, int] = {}
+        self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
+        self._next_number = store.max_run_number() + 1
+        self._wake = asyncio.Event()
+
+    # -- applying changes -----------------------------------------------------
+
+    def _put(self, run: Run, message: str | None = None, state: State | None = None) -> Run:
+        if run.state in FINISHED:
+            self.runs.pop(run.run_id, None)
+            if run.proc_id is not None:
+                self._by_proc.pop(run.proc_id, None)
+            self._output_len.pop(run.run_id, None)
+            self._stop.pop(run.run_id, None)
+        else:
+            self.runs[run.run_id] = run
+        self._changes.runs[run.run_id] = run
+        if message is not None:
+            self.note(run.run_id, message, state)
+        return run
+
+    def note(self, run_id: str, message: str, state: State | None = None) -> None:
+        self._changes.log.append(LogEntry(run_id, self.clock(), message, state))
+
+    def transition(self, run: Run, state: State, message: str, **changes: Any) -> Run:
+        new = lifecycle.transition(run, state, self.clock(), message, **changes)
+        if run.state == State.SCHEDULED and run.schedule_key is not None:
+            key = (run.job_id, run.schedule_key)
+            self._pending[key] = max(0, self._pending.get(key, 0) - 1)
+        return self._put(new, message, state)
+
+    def meta(self, run_id: str, **meta: Any) -> None:
+        self._changes.meta.setdefault(run_id, {}).update(meta)
+
+    def send(self, agent_id: str, command: Command) -> None:
+        """Ask an agent to act once the current changes are committed."""
+        self._outgoing.append((agent_id, command))
+
+    def commit(self) -> None:
+        """Write the gathered changes in one transaction, then release what waited on it."""
+        changes, self._changes = self._changes, Changes()
+        outgoing, self._outgoing = self._outgoing, []
+        if changes:
+            self.store.write(changes)
+        for agent_id, item in outgoing:
+            if isinstance(item, p.StartProc):
+                self.agents.start(agent_id, item)
+            else:
+                self.agents.command(agent_id, item)
+        for run in changes.runs.values():
+            if run.state in FINISHED:
+                for future in self._waiters.pop(run.run_id, []):
+                    if not future.done():
+                        future.set_result(run)
+            for listener in self.listeners:
+                listener(run)
+
+    # -- timers -------------------------------------------------------------
+
+    def _timer(self, t: float, run_id: str, kind: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (t, self._timer_seq, run_id, kind))
+        if self._timers[0][1] == self._timer_seq:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Fire timers as they come due, forever."""
+        while True:
+            now = self.clock()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, run_id, kind = heapq.heappop(self._timers)
+                self._fire(run_id, kind)
+            self.commit()
+            delay = self._timers[0][0] - self.clock() if self._timers else 60.0
+            self._wake.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(delay, 60.0))
+
+    async def plan_loop(self, period: float = 60.0) -> None:
+        """Keep every schedule planned ahead, forever."""
+        while True:
+            self.plan()
+            self.commit()
+            await asyncio.sleep(period)
+
+    def _fire(self, run_id: str, kind: str) -> None:
+        run = self.runs.get(run_id)
+        if run is None:
+            return
+        try:
+            if kind == "due" and run.state == State.SCHEDULED:
+                self._due(run)
+            elif kind == "no-op" and run.state in (State.RUNNING, State.STOPPING):
+                ok = bool((run.program or {}).get("success", True))
+                self.transition(run, State.SUCCESS if ok else State.FAILURE, "no-op finished")
+        except Exception:
+            log.exception("run %s: timer %s failed", run_id, kind)
+            self.error_run(run_id, "internal error; see the server log")
+
+    # -- planning -------------------------------------------------------------
+
+    def set_jobs(self, jobs: Mapping[str, Job]) -> None:
+        self.jobs = dict(jobs)
+
+    def plan(self, job_ids: list[str] | None = None) -> int:
+        """Create the scheduled runs the planner asks for; returns how many."""
+        now = self.clock()
+        count = 0
+        for job_id in job_ids if job_ids is not None else list(self.jobs):
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            planned, cursors = plan_job(job, self._cursors, self._pending, now, self.horizon)
+            for item in planned:
+                self._create(
+                    job,
+                    dict(item.due.args),
+                    item.due.time,
+                    schedule_key=item.schedule_key,
+                    stop_time=item.due.stop_time,
+                )
+                count += 1
+            self._cursors.update(cursors)
+            self._changes.cursors.update(cursors)
+        return count
+
+    # -- creating and starting runs -------------------------------------------
+
+    def _allocate(self) -> str:
+        run_id = f"r{self._next_number}"
+        self._next_number += 1
+        return run_id
+
+    def _check_args(self, job: Job, args: Mapping[str, str]) -> dict[str, str]:
+        unknown = set(args) - set(job.params)
+        if unknown:
+            raise BadInput(f"job {job.job_id} has no param(s): {', '.join(sorted(unknown))}")
+        missing = [p for p in job.params if p not in args]
+        if missing:
+            raise BadInput(f"job {job.job_id} needs arg(s): {', '.join(missing)}")
+        return {k: str(v) for k, v in args.items()}
+
+    def _create(
+        self,
+        job: Job,
+        args: dict[str, str],
+        when: float,
+        *,
+        schedule_key: str | None = None,
+        stop_time: float | None = None,
+        ad_hoc: bool = False,
+        rerun_of: str | None = None,
+        program: Mapping[str, Any] | None = None,
+    ) -> Run:
+        run = Run(
+            run_id=self._allocate(),
+            job_id=job.job_id,
+            args=args,
+            state=State.NEW,
+            schedule_time=when,
+            ad_hoc=ad_hoc,
+            rerun_of=rerun_of,
+            labels=job.labels,
+            schedule_key=schedule_key,
+            stop_time=stop_time,
+            program=program,
+        )
+        why = (
+            "rerun of " + rerun_of if rerun_of else ("scheduled by hand" if ad_hoc else "scheduled")
+        )
+        run = self.transition(run, State.SCHEDULED, why)
+        if schedule_key is not None:
+            key = (job.job_id, schedule_key)
+            self._pending[key] = self._pending.get(key, 0) + 1
+        self._timer(when, run.run_id, "due")
+        return run
+
+    def schedule(
+        self,
+        job_id: str,
+        args: Mapping[str, str],
+        when: float | None = None,
+        rerun_of: str | None = None,
+    ) -> Run:
+        """Create a run of a job by hand, due at `when` (now if None)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        now = self.clock()
+        run = self._create(
+            job,
+            self._check_args(job, args),
+            now if when is None else when,
+            ad_hoc=True,
+            rerun_of=rerun_of,
+        )
+        if run.schedule_time is not None and run.schedule_time <= now:
+            self._due(run)
+        self.commit()
+        return self.runs.get(run.run_id) or self._changes_run(run.run_id)
+
+    def schedule_program(self, program: Job, when: float | None = None) -> Run:
+        """An ad-hoc run of a program given directly (its own one-off job)."""
+        now = self.clock()
+        run = self._create(program, {}, now if when is None else when, ad_hoc=True)
+        if run.schedule_time is not None and run.schedule_time <= now:
+            self._due(run)
+        self.commit()
+        return self.runs.get(run.run_id) or self._changes_run(run.run_id)
+
+    def _changes_run(self, run_id: str) -> Run:
+        run = self.store.get(run_id)
+        assert run is not None
+        return run
+
+    def _due(self, run: Run) -> None:
+        run = self.transition(run, State.WAITING, "schedule time reached")
+        if run.schedule_key is not None:
+            self.plan([run.job_id])
+        self._start(run)
+
+    def _start(self, run: Run, message: str = "starting") -> None:
+        program = run.program
+        if program is None:
+            job = self.jobs.get(run.job_id)
+            if job is None:
+                self.transition(run, State.ERROR, f"job {run.job_id} no longer exists")
+                return
+            scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
+            try:
+                program = bind(job.program, self.templates, scope)
+            except BindError as exc:
+                self.transition(run, State.ERROR, str(exc))
+                return
+        if program["type"] == "no-op":
+            run = self.transition(run, State.STARTING, message, program=program)
+            run = self.transition(run, State.RUNNING, "no-op running")
+            self._timer(self.clock() + float(program.get("duration", 0.0)), run.run_id, "no-op")
+            return
+        try:
+            agent_id = self.agents.choose(program.get("host"), program.get("user"))
+        except (LookupError, ValueError) as exc:
+            self.transition(run, State.ERROR, str(exc), program=program)
+            return
+        attempt = run.attempt + 1
+        proc_id = f"{run.run_id}.{attempt}"
+        run = self.transition(
+            run,
+            State.STARTING,
+            message,
+            program=program,
+            proc_id=proc_id,
+            agent_id=agent_id,
+            attempt=attempt,
+        )
+        self._by_proc[proc_id] = run.run_id
+        self._output_len[run.run_id] = 0
+        self._stop[run.run_id] = StopContext(stop_signal=int(program["stop"]["signal"]))
+        self._outgoing.append((agent_id, p.StartProc(proc_id, proc_spec(run, program))))
+
+    # -- operations -------------------------------------------------------------
+
+    def get(self, run_id: str) -> Run:
+        run = self.runs.get(run_id) or self.store.get(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        return run
+
+    def _unfinished(self, run_id: str, *states: State) -> Run:
+        run = self.get(run_id)
+        if run.state not in states:
+            names = ", ".join(s.value for s in states)
+            raise Conflict(f"run {run_id} is {run.state}; this needs it {names}")
+        return run
+
+    def start(self, run_id: str) -> Run:
+        """Start now, ignoring the schedule time and conditions."""
+        run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
+        self._start(run, "started by hand")
+        self.commit()
+        return self.get(run_id)
+
+    def skip(self, run_id: str) -> Run:
+        run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
+        self.transition(run, State.SKIPPED, "skipped by hand")
+        self.commit()
+        return self.get(run_id)
+
+    def stop(self, run_id: str) -> Run:
+        """Stop a running run: the stop signal, the grace period, then SIGKILL."""
+        run = self._unfinished(run_id, State.RUNNING)
+        run = self.transition(run, State.STOPPING, "stop requested", stop_time=self.clock())
+        self._request_stop(run)
+        self.commit()
+        return self.get(run_id)
+
+    def _request_stop(self, run: Run) -> None:
+        ctx = self._stop.get(run.run_id, StopContext())
+        self._stop[run.run_id] = StopContext(True, ctx.stop_signal, ctx.timed_out, ctx.escalated)
+        self.meta(run.run_id, stop_requested=True)
+        if run.program is not None and run.program["type"] == "no-op":
+            self.transition(run, State.SUCCESS, "stopped")
+        elif run.agent_id is not None and run.proc_id is not None:
+            self.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
+
+    def signal(self, run_id: str, signal: int) -> Run:
+        run = self._unfinished(run_id, State.RUNNING, State.STOPPING)
+        self.note(run_id, f"sending {signal_name(signal)} by hand")
+        if run.agent_id is not None and run.proc_id is not None:
+            self.send(run.agent_id, Command("signal", run.proc_id, signal=signal))
+        self.commit()
+        return run
+
+    def kill(self, run_id: str) -> Run:
+        return self.signal(run_id, 9)
+
+    def mark(self, run_id: str, state: State, message: str | None = None) -> Run:
+        run = self.get(run_id)
+        new = lifecycle.mark(run, state, self.clock(), message or f"marked {state} by hand")
+        self._put(new, new.message, state)
+        self.commit()
+        return new
+
+    def rerun(self, run_id: str) -> Run:
+        run = self.get(run_id)
+        if run.state not in FINISHED:
+            raise Conflict(f"run {run_id} is {run.state}; only a finished run can be rerun")
+        return self.schedule(run.job_id, run.args, rerun_of=run_id)
+
+    def force_error(self, run_id: str, message: str) -> Run:
+        run = self.get(run_id)
+        if run.state in FINISHED:
+            raise Conflict(f"run {run_id} is {run.state}; it has already finished")
+        self.error_run(run_id, message)
+        self.commit()
+        return self.get(run_id)
+
+    def error_run(self, run_id: str, message: str) -> None:
+        run = self.runs.get(run_id)
+        if run is not None and run.state not in FINISHED:
+            self.transition(run, State.ERROR, message)
+
+    async def wait(self, run_id: str, timeout: float) -> Run:
+        """The run once finished, or as it is when `timeout` runs out."""
+        run = self.get(run_id)
+        if run.state in FINISHED or timeout <= 0:
+            return run
+        future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return self.get(run_id)
+
+    # -- restore ----------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load unfinished runs after a restart and re-arm what they wait on."""
+        self._cursors = self.store.cursors()
+        for run in self.store.unfinished():
+            self.runs[run.run_id] = run
+            if run.proc_id is not None:
+                self._by_proc[run.proc_id] = run.run_id
+                self._output_len[run.run_id] = self.store.output_length(run.run_id)
+                meta = self.store.meta(run.run_id)
+                stop = (run.program or {}).get("stop", {})
+                self._stop[run.run_id] = StopContext(
+                    stop_requested=bool(meta.get("stop_requested")),
+                    stop_signal=int(stop.get("signal", 15)),
+                    timed_out=bool(meta.get("timed_out")),
+                )
+            if run.state == State.SCHEDULED:
+                if run.schedule_key is not None:
+                    key = (run.job_id, run.schedule_key)
+                    self._pending[key] = self._pending.get(key, 0) + 1
+                self._timer(run.schedule_time or 0.0, run.run_id, "due")
+            elif run.state == State.WAITING:
+                self._start(run)
+            elif run.state == State.STARTING and run.agent_id and run.proc_id and run.program:
+                self._outgoing.append(
+                    (run.agent_id, p.StartProc(run.proc_id, proc_spec(run, run.program)))
+                )
+            elif run.state in (State.RUNNING, State.STOPPING) and _is_noop(run):
+                self._timer(self.clock(), run.run_id, "no-op")
+        self.commit()
+
+
+def _is_noop(run: Run) -> bool:
+    return run.program is not None and run.program["type"] == "no-op"
+
+
+def proc_spec(run: Run, program: Mapping[str, Any]) -> p.ProcSpec:
+    """The agent's view of a bound process program."""
+    timeout = program.get("timeout")
+    return p.ProcSpec(
+        argv=tuple(program["argv"]),
+        cwd=program.get("cwd"),
+        env_inherit=bool(program.get("env_inherit", True)),
+        env=dict(program.get("env", {})),
+        stop=p.StopSpec(int(program["stop"]["signal"]), float(program["stop"]["grace"])),
+        timeout=p.TimeoutSpec(float(timeout["duration"]), int(timeout["signal"]))
+        if timeout
+        else None,
+        labels={"run_id": run.run_id, "job_id": run.job_id},
+    )

@@ -1,0 +1,168 @@
+"""Turning what agents report (facts about processes) into run transitions.
+
+The agent never decides success or failure: it says a process started, wrote
+bytes at an offset, was signalled, exited or was lost. Events are applied in
+sequence order, each once: a duplicate (seq ≤ acked) is ignored and nothing is
+applied past a gap. The new ack is committed in the same transaction as the
+changes it covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from apsis_common import protocol as p
+from apsis_common.errors import ApsisError
+from apsis_common.states import State
+from apsis_server.core.outcomes import StopContext, outcome, signal_name
+from apsis_server.core.runs import Run
+from apsis_server.dispatch import Command
+from apsis_server.engine import Engine
+
+log = logging.getLogger(__name__)
+
+OnAgentStarted = Callable[[str, int], Awaitable[None]]
+
+
+class Facts:
+    """Applies agents' event batches to the engine's runs."""
+
+    def __init__(self, engine: Engine, on_agent_started: OnAgentStarted | None = None) -> None:
+        self.engine = engine
+        self._on_agent_started = on_agent_started
+        self._acks: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.last_seen: dict[str, float] = {}
+
+    def acked(self, agent_id: str) -> int:
+        if agent_id not in self._acks:
+            self._acks[agent_id] = self.engine.store.ack(agent_id)
+        return self._acks[agent_id]
+
+    async def apply(self, agent_id: str, batch: p.EventBatch) -> int:
+        """Apply a batch; the highest contiguous sequence number now applied."""
+        lock = self._locks.setdefault(agent_id, asyncio.Lock())
+        async with lock:
+            self.last_seen[agent_id] = self.engine.clock()
+            acked = start = self.acked(agent_id)
+            started: list[int] = []
+            for envelope in batch.events:
+                if envelope.seq <= acked:
+                    continue
+                if envelope.seq != acked + 1:
+                    log.warning(
+                        "agent %s: gap after seq %d (got %d)", agent_id, acked, envelope.seq
+                    )
+                    break
+                if isinstance(envelope.event, p.AgentStarted):
+                    started.append(envelope.event.epoch)
+                else:
+                    await self._apply(agent_id, envelope.event)
+                acked = envelope.seq
+            if acked != start:
+                self.engine._changes.acks[agent_id] = acked
+            self.engine.commit()
+            self._acks[agent_id] = acked
+        for epoch in started:
+            if self._on_agent_started is not None:
+                await self._on_agent_started(agent_id, epoch)
+        return acked
+
+    def _run(self, agent_id: str, proc_id: str) -> Run | None:
+        run_id = self.engine._by_proc.get(proc_id)
+        run = self.engine.runs.get(run_id) if run_id else None
+        if run is None:
+            log.info("agent %s: event for %s, which no unfinished run owns", agent_id, proc_id)
+        return run
+
+    async def _apply(self, agent_id: str, event: p.Event) -> None:
+        engine = self.engine
+        if isinstance(event, p.ProcOutput):
+            run = self._run(agent_id, event.proc_id)
+            if run is not None:
+                self._output(run, event.offset, event.data)
+            return
+        proc_id = getattr(event, "proc_id", "")
+        run = self._run(agent_id, proc_id)
+        if run is None:
+            if isinstance(event, p.ProcExited | p.ProcLost | p.ProcStartFailed):
+                engine.send(agent_id, Command("delete", proc_id))
+            return
+        if isinstance(event, p.ProcStarted):
+            if run.state == State.STARTING:
+                engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
+            engine.meta(
+                run.run_id,
+                pid=event.pid,
+                pgid=event.pgid,
+                start_time=event.start_time,
+                agent_id=agent_id,
+            )
+        elif isinstance(event, p.ProcStartFailed):
+            engine.transition(run, State.ERROR, event.error)
+            engine.send(agent_id, Command("delete", proc_id))
+        elif isinstance(event, p.ProcSignaled):
+            self._signaled(run, event)
+        elif isinstance(event, p.ProcExited):
+            await self._exited(agent_id, run, event)
+        elif isinstance(event, p.ProcLost):
+            engine.transition(
+                run, State.ERROR, f"the process was lost ({event.reason.replace('_', ' ')})"
+            )
+            engine.send(agent_id, Command("delete", proc_id))
+
+    def _output(self, run: Run, offset: int, data: bytes) -> None:
+        known = self.engine._output_len.get(run.run_id, 0)
+        end = offset + len(data)
+        if end <= known or offset > known:
+            # A duplicate, or a gap that backfill closes at exit.
+            return
+        self.engine._changes.output.append((run.run_id, known, data[known - offset :]))
+        self.engine._output_len[run.run_id] = end
+
+    def _signaled(self, run: Run, event: p.ProcSignaled) -> None:
+        engine = self.engine
+        engine.note(run.run_id, f"agent sent {signal_name(event.signal)} ({event.reason})")
+        ctx = engine._stop.get(run.run_id, StopContext())
+        if event.reason == "timeout":
+            engine._stop[run.run_id] = StopContext(True, event.signal, True, ctx.escalated)
+            engine.meta(run.run_id, timed_out=True)
+            if run.state == State.RUNNING:
+                engine.transition(run, State.STOPPING, "timed out", stop_time=engine.clock())
+        elif event.reason == "escalation":
+            engine._stop[run.run_id] = StopContext(
+                ctx.stop_requested, ctx.stop_signal, ctx.timed_out, True
+            )
+
+    async def _exited(self, agent_id: str, run: Run, event: p.ProcExited) -> None:
+        engine = self.engine
+        known = engine._output_len.get(run.run_id, 0)
+        if event.output_length > known:
+            try:
+                data = await engine.agents.output(
+                    agent_id, event.proc_id, known, event.output_length
+                )
+                self._output(run, known, data)
+            except ApsisError as exc:
+                engine.note(run.run_id, f"could not fetch the rest of the output: {exc}")
+        run = engine.runs.get(run.run_id, run)
+        if run.state == State.STARTING:
+            run = engine.transition(run, State.RUNNING, "running")
+        state, message = outcome(event.exit, engine._stop.get(run.run_id, StopContext()))
+        exit = event.exit
+        started = run.times.get("running")
+        engine.meta(
+            run.run_id,
+            exit_code=exit.exit_code,
+            signal=signal_name(exit.signal) if exit.signal is not None else None,
+            core_dump=exit.core_dump,
+            rusage=exit.rusage,
+            end_time=exit.end_time,
+            elapsed=(exit.end_time - started) if started is not None else None,
+            output_length=event.output_length,
+        )
+        if run.state in (State.RUNNING, State.STOPPING):
+            engine.transition(run, state, message)
+        engine.send(agent_id, Command("delete", event.proc_id))

@@ -1,0 +1,46 @@
+"""Comparing the server's runs with an agent's processes after a (re)connection.
+
+| both know it | continue (the agent resends what was not acked) |
+| only the server, run starting | ask again: starts are idempotent by proc id |
+| only the server, run running | the run errors: the agent has no such process |
+| only the agent, no unfinished run | stop it if it runs, then delete it |
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apsis_common import protocol as p
+from apsis_common.errors import ApsisError
+from apsis_common.states import State
+from apsis_server.dispatch import AgentClient, Command
+from apsis_server.engine import Engine, proc_spec
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile(engine: Engine, agent_id: str, client: AgentClient) -> None:
+    """Bring the engine's view of `agent_id`'s processes in line with the agent's."""
+    try:
+        procs = {s.proc_id: s for s in await client.procs()}
+    except ApsisError as exc:
+        log.warning("agent %s: cannot list processes: %s", agent_id, exc)
+        return
+    for run in list(engine.runs.values()):
+        if run.agent_id != agent_id or run.proc_id is None or run.proc_id in procs:
+            continue
+        if run.state == State.STARTING and run.program is not None:
+            engine._outgoing.append(
+                (agent_id, p.StartProc(run.proc_id, proc_spec(run, run.program)))
+            )
+        elif run.state in (State.RUNNING, State.STOPPING):
+            engine.transition(run, State.ERROR, f"agent {agent_id} has no process {run.proc_id}")
+    for proc_id, summary in procs.items():
+        if proc_id in engine._by_proc:
+            continue
+        if summary.state in ("starting", "running"):
+            log.warning("agent %s: stopping %s, which no run owns", agent_id, proc_id)
+            engine.send(agent_id, Command("stop", proc_id, p.StopRequest()))
+        else:
+            engine.send(agent_id, Command("delete", proc_id))
+    engine.commit()

@@ -1,0 +1,86 @@
+"""The run store port: what the engine needs from storage, whatever the backend.
+
+Writes arrive as one `Changes` batch applied in one transaction, so a batch of
+transitions, log lines, output and an agent's new ack is durable together or
+not at all. Reads serve the API; history never has to fit in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from apsis_common.states import State
+from apsis_server.core.runs import LogEntry, Run
+
+
+@dataclass
+class Changes:
+    """Everything one engine step writes."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    log: list[LogEntry] = field(default_factory=list)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (run_id, offset, data): output bytes at a byte offset.
+    output: list[tuple[str, int, bytes]] = field(default_factory=list)
+    acks: dict[str, int] = field(default_factory=dict)
+    cursors: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.log or self.meta or self.output or self.acks or self.cursors)
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """A history query: every given field must match; newest first."""
+
+    job_id: str | None = None
+    states: tuple[State, ...] = ()
+    label: str | None = None
+    args: Mapping[str, str] = field(default_factory=dict)
+    since: float | None = None
+    until: float | None = None
+    before: str | None = None  # keyset cursor: runs with a smaller run number
+    limit: int = 100
+
+
+class DuplicateRun(Exception):
+    """A scheduled run with the same identity already exists."""
+
+
+class RunStore(Protocol):
+    """Storage for runs, their logs, metadata and output, and agent bookkeeping."""
+
+    def max_run_number(self) -> int:
+        """The largest run number ever allocated (0 if none)."""
+
+    def write(self, changes: Changes) -> None:
+        """Apply every change in one transaction."""
+
+    def unfinished(self) -> list[Run]:
+        """Every run not in a finished state."""
+
+    def get(self, run_id: str) -> Run | None: ...
+
+    def query(self, run_filter: RunFilter) -> list[Run]:
+        """Runs matching the filter, newest (largest run number) first."""
+
+    def log(self, run_id: str) -> list[LogEntry]: ...
+
+    def meta(self, run_id: str) -> dict[str, Any]: ...
+
+    def output_length(self, run_id: str) -> int: ...
+
+    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes: ...
+
+    def ack(self, agent_id: str) -> int:
+        """The highest event sequence number applied for the agent (0 if none)."""
+
+    def cursors(self) -> dict[tuple[str, str], float]:
+        """Per (job id, schedule key): the last schedule time planned."""
+
+    def scheduled_identities(self, job_id: str, since: float) -> set[tuple[str | None, float]]:
+        """(schedule key, schedule time) of the job's scheduled runs at or after `since`."""
+
+    def close(self) -> None: ...

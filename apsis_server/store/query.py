@@ -1,0 +1,20 @@
+"""What a `RunFilter` means, for stores that filter in Python."""
+
+from __future__ import annotations
+
+from apsis_server.core.runs import Run, run_number
+from apsis_server.store.base import RunFilter
+
+
+def matches(run: Run, f: RunFilter) -> bool:
+    """Whether `run` passes every field of the filter."""
+    t = run.schedule_time if run.schedule_time is not None else min(run.times.values(), default=0.0)
+    return (
+        (f.job_id is None or run.job_id == f.job_id)
+        and (not f.states or run.state in f.states)
+        and (f.label is None or f.label in run.labels)
+        and all(run.args.get(k) == v for k, v in f.args.items())
+        and (f.since is None or t >= f.since)
+        and (f.until is None or t < f.until)
+        and (f.before is None or run_number(run.run_id) < run_number(f.before))
+    )

@@ -1,0 +1,301 @@
+"""The embedded run store: SQLite in WAL mode, with a versioned schema.
+
+Summary columns live in `runs`; the run log, metadata and output (zlib chunks
+keyed by byte offset) each have their own table. Only unfinished runs are ever
+loaded whole; history is read by indexed, keyset-paginated queries.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from pathlib import Path
+from typing import Any
+
+from apsis_common.states import FINISHED, State
+from apsis_server.core.runs import LogEntry, Run, run_number
+from apsis_server.store.base import Changes, RunFilter
+
+_FINISHED_SQL = ", ".join(f"'{s.value}'" for s in sorted(FINISHED))
+
+# Each entry moves the schema from version i to i + 1. Never edit a landed entry.
+MIGRATIONS: list[str] = [
+    f"""
+    CREATE TABLE runs (
+        run_number INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        args TEXT NOT NULL,
+        state TEXT NOT NULL,
+        time REAL NOT NULL,
+        schedule_key TEXT,
+        labels TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX runs_job ON runs (job_id, run_number);
+    CREATE INDEX runs_time ON runs (time);
+    CREATE INDEX runs_unfinished ON runs (state) WHERE state NOT IN ({_FINISHED_SQL});
+    CREATE UNIQUE INDEX runs_identity ON runs (job_id, schedule_key, time)
+        WHERE schedule_key IS NOT NULL;
+    CREATE TABLE run_log (
+        run_number INTEGER NOT NULL,
+        time REAL NOT NULL,
+        state TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX run_log_run ON run_log (run_number);
+    CREATE TABLE run_meta (run_number INTEGER PRIMARY KEY, meta TEXT NOT NULL);
+    CREATE TABLE run_output (
+        run_number INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_number, offset)
+    );
+    CREATE TABLE agent_acks (agent_id TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL);
+    CREATE TABLE schedule_cursors (
+        job_id TEXT NOT NULL,
+        schedule_key TEXT NOT NULL,
+        time REAL NOT NULL,
+        PRIMARY KEY (job_id, schedule_key)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _summary(run: Run) -> str:
+    return json.dumps(
+        {
+            "schedule_time": run.schedule_time,
+            "times": dict(run.times),
+            "message": run.message,
+            "ad_hoc": run.ad_hoc,
+            "rerun_of": run.rerun_of,
+            "stop_time": run.stop_time,
+            "program": run.program,
+            "proc_id": run.proc_id,
+            "agent_id": run.agent_id,
+            "attempt": run.attempt,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    number, job_id, args, state, _time, schedule_key, labels, summary = row
+    s = json.loads(summary)
+    return Run(
+        run_id=f"r{number}",
+        job_id=job_id,
+        args=json.loads(args),
+        state=State(state),
+        schedule_time=s["schedule_time"],
+        times=s["times"],
+        message=s["message"],
+        ad_hoc=s["ad_hoc"],
+        rerun_of=s["rerun_of"],
+        labels=tuple(json.loads(labels)),
+        schedule_key=schedule_key,
+        stop_time=s["stop_time"],
+        program=s["program"],
+        proc_id=s["proc_id"],
+        agent_id=s["agent_id"],
+        attempt=s["attempt"],
+    )
+
+
+def _time(run: Run) -> float:
+    if run.schedule_time is not None:
+        return run.schedule_time
+    return min(run.times.values(), default=0.0)
+
+
+class SqliteStore:
+    """Runs and their history in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # A crash of the process loses nothing committed; only a power loss could
+        # drop the last transactions (WAL keeps the file consistent either way).
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self.migrate()
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Bring the schema forward to `SCHEMA_VERSION`, one transaction per step."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema {version} is newer than this server's {SCHEMA_VERSION}"
+            )
+        for i in range(version, SCHEMA_VERSION):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[i].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {i + 1}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def max_run_number(self) -> int:
+        row = self._db.execute("SELECT MAX(run_number) FROM runs").fetchone()
+        return int(row[0] or 0)
+
+    def write(self, changes: Changes) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_number) DO UPDATE SET state = excluded.state,"
+                " summary = excluded.summary, time = excluded.time",
+                [
+                    (
+                        run_number(r.run_id),
+                        r.job_id,
+                        json.dumps(dict(r.args), sort_keys=True),
+                        r.state.value,
+                        _time(r),
+                        r.schedule_key,
+                        json.dumps(list(r.labels)),
+                        _summary(r),
+                    )
+                    for r in changes.runs.values()
+                ],
+            )
+            db.executemany(
+                "INSERT INTO run_log VALUES (?, ?, ?, ?)",
+                [
+                    (run_number(e.run_id), e.time, e.state.value if e.state else None, e.message)
+                    for e in changes.log
+                ],
+            )
+            for run_id, meta in changes.meta.items():
+                number = run_number(run_id)
+                row = db.execute("SELECT meta FROM run_meta WHERE run_number = ?", (number,))
+                old = row.fetchone()
+                merged = {**(json.loads(old[0]) if old else {}), **meta}
+                db.execute(
+                    "INSERT OR REPLACE INTO run_meta VALUES (?, ?)", (number, json.dumps(merged))
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO run_output VALUES (?, ?, ?, ?)",
+                [
+                    (run_number(run_id), offset, len(data), zlib.compress(data, 1))
+                    for run_id, offset, data in changes.output
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO agent_acks VALUES (?, ?)", list(changes.acks.items())
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO schedule_cursors VALUES (?, ?, ?)",
+                [(j, k, t) for (j, k), t in changes.cursors.items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def unfinished(self) -> list[Run]:
+        rows = self._db.execute(f"SELECT * FROM runs WHERE state NOT IN ({_FINISHED_SQL})")
+        return [_run(row) for row in rows]
+
+    def get(self, run_id: str) -> Run | None:
+        try:
+            number = run_number(run_id)
+        except ValueError:
+            return None
+        row = self._db.execute("SELECT * FROM runs WHERE run_number = ?", (number,)).fetchone()
+        return _run(row) if row else None
+
+    def query(self, run_filter: RunFilter) -> list[Run]:
+        f = run_filter
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if f.job_id is not None:
+            where.append("job_id = ?")
+            params.append(f.job_id)
+        if f.states:
+            where.append(f"state IN ({', '.join('?' for _ in f.states)})")
+            params.extend(s.value for s in f.states)
+        if f.label is not None:
+            where.append("EXISTS (SELECT 1 FROM json_each(runs.labels) WHERE value = ?)")
+            params.append(f.label)
+        for name, value in f.args.items():
+            where.append("json_extract(args, ?) = ?")
+            params.extend([f'$."{name}"', value])
+        if f.since is not None:
+            where.append("time >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            where.append("time < ?")
+            params.append(f.until)
+        if f.before is not None:
+            where.append("run_number < ?")
+            params.append(run_number(f.before))
+        sql = f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY run_number DESC LIMIT ?"
+        return [_run(row) for row in self._db.execute(sql, [*params, f.limit])]
+
+    def log(self, run_id: str) -> list[LogEntry]:
+        rows = self._db.execute(
+            "SELECT time, state, message FROM run_log WHERE run_number = ? ORDER BY rowid",
+            (run_number(run_id),),
+        )
+        return [LogEntry(run_id, t, m, State(s) if s else None) for t, s, m in rows]
+
+    def meta(self, run_id: str) -> dict[str, Any]:
+        row = self._db.execute(
+            "SELECT meta FROM run_meta WHERE run_number = ?", (run_number(run_id),)
+        ).fetchone()
+        return dict(json.loads(row[0])) if row else {}
+
+    def output_length(self, run_id: str) -> int:
+        row = self._db.execute(
+            "SELECT MAX(offset + length) FROM run_output WHERE run_number = ?",
+            (run_number(run_id),),
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
+        end = self.output_length(run_id) if stop is None else stop
+        rows = self._db.execute(
+            "SELECT offset, data FROM run_output WHERE run_number = ? AND offset < ?"
+            " AND offset + length > ? ORDER BY offset",
+            (run_number(run_id), end, start),
+        )
+        out = bytearray()
+        for offset, data in rows:
+            chunk = zlib.decompress(data)
+            out += chunk[max(start, offset) - offset : end - offset]
+        return bytes(out)
+
+    def ack(self, agent_id: str) -> int:
+        row = self._db.execute(
+            "SELECT acked_seq FROM agent_acks WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def cursors(self) -> dict[tuple[str, str], float]:
+        rows = self._db.execute("SELECT job_id, schedule_key, time FROM schedule_cursors")
+        return {(j, k): t for j, k, t in rows}
+
+    def scheduled_identities(self, job_id: str, since: float) -> set[tuple[str | None, float]]:
+        rows = self._db.execute(
+            "SELECT schedule_key, time FROM runs WHERE job_id = ? AND schedule_key IS NOT NULL"
+            " AND time >= ?",
+            (job_id, since),
+        )
+        return {(k, t) for k, t in rows}
+
+    def close(self) -> None:
+        self._db.close()
