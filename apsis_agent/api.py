@@ -1,0 +1,277 @@
+"""The agent's HTTPS API (server → agent): routes, the signature guard, error mapping.
+
+Every request but `GET /health` passes the guard first: the body size is checked
+against MAX_REQUEST_BYTES (413) before any signature work, then the HMAC
+signature over method, path+query and body (a bare 401 that changes nothing).
+Bodies are msgpack, or JSON when the request says so; answers use the same
+encoding (msgpack by default).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from apsis_agent.procs import Procs
+from apsis_common import protocol
+from apsis_common.auth import Verifier
+from apsis_common.errors import (
+    ApsisError,
+    AuthError,
+    BadInput,
+    Conflict,
+    NotFound,
+    Unavailable,
+)
+from apsis_common.protocol import (
+    AgentInfo,
+    ProcList,
+    ProcSpec,
+    SignalRequest,
+    StartBatch,
+    StartResults,
+    StopRequest,
+)
+
+T = TypeVar("T")
+
+# Error class → HTTP status, most specific first.
+_STATUS: tuple[tuple[type[ApsisError], int], ...] = (
+    (AuthError, 401),
+    (BadInput, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unavailable, 503),
+)
+_READ_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the handlers act on."""
+
+    procs: Procs
+    info: Callable[[], AgentInfo]
+    drain: Callable[[], None]
+
+
+def _wants_json(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(protocol.JSON):
+        return True
+    accept = request.headers.get("accept", "")
+    return protocol.JSON in accept and protocol.MSGPACK not in accept
+
+
+def _answer(request: Request, message: Any, status: int = 200) -> Response:
+    if _wants_json(request):
+        return Response(protocol.encode_json(message), status, media_type=protocol.JSON)
+    return Response(protocol.encode(message), status, media_type=protocol.MSGPACK)
+
+
+def _error(request: Request, exc: Exception) -> Response:
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
+    if status == 401:
+        return Response(status_code=401)
+    response = _answer(request, {"error": str(exc)}, status)
+    if status == 503:
+        response.headers["retry-after"] = "1"
+    return response
+
+
+async def _body(request: Request, cls: type[T]) -> T:
+    content_type = request.headers.get("content-type", protocol.MSGPACK)
+    return protocol.decode(cls, await request.body(), content_type)
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadInput(f"{name} must be an integer") from None
+    if value < 0:
+        raise BadInput(f"{name} must be >= 0")
+    return value
+
+
+class _Handlers:
+    """The route handlers, over one agent's context."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._procs = ctx.procs
+
+    async def health(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def agent(self, request: Request) -> Response:
+        return _answer(request, self._ctx.info())
+
+    async def start_batch(self, request: Request) -> Response:
+        batch = await _body(request, StartBatch)
+        return _answer(request, StartResults(tuple(self._procs.start(batch.procs))))
+
+    async def start_one(self, request: Request) -> Response:
+        spec = await _body(request, ProcSpec)
+        result = self._procs.start_one(request.path_params["proc_id"], spec)
+        return _answer(request, result, 201 if result.status == "accepted" else 200)
+
+    async def list_procs(self, request: Request) -> Response:
+        return _answer(request, ProcList(tuple(self._procs.summaries())))
+
+    async def get_proc(self, request: Request) -> Response:
+        return _answer(request, self._procs.get(request.path_params["proc_id"]).summary())
+
+    async def output(self, request: Request) -> Response:
+        proc = self._procs.get(request.path_params["proc_id"])
+        size = proc.output_size()
+        start = min(_int_param(request, "start", 0), size)
+        stop = max(start, min(_int_param(request, "stop", size), size))
+        return StreamingResponse(
+            _read(str(proc.output_path), start, stop),
+            media_type="application/octet-stream",
+            headers={"x-apsis-output-length": str(size)},
+        )
+
+    async def signal(self, request: Request) -> Response:
+        body = await _body(request, SignalRequest)
+        return _answer(request, self._procs.signal(request.path_params["proc_id"], body.signal))
+
+    async def stop(self, request: Request) -> Response:
+        body = await _body(request, StopRequest)
+        summary = self._procs.stop(request.path_params["proc_id"], body.signal, body.grace)
+        return _answer(request, summary)
+
+    async def delete(self, request: Request) -> Response:
+        self._procs.delete(request.path_params["proc_id"])
+        return Response(status_code=204)
+
+    async def drain(self, request: Request) -> Response:
+        self._ctx.drain()
+        return _answer(request, self._ctx.info())
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    return _error(request, exc)
+
+
+def build_app(ctx: Context, verifier: Verifier) -> ASGIApp:
+    """The ASGI application: routes behind the guard."""
+    h = _Handlers(ctx)
+    app = Starlette(
+        routes=[
+            Route("/health", h.health, methods=["GET"]),
+            Route("/agent", h.agent, methods=["GET"]),
+            Route("/procs", h.start_batch, methods=["POST"]),
+            Route("/procs", h.list_procs, methods=["GET"]),
+            Route("/procs/{proc_id}", h.start_one, methods=["PUT"]),
+            Route("/procs/{proc_id}", h.get_proc, methods=["GET"]),
+            Route("/procs/{proc_id}", h.delete, methods=["DELETE"]),
+            Route("/procs/{proc_id}/output", h.output, methods=["GET"]),
+            Route("/procs/{proc_id}/signal", h.signal, methods=["POST"]),
+            Route("/procs/{proc_id}/stop", h.stop, methods=["POST"]),
+            Route("/drain", h.drain, methods=["POST"]),
+        ],
+        exception_handlers={ApsisError: _on_error},
+    )
+    return Guard(app, verifier)
+
+
+async def _read(path: str, start: int, stop: int) -> AsyncIterator[bytes]:
+    """The byte range of an output file, in chunks (the file only grows)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while start < stop:
+            chunk = os.pread(fd, min(_READ_CHUNK, stop - start), start)
+            if not chunk:
+                break
+            start += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+class Guard:
+    """ASGI middleware: size limit, then signature, before any route sees a request."""
+
+    def __init__(self, app: ASGIApp, verifier: Verifier) -> None:
+        self._app = app
+        self._verifier = verifier
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no websockets, no lifespan
+        if scope["method"] == "GET" and scope["path"] == "/health":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            declared = int(headers.get("content-length", "0"))
+        except ValueError:
+            await _bare(send, 400)
+            return
+        if declared > protocol.MAX_REQUEST_BYTES:
+            await _bare(send, 413)
+            return
+        body = await _read_body(receive, protocol.MAX_REQUEST_BYTES)
+        if body is None:
+            await _bare(send, 413)
+            return
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        try:
+            self._verifier.verify(scope["method"], target.decode("latin-1"), headers, body)
+        except AuthError:
+            await _bare(send, 401)
+            return
+        await self._app(scope, _replay(body, receive), send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it exceeds `limit`."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    """A receive that gives the body read by the guard, then the connection's own."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _bare(send: Send, status: int) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]}
+    )
+    await send({"type": "http.response.body", "body": b""})

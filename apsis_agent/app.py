@@ -1,0 +1,130 @@
+"""The `apsis-agent` command: serve | bootstrap | status | stop | drain.
+
+Imports stay inside the commands: `serve` forks the spawner first, while the
+process is still small, and only then loads the daemon's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_ERROR = 1
+EXIT_LOCKED = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apsis-agent", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", type=Path, default=None, help="the agent's state directory")
+    daemon = argparse.ArgumentParser(add_help=False)
+    daemon.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    daemon.add_argument(
+        "--port", type=int, default=None, help="port (default: the previous one, else any)"
+    )
+    daemon.add_argument(
+        "--idle-stop", type=float, default=None, metavar="SECONDS", help="stop when idle this long"
+    )
+    daemon.add_argument(
+        "--heartbeat", type=float, default=5.0, metavar="SECONDS", help="heartbeat interval"
+    )
+    daemon.add_argument(
+        "--max-procs", type=int, default=4096, help="most processes running at once"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", parents=[common, daemon], help="run the daemon in the foreground")
+    commands.add_parser(
+        "bootstrap", parents=[common, daemon], help="start or attach (JSON lines on stdio)"
+    )
+    commands.add_parser("status", parents=[common], help="print the running agent's info")
+    commands.add_parser("stop", parents=[common], help="stop the daemon (programs keep running)")
+    commands.add_parser("drain", parents=[common], help="no new starts; exit when idle")
+    return parser
+
+
+def _serve_args(args: argparse.Namespace) -> list[str]:
+    """The daemon options of `bootstrap`, passed on to the `serve` it starts."""
+    out = [
+        "--bind",
+        args.bind,
+        "--heartbeat",
+        str(args.heartbeat),
+        "--max-procs",
+        str(args.max_procs),
+    ]
+    if args.port is not None:
+        out += ["--port", str(args.port)]
+    if args.idle_stop is not None:
+        out += ["--idle-stop", str(args.idle_stop)]
+    return out
+
+
+def _serve(args: argparse.Namespace, state_dir: Path) -> int:
+    from apsis_agent import spawner
+
+    handle = spawner.start()  # while this process is small and holds no files
+
+    import os
+
+    os.umask(0o077)  # after the fork: programs keep the umask they were given
+    from apsis_agent import daemon
+    from apsis_agent.state import StateDir
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per webhook is noise
+    state = StateDir(state_dir)
+    state.create()
+    if state.try_lock() is None:  # the fd stays open (and locked) for the process's life
+        print(f"apsis-agent: another agent holds {state.lock_file}", file=sys.stderr)
+        return EXIT_LOCKED
+    options = daemon.Options(
+        bind=args.bind,
+        port=args.port,
+        idle_stop=args.idle_stop,
+        heartbeat=args.heartbeat,
+        max_procs=args.max_procs,
+    )
+    return daemon.run(state, options, handle)
+
+
+def _print(message: object) -> None:
+    from apsis_common import protocol
+
+    print(protocol.encode_json(message).decode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `apsis-agent`; the exit status."""
+    args = _parser().parse_args(argv)
+    from apsis_agent.state import StateDir, default_state_dir
+    from apsis_common.errors import ApsisError
+
+    state_dir: Path = args.state_dir or default_state_dir()
+    if args.command == "serve":
+        return _serve(args, state_dir)
+    if args.command == "bootstrap":
+        from apsis_agent import bootstrap
+
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return bootstrap.run(state_dir, _serve_args(args), sys.stdin, sys.stdout)
+    from apsis_agent import control
+
+    state = StateDir(state_dir)
+    try:
+        if args.command == "status":
+            _print(control.agent_info(state))
+        elif args.command == "stop":
+            print(json.dumps({"stopped": control.stop(state)}))
+        elif args.command == "drain":
+            _print(control.drain(state))
+    except (ApsisError, OSError) as exc:
+        print(json.dumps({"error": str(exc)}))
+        return EXIT_ERROR
+    return 0

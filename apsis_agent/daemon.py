@@ -1,0 +1,270 @@
+"""The daemon (`apsis-agent serve`): epoch, recovery, HTTPS, delivery, drain and shutdown.
+
+Started by `app.serve` after the spawner was forked and the state-dir lock taken.
+Everything runs on one event loop; the background loops (uvicorn, output scan,
+webhook delivery, idle watch) belong to one TaskGroup and end together.
+
+Signals: SIGTERM/SIGINT stop serving (programs keep running under their shims);
+SIGHUP reloads keys, settings and the certificate after a bootstrap attached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from apsis_agent import spawner
+from apsis_agent.api import Context, build_app
+from apsis_agent.outbox import Outbox
+from apsis_agent.procs import Limits, Procs
+from apsis_agent.sender import Delivery, Sender
+from apsis_agent.state import Keys, Settings, StateDir
+from apsis_common import __version__, tls
+from apsis_common.auth import Verifier
+from apsis_common.protocol import AgentInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line options of `serve`."""
+
+    bind: str = "127.0.0.1"
+    port: int | None = None
+    idle_stop: float | None = None
+    heartbeat: float = 5.0
+    max_procs: int = 4096
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class _Notifications(asyncio.Protocol):
+    """Lines of JSON from the shims, through the spawner's pipe."""
+
+    def __init__(self, on_line: Callable[[dict[str, Any]], None], gone: asyncio.Event) -> None:
+        self._on_line = on_line
+        self._gone = gone
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.error("bad line from the spawner: %r", line[:200])
+                continue
+            self._on_line(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone.set()
+
+
+def _listen(host: str, port: int | None, previous: int | None) -> socket.socket:
+    """A listening socket; without an explicit port, try the previous one first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port if port is not None else previous or 0))
+    except OSError:
+        if port is not None or not previous:
+            sock.close()
+            raise
+        sock.bind((host, 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    """One running agent daemon."""
+
+    def __init__(self, state: StateDir, options: Options, handle: spawner.Handle) -> None:
+        self._state = state
+        self._options = options
+        self._handle = handle
+        self._settings: Settings = state.load_settings()
+        self._keys: Keys = state.load_keys()
+        self._ssl = tls.server_context(state.cert_file, state.key_file)
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Event()  # something the idle watch cares about
+        self._failed = False
+        self.epoch = 0
+
+    def config(self) -> tuple[Settings, Keys]:
+        return self._settings, self._keys
+
+    def reload(self) -> None:
+        """Pick up what a bootstrap wrote: keys, settings, certificate."""
+        try:
+            self._settings = self._state.load_settings()
+            self._keys = self._state.load_keys()
+            self._ssl.load_cert_chain(self._state.cert_file, self._state.key_file)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            log.error("reload failed, keeping the previous configuration: %s", exc)
+            return
+        log.info("reloaded keys %s and settings", sorted(self._keys.all))
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        state, options = self._state, self._options
+        self.epoch = state.next_epoch()
+        outbox = Outbox(state.outbox_file)
+        spawner_gone = asyncio.Event()
+        to_spawner, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(self._handle.requests, "wb", buffering=0)
+        )
+        sender = Sender(
+            outbox,
+            self.config,
+            self.epoch,
+            Delivery(heartbeat=options.heartbeat),
+            self._changed.set,
+        )
+        procs = Procs(
+            state.procs,
+            outbox,
+            to_spawner.write,
+            spawner.read_boot_id(),
+            Limits(max_procs=options.max_procs),
+            sender.wake,
+        )
+        await loop.connect_read_pipe(
+            lambda: _Notifications(procs.on_notification, spawner_gone),
+            os.fdopen(self._handle.notifications, "rb", buffering=0),
+        )
+        adopted = procs.recover(self.epoch)
+        log.info("epoch %d: %d processes re-adopted", self.epoch, adopted)
+
+        def info() -> AgentInfo:
+            return AgentInfo(
+                agent_id=self._settings.agent_id,
+                epoch=self.epoch,
+                version=__version__,
+                pid=os.getpid(),
+                user=getpass.getuser(),
+                hostname=socket.gethostname(),
+                boot_id=spawner.read_boot_id(),
+                running=procs.running,
+                outbox_pending=outbox.pending,
+                acked_seq=outbox.acked_seq,
+                max_procs=procs.limits.max_procs,
+                draining=procs.draining,
+            )
+
+        def drain() -> None:
+            procs.draining = True
+            self._changed.set()
+
+        verifier = Verifier(lambda: self._keys.all)
+        app = build_app(Context(procs, info, drain), verifier)
+        sock = _listen(options.bind, options.port, state.read_int(state.port_file))
+        config = uvicorn.Config(
+            app,
+            ssl_context_factory=lambda _config, _default: self._ssl,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            server_header=False,
+        )
+        server = _Server(config)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                serving = tasks.create_task(server.serve(sockets=[sock]))
+                workers = [
+                    tasks.create_task(procs.scan()),
+                    tasks.create_task(sender.run()),
+                    tasks.create_task(self._watch_idle(procs, outbox, spawner_gone)),
+                ]
+                await _until(lambda: server.started or serving.done())
+                port = sock.getsockname()[1]
+                state.write_port(port)
+                state.write_bind(options.bind)
+                state.write_pid(os.getpid())
+                log.info("listening on %s:%d (pid %d)", options.bind, port, os.getpid())
+                await self._stopping.wait()
+                log.info("stopping")
+                server.should_exit = True
+                for worker in workers:
+                    worker.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            procs.close()
+            outbox.close()
+            to_spawner.close()
+            state.remove(state.pid_file)
+        return 1 if self._failed else 0
+
+    async def _watch_idle(self, procs: Procs, outbox: Outbox, spawner_gone: asyncio.Event) -> None:
+        """Stop when drained, idle for `idle_stop`, or when the spawner is gone."""
+        idle_since: float | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.5)
+            self._changed.clear()
+            if spawner_gone.is_set():
+                log.error("the spawner exited: stopping (programs keep running)")
+                self._failed = True
+                self._stopping.set()
+                return
+            idle = procs.idle and outbox.pending == 0
+            if procs.draining and idle:
+                log.info("drained: no processes and the outbox is empty")
+                self._stopping.set()
+                return
+            idle_stop = self._options.idle_stop
+            if idle_stop is None or not idle:
+                idle_since = None
+                continue
+            now = time.monotonic()
+            idle_since = idle_since or now
+            if now - idle_since >= idle_stop:
+                log.info("idle for %.0f s: stopping", idle_stop)
+                self._stopping.set()
+                return
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait for a condition that nothing signals (uvicorn's `started` flag)."""
+    while not condition():  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        await asyncio.sleep(0.01)
+
+
+def raise_fd_limit() -> None:
+    """One pidfd per running process: use the hard limit on open files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run(state: StateDir, options: Options, handle: spawner.Handle) -> int:
+    """Run the daemon until stopped; the exit status."""
+    raise_fd_limit()
+    return asyncio.run(Daemon(state, options, handle).run())

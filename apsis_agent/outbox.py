@@ -1,0 +1,257 @@
+"""The outbox: sequence numbers, persistence and acknowledgement of events.
+
+Events get contiguous sequence numbers from 1, per agent, never reused: the next
+number is stored with the events in one SQLite transaction. Events stay on disk
+until the server acknowledges them (`seq <= acked_seq` are deleted).
+
+Output events are stored without their bytes (file, offset, length): the output
+file is the durable buffer and the bytes are read when a batch is built, so the
+outbox stays small however much a program writes. Before a process directory is
+removed, the bytes of its unacknowledged output are copied in.
+
+The ledger records, per process, what has been turned into events (started, the
+final event, output offset), in the same transaction as the events themselves, so
+after a crash the agent neither repeats nor skips a report.
+
+Writes are buffered and flushed once per event-loop turn (`flush`), so a burst of
+starts or exits costs one transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sqlite3
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from apsis_common import protocol
+from apsis_common.protocol import Event, ProcOutput
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    proc_id TEXT,
+    body BLOB NOT NULL,
+    path TEXT,
+    length INTEGER NOT NULL DEFAULT 0,
+    data BLOB
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger (
+    proc_id TEXT PRIMARY KEY,
+    started INTEGER NOT NULL,
+    final INTEGER NOT NULL,
+    enqueued INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What has been reported about one process."""
+
+    started: bool = False
+    final: bool = False
+    enqueued: int = 0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    seq: int
+    proc_id: str | None
+    body: bytes
+    path: str | None
+    length: int
+
+
+class Outbox:
+    """The persistent, acknowledged queue of events of one agent."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        self.acked_seq: int = meta.get("acked_seq", 0)
+        # The last sequence number given out (persisted or buffered).
+        self.last_seq: int = meta.get("next_seq", 1) - 1
+        # The last sequence number on disk: only those are sent.
+        self.stored_seq = self.last_seq
+        self._pending: list[_Pending] = []
+        self._ledger_changes: dict[str, Ledger] = {}
+        self._ledger: dict[str, Ledger] = {
+            row[0]: Ledger(bool(row[1]), bool(row[2]), row[3])
+            for row in self._db.execute("SELECT proc_id, started, final, enqueued FROM ledger")
+        }
+        # Unacknowledged output, for flow control: (seq, proc id, bytes) in order.
+        self._unacked: collections.deque[tuple[int, str, int]] = collections.deque()
+        self.unacked_bytes: dict[str, int] = {}
+        self.unacked_total = 0
+        for seq, proc_id, length in self._db.execute(
+            "SELECT seq, proc_id, length FROM events WHERE length > 0 ORDER BY seq"
+        ):
+            self._track(seq, proc_id, length)
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+    @property
+    def pending(self) -> int:
+        """Events given a number and not yet acknowledged."""
+        return self.last_seq - self.acked_seq
+
+    # -- adding ----------------------------------------------------------------------
+
+    def ledger(self, proc_id: str) -> Ledger:
+        return self._ledger.get(proc_id, Ledger())
+
+    def add(self, event: Event, **ledger: Any) -> int:
+        """Give `event` the next sequence number; `ledger` updates the process's record.
+
+        Buffered until `flush`; the caller's event loop flushes each turn.
+        """
+        if isinstance(event, ProcOutput):
+            raise TypeError("output events are added with add_output")
+        proc_id = getattr(event, "proc_id", None)
+        self.last_seq += 1
+        body = msgpack.packb(protocol.to_plain(event))
+        self._pending.append(_Pending(self.last_seq, proc_id, body, None, 0))
+        if proc_id is not None and ledger:
+            self._change(proc_id, **ledger)
+        return self.last_seq
+
+    def add_output(self, proc_id: str, path: Path, offset: int, length: int) -> int:
+        """An output event for `length` bytes of `path` from `offset`, read when sent."""
+        self.last_seq += 1
+        body = msgpack.packb(protocol.to_plain(ProcOutput(proc_id, 1, offset, b"")))
+        self._pending.append(_Pending(self.last_seq, proc_id, body, str(path), length))
+        self._track(self.last_seq, proc_id, length)
+        self._change(proc_id, enqueued=offset + length)
+        return self.last_seq
+
+    def _change(self, proc_id: str, **fields: Any) -> None:
+        entry = replace(self.ledger(proc_id), **fields)
+        self._ledger[proc_id] = entry
+        self._ledger_changes[proc_id] = entry
+
+    def _track(self, seq: int, proc_id: str, length: int) -> None:
+        self._unacked.append((seq, proc_id, length))
+        self.unacked_bytes[proc_id] = self.unacked_bytes.get(proc_id, 0) + length
+        self.unacked_total += length
+
+    def flush(self) -> bool:
+        """Write buffered events and ledger changes in one transaction; True if any."""
+        if not self._pending and not self._ledger_changes:
+            return False
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO events (seq, proc_id, body, path, length) VALUES (?, ?, ?, ?, ?)",
+                [(p.seq, p.proc_id, p.body, p.path, p.length) for p in self._pending],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO ledger (proc_id, started, final, enqueued)"
+                " VALUES (?, ?, ?, ?)",
+                [(k, v.started, v.final, v.enqueued) for k, v in self._ledger_changes.items()],
+            )
+            self._set_meta("next_seq", self.last_seq + 1)
+        self._pending.clear()
+        self._ledger_changes.clear()
+        self.stored_seq = self.last_seq
+        return True
+
+    def _transaction(self) -> Any:
+        return _Transaction(self._db)
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- sending ---------------------------------------------------------------------
+
+    def batch(self, max_events: int, max_bytes: int) -> tuple[list[dict[str, Any]], int]:
+        """Plain envelopes (as `to_plain(Envelope)`) of the oldest stored, unacked events.
+
+        Output bytes are read from the files now. Returns the envelopes and the
+        last sequence number in them (acked_seq when empty).
+        """
+        rows = self._db.execute(
+            "SELECT seq, body, path, length, data FROM events WHERE seq > ? AND seq <= ?"
+            " ORDER BY seq LIMIT ?",
+            (self.acked_seq, self.stored_seq, max_events),
+        ).fetchall()
+        envelopes: list[dict[str, Any]] = []
+        size = 0
+        last = self.acked_seq
+        for seq, body, path, length, data in rows:
+            if envelopes and size + length > max_bytes:
+                break
+            event = msgpack.unpackb(body)
+            if path is not None:
+                event["data"] = data if data is not None else _read_range(path, event, length)
+                size += length
+            envelopes.append({"seq": seq, "event": event})
+            last = seq
+        return envelopes, last
+
+    def ack(self, acked_seq: int) -> bool:
+        """Forget events up to `acked_seq`; False if it acknowledges nothing new."""
+        acked_seq = min(acked_seq, self.stored_seq)
+        if acked_seq <= self.acked_seq:
+            return False
+        with self._transaction():
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (acked_seq,))
+            self._set_meta("acked_seq", acked_seq)
+        self.acked_seq = acked_seq
+        while self._unacked and self._unacked[0][0] <= acked_seq:
+            _, proc_id, length = self._unacked.popleft()
+            left = self.unacked_bytes[proc_id] - length
+            if left:
+                self.unacked_bytes[proc_id] = left
+            else:
+                del self.unacked_bytes[proc_id]
+            self.unacked_total -= length
+        return True
+
+    def forget(self, proc_id: str) -> None:
+        """Before a process directory goes: copy in its unsent output, drop its ledger."""
+        self.flush()
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT seq, body, path, length FROM events"
+                " WHERE proc_id = ? AND path IS NOT NULL AND data IS NULL",
+                (proc_id,),
+            ).fetchall()
+            for seq, body, path, length in rows:
+                data = _read_range(path, msgpack.unpackb(body), length)
+                self._db.execute("UPDATE events SET data = ? WHERE seq = ?", (data, seq))
+            self._db.execute("DELETE FROM ledger WHERE proc_id = ?", (proc_id,))
+        self._ledger.pop(proc_id, None)
+
+
+def _read_range(path: str, event: dict[str, Any], length: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        return os.pread(fd, length, int(event["offset"]))
+    finally:
+        os.close(fd)
+
+
+class _Transaction:
+    """BEGIN … COMMIT, or ROLLBACK on error (the connection is in autocommit mode)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if kind is not None else "COMMIT")

@@ -1,0 +1,477 @@
+"""Running processes: start through the spawner, watch shims, output, stop timers.
+
+Theory of operation. A start writes the process directory and its spec, then
+hands the request to the spawner (batched: one pipe write per start batch). The
+shim's notification line says whether exec worked; the agent then watches the
+shim with a pidfd on the event loop (no task or polling per process). One scan
+over the active processes, every `scan_interval`, turns new output into events;
+when a shim exits, the remaining output is enqueued before the final event, so
+`proc.exited` always follows all output of its process.
+
+Flow control: no more output is enqueued for a process (or for the agent) while
+its unacknowledged output exceeds a cap; the file keeps the bytes meanwhile.
+
+Stop timers are `loop.call_at` handles, persisted in the `stop` file so that a
+restarted agent re-arms them; timeouts are derived from the start time and the
+spec, so they need no file of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apsis_agent import registry
+from apsis_agent.outbox import Outbox
+from apsis_agent.registry import PidFacts, Proc, Recovery, Status, StopFacts
+from apsis_agent.spawner import write_atomic
+from apsis_common.errors import ApsisError, BadInput, Conflict, NotFound, Unavailable
+from apsis_common.protocol import (
+    MAX_OUTPUT_CHUNK,
+    AgentStarted,
+    Event,
+    ProcExited,
+    ProcLost,
+    ProcSignaled,
+    ProcSpec,
+    ProcStarted,
+    ProcStartFailed,
+    ProcSummary,
+    StartProc,
+    StartResult,
+)
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "agent stopped during start"
+_VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Tunable limits of one agent."""
+
+    max_procs: int = 4096
+    scan_interval: float = 0.075
+    unacked_per_proc: int = 16 * 1024 * 1024
+    unacked_total: int = 64 * 1024 * 1024
+
+
+def check_spec(spec: ProcSpec) -> None:
+    """BadInput unless `spec` can be handed to exec."""
+    if not spec.argv or not spec.argv[0]:
+        raise BadInput("argv must name a program")
+    texts = [*spec.argv, spec.cwd or "", *spec.env, *spec.env.values()]
+    if any("\0" in text for text in texts):
+        raise BadInput("argv, cwd and env must not contain NUL characters")
+    if any(not name or "=" in name for name in spec.env):
+        raise BadInput("environment variable names must be non-empty and without '='")
+    signals = [spec.stop.signal] + ([spec.timeout.signal] if spec.timeout else [])
+    if any(s not in _VALID_SIGNALS for s in signals):
+        raise BadInput("unknown signal number")
+    if spec.stop.grace < 0 or (spec.timeout is not None and spec.timeout.duration <= 0):
+        raise BadInput("grace must be >= 0 and timeout duration > 0")
+    if spec.output_max < 0:
+        raise BadInput("output_max must be >= 0")
+
+
+def check_signal(number: int) -> int:
+    if number not in _VALID_SIGNALS:
+        raise BadInput(f"unknown signal number {number}")
+    return number
+
+
+class Procs:
+    """Every process of one agent, and the facts reported about them."""
+
+    def __init__(
+        self,
+        root: Path,
+        outbox: Outbox,
+        spawn: Callable[[bytes], None],
+        boot_id: str,
+        limits: Limits,
+        on_outbox: Callable[[], None],
+    ) -> None:
+        self._root = root
+        self._outbox = outbox
+        self._spawn = spawn
+        self._boot_id = boot_id
+        self.limits = limits
+        self._on_outbox = on_outbox
+        self._loop = asyncio.get_running_loop()
+        self._procs: dict[str, Proc] = {}
+        self._live: set[str] = set()  # starting or running
+        self._active: dict[str, Proc] = {}  # output to scan, or a final event pending
+        self._flush_handle: asyncio.Handle | None = None
+        self._home = os.path.expanduser("~")
+        self.draining = False
+
+    # -- queries ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._live)
+
+    @property
+    def idle(self) -> bool:
+        """No process starting or running and no final event waiting for output."""
+        return not self._live and not self._active
+
+    def get(self, proc_id: str) -> Proc:
+        proc = self._procs.get(proc_id)
+        if proc is None:
+            raise NotFound(f"no process {proc_id!r}")
+        return proc
+
+    def summaries(self) -> list[ProcSummary]:
+        return [proc.summary() for proc in self._procs.values()]
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def _report(self, event: Event, **ledger: Any) -> None:
+        self._outbox.add(event, **ledger)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        # Everything reported in one turn of the event loop goes in one transaction.
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._outbox.flush():
+            self._on_outbox()
+
+    # -- starting ----------------------------------------------------------------------
+
+    def start(self, items: Iterable[StartProc]) -> list[StartResult]:
+        """Start new processes; known ids with the same spec are `exists`."""
+        if self.draining:
+            raise Unavailable("draining: no new processes")
+        items = list(items)
+        new = sum(1 for item in items if item.proc_id not in self._procs)
+        if new and self.running + new > self.limits.max_procs:
+            raise Unavailable(f"process limit reached ({self.limits.max_procs})")
+        results: list[StartResult] = []
+        requests: list[dict[str, Any]] = []
+        for item in items:
+            try:
+                request = self._prepare(item)
+            except ApsisError as exc:
+                results.append(StartResult(item.proc_id, "refused", str(exc)))
+                continue
+            results.append(StartResult(item.proc_id, "exists" if request is None else "accepted"))
+            if request is not None:
+                requests.append(request)
+        if requests:
+            self._spawn(json.dumps(requests).encode() + b"\n")
+        return results
+
+    def start_one(self, proc_id: str, spec: ProcSpec) -> StartResult:
+        """Start one process; errors raise (BadInput, Conflict, Unavailable)."""
+        if self.draining:
+            raise Unavailable("draining: no new processes")
+        if proc_id not in self._procs and self.running >= self.limits.max_procs:
+            raise Unavailable(f"process limit reached ({self.limits.max_procs})")
+        request = self._prepare(StartProc(proc_id, spec))
+        if request is None:
+            return StartResult(proc_id, "exists")
+        self._spawn(json.dumps([request]).encode() + b"\n")
+        return StartResult(proc_id, "accepted")
+
+    def _prepare(self, item: StartProc) -> dict[str, Any] | None:
+        """The spawn request for a new process, None for a known one with the same spec."""
+        proc_id, spec = item.proc_id, item.spec
+        registry.check_proc_id(proc_id)
+        check_spec(spec)
+        known = self._procs.get(proc_id)
+        if known is not None:
+            if known.digest == spec.digest():
+                return None
+            raise Conflict(f"conflict: process {proc_id!r} exists with a different spec")
+        try:
+            proc = registry.create(self._root, proc_id, spec)
+        except OSError as exc:
+            log.error("cannot create the directory of %s: %s", proc_id, exc)
+            raise Unavailable(f"cannot create process directory: {exc.strerror}") from exc
+        self._procs[proc_id] = proc
+        self._live.add(proc_id)
+        request = {
+            "id": proc_id,
+            "dir": str(proc.directory),
+            "argv": list(spec.argv),
+            "cwd": spec.cwd or self._home,
+            "env_inherit": spec.env_inherit,
+            "env": spec.env,
+        }
+        return request
+
+    def on_notification(self, message: dict[str, Any]) -> None:
+        """A line from a shim: the program started, or could not be started."""
+        proc = self._procs.get(str(message.get("id")))
+        if proc is None or proc.status is not Status.STARTING:
+            return
+        error = message.get("error")
+        if error is not None:
+            self._start_failed(proc, str(error))
+            return
+        facts = message["facts"]
+        proc.facts = PidFacts(
+            int(facts["pid"]),
+            int(facts["pgid"]),
+            facts.get("start_ticks"),
+            float(facts["start_time"]),
+            str(facts["boot_id"]),
+            int(facts["shim_pid"]),
+            facts.get("shim_ticks"),
+        )
+        self._running(proc)
+
+    def _running(self, proc: Proc) -> None:
+        assert proc.facts is not None
+        proc.status = Status.RUNNING
+        self._live.add(proc.proc_id)
+        if not self._outbox.ledger(proc.proc_id).started:
+            self._report_started(proc)
+        self._active[proc.proc_id] = proc
+        self._watch(proc)
+        timeout = proc.spec.timeout
+        if timeout is not None:
+            when = proc.facts.start_time + timeout.duration
+            self._at(proc, when, self._timed_out)
+        if proc.stop is not None:
+            self._at(proc, proc.stop.deadline, self._escalate)
+
+    def _report_started(self, proc: Proc) -> None:
+        facts = proc.facts
+        assert facts is not None
+        event = ProcStarted(proc.proc_id, facts.pid, facts.pgid, facts.start_time)
+        self._report(event, started=True)
+
+    def _start_failed(self, proc: Proc, error: str) -> None:
+        proc.status = Status.FAILED
+        proc.error = error
+        self._live.discard(proc.proc_id)
+        if not self._outbox.ledger(proc.proc_id).final:
+            self._report(ProcStartFailed(proc.proc_id, error), final=True)
+
+    # -- watching ----------------------------------------------------------------------
+
+    def _watch(self, proc: Proc) -> None:
+        assert proc.facts is not None
+        try:
+            fd = os.pidfd_open(proc.facts.shim_pid)
+        except ProcessLookupError:
+            self._loop.call_soon(self._shim_exited, proc)
+            return
+        proc.pidfd = fd
+        self._loop.add_reader(fd, self._shim_exited, proc)
+
+    def _unwatch(self, proc: Proc) -> None:
+        if proc.pidfd is not None:
+            self._loop.remove_reader(proc.pidfd)
+            os.close(proc.pidfd)
+            proc.pidfd = None
+
+    def _shim_exited(self, proc: Proc) -> None:
+        self._unwatch(proc)
+        if proc.status is not Status.RUNNING:
+            return
+        self._live.discard(proc.proc_id)
+        proc.exit = registry.read_exit(proc.directory)
+        if proc.exit is not None:
+            proc.status = Status.EXITED
+        else:
+            log.warning("shim of %s vanished without an exit record", proc.proc_id)
+            self._lost(proc, "shim_vanished")
+        proc.final_pending = True
+        self._active[proc.proc_id] = proc
+        self._send_output(proc)
+
+    def _lost(self, proc: Proc, reason: str) -> None:
+        proc.status = Status.LOST
+        proc.error = f"process lost: {reason.replace('_', ' ')}"
+        if reason != "reboot" and proc.facts is not None and registry.group_alive(proc.facts):
+            registry.kill_group(proc.facts, signal.SIGKILL)
+
+    # -- output ------------------------------------------------------------------------
+
+    async def scan(self) -> None:
+        """Turn new output into events, for every active process, forever."""
+        while True:
+            await asyncio.sleep(self.limits.scan_interval)
+            self.scan_once()
+
+    def scan_once(self) -> None:
+        for proc in list(self._active.values()):
+            self._send_output(proc)
+
+    def _send_output(self, proc: Proc) -> None:
+        size = proc.output_size()
+        outbox, limits = self._outbox, self.limits
+        while proc.enqueued < size:
+            if (
+                outbox.unacked_bytes.get(proc.proc_id, 0) >= limits.unacked_per_proc
+                or outbox.unacked_total >= limits.unacked_total
+            ):
+                break
+            length = min(MAX_OUTPUT_CHUNK, size - proc.enqueued)
+            outbox.add_output(proc.proc_id, proc.output_path, proc.enqueued, length)
+            proc.enqueued += length
+            self._schedule_flush()
+        if proc.final_pending and proc.enqueued >= size:
+            self._report_final(proc, size)
+
+    def _report_final(self, proc: Proc, size: int) -> None:
+        proc.final_pending = False
+        del self._active[proc.proc_id]
+        if proc.status is Status.EXITED:
+            assert proc.exit is not None
+            self._report(ProcExited(proc.proc_id, proc.exit, size), final=True)
+        else:
+            reason = (proc.error or "").removeprefix("process lost: ").replace(" ", "_")
+            self._report(ProcLost(proc.proc_id, reason), final=True)
+
+    # -- signals and timers ------------------------------------------------------------
+
+    def _at(self, proc: Proc, when: float, callback: Callable[[Proc], None]) -> None:
+        """Call `callback(proc)` at wall-clock time `when` (now, if past)."""
+        delay = max(0.0, when - time.time())
+        proc.timers.append(self._loop.call_later(delay, callback, proc))
+
+    def signal(self, proc_id: str, number: int) -> ProcSummary:
+        """Send `number` to the process's group (reason: request)."""
+        proc = self.get(proc_id)
+        check_signal(number)
+        if proc.status is not Status.RUNNING or proc.facts is None:
+            raise Conflict(f"process {proc_id!r} is {proc.status.value}")
+        registry.kill_group(proc.facts, number)
+        self._report(ProcSignaled(proc_id, number, "request"))
+        return proc.summary()
+
+    def stop(self, proc_id: str, number: int | None, grace: float | None) -> ProcSummary:
+        """Signal the group, persist the deadline, SIGKILL it then; idempotent."""
+        proc = self.get(proc_id)
+        number = check_signal(proc.spec.stop.signal if number is None else number)
+        grace = proc.spec.stop.grace if grace is None else grace
+        if grace < 0:
+            raise BadInput("grace must be >= 0")
+        if proc.status is Status.RUNNING and proc.stop is None:
+            self._begin_stop(proc, number, grace, "stop")
+        return proc.summary()
+
+    def _begin_stop(self, proc: Proc, number: int, grace: float, reason: str) -> None:
+        assert proc.facts is not None
+        stop = StopFacts(number, time.time() + grace, reason)
+        try:
+            registry.write_stop(proc, stop)
+        except OSError as exc:
+            # The SIGKILL is still armed; only its survival across a restart is lost.
+            log.error("cannot persist the stop of %s: %s", proc.proc_id, exc)
+            proc.stop = stop
+        registry.kill_group(proc.facts, number)
+        self._report(ProcSignaled(proc.proc_id, number, reason))
+        self._at(proc, stop.deadline, self._escalate)
+
+    def _timed_out(self, proc: Proc) -> None:
+        if proc.status is Status.RUNNING and proc.stop is None:
+            timeout = proc.spec.timeout
+            assert timeout is not None
+            self._begin_stop(proc, timeout.signal, proc.spec.stop.grace, "timeout")
+
+    def _escalate(self, proc: Proc) -> None:
+        facts = proc.facts
+        if facts is None or not registry.group_alive(facts):
+            return
+        registry.kill_group(facts, signal.SIGKILL)
+        if not self._outbox.ledger(proc.proc_id).final and not proc.status.final:
+            self._report(ProcSignaled(proc.proc_id, int(signal.SIGKILL), "escalation"))
+
+    # -- removal -----------------------------------------------------------------------
+
+    def delete(self, proc_id: str) -> None:
+        """Forget a finished process whose result the server has stored."""
+        proc = self.get(proc_id)
+        if not proc.status.final or proc.final_pending:
+            raise Conflict(f"process {proc_id!r} is {proc.status.value}")
+        self._cancel_timers(proc)
+        self._outbox.forget(proc_id)
+        registry.remove(proc)
+        del self._procs[proc_id]
+
+    def _cancel_timers(self, proc: Proc) -> None:
+        for timer in proc.timers:
+            timer.cancel()
+        proc.timers.clear()
+
+    def close(self) -> None:
+        """Stop watching (processes keep running under their shims)."""
+        for proc in self._procs.values():
+            self._cancel_timers(proc)
+            self._unwatch(proc)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._outbox.flush()
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def recover(self, epoch: int) -> int:
+        """Load the process directories, report `agent.started`, then each recovery."""
+        found: list[tuple[Proc, Recovery]] = []
+        for entry in sorted(os.scandir(self._root), key=lambda e: e.name):
+            proc = registry.load(Path(entry.path))
+            if proc is None:
+                log.warning("removing %s: no spec", entry.path)
+                registry.remove_dir(Path(entry.path))
+                continue
+            proc.enqueued = self._outbox.ledger(proc.proc_id).enqueued
+            self._procs[proc.proc_id] = proc
+            found.append((proc, registry.decide(registry.observe(proc, self._boot_id))))
+        adopted = sum(1 for _, action in found if action is Recovery.ADOPT)
+        self._report(AgentStarted(epoch, adopted))
+        for proc, action in found:
+            self._recover(proc, action)
+        return adopted
+
+    def _recover(self, proc: Proc, action: Recovery) -> None:
+        ledger = self._outbox.ledger(proc.proc_id)
+        if proc.facts is not None and not ledger.started and action is not Recovery.FAILED:
+            self._report_started(proc)
+        if action is Recovery.ADOPT:
+            log.info("re-adopting %s (pid %s)", proc.proc_id, proc.facts and proc.facts.pid)
+            self._running(proc)
+            return
+        if action is Recovery.FAILED:
+            self._start_failed(proc, proc.error or "start failed")
+            return
+        if action is Recovery.INTERRUPTED:
+            with contextlib.suppress(OSError):
+                write_atomic(str(proc.directory / "failed"), INTERRUPTED.encode())
+            self._start_failed(proc, INTERRUPTED)
+            return
+        if action is Recovery.EXITED:
+            proc.status = Status.EXITED
+        else:
+            reason = {
+                Recovery.LOST_REBOOT: "reboot",
+                Recovery.LOST_VANISHED: "shim_vanished",
+                Recovery.LOST_PID_REUSED: "pid_reused",
+            }[action]
+            self._lost(proc, reason)
+        if proc.stop is not None:
+            self._at(proc, proc.stop.deadline, self._escalate)
+        if not ledger.final:
+            proc.final_pending = True
+            self._active[proc.proc_id] = proc
+            self._send_output(proc)

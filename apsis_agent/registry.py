@@ -1,0 +1,306 @@
+"""Process directories on disk, the in-memory record of each process, and recovery.
+
+One directory per process under `<state>/procs/<proc_id>/` (mode 0700):
+
+    spec     the ProcSpec as JSON (written by the daemon before spawning)
+    pid      written by the shim once exec succeeded: pid, pgid, start ticks,
+             start time, boot id, shim pid and shim start ticks
+    failed   written by the shim when the program could not be started
+    exit     written by the shim when the program ended (atomic, fsynced)
+    stop     signal, deadline and reason while a stop is under way
+    output   stdout and stderr, appended by the program itself
+
+What has been *reported* about a process (started, final event, output offset)
+lives in the outbox's ledger, updated in the same transaction as the events.
+
+`decide` is the recovery table of spec/03-agent.md as a pure function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apsis_agent.spawner import read_stat, write_atomic
+from apsis_common import protocol
+from apsis_common.errors import BadInput
+from apsis_common.protocol import ExitInfo, ProcSpec, ProcSummary
+
+# Process ids name directories: keep them to a safe alphabet.
+_PROC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}")
+
+
+def check_proc_id(proc_id: str) -> str:
+    """`proc_id` if it is safe as a directory name; BadInput otherwise."""
+    if not _PROC_ID.fullmatch(proc_id):
+        raise BadInput(f"bad process id {proc_id[:140]!r}: use letters, digits and _.:@+-")
+    return proc_id
+
+
+class Status(enum.StrEnum):
+    """Where a process is, as the agent sees it (ProcSummary.state)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"
+    LOST = "lost"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.EXITED, Status.FAILED, Status.LOST)
+
+
+@dataclass(frozen=True)
+class PidFacts:
+    """The contents of a `pid` file."""
+
+    pid: int
+    pgid: int
+    start_ticks: int | None
+    start_time: float
+    boot_id: str
+    shim_pid: int
+    shim_ticks: int | None
+
+
+@dataclass(frozen=True)
+class StopFacts:
+    """The contents of a `stop` file: SIGKILL the group at `deadline` (wall clock)."""
+
+    signal: int
+    deadline: float
+    reason: str
+
+
+@dataclass
+class Proc:
+    """One process the agent knows about."""
+
+    proc_id: str
+    spec: ProcSpec
+    digest: str
+    directory: Path
+    status: Status = Status.STARTING
+    facts: PidFacts | None = None
+    exit: ExitInfo | None = None
+    error: str | None = None
+    stop: StopFacts | None = None
+    # Bytes of output already turned into events.
+    enqueued: int = 0
+    # The exit is known but output remains to be enqueued before `proc.exited`.
+    final_pending: bool = False
+    pidfd: int | None = None
+    timers: list[Any] = field(default_factory=list)
+
+    @property
+    def output_path(self) -> Path:
+        return self.directory / "output"
+
+    def output_size(self) -> int:
+        """Bytes of output available for sending (capped at the spec's output_max)."""
+        try:
+            size = os.stat(self.output_path).st_size
+        except FileNotFoundError:
+            return 0
+        return min(size, self.spec.output_max)
+
+    def summary(self) -> ProcSummary:
+        return ProcSummary(
+            proc_id=self.proc_id,
+            state=self.status.value,
+            pid=self.facts.pid if self.facts else None,
+            output_length=self.output_size(),
+            exit=self.exit,
+            error=self.error,
+            labels=self.spec.labels,
+        )
+
+
+# -- files -------------------------------------------------------------------------
+
+
+def create(root: Path, proc_id: str, spec: ProcSpec) -> Proc:
+    """Make the process directory and write its spec (before any spawn)."""
+    directory = root / proc_id
+    directory.mkdir(mode=0o700)
+    write_atomic(str(directory / "spec"), protocol.encode_json(spec))
+    return Proc(proc_id, spec, spec.digest(), directory)
+
+
+def remove(proc: Proc) -> None:
+    remove_dir(proc.directory)
+
+
+def remove_dir(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def write_stop(proc: Proc, stop: StopFacts) -> None:
+    data = {"signal": stop.signal, "deadline": stop.deadline, "reason": stop.reason}
+    write_atomic(str(proc.directory / "stop"), json.dumps(data).encode())
+    proc.stop = stop
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # a torn write cannot happen (rename), but a bad file must not stop us
+
+
+def read_pid(directory: Path) -> PidFacts | None:
+    data = _read_json(directory / "pid")
+    if not isinstance(data, dict):
+        return None
+    try:
+        return PidFacts(
+            int(data["pid"]),
+            int(data["pgid"]),
+            data.get("start_ticks"),
+            float(data["start_time"]),
+            str(data["boot_id"]),
+            int(data["shim_pid"]),
+            data.get("shim_ticks"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def read_exit(directory: Path) -> ExitInfo | None:
+    data = _read_json(directory / "exit")
+    if data is None:
+        return None
+    try:
+        return protocol.from_plain(ExitInfo, data)
+    except BadInput:
+        return None
+
+
+def read_failed(directory: Path) -> str | None:
+    try:
+        return (directory / "failed").read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+
+
+def read_stop(directory: Path) -> StopFacts | None:
+    data = _read_json(directory / "stop")
+    if not isinstance(data, dict):
+        return None
+    try:
+        return StopFacts(int(data["signal"]), float(data["deadline"]), str(data["reason"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def load(directory: Path) -> Proc | None:
+    """The process in `directory` from its spec, or None if it has none."""
+    try:
+        spec = protocol.from_plain(ProcSpec, json.loads((directory / "spec").read_bytes()))
+    except (FileNotFoundError, ValueError):
+        return None
+    proc = Proc(directory.name, spec, spec.digest(), directory)
+    proc.facts = read_pid(directory)
+    proc.exit = read_exit(directory)
+    proc.error = read_failed(directory)
+    proc.stop = read_stop(directory)
+    return proc
+
+
+# -- recovery ------------------------------------------------------------------------
+
+
+class Recovery(enum.Enum):
+    """What to do with a process directory found when the daemon starts."""
+
+    EXITED = "exited"  # report the exit (unless reported) and finish sending output
+    FAILED = "failed"  # the shim recorded a start failure: report it
+    ADOPT = "adopt"  # the shim is alive: watch it again
+    LOST_REBOOT = "lost_reboot"
+    LOST_VANISHED = "lost_vanished"  # shim gone without an exit: kill group survivors
+    LOST_PID_REUSED = "lost_pid_reused"
+    INTERRUPTED = "interrupted"  # only a spec: the agent stopped during the start
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Facts about one process directory and the live system, for `decide`."""
+
+    has_exit: bool
+    has_failed: bool
+    has_pid: bool
+    same_boot: bool
+    # The shim's pid exists at all / exists with the start ticks it recorded.
+    shim_pid_alive: bool
+    shim_matches: bool
+
+
+def decide(seen: Observed) -> Recovery:
+    """The recovery table of spec/03-agent.md."""
+    if seen.has_exit:
+        return Recovery.EXITED
+    if seen.has_failed:
+        return Recovery.FAILED
+    if not seen.has_pid:
+        return Recovery.INTERRUPTED
+    if not seen.same_boot:
+        return Recovery.LOST_REBOOT
+    if seen.shim_matches:
+        return Recovery.ADOPT
+    if seen.shim_pid_alive:
+        return Recovery.LOST_PID_REUSED
+    return Recovery.LOST_VANISHED
+
+
+def observe(proc: Proc, boot_id: str) -> Observed:
+    """Look at the process directory and /proc, in the order that avoids races.
+
+    The shim writes `exit` before it exits, so the shim is checked first and the
+    `exit` file read again afterwards: an exit in between is then never taken for
+    a vanished shim.
+    """
+    facts = proc.facts
+    shim_alive = shim_matches = False
+    if facts is not None and facts.boot_id == boot_id:
+        stat = read_stat(facts.shim_pid)
+        shim_alive = stat is not None
+        shim_matches = stat is not None and stat[2] == facts.shim_ticks
+    if proc.exit is None:
+        proc.exit = read_exit(proc.directory)
+    return Observed(
+        has_exit=proc.exit is not None,
+        has_failed=proc.error is not None,
+        has_pid=facts is not None,
+        same_boot=facts is not None and facts.boot_id == boot_id,
+        shim_pid_alive=shim_alive,
+        shim_matches=shim_matches,
+    )
+
+
+def group_alive(facts: PidFacts) -> bool:
+    """Whether any process is still in the program's group and the shim's session."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        stat = read_stat(int(entry.name))
+        if stat is not None and stat[0] == facts.pgid and stat[1] == facts.shim_pid:
+            return True
+    return False
+
+
+def kill_group(facts: PidFacts, sig: int) -> bool:
+    """Signal the program's group if it still exists; False if it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(facts.pgid, sig)
+        return True
+    return False

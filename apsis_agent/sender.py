@@ -1,0 +1,144 @@
+"""Webhook delivery: one signed batch in flight, resent with jittered backoff until acked.
+
+Each POST carries the oldest unacknowledged events (up to a count and a byte
+budget, output bytes read from the files now); the server answers the highest
+contiguous sequence number it applied, and everything up to it leaves the
+outbox. With nothing to send, an empty batch every `heartbeat` seconds tells the
+server the agent is alive. There is no give-up: an unreachable server only means
+the events wait on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import msgpack
+
+from apsis_agent.outbox import Outbox
+from apsis_agent.state import Keys, Settings
+from apsis_common import auth, protocol, tls
+from apsis_common.errors import ProtocolError
+from apsis_common.protocol import Ack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Tunables of webhook delivery."""
+
+    heartbeat: float = 5.0
+    max_events: int = 5000
+    max_bytes: int = 8 * 1024 * 1024
+    backoff_min: float = 0.05
+    backoff_max: float = 10.0
+    timeout: float = 30.0
+
+
+class Sender:
+    """Posts the outbox to the server's webhook."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        config: Callable[[], tuple[Settings, Keys]],
+        epoch: int,
+        delivery: Delivery,
+        on_ack: Callable[[], None],
+    ) -> None:
+        self._outbox = outbox
+        self._config = config
+        self._epoch = epoch
+        self._delivery = delivery
+        self._on_ack = on_ack
+        self._wake = asyncio.Event()
+        self._client: httpx.AsyncClient | None = None
+        self._client_ca: str | None = None
+        self.connected = False
+
+    def wake(self) -> None:
+        """New events are stored: send them."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver forever (until cancelled)."""
+        failures = 0
+        try:
+            while True:
+                outbox = self._outbox
+                if outbox.stored_seq <= outbox.acked_seq:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._delivery.heartbeat)
+                self._wake.clear()
+                progressed = await self._send_one()
+                if progressed:
+                    failures = 0
+                    continue
+                failures += 1
+                await asyncio.sleep(self._backoff(failures))
+        finally:
+            if self._client is not None:
+                await self._client.aclose()
+
+    def _backoff(self, failures: int) -> float:
+        d = self._delivery
+        delay: float = min(d.backoff_max, d.backoff_min * 2.0 ** min(failures, 20))
+        return delay * random.uniform(0.5, 1.5)
+
+    async def _send_one(self) -> bool:
+        """Post one batch; True if it was accepted (and acked something, if not empty)."""
+        settings, keys = self._config()
+        envelopes, last = self._outbox.batch(self._delivery.max_events, self._delivery.max_bytes)
+        body = msgpack.packb(
+            {"agent_id": settings.agent_id, "epoch": self._epoch, "events": envelopes},
+            use_bin_type=True,
+        )
+        del envelopes  # the bytes live on in `body` only
+        try:
+            ack = await self._post(settings, keys, body)
+        except (httpx.HTTPError, OSError, ProtocolError, ValueError) as exc:
+            if self.connected or not isinstance(exc, httpx.ConnectError):
+                log.warning(
+                    "webhook %s failed: %s", settings.webhook_url, exc or type(exc).__name__
+                )
+            self.connected = False
+            return False
+        self.connected = True
+        if last <= self._outbox.acked_seq:
+            return True  # a heartbeat
+        if self._outbox.ack(ack.acked_seq):
+            self._on_ack()
+            return True
+        log.warning("webhook acknowledged %d, below the batch sent", ack.acked_seq)
+        return False
+
+    async def _post(self, settings: Settings, keys: Keys, body: bytes) -> Ack:
+        client = await self._client_for(settings)
+        url = httpx.URL(settings.webhook_url)
+        target = url.raw_path.decode("ascii")
+        headers = auth.sign(keys.current, "POST", target, body)
+        headers["content-type"] = protocol.MSGPACK
+        response = await client.post(url, content=body, headers=headers)
+        if response.status_code != 200:
+            raise ValueError(f"status {response.status_code}: {response.text[:200]}")
+        content_type = response.headers.get("content-type", protocol.MSGPACK)
+        return protocol.decode(Ack, response.content, content_type)
+
+    async def _client_for(self, settings: Settings) -> httpx.AsyncClient:
+        # A new CA (after a bootstrap) needs a new TLS context, so a new client.
+        if self._client is None or self._client_ca != settings.ca_pem:
+            if self._client is not None:
+                await self._client.aclose()
+            self._client = httpx.AsyncClient(
+                verify=tls.client_context(settings.ca_pem),
+                timeout=self._delivery.timeout,
+                trust_env=False,
+            )
+            self._client_ca = settings.ca_pem
+        return self._client
