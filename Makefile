@@ -1,0 +1,40 @@
+# The developer loop. `make demo` and `make test` are all a fresh clone needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test check fmt bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: a working scheduler with the example jobs and a local agent on 127.0.0.1:5005
+demo: $(STAMP)
+	$(BIN)/apsis-server --config examples/config.yaml
+
+## check: formatting, lint and strict type checks
+check: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## test: check, then the whole suite (soak and benchmark runs excluded)
+test: check
+	$(BIN)/pytest -q
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: the benchmark scenarios of spec/05-quality.md; a table and bench/results/*.json
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) demo-state .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,238 @@
+"""Running the real server (and through it the real local agent) for tests.
+
+Everything is real: `python -m apsis_server` in a subprocess bound to a free
+port on 127.0.0.1, its SQLite file and state dir in a temporary directory, the
+local agent it bootstraps over verified HTTPS. Tests wait on conditions with
+`wait_for`, never on bare sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+FINISHED = {"success", "failure", "error", "skipped"}
+
+
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
+) -> T:
+    """The first truthy value of `predicate()`, polled until `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is in process group `pgid`."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+class Server:
+    """One real apsis-server process over a state dir, restartable."""
+
+    def __init__(self, root: Path, jobs: dict[str, str] | None = None, config: str = "") -> None:
+        self.root = root
+        self.jobs_dir = root / "jobs"
+        self.state = root / "state"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        for job_id, text in (jobs or {}).items():
+            path = self.jobs_dir / f"{job_id}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        self.config_file = root / "config.yaml"
+        self.config_file.write_text(f"jobs: jobs\nstate: state\n{config}")
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_file = root / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        port_file = self.root / "port"
+        port_file.unlink(missing_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "apsis_server",
+                    "--config",
+                    str(self.config_file),
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--port-file",
+                    str(port_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(lambda: self._alive(), 20, "the server to answer")
+        return self
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(self.url + "/api/v1/alive", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    # -- the API ------------------------------------------------------------------
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.url + "/api/v1" + path, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        response = self.api("GET", path, **kwargs)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, path: str, body: Any = None, status: int | None = None) -> Any:
+        response = self.api("POST", path, json=body)
+        if status is not None:
+            assert response.status_code == status, response.text
+        else:
+            assert response.status_code < 300, response.text
+        return response.json()
+
+    def schedule(self, job_id: str, args: dict[str, str] | None = None) -> str:
+        run_id: str = self.post("/runs", {"job_id": job_id, "args": args or {}})["run"]["run_id"]
+        return run_id
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        run: dict[str, Any] = self.get(f"/runs/{run_id}")["run"]
+        return run
+
+    def wait_state(
+        self, run_id: str, states: set[str] | str, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        wanted = {states} if isinstance(states, str) else states
+
+        def check() -> dict[str, Any] | None:
+            run = self.run(run_id)
+            return run if run["state"] in wanted else None
+
+        return wait_for(check, timeout, f"{run_id} to be {'/'.join(sorted(wanted))}")
+
+    def wait_finished(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        return self.wait_state(run_id, FINISHED, timeout)
+
+    def output(self, run_id: str) -> bytes:
+        response = self.api("GET", f"/runs/{run_id}/output")
+        assert response.status_code == 200, response.text
+        return response.content
+
+    def meta(self, run_id: str) -> dict[str, Any]:
+        meta: dict[str, Any] = self.get(f"/runs/{run_id}/meta")["meta"]
+        return meta
+
+    # -- the local agent ----------------------------------------------------------
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.state / "local-agent"
+
+    def agent_pid(self) -> int | None:
+        try:
+            return int((self.agent_dir / "daemon.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def cleanup(self) -> None:
+        """Stop the server, the local agent and anything the tests left running."""
+        self.stop()
+        pid = self.agent_pid()
+        if pid is not None and pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        procs = self.agent_dir / "procs"
+        if procs.is_dir():
+            for pid_file in procs.glob("*/pid"):
+                with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
+                    info = json.loads(pid_file.read_text())
+                    os.killpg(int(info["pgid"]), signal.SIGKILL)
+                    os.kill(int(info["shim_pid"]), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_server(
+    root: Path, jobs: dict[str, str] | None = None, config: str = ""
+) -> Iterator[Server]:
+    server = Server(root, jobs, config)
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()

@@ -1,0 +1,118 @@
+"""One contract, run against every RunStore: memory and SQLite behave the same."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apsis_common.states import State
+from apsis_server.core.runs import LogEntry, Run
+from apsis_server.store.base import Changes, RunFilter, RunStore
+from apsis_server.store.memory import MemoryStore
+from apsis_server.store.sqlite import SqliteStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
+    s: RunStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "a.db")
+    yield s
+    s.close()
+
+
+def _run(n: int, job: str = "a", state: State = State.SUCCESS, **kw: object) -> Run:
+    return Run(
+        run_id=f"r{n}",
+        job_id=job,
+        args=kw.pop("args", {}),  # type: ignore[arg-type]
+        state=state,
+        schedule_time=float(n),
+        times={"scheduled": float(n)},
+        labels=kw.pop("labels", ()),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_write_and_read_back(store: RunStore) -> None:
+    run = _run(1, program={"type": "process", "argv": ["x"]}, proc_id="r1.1", agent_id="local")
+    store.write(
+        Changes(
+            runs={"r1": run},
+            log=[LogEntry("r1", 1.0, "scheduled", State.SCHEDULED), LogEntry("r1", 2.0, "note")],
+            meta={"r1": {"pid": 5}},
+            acks={"local": 7},
+        )
+    )
+    store.write(Changes(meta={"r1": {"exit_code": 0}}))
+    assert store.get("r1") == run
+    assert store.get("r2") is None
+    assert [e.message for e in store.log("r1")] == ["scheduled", "note"]
+    assert store.log("r1")[0].state == State.SCHEDULED
+    assert store.meta("r1") == {"pid": 5, "exit_code": 0}
+    assert store.ack("local") == 7 and store.ack("other") == 0
+    assert store.max_run_number() == 1
+
+
+def test_unfinished_and_updates(store: RunStore) -> None:
+    store.write(Changes(runs={"r1": _run(1, state=State.RUNNING), "r2": _run(2)}))
+    assert [r.run_id for r in store.unfinished()] == ["r1"]
+    store.write(Changes(runs={"r1": _run(1, state=State.FAILURE)}))
+    assert store.unfinished() == []
+    assert store.get("r1") is not None and store.get("r1").state == State.FAILURE  # type: ignore[union-attr]
+
+
+def test_output_by_range(store: RunStore) -> None:
+    store.write(Changes(output=[("r1", 0, b"hello "), ("r1", 6, b"world\x00\xff")]))
+    assert store.output_length("r1") == 13
+    assert store.output("r1") == b"hello world\x00\xff"
+    assert store.output("r1", 3, 8) == b"lo wo"
+    assert store.output("r1", 6) == b"world\x00\xff"
+    assert store.output("r2") == b""
+
+
+def test_query_filters_and_keyset_pages(store: RunStore) -> None:
+    runs = {
+        f"r{n}": _run(
+            n,
+            job="a" if n % 2 else "b",
+            state=State.FAILURE if n % 3 == 0 else State.SUCCESS,
+            args={"d": str(n % 4)},
+            labels=("x",) if n > 5 else (),
+        )
+        for n in range(1, 11)
+    }
+    store.write(Changes(runs=runs))
+
+    def ids(f: RunFilter) -> list[str]:
+        return [r.run_id for r in store.query(f)]
+
+    assert ids(RunFilter(limit=3)) == ["r10", "r9", "r8"]
+    assert ids(RunFilter(limit=3, before="r8")) == ["r7", "r6", "r5"]
+    assert ids(RunFilter(job_id="a")) == ["r9", "r7", "r5", "r3", "r1"]
+    assert ids(RunFilter(states=(State.FAILURE,))) == ["r9", "r6", "r3"]
+    assert ids(RunFilter(label="x", job_id="b")) == ["r10", "r8", "r6"]
+    assert ids(RunFilter(args={"d": "1"})) == ["r9", "r5", "r1"]
+    assert ids(RunFilter(since=3.0, until=5.0)) == ["r4", "r3"]
+
+
+def test_cursors_and_identities(store: RunStore) -> None:
+    store.write(
+        Changes(
+            runs={"r1": _run(1, state=State.SCHEDULED, schedule_key="k")},
+            cursors={("a", "k"): 1.0},
+        )
+    )
+    assert store.cursors() == {("a", "k"): 1.0}
+    assert store.scheduled_identities("a", 0.0) == {("k", 1.0)}
+    assert store.scheduled_identities("a", 2.0) == set()
+
+
+def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "a.db")
+    store.write(Changes(runs={"r5": _run(5)}, output=[("r5", 0, b"x")]))
+    store.close()
+    again = SqliteStore(tmp_path / "a.db")
+    assert again.max_run_number() == 5 and again.output("r5") == b"x"
+    assert again.schema_version() >= 1
+    again.close()
