@@ -22,7 +22,7 @@ from apsis_common.errors import (
     Unavailable,
 )
 from apsis_common.states import State
-from apsis_common.times import parse_time
+from apsis_common.times import format_time, parse_time
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import Job
 from apsis_server.core.programs import parse_program, signal_number
@@ -297,6 +297,32 @@ async def force_error(request: Request) -> Response:
     )
 
 
+async def agents(request: Request) -> Response:
+    engine = _engine(request)
+    active = (State.STARTING, State.RUNNING, State.STOPPING)
+    out = []
+    for conn in request.app.state.registry.agents.values():
+        running = sum(
+            1 for r in engine.runs.values() if r.agent_id == conn.agent_id and r.state in active
+        )
+        out.append(
+            {
+                "agent_id": conn.agent_id,
+                "host": conn.host,
+                "user": conn.user,
+                "state": conn.state,
+                "version": conn.version,
+                "epoch": conn.epoch,
+                "pid": conn.pid,
+                "port": conn.port,
+                "running": running,
+                "last_heartbeat": format_time(conn.last_heartbeat),
+                "error": conn.error,
+            }
+        )
+    return JSONResponse({"agents": out})
+
+
 def routes() -> list[Route]:
     r = "/api/v1"
     table: list[tuple[str, Handler, list[str]]] = [
@@ -314,6 +340,7 @@ def routes() -> list[Route]:
         ("/runs/{run_id}/signal/{signal}", signal, ["POST"]),
         ("/runs/{run_id}/mark/{state}", mark, ["POST"]),
         ("/runs/{run_id}/error", force_error, ["POST"]),
+        ("/agents", agents, ["GET"]),
     ]
     table += [
         (f"/runs/{{run_id}}/{op}", _operation(op), ["POST"])

@@ -33,7 +33,7 @@ from apsis_server.store.base import Changes, RunStore
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[Run], None]
+Listener = Callable[[Changes], None]
 
 
 class Agents(Protocol):
@@ -131,8 +131,9 @@ class Engine:
                 for future in self._waiters.pop(run.run_id, []):
                     if not future.done():
                         future.set_result(run)
+        if changes:
             for listener in self.listeners:
-                listener(run)
+                listener(changes)
 
     # -- timers -------------------------------------------------------------
 
