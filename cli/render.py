@@ -240,7 +240,8 @@ def log_table(entries: Sequence[Json], now: float) -> Table:
     """The run log: time, state (if a transition), message."""
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True)
+    # A fixed width keeps the columns aligned when --follow prints entries in batches.
+    table.add_column(no_wrap=True, min_width=max(len(s) for s in STATE_STYLES))
     table.add_column()
     for entry in entries:
         table.add_row(
@@ -249,6 +250,19 @@ def log_table(entries: Sequence[Json], now: float) -> Table:
             Text(str(entry.get("message") or "")),
         )
     return table
+
+
+def meta_value(key: str, value: object) -> object:
+    """Metadata made readable: epoch times as local times, durations, short floats."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, Mapping):
+            return {k: meta_value(str(k), v) for k, v in value.items()}
+        return value
+    if key.endswith("_time") and value > 1e8:
+        return absolute(float(value))
+    if key == "elapsed":
+        return duration(float(value))
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def run_detail(run: Json, log: Sequence[Json], meta: Json | None, now: float) -> Group:
@@ -271,27 +285,29 @@ def run_detail(run: Json, log: Sequence[Json], meta: Json | None, now: float) ->
     parts: list[RenderableType] = [_fields(fields), Text("")]
     parts.append(_section("times", _fields((k, moment(v, now)) for k, v in times.items())))
     if meta:
-        parts.append(_section("metadata", _fields(meta.items())))
+        parts.append(_section("metadata", _fields((k, meta_value(k, v)) for k, v in meta.items())))
     parts.append(_section("log", log_table(log, now) if log else Text("none", style="dim")))
     return Group(*parts)
 
 
 def agents_table(agents: Sequence[Json], now: float) -> Table:
-    """Agents: host, user, state, version, running count, last heartbeat."""
+    """Agents: id, host, user, state, version, running count, last heartbeat, error."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("host", "user", "state", "version", "running", "last heartbeat"):
+    for name in ("agent", "host", "user", "state", "version", "running", "last heartbeat"):
         table.add_column(name, no_wrap=True)
+    table.add_column("error")
     styles = {"connected": "green", "disconnected": "red", "stopped": "dim"}
     for agent in agents:
         state = str(agent.get("state") or "-")
-        heartbeat = agent.get("last_heartbeat") or agent.get("heartbeat")
         table.add_row(
-            Text(str(agent.get("host") or agent.get("hostname") or "-"), style="bold"),
+            Text(str(agent.get("agent_id") or "-"), style="bold"),
+            Text(str(agent.get("host") or "-")),
             Text(str(agent.get("user") or "-")),
             Text(state, style=styles.get(state, "")),
             Text(str(agent.get("version") or "-")),
             Text(str(agent.get("running", "-"))),
-            Text(relative(epoch(heartbeat), now)),
+            Text(relative(epoch(agent.get("last_heartbeat")), now)),
+            Text(str(agent.get("error") or ""), style="red"),
         )
     return table
 

@@ -74,6 +74,8 @@ def _create(ctx: Context, args: argparse.Namespace, body: Json) -> int:
         run = wait_for(ctx, str(run["run_id"]))
     if args.output:
         write_output(ctx, str(run["run_id"]))
+        if outcome(run) != 0:  # the output alone would not say what went wrong
+            ctx.warn(run_line(run))
     elif args.json:
         ctx.print_json({"run": run})
     else:
