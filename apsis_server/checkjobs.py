@@ -1,0 +1,47 @@
+"""`python -m apsis_server.checkjobs [--calendars DIR] DIR`: validate a jobs directory offline.
+
+Prints every error as `file: key.path: message`, then a count; exits 1 when any
+job (or calendar) file has errors, 2 on bad usage, 0 when all is well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from apsis_server.core.jobs import JobError
+from apsis_server.core.templates import Templates, default_helpers
+from apsis_server.jobsdir import load_calendars_dir, load_jobs_dir
+
+
+def _print(error: JobError) -> None:
+    where = f"{error.path}: {error.key_path}" if error.key_path else error.path
+    print(f"{where}: {error.message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="apsis check-jobs", description=__doc__)
+    parser.add_argument("jobs_dir", type=Path, metavar="DIR", help="the jobs directory")
+    parser.add_argument(
+        "--calendars", type=Path, metavar="DIR", help="directory of named calendar files"
+    )
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:
+        return 0 if exc.code == 0 else 2
+    errors: list[JobError] = []
+    calendars = {}
+    if args.calendars is not None:
+        loaded = load_calendars_dir(args.calendars)
+        calendars, errors = loaded.calendars, list(loaded.errors)
+    result = load_jobs_dir(args.jobs_dir, Templates(default_helpers(calendars)), calendars)
+    errors += result.errors
+    for error in errors:
+        _print(error)
+    print(f"{len(result.jobs)} jobs loaded, {len(errors)} errors")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

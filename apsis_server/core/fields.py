@@ -1,0 +1,197 @@
+"""Reading checked values out of parsed YAML, with the key path in every error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from apsis_common.errors import BadInput
+from apsis_common.times import parse_duration
+
+T = TypeVar("T")
+D = TypeVar("D")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """What is wrong, and where: `key_path` like `schedule[1].daytime`."""
+
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key_path}: {self.message}" if self.key_path else self.message
+
+
+class Invalid(BadInput):
+    """One or more field errors."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+class Fields:
+    """A mapping being read: every key must be taken, or it is reported as unknown."""
+
+    def __init__(self, data: object, path: str = "", what: str = "a mapping") -> None:
+        if not isinstance(data, Mapping):
+            raise Invalid([FieldError(path, f"expected {what}, got {_kind(data)}")])
+        self.data: Mapping[Any, Any] = data
+        self.path = path
+        self._taken: set[Any] = set()
+
+    def at(self, key: str | int) -> str:
+        return _join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self._taken.add(key)
+        return self.data.get(key, default)
+
+    def take(self, key: str, convert: Callable[[Any, str], T], default: D) -> T | D:
+        """The converted value at `key`, or `default` when absent."""
+        self._taken.add(key)
+        if key not in self.data:
+            return default
+        return convert(self.data[key], self.at(key))
+
+    def need(self, key: str, convert: Callable[[Any, str], T]) -> T:
+        """The converted value at `key`, which must be there."""
+        self._taken.add(key)
+        if key not in self.data:
+            raise Invalid([FieldError(self.at(key), "missing")])
+        return convert(self.data[key], self.at(key))
+
+    def done(self) -> None:
+        """Raise for keys nobody took."""
+        unknown = [k for k in self.data if k not in self._taken]
+        if unknown:
+            raise Invalid([FieldError(self.at(str(k)), "unknown key") for k in unknown])
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )
+
+
+def string(value: Any, path: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise Invalid([FieldError(path, f"expected a string, got {_kind(value)}")])
+    return str(value)
+
+
+def boolean(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid([FieldError(path, f"expected true or false, got {_kind(value)}")])
+    return value
+
+
+def duration(value: Any, path: str) -> float:
+    try:
+        return parse_duration(value)
+    except BadInput as exc:
+        raise Invalid([FieldError(path, str(exc))]) from None
+
+
+def positive_duration(value: Any, path: str) -> float:
+    seconds = duration(value, path)
+    if seconds <= 0:
+        raise Invalid([FieldError(path, f"expected a positive duration, got {value!r}")])
+    return seconds
+
+
+def strings(value: Any, path: str) -> tuple[str, ...]:
+    """A list of strings; a single string is a list of one."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        raise Invalid([FieldError(path, f"expected a list of strings, got {_kind(value)}")])
+    return tuple(string(v, _join(path, i)) for i, v in enumerate(value))
+
+
+def string_map(value: Any, path: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise Invalid([FieldError(path, f"expected a mapping, got {_kind(value)}")])
+    return {string(k, path): string(v, _join(path, str(k))) for k, v in value.items()}
+
+
+def items(value: Any, path: str) -> Iterator[tuple[Any, str]]:
+    """The items of a list (a single mapping is a list of one), with their paths."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            yield item, _join(path, i)
+    else:
+        yield value, path
+
+
+def collect(parsers: list[Callable[[], None]]) -> None:
+    """Run every parser, raising all their errors together."""
+    errors: list[FieldError] = []
+    for parse in parsers:
+        try:
+            parse()
+        except Invalid as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise Invalid(errors)
+
+
+def integer(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise Invalid([FieldError(path, f"expected an integer, got {_kind(value)}")])
+    return value
+
+
+def positive_integer(value: Any, path: str) -> int:
+    number = integer(value, path)
+    if number < 1:
+        raise Invalid([FieldError(path, f"expected a positive integer, got {number}")])
+    return number
+
+
+def choice(*choices: str) -> Callable[[Any, str], str]:
+    """A converter accepting only the given strings."""
+
+    def convert(value: Any, path: str) -> str:
+        text = string(value, path)
+        if text not in choices:
+            expected = " or ".join(repr(c) for c in choices)
+            raise Invalid([FieldError(path, f"expected {expected}, got {text!r}")])
+        return text
+
+    return convert
+
+
+class Collector:
+    """Runs parsing steps, keeping every error, so a file's errors come out together."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def __call__(self, step: Callable[[], T], default: T) -> T:
+        """The step's result, or `default` after recording its errors."""
+        try:
+            return step()
+        except Invalid as exc:
+            self.errors.extend(exc.errors)
+            return default
+
+    def check(self) -> None:
+        """Raise every error recorded so far."""
+        if self.errors:
+            raise Invalid(list(self.errors))

@@ -1,0 +1,232 @@
+"""Jobs: parsing and validating one job file into an immutable `Job`.
+
+Every part of the file is parsed even after an error, so one load reports all of
+a file's errors together, each with its key path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import yaml
+
+from apsis_server.core.actions import Action, parse_action, parse_successor
+from apsis_server.core.calendars import Calendar
+from apsis_server.core.catchup import CatchUp, parse_catch_up, parse_waiting
+from apsis_server.core.conditions import Condition, parse_condition
+from apsis_server.core.fields import (
+    Collector,
+    FieldError,
+    Fields,
+    Invalid,
+    boolean,
+    items,
+    string,
+    strings,
+)
+from apsis_server.core.programs import Program, parse_program
+from apsis_server.core.schedules import Schedule, ScheduleContext, parse_schedule, supplied_args
+from apsis_server.core.templates import Templates, check_template
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without base-60 numbers, so `12:00` is a string (noon), not 720."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way job files are read; Invalid on a syntax error."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise Invalid([FieldError("", f"YAML syntax error: {where}{problem}")]) from None
+
+
+_NOT_GIVEN: Any = object()
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as loaded: what to run, when, under which conditions, and after.
+
+    `catch_up` None means the server's default policy; `waiting_max_time` is the
+    longest a run may wait (None: no limit), used only when `has_waiting_limit`,
+    else the server's default applies.
+    """
+
+    job_id: str
+    params: tuple[str, ...]
+    program: Program
+    schedules: tuple[Schedule, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    actions: tuple[Action, ...] = ()
+    ad_hoc: bool = False
+    catch_up: CatchUp | None = None
+    waiting_max_time: float | None = None
+    has_waiting_limit: bool = False
+
+    @property
+    def description(self) -> str:
+        return str(self.metadata.get("description", ""))
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job file did not load."""
+
+    job_id: str
+    path: str
+    key_path: str
+    message: str
+
+
+def _params(value: Any, path: str) -> tuple[str, ...]:
+    params = strings(value, path)
+    for i, p in enumerate(params):
+        if not p.isidentifier():
+            raise Invalid([FieldError(f"{path}[{i}]", f"param {p!r} is not a valid name")])
+    if len(set(params)) != len(params):
+        raise Invalid([FieldError(path, "duplicate param names")])
+    return params
+
+
+def _metadata(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise Invalid([FieldError(path, "expected a mapping")])
+    if "description" in value:
+        string(value["description"], f"{path}.description")
+    return dict(value)
+
+
+def _list(
+    f: Fields, c: Collector, keys: tuple[str, str], parse: Callable[[Any, str], Any]
+) -> tuple[Any, ...]:
+    """The entries under `condition` or `conditions` (one mapping or a list)."""
+    one, many = keys
+    if f.has(one) and f.has(many):
+        c.errors.append(FieldError(many, f"give {one!r} or {many!r}, not both"))
+    key = one if f.has(one) else many
+    value = f.raw(one) if f.has(one) else f.raw(many)
+    return tuple(c(partial(parse, v, p), None) for v, p in items(value or [], key))
+
+
+def parse_job(
+    job_id: str,
+    data: Any,
+    templates: Templates,
+    *,
+    calendars: Mapping[str, Calendar] | None = None,
+) -> Job:
+    """A job from its parsed YAML; `Invalid` with every error found.
+
+    `calendars` are the named calendars of the calendar directory, by name.
+    """
+    f = Fields(data, "", "a mapping of job keys")
+    c = Collector()
+    none: tuple[str, ...] = ()
+    params = c(lambda: f.take("params", _params, none), none)
+    ctx = ScheduleContext(job_id, params, templates, dict(calendars or {}))
+    schedules = [
+        (p, c(partial(parse_schedule, v, p, ctx), None))
+        for v, p in items(f.raw("schedule") or [], "schedule")
+    ]
+    program = c(lambda: f.need("program", parse_program), None)
+    no_metadata: dict[str, Any] = {}
+    metadata = c(lambda: f.take("metadata", _metadata, no_metadata), no_metadata)
+    labels = c(lambda: f.take("labels", strings, none), none)
+    labels += c(lambda: strings(metadata.get("labels", []), "metadata.labels"), none)
+    conditions = _list(f, c, ("condition", "conditions"), parse_condition)
+    actions = _list(f, c, ("action", "actions"), parse_action)
+    actions += tuple(
+        c(partial(parse_successor, v, p), None)
+        for v, p in items(f.raw("successors") or [], "successors")
+    )
+    given_id = c(lambda: f.take("job_id", string, job_id), job_id)
+    if given_id != job_id:
+        c.errors.append(
+            FieldError("job_id", f"job_id {given_id!r} does not match the path {job_id!r}")
+        )
+    waiting = c(lambda: f.take("waiting", parse_waiting, _NOT_GIVEN), _NOT_GIVEN)
+    job = Job(
+        job_id=job_id,
+        params=params,
+        # A stand-in when the program is bad, so the rest can still be checked.
+        program=program or Program(type="no-op"),
+        schedules=tuple(s for _, s in schedules if s is not None),
+        metadata=metadata,
+        labels=tuple(dict.fromkeys(labels)),
+        conditions=tuple(x for x in conditions if x is not None),
+        actions=tuple(x for x in actions if x is not None),
+        ad_hoc=c(lambda: f.take("ad_hoc", boolean, False), False),
+        catch_up=c(lambda: f.take("catch_up", parse_catch_up, None), None),
+        waiting_max_time=None if waiting is _NOT_GIVEN else waiting,
+        has_waiting_limit=waiting is not _NOT_GIVEN,
+    )
+    c(f.done, None)
+    if program is not None:
+        c.errors.extend(_check_templates(job, templates))
+    c.errors.extend(_check_schedule_args(job.params, schedules))
+    c.check()
+    return job
+
+
+def _check_templates(job: Job, templates: Templates) -> list[FieldError]:
+    """Templates that would fail at bind time: bad syntax or unknown names."""
+    known = {*job.params, "run_id", "job_id"}
+    fields = [(f"program.{key}", text) for key, text in job.program.template_fields()]
+    for kind, entries in (("condition", job.conditions), ("action", job.actions)):
+        for i, entry in enumerate(entries):
+            fields += [(f"{kind}[{i}].{key}", text) for key, text in entry.template_fields()]
+    checked = (check_template(templates, text, known, path) for path, text in fields)
+    return [e for e in checked if e is not None]
+
+
+def _check_schedule_args(
+    params: tuple[str, ...], schedules: list[tuple[str, Schedule | None]]
+) -> list[FieldError]:
+    """Every schedule must give every param, in its args or automatically."""
+    errors = []
+    for path, schedule in schedules:
+        if schedule is None:
+            continue
+        missing = [p for p in params if p not in supplied_args(schedule)]
+        if missing:
+            errors.append(
+                FieldError(path, f"no value for param(s) {', '.join(missing)}: give them in args")
+            )
+    return errors
+
+
+def job_error(job_id: str, path: str, exc: Invalid) -> list[JobError]:
+    return [JobError(job_id, path, e.key_path, e.message) for e in exc.errors]

@@ -1,0 +1,301 @@
+"""Programs: what a job runs, parsed from its file and bound to one run's args."""
+
+from __future__ import annotations
+
+import signal as _signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from apsis_server.core.fields import (
+    Collector,
+    FieldError,
+    Fields,
+    Invalid,
+    boolean,
+    duration,
+    positive_duration,
+    positive_integer,
+    string,
+    string_map,
+    strings,
+)
+from apsis_server.core.templates import TemplateError, Templates
+
+
+def signal_number(value: Any, path: str) -> int:
+    """A signal from `SIGTERM`, `TERM` or a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 < value < _signal.NSIG:
+            return value
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        sig = getattr(_signal.Signals, name, None)
+        if isinstance(sig, _signal.Signals):
+            return int(sig)
+        if value.strip().isdigit():
+            return signal_number(int(value), path)
+    raise Invalid([FieldError(path, f"expected a signal like SIGTERM, got {value!r}")])
+
+
+@dataclass(frozen=True)
+class Stop:
+    signal: int = int(_signal.SIGTERM)
+    grace_period: float = 60.0
+
+
+@dataclass(frozen=True)
+class Timeout:
+    duration: float
+    signal: int = int(_signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program as written in the job file: text fields may hold templates.
+
+    `type` is `shell` (command run by bash), `program` (argv, no shell), `no-op`,
+    or `internal.archive|vacuum|stats` (run by the server itself, with `options`).
+    The earlier scheduler's names for these are mapped to them when parsed.
+    """
+
+    type: str
+    command: str | None = None
+    argv: tuple[str, ...] = ()
+    host: str | None = None
+    user: str | None = None
+    timeout: Timeout | None = None
+    stop: Stop = Stop()
+    env_inherit: bool = True
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    duration: float = 0.0
+    success: bool = True
+    # The keys of an `internal.*` housekeeping program.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def template_fields(self) -> list[tuple[str, str]]:
+        """(key path, text) of every templated field, for validation."""
+        out = [("command", self.command)] if self.command is not None else []
+        out += [(f"argv[{i}]", a) for i, a in enumerate(self.argv)]
+        out += [(f"env.vars.{k}", v) for k, v in self.env.items()]
+        out += [(k, v) for k, v in (("host", self.host), ("cwd", self.cwd)) if v is not None]
+        out += [(k, v) for k, v in self.options.items() if k == "path" and isinstance(v, str)]
+        return out
+
+    def to_plain(self) -> dict[str, Any]:
+        """The program as shown in the API."""
+        if self.type == "no-op":
+            return {"type": "no-op", "duration": self.duration, "success": self.success}
+        if self.type in INTERNAL_TYPES:
+            return {"type": self.type, **self.options}
+        out: dict[str, Any] = {"type": self.type}
+        if self.command is not None:
+            out["command"] = self.command
+        else:
+            out["argv"] = list(self.argv)
+        for key in ("host", "user", "cwd"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.timeout is not None:
+            out["timeout"] = {"duration": self.timeout.duration, "signal": self.timeout.signal}
+        out["stop"] = {"signal": self.stop.signal, "grace_period": self.stop.grace_period}
+        if self.env or not self.env_inherit:
+            out["env"] = {"inherit": self.env_inherit, "vars": dict(self.env)}
+        return out
+
+
+def _stop(value: Any, path: str) -> Stop:
+    f = Fields(value, path)
+    stop = Stop(
+        signal=f.take("signal", signal_number, int(_signal.SIGTERM)),
+        grace_period=f.take("grace_period", duration, 60.0),
+    )
+    f.done()
+    return stop
+
+
+def _timeout(value: Any, path: str) -> Timeout:
+    if not isinstance(value, Mapping):
+        return Timeout(duration=positive_duration(value, path))
+    f = Fields(value, path)
+    timeout = Timeout(
+        duration=f.need("duration", positive_duration),
+        signal=f.take("signal", signal_number, int(_signal.SIGTERM)),
+    )
+    f.done()
+    return timeout
+
+
+def _env(value: Any, path: str) -> tuple[bool, dict[str, str]]:
+    f = Fields(value, path)
+    result = (f.take("inherit", boolean, True), f.take("vars", string_map, {}))
+    f.done()
+    return result
+
+
+_COMPAT = {
+    "agent": "program",
+    "agent-shell": "shell",
+    "procstar": "program",
+    "procstar-shell": "shell",
+}
+
+# The earlier scheduler's Python-path program names, by class name. Nothing is
+# imported from them: they are names for our own types.
+_PYTHON_PATHS = {
+    "ProcessProgram": "program",
+    "ShellCommandProgram": "shell",
+    "AgentProgram": "program",
+    "AgentShellProgram": "shell",
+    "ProcstarProgram": "program",
+    "ProcstarShellProgram": "shell",
+    "NoOpProgram": "no-op",
+    "ArchiveProgram": "internal.archive",
+    "VacuumProgram": "internal.vacuum",
+    "StatsProgram": "internal.stats",
+}
+
+INTERNAL_TYPES = ("internal.archive", "internal.vacuum", "internal.stats")
+PROGRAM_TYPES = ("shell", "program", "no-op", *_COMPAT, *INTERNAL_TYPES)
+
+
+def program_type(kind: str, path: str) -> str:
+    """The program type a job file's `type` names (compat and Python-path names mapped)."""
+    if kind in ("shell", "program", "no-op", *INTERNAL_TYPES):
+        return kind
+    if kind in _COMPAT:
+        return _COMPAT[kind]
+    module, _, name = kind.rpartition(".")
+    if module.startswith("apsis.program") and name in _PYTHON_PATHS:
+        return _PYTHON_PATHS[name]
+    expected = ", ".join(PROGRAM_TYPES)
+    raise Invalid([FieldError(path, f"unknown program type {kind!r} (expected {expected})")])
+
+
+def _internal(f: Fields, kind: str, c: Collector) -> dict[str, Any]:
+    """The keys of a housekeeping program, which the server itself runs."""
+    options: dict[str, Any] = {}
+    if kind == "internal.archive":
+        options["age"] = c(lambda: f.need("age", duration), 0.0)
+        options["path"] = c(lambda: f.take("path", string, None), None)
+        options["count"] = c(lambda: f.take("count", positive_integer, None), None)
+        options["chunk_size"] = c(lambda: f.take("chunk_size", positive_integer, None), None)
+        options["chunk_sleep"] = c(lambda: f.take("chunk_sleep", duration, None), None)
+    elif kind == "internal.stats":
+        options["path"] = c(lambda: f.take("path", string, None), None)
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _command(f: Fields, kind: str, c: Collector) -> tuple[str | None, tuple[str, ...]]:
+    if kind == "shell":
+        return c(lambda: f.need("command", string), ""), ()
+    no_argv: tuple[str, ...] = ("",)
+    argv = c(lambda: f.need("argv", strings), no_argv)
+    if not argv:
+        c.errors.append(FieldError(f.at("argv"), "expected a non-empty argv list"))
+    return None, argv
+
+
+def parse_program(value: Any, path: str = "program") -> Program:
+    """A program from its YAML form (a string is `shell`, a list is `program`)."""
+    if isinstance(value, str):
+        return Program(type="shell", command=value)
+    if isinstance(value, list):
+        argv = strings(value, path)
+        if not argv:
+            raise Invalid([FieldError(path, "expected a non-empty argv list")])
+        return Program(type="program", argv=argv)
+    f = Fields(value, path, "a program (a mapping, a string or a list)")
+    written = f.need("type", string)
+    kind = program_type(written, f.at("type"))
+    c = Collector()
+    if kind == "no-op":
+        program = Program(
+            type="no-op",
+            duration=c(lambda: f.take("duration", duration, 0.0), 0.0),
+            success=c(lambda: f.take("success", boolean, True), True),
+        )
+    elif kind in INTERNAL_TYPES:
+        program = Program(type=kind, options=_internal(f, kind, c))
+    else:
+        program = _process(f, kind, written in _COMPAT or "." in written, c)
+    c(f.done, None)
+    c.check()
+    return program
+
+
+def _process(f: Fields, kind: str, compat: bool, c: Collector) -> Program:
+    command, argv = _command(f, kind, c)
+    no_env: tuple[bool, dict[str, str]] = (True, {})
+    env_inherit, env = c(lambda: f.take("env", _env, no_env), no_env)
+    host = c(lambda: f.take("host", string, None), None)
+    user = c(lambda: f.take("user", string, None), None)
+    if compat:
+        # The earlier scheduler's names for the same things.
+        host = c(lambda: f.take("group_id", string, host), host)
+        user = c(lambda: f.take("sudo_user", string, user), user)
+    return Program(
+        type=kind,
+        command=command,
+        argv=argv,
+        host=host,
+        user=user,
+        timeout=c(lambda: f.take("timeout", _timeout, None), None),
+        stop=c(lambda: f.take("stop", _stop, Stop()), Stop()),
+        env_inherit=env_inherit,
+        env=env,
+        cwd=c(lambda: f.take("cwd", string, None), None),
+    )
+
+
+class BindError(ValueError):
+    """The program could not be bound to the run (a template failed)."""
+
+
+def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> dict[str, Any]:
+    """The program for one run, every template expanded, as plain values.
+
+    A process program becomes `{"type": "process", "argv", "env", "env_inherit",
+    "cwd", "host", "user", "timeout", "stop"}`; a no-op stays `{"type": "no-op", ...}`;
+    an internal program is `{"type": "internal.archive", ...its options}`.
+    """
+    if program.type == "no-op":
+        return program.to_plain()
+
+    def expand(text: str) -> str:
+        try:
+            return templates.expand(text, scope)
+        except TemplateError as exc:
+            raise BindError(str(exc)) from None
+
+    if program.type in INTERNAL_TYPES:
+        return {
+            "type": program.type,
+            **{k: expand(v) if isinstance(v, str) else v for k, v in program.options.items()},
+        }
+    if program.command is not None:
+        argv = ["/bin/bash", "-c", expand(program.command)]
+    else:
+        argv = [expand(a) for a in program.argv]
+    env = {k: expand(v) for k, v in program.env.items()}
+    env["APSIS_RUN_ID"] = str(scope.get("run_id", ""))
+    env["APSIS_JOB_ID"] = str(scope.get("job_id", ""))
+    for name, value in scope.get("args", {}).items():
+        env[f"APSIS_ARG_{name.upper()}"] = value
+    return {
+        "type": "process",
+        "argv": argv,
+        "env": env,
+        "env_inherit": program.env_inherit,
+        "cwd": expand(program.cwd) if program.cwd is not None else None,
+        "host": expand(program.host) if program.host is not None else None,
+        "user": program.user,
+        "timeout": (
+            {"duration": program.timeout.duration, "signal": program.timeout.signal}
+            if program.timeout
+            else None
+        ),
+        "stop": {"signal": program.stop.signal, "grace": program.stop.grace_period},
+    }

@@ -1,0 +1,476 @@
+"""The schedule types: when a job's runs are due, as plain iterators over times.
+
+`schedules.py` parses them from job files.
+
+Theory of operation
+-------------------
+Each schedule type yields *slots*: nominal times in nondecreasing order, each with
+its nominal date and the automatic args it can supply (`time`, `date`, `daytime`,
+`calendar`, `tz`). `ScheduleBase.due` turns slots into `Due`s the same way for every
+type: it drops slots outside the validity window (`start_date`/`end_date`, compared
+with the nominal date), delays each by its jitter (a hash of the job id and the
+nominal time, so a restart never moves a run), restores the order jitter may have
+disturbed, never yields a time twice or out of order, and fills in the args: the
+automatic ones the job has params for, then the schedule's own, templated, args.
+
+Nothing here reads the clock; `start` is always passed in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import hashlib
+import heapq
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from apsis_common.times import format_time
+from apsis_server.core.calendars import (
+    UTC,
+    Calendar,
+    DstGap,
+    DstRepeat,
+    Zone,
+    builtin_calendar,
+    format_daytime,
+    iter_dates,
+    midnight,
+)
+from apsis_server.core.crontab import CronExpr
+from apsis_server.core.templates import TemplateError, Templates
+
+DAY = 86400.0
+AUTO_ARGS = ("time", "date", "daytime", "calendar", "tz")
+
+
+@dataclass(frozen=True)
+class Due:
+    """One time a schedule is due, with the args it supplies.
+
+    `error` is set when a templated schedule arg failed to expand; a run made from
+    this `Due` should go straight to `error` with that message.
+    """
+
+    time: float
+    args: Mapping[str, str] = field(default_factory=dict)
+    stop_time: float | None = None
+    error: str | None = None
+
+
+class Schedule(Protocol):
+    """A schedule yields due times in increasing order, never the same twice."""
+
+    @property
+    def key(self) -> str:
+        """Identifies the schedule within its job across reloads (a hash of its form)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def due(self, start: float, params: tuple[str, ...]) -> Iterator[Due]:
+        """Due times at or after `start`, in increasing order."""
+
+    def text(self) -> str:
+        """A short human description."""
+
+
+def form_key(form: Any) -> str:
+    """A stable hash of a schedule's YAML form."""
+    return hashlib.sha256(json.dumps(form, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def jitter_delay(job_id: str, nominal: float, jitter: float) -> float:
+    """A delay in [0, jitter), the same for the same job and nominal time."""
+    digest = hashlib.sha256(f"{job_id}\0{nominal:.6f}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 * jitter
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A nominal schedule time, before the window, jitter and args are applied."""
+
+    time: float
+    date: datetime.date
+    auto: Mapping[str, str]
+
+
+def _utc_slot(t: float) -> Slot:
+    d, ssm = UTC.to_local(t)
+    auto = {"time": format_time(t) or "", "date": d.isoformat()}
+    return Slot(t, d, {**auto, "daytime": format_daytime(ssm), "tz": "UTC"})
+
+
+def _all_days() -> Calendar:
+    found = builtin_calendar("all")
+    assert found is not None
+    return found
+
+
+ALL_DAYS = _all_days()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleBase:
+    """What every schedule type shares; subclasses provide `slots` and `describe`."""
+
+    key: str = ""
+    enabled: bool = True
+    args: Mapping[str, str] = field(default_factory=dict)
+    start_date: datetime.date | None = None
+    end_date: datetime.date | None = None
+    jitter: float = 0.0
+    # The owning job's id: it seeds the jitter and is in scope for arg templates.
+    job_id: str = ""
+    templates: Templates | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def auto_names(self) -> frozenset[str]:
+        return frozenset(("time", "date", "daytime", "tz"))
+
+    def slots(self, start: float) -> Iterator[Slot]:
+        """Nominal slots, nondecreasing, covering every time at or after `start`."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def earliest(self, d: datetime.date) -> float:
+        """A time no later than any slot dated `d` or later."""
+        return midnight(d) - 2 * DAY
+
+    def text(self) -> str:
+        out = self.describe()
+        if self.args:
+            out = "(" + ", ".join(f"{k}={v}" for k, v in self.args.items()) + ") " + out
+        if self.start_date is not None:
+            out += f" from {self.start_date}"
+        if self.end_date is not None:
+            out += f" until {self.end_date}"
+        if self.jitter:
+            out += f" jitter {self.jitter:g}s"
+        return out + ("" if self.enabled else " (disabled)")
+
+    def due(self, start: float, params: tuple[str, ...]) -> Iterator[Due]:
+        search = start - self.jitter
+        if self.start_date is not None:
+            search = max(search, self.earliest(self.start_date))
+        timed = self._windowed(search)
+        if self.jitter > 0:
+            timed = self._jittered(timed)
+        last = -math.inf
+        for t, slot in timed:
+            if t >= start and t > last:
+                last = t
+                yield self._make_due(t, slot, params)
+
+    def _windowed(self, search: float) -> Iterator[tuple[float, Slot]]:
+        for slot in self.slots(search):
+            if self.end_date is not None and slot.date > self.end_date:
+                return
+            if self.start_date is None or slot.date >= self.start_date:
+                yield slot.time, slot
+
+    def _jittered(self, timed: Iterator[tuple[float, Slot]]) -> Iterator[tuple[float, Slot]]:
+        # A slot's jittered time is never before its nominal time, so anything
+        # buffered at or before the next nominal time is safe to release.
+        heap: list[tuple[float, int, Slot]] = []
+        for seq, (t, slot) in enumerate(timed):
+            while heap and heap[0][0] <= t:
+                late, _, held = heapq.heappop(heap)
+                yield late, held
+            heapq.heappush(heap, (t + jitter_delay(self.job_id, t, self.jitter), seq, slot))
+        while heap:
+            late, _, held = heapq.heappop(heap)
+            yield late, held
+
+    def _make_due(self, t: float, slot: Slot, params: tuple[str, ...]) -> Due:
+        args = {k: v for k, v in slot.auto.items() if k in params}
+        error = None
+        for name, text in self.args.items():
+            if self.templates is None or "{" not in text:
+                args[name] = text
+                continue
+            try:
+                args[name] = self.templates.expand(text, {**slot.auto, "job_id": self.job_id})
+            except TemplateError as exc:
+                args[name] = text
+                error = f"schedule arg {name}: {exc}"
+        return Due(t, args, error=error)
+
+
+@dataclass(frozen=True)
+class IntervalSchedule(ScheduleBase):
+    """Times t with (t - phase) % interval == 0, in UTC epoch seconds."""
+
+    interval: float
+    phase: float = 0.0
+
+    def slots(self, start: float) -> Iterator[Slot]:
+        n = math.ceil((start - self.phase) / self.interval)
+        while True:
+            yield _utc_slot(self.phase + n * self.interval)
+            n += 1
+
+    def describe(self) -> str:
+        return f"every {self.interval:g}s" + (f" phase {self.phase:g}s" if self.phase else "")
+
+
+@dataclass(frozen=True)
+class ExplicitSchedule(ScheduleBase):
+    """Exactly the listed times (sorted, without duplicates)."""
+
+    times: tuple[float, ...]
+
+    def slots(self, start: float) -> Iterator[Slot]:
+        for t in self.times[bisect.bisect_left(self.times, start) :]:
+            yield _utc_slot(t)
+
+    def describe(self) -> str:
+        shown = ", ".join(format_time(t) or "" for t in self.times[:3])
+        return "at " + shown + (" …" if len(self.times) > 3 else "")
+
+
+class _LocalMixin:
+    """Helpers for schedules that work in local dates of a time zone and calendar."""
+
+    tz: Zone
+    calendar: Calendar
+
+    def _shifted(
+        self, nominal: datetime.date, cal_shift: int, date_shift: int
+    ) -> datetime.date | None:
+        shifted = self.calendar.shift(nominal, cal_shift) if cal_shift else nominal
+        return None if shifted is None else shifted + datetime.timedelta(date_shift)
+
+    def _first_nominal(self, start: float, cal_shift: int, date_shift: int) -> datetime.date:
+        """A calendar date no later than the first whose shifted date holds `start`."""
+        local_date, _ = self.tz.to_local(start)
+        first = self.calendar.after(local_date - datetime.timedelta(date_shift))
+        if first is None:
+            return datetime.date.max
+        # One calendar date earlier, since DST can put a late time past midnight.
+        return self.calendar.shift(first, -cal_shift - 1) or datetime.date.min
+
+    def _earliest_shifted(self, d: datetime.date, cal_shift: int, date_shift: int) -> float:
+        first = self.calendar.after(d)
+        shifted = None if first is None else self._shifted(first, cal_shift, date_shift)
+        return math.inf if shifted is None else midnight(shifted) - 2 * DAY
+
+    def _local_auto(self, t: float, nominal: datetime.date, ssm: float) -> dict[str, str]:
+        return {
+            "time": format_time(t) or "",
+            "date": nominal.isoformat(),
+            "daytime": format_daytime(ssm),
+            "calendar": self.calendar.name,
+            "tz": self.tz.name,
+        }
+
+
+@dataclass(frozen=True)
+class DailySchedule(_LocalMixin, ScheduleBase):
+    """Each calendar date at each daytime in `tz`, shifted by `cal_shift` calendar dates
+    and then `date_shift` days; the `date` arg keeps the nominal (unshifted) date."""
+
+    daytimes: tuple[float, ...]
+    tz: Zone = UTC
+    calendar: Calendar = ALL_DAYS
+    cal_shift: int = 0
+    date_shift: int = 0
+    dst_gap: DstGap = DstGap.SHIFT
+    dst_repeat: DstRepeat = DstRepeat.FIRST
+
+    @property
+    def auto_names(self) -> frozenset[str]:
+        return frozenset(AUTO_ARGS)
+
+    def slots(self, start: float) -> Iterator[Slot]:
+        first = self._first_nominal(start, self.cal_shift, self.date_shift)
+        for nominal in iter_dates(self.calendar, first):
+            day = self._shifted(nominal, self.cal_shift, self.date_shift)
+            if day is None:
+                return
+            found = sorted(
+                (t, ssm)
+                for ssm in self.daytimes
+                for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat)
+            )
+            for t, ssm in found:
+                yield Slot(t, nominal, self._local_auto(t, nominal, ssm))
+
+    def earliest(self, d: datetime.date) -> float:
+        return self._earliest_shifted(d, self.cal_shift, self.date_shift)
+
+    def describe(self) -> str:
+        daytimes = ", ".join(format_daytime(d) for d in self.daytimes)
+        out = f"{self.calendar} at {daytimes} {self.tz.name}"
+        if self.cal_shift:
+            out += f" {self.cal_shift:+d} cal days"
+        if self.date_shift:
+            out += f" {self.date_shift:+d} days"
+        return out
+
+
+@dataclass(frozen=True)
+class DaytimeSpec:
+    """A daytime on a calendar date, moved `cal_shift` calendar dates then `date_shift` days."""
+
+    daytime: float
+    cal_shift: int = 0
+    date_shift: int = 0
+
+    def __str__(self) -> str:
+        out = format_daytime(self.daytime)
+        out += f" {self.cal_shift:+d} cal days" if self.cal_shift else ""
+        return out + (f" {self.date_shift:+d} days" if self.date_shift else "")
+
+
+@dataclass(frozen=True)
+class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
+    """Every `interval` seconds from `start` up to (not including) `stop` on each
+    calendar date. The interval is counted in elapsed seconds from the start time;
+    start and stop daytimes follow the default DST policy (shift, first)."""
+
+    start: DaytimeSpec
+    stop: DaytimeSpec
+    interval: float
+    tz: Zone = UTC
+    calendar: Calendar = ALL_DAYS
+
+    @property
+    def auto_names(self) -> frozenset[str]:
+        return frozenset(AUTO_ARGS)
+
+    def _at(self, spec: DaytimeSpec, nominal: datetime.date) -> float | None:
+        day = self._shifted(nominal, spec.cal_shift, spec.date_shift)
+        return None if day is None else self.tz.from_local(day, spec.daytime)[0]
+
+    def slots(self, since: float) -> Iterator[Slot]:
+        first = min(
+            self._first_nominal(since, s.cal_shift, s.date_shift) for s in (self.start, self.stop)
+        )
+        for nominal in iter_dates(self.calendar, first):
+            begin, end = self._at(self.start, nominal), self._at(self.stop, nominal)
+            if begin is None or end is None:
+                return
+            n = max(0, math.ceil((since - begin) / self.interval))
+            while (t := begin + n * self.interval) < end:
+                yield Slot(t, nominal, self._local_auto(t, nominal, self.tz.to_local(t)[1]))
+                n += 1
+
+    def earliest(self, d: datetime.date) -> float:
+        return min(
+            self._earliest_shifted(d, s.cal_shift, s.date_shift) for s in (self.start, self.stop)
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.calendar} every {self.interval:g}s "
+            f"from {self.start} to {self.stop} {self.tz.name}"
+        )
+
+
+@dataclass(frozen=True)
+class CrontabSchedule(ScheduleBase):
+    """Standard cron semantics in local time of `tz` (see `crontab.py`)."""
+
+    expr: CronExpr
+    source: str
+    tz: Zone = UTC
+    dst_gap: DstGap = DstGap.SHIFT
+    dst_repeat: DstRepeat = DstRepeat.FIRST
+
+    def slots(self, start: float) -> Iterator[Slot]:
+        daytimes = tuple(self.expr.daytimes())
+        local_date, _ = self.tz.to_local(start)
+        # Daytimes more than a few hours before `start` in local terms are before it
+        # in any zone (DST moves clocks by at most two hours), so skip them unconverted.
+        naive_floor = start + self.tz.offset(start) - 3 * 3600
+        for day in self.expr.dates(local_date - datetime.timedelta(1)):
+            base = midnight(day)
+            skip = bisect.bisect_left(daytimes, naive_floor - base)
+            candidates = daytimes[max(skip, 0) :]
+            next_day = self.tz.from_local(day + datetime.timedelta(1), 0.0)[0]
+            if next_day - self.tz.from_local(day, 0.0)[0] == DAY:
+                # No DST change this day: local order is time order, so stay lazy.
+                for ssm in candidates:
+                    for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat):
+                        yield self._slot(t, day, ssm)
+                continue
+            found = sorted(
+                (t, ssm)
+                for ssm in candidates
+                for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat)
+            )
+            for t, ssm in found:
+                yield self._slot(t, day, ssm)
+
+    def _slot(self, t: float, day: datetime.date, ssm: float) -> Slot:
+        auto = {"time": format_time(t) or "", "date": day.isoformat()}
+        return Slot(t, day, {**auto, "daytime": format_daytime(ssm), "tz": self.tz.name})
+
+    def describe(self) -> str:
+        return f"cron {self.source} {self.tz.name}"
+
+
+@dataclass(frozen=True)
+class DurationStop:
+    """Stop a run this long after its schedule time."""
+
+    duration: float
+
+    def stop_time(self, t: float) -> float:
+        return t + self.duration
+
+    def text(self) -> str:
+        return f"stop after {self.duration:g}s"
+
+
+@dataclass(frozen=True)
+class DaytimeStop:
+    """Stop a run at the next occurrence of a daytime after its schedule time."""
+
+    daytime: float
+    tz: Zone = UTC
+
+    def stop_time(self, t: float) -> float:
+        day, _ = self.tz.to_local(t)
+        for offset in range(3):
+            for stop in self.tz.from_local(day + datetime.timedelta(offset), self.daytime):
+                if stop > t:
+                    return stop
+        return t + DAY  # only reachable in zones that skip whole days
+
+    def text(self) -> str:
+        return f"stop at {format_daytime(self.daytime)} {self.tz.name}"
+
+
+@dataclass(frozen=True)
+class StopSchedule:
+    """A start schedule whose runs are stopped at a stop time."""
+
+    start: ScheduleBase
+    stop: DurationStop | DaytimeStop
+    key: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.start.enabled
+
+    @property
+    def auto_names(self) -> frozenset[str]:
+        return self.start.auto_names
+
+    @property
+    def args(self) -> Mapping[str, str]:
+        return self.start.args
+
+    def due(self, start: float, params: tuple[str, ...]) -> Iterator[Due]:
+        for due in self.start.due(start, params):
+            yield replace(due, stop_time=self.stop.stop_time(due.time))
+
+    def text(self) -> str:
+        return f"{self.start.text()}, {self.stop.text()}"

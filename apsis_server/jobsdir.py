@@ -1,0 +1,93 @@
+"""Loading every job file under a jobs directory, and the calendar files of a calendar
+directory; one bad file never stops the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apsis_server.core.calendars import Calendar, parse_cal_text, parse_calendar_data
+from apsis_server.core.fields import FieldError, Invalid
+from apsis_server.core.jobs import Job, JobError, job_error, load_yaml, parse_job
+from apsis_server.core.templates import Templates
+
+CALENDAR_SUFFIXES = (".cal", ".yaml")
+
+
+@dataclass(frozen=True)
+class JobsLoad:
+    jobs: dict[str, Job]
+    errors: list[JobError]
+
+
+@dataclass(frozen=True)
+class CalendarsLoad:
+    """Calendars by name (the file name without its suffix), and the files that failed.
+
+    A calendar's errors use the calendar name as `job_id` and its file as `path`.
+    """
+
+    calendars: dict[str, Calendar] = field(default_factory=dict)
+    errors: list[JobError] = field(default_factory=list)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Invalid([FieldError("", f"cannot read: {exc}")]) from None
+
+
+def load_jobs_dir(
+    jobs_dir: Path, templates: Templates, calendars: Mapping[str, Calendar] | None = None
+) -> JobsLoad:
+    """Every `*.yaml` under `jobs_dir`; the job id is the path without `.yaml`.
+
+    Files and folders whose names start with `.` are ignored.
+    """
+    jobs: dict[str, Job] = {}
+    errors: list[JobError] = []
+    if not jobs_dir.is_dir():
+        errors.append(JobError("", str(jobs_dir), "", "jobs directory does not exist"))
+        return JobsLoad(jobs, errors)
+    for path in sorted(jobs_dir.rglob("*.yaml")):
+        rel = path.relative_to(jobs_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        job_id = rel.as_posix()[: -len(".yaml")]
+        try:
+            data = load_yaml(_read(path))
+            jobs[job_id] = parse_job(job_id, data, templates, calendars=calendars)
+        except Invalid as exc:
+            errors.extend(job_error(job_id, rel.as_posix(), exc))
+    return JobsLoad(jobs, errors)
+
+
+def load_calendars_dir(calendars_dir: Path) -> CalendarsLoad:
+    """Every `NAME.cal` (ora's format) and `NAME.yaml` (holiday format) in the directory.
+
+    See docs/jobs.md for both formats. A name given by both files is an error.
+    """
+    loaded = CalendarsLoad()
+    if not calendars_dir.is_dir():
+        loaded.errors.append(
+            JobError("", str(calendars_dir), "", "calendar directory does not exist")
+        )
+        return loaded
+    for path in sorted(calendars_dir.iterdir()):
+        if path.suffix not in CALENDAR_SUFFIXES or path.name.startswith("."):
+            continue
+        name = path.stem
+        try:
+            if name in loaded.calendars:
+                raise Invalid([FieldError("", f"calendar {name!r} is defined by two files")])
+            text = _read(path)
+            if path.suffix == ".cal":
+                calendar = parse_cal_text(name, text)
+            else:
+                calendar = parse_calendar_data(name, load_yaml(text))
+            loaded.calendars[name] = calendar
+        except Invalid as exc:
+            loaded.errors.extend(job_error(name, path.name, exc))
+    return loaded
