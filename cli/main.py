@@ -13,12 +13,22 @@ from collections.abc import Sequence
 
 from apsis_common import __version__
 from apsis_common.errors import ApsisError
-from cli.commands import Commands, agents, certs, jobs, operations, output, runs, wait
+from cli.commands import (
+    Commands,
+    agents,
+    certs,
+    jobs,
+    operations,
+    output,
+    runs,
+    wait,
+    watch,
+)
 from cli.config import load_settings
 from cli.context import Context
 from cli.errors import UsageError
 
-GROUPS = (jobs, runs, operations, output, wait, agents, certs)
+GROUPS = (jobs, runs, operations, output, wait, watch, agents, certs)
 
 
 def _global_options() -> argparse.ArgumentParser:
@@ -86,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApsisError as exc:
         sys.stderr.write(f"apsis: error: {exc}\n")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # also how `watch` of runs ends
         return 130
     except BrokenPipeError:
         # The reader went away (`apsis output r1 | head`); not an error.

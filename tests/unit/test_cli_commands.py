@@ -269,3 +269,10 @@ def test_reload_reports_errors(api: FakeApi, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "demo/new" in out
     assert "bad/job" in out
+
+
+def test_watch_run_until_finished(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    assert apsis(api, "watch", "r6") == 0
+    out = capsys.readouterr().out
+    assert "r6" in out
+    assert "finished success" in out
