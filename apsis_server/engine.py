@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from apsis_common import protocol as p
 from apsis_common.errors import BadInput, Conflict, NotFound
 from apsis_common.states import FINISHED, State
+from apsis_server.actions import ActionRunner
 from apsis_server.core import lifecycle
 from apsis_server.core.jobs import Job
 from apsis_server.core.outcomes import StopContext, signal_name
@@ -30,6 +31,7 @@ from apsis_server.core.runs import LogEntry, Run
 from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
 from apsis_server.store.base import Changes, RunStore
+from apsis_server.waiter import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,11 @@ class Engine:
         self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
         self._next_number = store.max_run_number() + 1
         self._wake = asyncio.Event()
+        self.by_job: dict[str, set[str]] = {}
+        self._finished_now: list[Run] = []
+        self._committing = False
+        self.waiter = Waiter(self)
+        self.actions = ActionRunner(self)
 
     # -- applying changes -----------------------------------------------------
 
@@ -91,8 +98,15 @@ class Engine:
                 self._by_proc.pop(run.proc_id, None)
             self._output_len.pop(run.run_id, None)
             self._stop.pop(run.run_id, None)
+            same_job = self.by_job.get(run.job_id)
+            if same_job is not None:
+                same_job.discard(run.run_id)
+                if not same_job:
+                    del self.by_job[run.job_id]
+            self.waiter.forget(run.run_id)
         else:
             self.runs[run.run_id] = run
+            self.by_job.setdefault(run.job_id, set()).add(run.run_id)
         self._changes.runs[run.run_id] = run
         if message is not None:
             self.note(run.run_id, message, state)
@@ -106,6 +120,8 @@ class Engine:
         if run.state == State.SCHEDULED and run.schedule_key is not None:
             key = (run.job_id, run.schedule_key)
             self._pending[key] = max(0, self._pending.get(key, 0) - 1)
+        if state in FINISHED:
+            self._finished_now.append(new)
         return self._put(new, message, state)
 
     def meta(self, run_id: str, **meta: Any) -> None:
@@ -116,9 +132,25 @@ class Engine:
         self._outgoing.append((agent_id, command))
 
     def commit(self) -> None:
-        """Write the gathered changes in one transaction, then release what waited on it."""
+        """Write the gathered changes in one transaction, then release what waited on it.
+
+        What follows from the changes (actions of finished runs, waiting runs whose
+        dependencies moved) is decided and committed in further rounds, until
+        nothing changes.
+        """
+        if self._committing:
+            return  # the round under way picks these changes up
+        self._committing = True
+        try:
+            while self._changes or self._outgoing:
+                self._commit_round()
+        finally:
+            self._committing = False
+
+    def _commit_round(self) -> None:
         changes, self._changes = self._changes, Changes()
         outgoing, self._outgoing = self._outgoing, []
+        finished, self._finished_now = self._finished_now, []
         if changes:
             self.store.write(changes)
         for agent_id, item in outgoing:
@@ -126,18 +158,20 @@ class Engine:
                 self.agents.start(agent_id, item)
             else:
                 self.agents.command(agent_id, item)
-        for run in changes.runs.values():
-            if run.state in FINISHED:
-                for future in self._waiters.pop(run.run_id, []):
-                    if not future.done():
-                        future.set_result(run)
+        for run in finished:
+            for future in self._waiters.pop(run.run_id, []):
+                if not future.done():
+                    future.set_result(run)
         if changes:
             for listener in self.listeners:
                 listener(changes)
+        self.actions.fire(finished, changes.meta)
+        self.waiter.changed({run.job_id for run in changes.runs.values()})
 
     # -- timers -------------------------------------------------------------
 
-    def _timer(self, t: float, run_id: str, kind: str) -> None:
+    def timer(self, t: float, run_id: str, kind: str) -> None:
+        """Fire `kind` for the run at time `t`."""
         self._timer_seq += 1
         heapq.heappush(self._timers, (t, self._timer_seq, run_id, kind))
         if self._timers[0][1] == self._timer_seq:
@@ -171,6 +205,13 @@ class Engine:
         try:
             if kind == "due" and run.state == State.SCHEDULED:
                 self._due(run)
+            elif kind == "waiting-limit":
+                self.waiter.expire(run)
+            elif kind == "stop-time" and run.state == State.RUNNING:
+                run = self.transition(
+                    run, State.STOPPING, "stop time reached", stop_time=self.clock()
+                )
+                self._request_stop(run)
             elif kind == "no-op" and run.state in (State.RUNNING, State.STOPPING):
                 ok = bool((run.program or {}).get("success", True))
                 self.transition(run, State.SUCCESS if ok else State.FAILURE, "no-op finished")
@@ -193,7 +234,7 @@ class Engine:
                 continue
             planned, cursors = plan_job(job, self._cursors, self._pending, now, self.horizon)
             for item in planned:
-                self._create(
+                self.create(
                     job,
                     dict(item.due.args),
                     item.due.time,
@@ -221,7 +262,7 @@ class Engine:
             raise BadInput(f"job {job.job_id} needs arg(s): {', '.join(missing)}")
         return {k: str(v) for k, v in args.items()}
 
-    def _create(
+    def create(
         self,
         job: Job,
         args: dict[str, str],
@@ -232,7 +273,10 @@ class Engine:
         ad_hoc: bool = False,
         rerun_of: str | None = None,
         program: Mapping[str, Any] | None = None,
+        retry: int = 0,
+        message: str | None = None,
     ) -> Run:
+        """A new run in `scheduled`, due at `when`."""
         run = Run(
             run_id=self._allocate(),
             job_id=job.job_id,
@@ -245,15 +289,18 @@ class Engine:
             schedule_key=schedule_key,
             stop_time=stop_time,
             program=program,
+            retry=retry,
         )
-        why = (
+        why = message or (
             "rerun of " + rerun_of if rerun_of else ("scheduled by hand" if ad_hoc else "scheduled")
         )
         run = self.transition(run, State.SCHEDULED, why)
         if schedule_key is not None:
             key = (job.job_id, schedule_key)
             self._pending[key] = self._pending.get(key, 0) + 1
-        self._timer(when, run.run_id, "due")
+        self.timer(when, run.run_id, "due")
+        if stop_time is not None:
+            self.timer(stop_time, run.run_id, "stop-time")
         return run
 
     def schedule(
@@ -268,7 +315,7 @@ class Engine:
         if job is None:
             raise NotFound(f"no job {job_id!r}")
         now = self.clock()
-        run = self._create(
+        run = self.create(
             job,
             self._check_args(job, args),
             now if when is None else when,
@@ -283,7 +330,13 @@ class Engine:
     def schedule_program(self, program: Job, when: float | None = None) -> Run:
         """An ad-hoc run of a program given directly (its own one-off job)."""
         now = self.clock()
-        run = self._create(program, {}, now if when is None else when, ad_hoc=True)
+        # Bound now, with the id `create` is about to allocate.
+        scope = {"args": {}, "run_id": f"r{self._next_number}", "job_id": program.job_id}
+        try:
+            bound = bind(program.program, self.templates, scope)
+        except BindError as exc:
+            raise BadInput(str(exc)) from None
+        run = self.create(program, {}, now if when is None else when, ad_hoc=True, program=bound)
         if run.schedule_time is not None and run.schedule_time <= now:
             self._due(run)
         self.commit()
@@ -298,9 +351,10 @@ class Engine:
         run = self.transition(run, State.WAITING, "schedule time reached")
         if run.schedule_key is not None:
             self.plan([run.job_id])
-        self._start(run)
+        self.waiter.enter(run)
 
-    def _start(self, run: Run, message: str = "starting") -> None:
+    def start_run(self, run: Run, message: str = "starting") -> None:
+        """Bind the run's program and hand it to an agent (or run a no-op)."""
         program = run.program
         if program is None:
             job = self.jobs.get(run.job_id)
@@ -316,7 +370,7 @@ class Engine:
         if program["type"] == "no-op":
             run = self.transition(run, State.STARTING, message, program=program)
             run = self.transition(run, State.RUNNING, "no-op running")
-            self._timer(self.clock() + float(program.get("duration", 0.0)), run.run_id, "no-op")
+            self.timer(self.clock() + float(program.get("duration", 0.0)), run.run_id, "no-op")
             return
         try:
             agent_id = self.agents.choose(program.get("host"), program.get("user"))
@@ -357,7 +411,8 @@ class Engine:
     def start(self, run_id: str) -> Run:
         """Start now, ignoring the schedule time and conditions."""
         run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
-        self._start(run, "started by hand")
+        self.waiter.forget(run_id)
+        self.start_run(run, "started by hand")
         self.commit()
         return self.get(run_id)
 
@@ -450,19 +505,21 @@ class Engine:
                     stop_signal=int(stop.get("signal", 15)),
                     timed_out=bool(meta.get("timed_out")),
                 )
+            if run.stop_time is not None:
+                self.timer(run.stop_time, run.run_id, "stop-time")
             if run.state == State.SCHEDULED:
                 if run.schedule_key is not None:
                     key = (run.job_id, run.schedule_key)
                     self._pending[key] = self._pending.get(key, 0) + 1
-                self._timer(run.schedule_time or 0.0, run.run_id, "due")
+                self.timer(run.schedule_time or 0.0, run.run_id, "due")
             elif run.state == State.WAITING:
-                self._start(run)
+                self.waiter.enter(run)
             elif run.state == State.STARTING and run.agent_id and run.proc_id and run.program:
                 self._outgoing.append(
                     (run.agent_id, p.StartProc(run.proc_id, proc_spec(run, run.program)))
                 )
             elif run.state in (State.RUNNING, State.STOPPING) and _is_noop(run):
-                self._timer(self.clock(), run.run_id, "no-op")
+                self.timer(self.clock(), run.run_id, "no-op")
         self.commit()
 
 

@@ -33,6 +33,8 @@ class Run:
     proc_id: str | None = None
     agent_id: str | None = None
     attempt: int = 0
+    # How many retries (by a retry action) came before this run.
+    retry: int = 0
 
     def replace(self, **changes: Any) -> Run:
         return dataclasses.replace(self, **changes)

@@ -77,6 +77,7 @@ def _summary(run: Run) -> str:
             "proc_id": run.proc_id,
             "agent_id": run.agent_id,
             "attempt": run.attempt,
+            "retry": run.retry,
         },
         separators=(",", ":"),
     )
@@ -102,6 +103,7 @@ def _run(row: tuple[Any, ...]) -> Run:
         proc_id=s["proc_id"],
         agent_id=s["agent_id"],
         attempt=s["attempt"],
+        retry=s.get("retry", 0),
     )
 
 

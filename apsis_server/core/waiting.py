@@ -1,0 +1,131 @@
+"""Whether a waiting run may start: its conditions checked in order, as a verdict.
+
+Pure: other runs are seen through a `RunsView` the engine provides, templates
+are expanded through the function passed in. The engine re-checks a waiting run
+only when a run of a job it depends on changes state, in (schedule time, run id)
+order, so among duplicates exactly one proceeds and `max_running` never admits
+more than its count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from apsis_common.states import State
+from apsis_server.core.conditions import (
+    Condition,
+    ConstCondition,
+    DependencyCondition,
+    MaxRunningCondition,
+    SkipDuplicateCondition,
+)
+from apsis_server.core.runs import Run
+
+ACTIVE = (State.STARTING, State.RUNNING, State.STOPPING)
+
+
+class RunsView(Protocol):
+    """What condition checks need to know about other runs."""
+
+    def exists(
+        self, job_id: str, args: Mapping[str, str], states: Sequence[State], exclude: str
+    ) -> bool:
+        """Whether a run (other than `exclude`) of the job, with these args, is in `states`."""
+
+    def count(self, job_id: str, args: Mapping[str, str] | None, states: Sequence[State]) -> int:
+        """How many runs of the job (with these args, if given) are in `states`."""
+
+    def params(self, job_id: str) -> tuple[str, ...] | None:
+        """The params of a job, or None if there is no such job."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`ready`, `wait` (with what is awaited), `finish` (in `state`) or `error`."""
+
+    kind: str
+    message: str = ""
+    state: State | None = None
+    watch: tuple[str, ...] = ()  # job ids whose changes may change the verdict
+
+
+Expand = Callable[[str], str]
+
+
+def dependency_args(
+    cond: DependencyCondition, run: Run, view: RunsView, expand: Expand
+) -> dict[str, str]:
+    """The args a dependency looks for: its own (templated), then shared params."""
+    args = {k: expand(v) for k, v in cond.args.items()}
+    for name in view.params(expand(cond.job_id)) or ():
+        if name not in args and name in run.args:
+            args[name] = run.args[name]
+    return args
+
+
+def _describe(job_id: str, args: Mapping[str, str]) -> str:
+    shown = " ".join(f"{k}={v}" for k, v in sorted(args.items()))
+    return f"{job_id} {shown}".strip()
+
+
+def _dependency(
+    cond: DependencyCondition, run: Run, view: RunsView, expand: Expand
+) -> Verdict | None:
+    job_id = expand(cond.job_id)
+    if view.params(job_id) is None:
+        return Verdict("error", f"dependency on unknown job {job_id}")
+    args = dependency_args(cond, run, view, expand)
+    if view.exists(job_id, args, cond.states, run.run_id):
+        return None
+    what = _describe(job_id, args)
+    if cond.exist is not None and not view.exists(job_id, args, cond.exist, run.run_id):
+        states = "/".join(s.value for s in cond.exist)
+        return Verdict("error", f"no run of {what} is {states}")
+    states = "/".join(s.value for s in cond.states)
+    return Verdict("wait", f"waiting for {what} to be {states}", watch=(job_id,))
+
+
+def _max_running(
+    cond: MaxRunningCondition, run: Run, view: RunsView, expand: Expand
+) -> Verdict | None:
+    job_id = expand(cond.job_id) if cond.job_id else run.job_id
+    count = int(expand(cond.count)) if isinstance(cond.count, str) else cond.count
+    args: dict[str, str] | None
+    if cond.per == "job":
+        args = None
+    elif cond.args is not None:
+        args = {k: expand(v) for k, v in cond.args.items()}
+    else:
+        args = dict(run.args)
+    if view.count(job_id, args, ACTIVE) >= count:
+        return Verdict("wait", f"{count} run(s) of {job_id} already running", watch=(job_id,))
+    return None
+
+
+def _skip_duplicate(cond: SkipDuplicateCondition, run: Run, view: RunsView) -> Verdict | None:
+    if not view.exists(run.job_id, run.args, cond.check_states, run.run_id):
+        return None
+    states = "/".join(s.value for s in cond.check_states)
+    return Verdict("finish", f"a run with the same args is already {states}", cond.target_state)
+
+
+def check(run: Run, conditions: Sequence[Condition], view: RunsView, expand: Expand) -> Verdict:
+    """The first condition that is not satisfied decides; all satisfied → ready.
+
+    A `ValueError` from a template is the caller's to turn into an error.
+    """
+    for cond in conditions:
+        verdict: Verdict | None
+        if isinstance(cond, ConstCondition):
+            verdict = None if cond.value else Verdict("wait", "const condition is false")
+        elif isinstance(cond, DependencyCondition):
+            verdict = _dependency(cond, run, view, expand)
+        elif isinstance(cond, MaxRunningCondition):
+            verdict = _max_running(cond, run, view, expand)
+        else:
+            verdict = _skip_duplicate(cond, run, view)
+        if verdict is not None:
+            return verdict
+    return Verdict("ready")

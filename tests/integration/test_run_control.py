@@ -1,0 +1,241 @@
+"""Conditions, waiting limits, timeouts, stop schedules, operations and actions,
+against the real server and local agent."""
+
+from __future__ import annotations
+
+import http.server
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Server, group_alive, running_server, wait_for
+
+JOBS = {
+    "chain/a": "program: 'echo a'\n",
+    "chain/b": ("program: 'echo b; exit 1'\ncondition: {type: dependency, job_id: chain/a}\n"),
+    "chain/c": (
+        "program: 'echo c'\n"
+        "condition: {type: dependency, job_id: chain/b}\n"
+        "waiting: {max_time: 2s}\n"
+    ),
+    "alarm": "program: 'echo alarm'\ncondition: {type: dependency, job_id: never, exist: true}\n",
+    "never": "program: 'true'\n",
+    "one at a time": ("program: 'sleep 0.3'\ncondition: {type: max_running, count: 1, per: job}\n"),
+    "dedupe": ("params: [k]\nprogram: 'sleep 2'\ncondition: {type: skip_duplicate}\n"),
+    "timeout": "program: {type: program, argv: [/bin/sleep, '30'], timeout: {duration: 1s}}\n",
+    "stubborn": (
+        "program:\n  type: shell\n  command: \"trap '' TERM; sleep 60 & wait\"\n"
+        "  stop: {signal: SIGTERM, grace_period: 1s}\n"
+    ),
+    "sleepy": "program: {type: program, argv: [/bin/sleep, '30']}\n",
+    "later": "program: 'true'\n",
+    "flaky": (
+        "program: 'exit 3'\n"
+        "action: {type: retry, max: 2, delay: 0.2s, backoff: 2, on: {exit_codes: [3]}}\n"
+    ),
+    "dep/first": "params: [d]\nprogram: 'true'\n",
+    "dep/second": (
+        "params: [d]\nprogram: 'true'\ncondition: {type: dependency, job_id: dep/first}\n"
+    ),
+    "follow/source": (
+        "params: [x]\nprogram: 'true'\n"
+        "action: {type: schedule, job_id: follow/target, if: {states: [success]}}\n"
+    ),
+    "follow/target": "params: [x]\nprogram: 'echo target {{ x }}'\n",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("control"), JOBS) as server:
+        yield server
+
+
+def _ts(text: str | None) -> float:
+    assert text is not None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _log(server: Server, run_id: str) -> list[str]:
+    return [e["message"] for e in server.get(f"/runs/{run_id}/log")["log"]]
+
+
+def test_chain_with_failed_middle_errors_at_waiting_limit(server: Server) -> None:
+    c = server.schedule("chain/c")
+    b = server.schedule("chain/b")
+    assert server.run(c)["state"] == "waiting"
+    assert server.run(b)["state"] == "waiting"
+    a = server.schedule("chain/a")
+    assert server.wait_finished(a)["state"] == "success"
+    assert server.wait_finished(b)["state"] == "failure"
+    run = server.wait_finished(c, 10)
+    assert run["state"] == "error" and "waited too long" in run["message"]
+    assert any("waiting for chain/b" in m for m in _log(server, c))
+
+
+def test_alarm_with_exist_errors_at_once(server: Server) -> None:
+    run = server.wait_finished(server.schedule("alarm"), 5)
+    assert run["state"] == "error"
+    assert "never" in run["message"]
+
+
+def test_max_running_admits_one_at_a_time(server: Server) -> None:
+    ids = [server.schedule("one at a time") for _ in range(5)]
+    runs = [server.wait_finished(r, 20) for r in ids]
+    assert [r["state"] for r in runs] == ["success"] * 5
+    spans = sorted((_ts(r["times"]["starting"]), _ts(r["times"]["success"])) for r in runs)
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, spans
+
+
+def test_skip_duplicate(server: Server) -> None:
+    first = server.schedule("dedupe", {"k": "1"})
+    server.wait_state(first, "running")
+    second = server.wait_finished(server.schedule("dedupe", {"k": "1"}))
+    assert second["state"] == "skipped" and "same args" in second["message"]
+    other = server.schedule("dedupe", {"k": "2"})
+    assert server.wait_state(other, {"starting", "running"})
+    assert server.wait_finished(first)["state"] == "success"
+
+
+def test_timeout_is_failure(server: Server) -> None:
+    run = server.wait_finished(server.schedule("timeout"), 10)
+    assert run["state"] == "failure" and "timed out" in run["message"]
+    assert "stopping" in run["times"]
+
+
+def test_stop_escalates_to_sigkill_and_empties_the_group(server: Server) -> None:
+    run_id = server.schedule("stubborn")
+    server.wait_state(run_id, "running")
+    pgid: int = wait_for(lambda: server.meta(run_id).get("pgid"), 5, "pgid")
+    time.sleep(0.2)  # let bash set its trap before the stop arrives
+    server.post(f"/runs/{run_id}/stop")
+    run = server.wait_finished(run_id, 10)
+    assert run["state"] == "failure" and "grace" in run["message"], run
+    assert server.meta(run_id)["signal"] == "SIGKILL"
+    assert not group_alive(pgid)
+
+
+def test_operations_and_409(server: Server) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    scheduled = server.post("/runs", {"job_id": "later", "time": later})["run"]["run_id"]
+    assert server.run(scheduled)["state"] == "scheduled"
+    for op in ("stop", "kill", "rerun"):
+        response = server.api("POST", f"/runs/{scheduled}/{op}")
+        assert response.status_code == 409 and "scheduled" in response.json()["error"], op
+    assert server.post(f"/runs/{scheduled}/skip")["run"]["state"] == "skipped"
+    assert server.api("POST", f"/runs/{scheduled}/start").status_code == 409
+    marked = server.post(f"/runs/{scheduled}/mark/success", {"message": "done elsewhere"})
+    assert marked["run"]["state"] == "success"
+    assert "done elsewhere" in _log(server, scheduled)[-1]
+    rerun = server.post(f"/runs/{scheduled}/rerun")["run"]
+    assert rerun["rerun_of"] == scheduled
+    assert server.wait_finished(rerun["run_id"])["state"] == "success"
+
+    other = server.post("/runs", {"job_id": "later", "time": later})["run"]["run_id"]
+    assert server.post(f"/runs/{other}/start")["run"]["state"] in ("starting", "running", "success")
+    assert server.wait_finished(other)["state"] == "success"
+
+    sleepy = server.schedule("sleepy")
+    server.wait_state(sleepy, "running")
+    assert server.api("POST", f"/runs/{sleepy}/skip").status_code == 409
+    server.post(f"/runs/{sleepy}/signal/SIGUSR1")
+    run = server.wait_finished(sleepy)
+    assert run["state"] == "failure" and "SIGUSR1" in run["message"]
+
+    killed = server.schedule("sleepy")
+    server.wait_state(killed, "running")
+    server.post(f"/runs/{killed}/kill")
+    assert "SIGKILL" in server.wait_finished(killed)["message"]
+
+    wedged = server.post("/runs", {"job_id": "later", "time": later})["run"]["run_id"]
+    assert server.post(f"/runs/{wedged}/error", {"message": "wedged"})["run"]["state"] == "error"
+    assert server.api("POST", f"/runs/{wedged}/mark/running").status_code == 409
+
+
+def test_retry_with_backoff_stops_at_max(server: Server) -> None:
+    first = server.schedule("flaky")
+    assert server.wait_finished(first)["state"] == "failure"
+
+    def chain() -> list[dict[str, Any]] | None:
+        runs = server.get("/runs", params={"job_id": "flaky", "limit": 10})["runs"]
+        done = [r for r in runs if r["state"] == "failure"]
+        return done if len(done) == 3 else None
+
+    runs = sorted(wait_for(chain, 10, "two retries"), key=lambda r: int(r["run_id"][1:]))
+    assert [r["rerun_of"] for r in runs] == [None, runs[0]["run_id"], runs[1]["run_id"]]
+    gaps = [
+        _ts(runs[i + 1]["times"]["running"]) - _ts(runs[i]["times"]["failure"]) for i in range(2)
+    ]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4, gaps
+    assert any("no more retries" in m for m in _log(server, runs[2]["run_id"]))
+    assert len(server.get("/runs", params={"job_id": "flaky"})["runs"]) == 3
+
+
+def test_schedule_action_passes_args(server: Server) -> None:
+    source = server.schedule("follow/source", {"x": "42"})
+    server.wait_finished(source)
+    note = wait_for(
+        lambda: [m for m in _log(server, source) if m.startswith("schedule action")], 5, "action"
+    )
+    target = note[0].split()[2]
+    assert server.wait_finished(target)["state"] == "success"
+    assert server.output(target) == b"target 42\n"
+    assert any(source in m for m in _log(server, target))
+
+
+def test_dependent_starts_promptly(server: Server) -> None:
+    second = server.schedule("dep/second", {"d": "1"})
+    assert server.run(second)["state"] == "waiting"
+    first = server.schedule("dep/first", {"d": "1"})
+    a = server.wait_finished(first)
+    b = server.wait_state(second, {"starting", "running", "success"})
+    lag = _ts(b["times"]["starting"]) - _ts(a["times"]["success"])
+    assert 0 <= lag < 0.1, lag
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []  # noqa: RUF012 - one test, one server
+    fail_first = True
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if _Hook.fail_first:
+            _Hook.fail_first = False
+            self.send_response(500)
+        else:
+            _Hook.received.append(json.loads(body))
+            self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_webhook_action_retried_after_failure(tmp_path: Path) -> None:
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=hook.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+    jobs = {"notify": f"program: 'true'\naction: {{type: webhook, url: '{url}'}}\n"}
+    try:
+        with running_server(tmp_path, jobs) as server:
+            run_id = server.schedule("notify")
+            server.wait_finished(run_id)
+            wait_for(lambda: _Hook.received, 10, "the webhook")
+            assert _Hook.received[0]["run"]["run_id"] == run_id
+            log = wait_for(
+                lambda: [m for m in _log(server, run_id) if "delivered" in m], 5, "delivery log"
+            )
+            assert "attempt 2" in log[0]
+            assert any("failed (HTTP 500)" in m for m in _log(server, run_id))
+    finally:
+        hook.shutdown()
+        hook.server_close()
