@@ -25,9 +25,11 @@ from apsis_server.core.planner import Horizon
 from apsis_server.core.templates import Templates
 from apsis_server.engine import Engine
 from apsis_server.facts import Facts
+from apsis_server.feeds import Feeds, feed_routes
 from apsis_server.jobsdir import load_jobs_dir
 from apsis_server.reconcile import reconcile
 from apsis_server.store.sqlite import SqliteStore
+from apsis_server.web import web_routes
 from apsis_server.webhooks import PATH, webhook_route
 
 log = logging.getLogger("apsis_server")
@@ -94,9 +96,15 @@ def build_app(config: Config) -> Starlette:
             store.close()
 
     app = Starlette(
-        routes=[*api.routes(), webhook_route(registry, facts, verifier)],
+        routes=[
+            *api.routes(),
+            webhook_route(registry, facts, verifier),
+            *feed_routes(),
+            *web_routes(),
+        ],
         lifespan=lifespan,
     )
+    app.state.feeds = Feeds(engine, registry)
     app.state.engine = engine
     app.state.registry = registry
     app.state.config = config
