@@ -64,7 +64,7 @@ DEFAULT_CATCH_UP = CatchUp(CatchUpPolicy.LATEST, 86400.0, 100)
 
 def parse_catch_up(value: Any, path: str) -> CatchUp:
     """`catch_up: latest` or `catch_up: {policy, window, max}`."""
-    policies = choice(*CatchUpPolicy)
+    policies = choice(*(p.value for p in CatchUpPolicy))
     if isinstance(value, str):
         return CatchUp(policy=CatchUpPolicy(policies(value, path)))
     f = Fields(value, path, "a policy name or a mapping {policy, window, max}")
@@ -84,7 +84,7 @@ def parse_waiting(value: Any, path: str) -> float | None:
     f = Fields(value, path, "a mapping {max_time}")
     if not f.has("max_time"):
         raise Invalid([FieldError(f.at("max_time"), "missing")])
-    max_time = f.take("max_time", duration, None)
+    max_time = f.take("max_time", lambda v, p: None if v is None else duration(v, p), None)
     f.done()
     return max_time
 

@@ -102,7 +102,9 @@ def _times(value: Any, path: str) -> tuple[float, ...]:
 
 
 def _daytimes(value: Any, path: str) -> tuple[float, ...]:
-    listed = value if isinstance(value, list) else [value]
+    if not isinstance(value, list):
+        return (parse_daytime(value, path),)
+    listed = value
     if not listed:
         raise Invalid([FieldError(path, "expected at least one daytime")])
     c = Collector()

@@ -1,0 +1,359 @@
+"""Malformed job files: each is rejected with the key path and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from apsis_server.core.calendars import parse_calendar_data
+from apsis_server.core.fields import Invalid
+from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.templates import Templates
+
+# (name, job file text, key path, part of the message)
+BAD: list[tuple[str, str, str, str]] = [
+    ("not a mapping", "- a\n- b\n", "", "expected a mapping of job keys, got a list"),
+    ("yaml syntax", "program: [echo\n", "", "YAML syntax error: line 2"),
+    ("no program", "params: [a]\n", "program", "missing"),
+    ("unknown top-level key", "program: x\nschedul: {type: interval}\n", "schedul", "unknown key"),
+    ("bad param name", "params: [ok, 2bad]\nprogram: x\n", "params[1]", "not a valid name"),
+    ("duplicate params", "params: [a, a]\nprogram: x\n", "params", "duplicate param names"),
+    (
+        "unknown program type",
+        "program: {type: shel, command: x}\n",
+        "program.type",
+        "unknown program type 'shel'",
+    ),
+    (
+        "arbitrary python path",
+        "program: {type: os.system, command: x}\n",
+        "program.type",
+        "unknown program type 'os.system'",
+    ),
+    ("shell without command", "program: {type: shell}\n", "program.command", "missing"),
+    ("empty argv", "program: {type: program, argv: []}\n", "program.argv", "non-empty argv"),
+    (
+        "unknown program key",
+        "program: {type: shell, command: x, hots: a}\n",
+        "program.hots",
+        "unknown key",
+    ),
+    (
+        "bad timeout duration",
+        "program: {type: shell, command: x, timeout: {duration: 10 parsecs}}\n",
+        "program.timeout.duration",
+        "unknown duration unit 'parsecs'",
+    ),
+    (
+        "bad stop signal",
+        "program: {type: shell, command: x, stop: {signal: SIGFOO}}\n",
+        "program.stop.signal",
+        "expected a signal like SIGTERM",
+    ),
+    (
+        "env vars not a mapping",
+        "program: {type: shell, command: x, env: {vars: [A]}}\n",
+        "program.env.vars",
+        "expected a mapping",
+    ),
+    (
+        "template unknown name",
+        "program: echo {{ dat }}\nparams: [date]\n",
+        "program.command",
+        "unknown name(s): dat",
+    ),
+    (
+        "template syntax",
+        "program: echo {{ date + }}\nparams: [date]\n",
+        "program.command",
+        "bad template",
+    ),
+    (
+        "schedule unknown type",
+        "program: x\nschedule: {type: weekly}\n",
+        "schedule.type",
+        "unknown schedule type 'weekly'",
+    ),
+    ("schedule without type", "program: x\nschedule: {interval: 5}\n", "schedule.type", "missing"),
+    (
+        "interval zero",
+        "program: x\nschedule: {type: interval, interval: 0}\n",
+        "schedule.interval",
+        "expected a positive duration",
+    ),
+    (
+        "bad time zone",
+        "program: x\nschedule: {type: daily, daytime: '09:00', tz: Mars/Olympus}\n",
+        "schedule.tz",
+        "unknown time zone 'Mars/Olympus'",
+    ),
+    (
+        "bad daytime",
+        "program: x\nschedule: {type: daily, daytime: '25:00'}\n",
+        "schedule.daytime",
+        "expected a daytime like 09:30",
+    ),
+    (
+        "bad daytime in a list",
+        "program: x\nschedule: [{type: daily, daytime: ['09:00', noon]}]\n",
+        "schedule[0].daytime[1]",
+        "expected a daytime",
+    ),
+    (
+        "unknown calendar",
+        "program: x\nschedule: {type: daily, daytime: '09:00', calendar: Moonday}\n",
+        "schedule.calendar",
+        "unknown calendar 'Moonday'",
+    ),
+    (
+        "cal_shift not an integer",
+        "program: x\nschedule: {type: daily, daytime: '09:00', cal_shift: soon}\n",
+        "schedule.cal_shift",
+        "expected an integer",
+    ),
+    (
+        "bad dst policy",
+        "program: x\nschedule: {type: daily, daytime: '09:00', dst_gap: later}\n",
+        "schedule.dst_gap",
+        "expected 'shift' or 'skip'",
+    ),
+    (
+        "explicit time without zone",
+        "program: x\nschedule: {type: explicit, times: ['2027-01-01T00:00:00']}\n",
+        "schedule.times[0]",
+        "has no time zone",
+    ),
+    (
+        "crontab wrong field count",
+        "program: x\nschedule: {type: crontab, expr: '* * *'}\n",
+        "schedule.expr",
+        "expected 5 cron fields",
+    ),
+    (
+        "crontab out of range",
+        "program: x\nschedule: {type: crontab, expr: '61 * * * *'}\n",
+        "schedule.expr",
+        "minute 61 out of range 0-59",
+    ),
+    (
+        "crontab never matches",
+        "program: x\nschedule: {type: crontab, expr: '0 0 31 2 *'}\n",
+        "schedule.expr",
+        "never matches",
+    ),
+    (
+        "crontab expr and fields",
+        "program: x\nschedule: {type: crontab, expr: '* * * * *', hour: 3}\n",
+        "schedule.expr",
+        "give either expr or the fields",
+    ),
+    (
+        "daily-interval stop before start",
+        "program: x\nschedule:\n"
+        "  {type: daily-interval, start: '10:00', stop: '09:00', interval: 60}\n",
+        "schedule.stop",
+        "stop is not after start",
+    ),
+    (
+        "schedule arg not a param",
+        "params: [a]\nprogram: x\nschedule: {type: interval, interval: 60, args: {a: 1, b: 2}}\n",
+        "schedule.args.b",
+        "'b' is not a param of the job",
+    ),
+    (
+        "schedule does not give a param",
+        "params: [region]\nprogram: x\nschedule: {type: interval, interval: 60}\n",
+        "schedule",
+        "no value for param(s) region",
+    ),
+    (
+        "schedule arg template unknown name",
+        "params: [a]\nprogram: x\n"
+        "schedule: {type: interval, interval: 60, args: {a: '{{ nope }}'}}\n",
+        "schedule.args.a",
+        "unknown name(s): nope",
+    ),
+    (
+        "end_date before start_date",
+        "program: x\nschedule:\n"
+        "  {type: interval, interval: 60, start_date: 2024-02-01, end_date: 2024-01-01}\n",
+        "schedule.end_date",
+        "before start_date",
+    ),
+    (
+        "bad stop schedule type",
+        "program: x\nschedule: {start: {type: interval, interval: 60}, stop: {type: never}}\n",
+        "schedule.stop.type",
+        "expected 'duration' or 'daytime'",
+    ),
+    (
+        "bad jitter",
+        "program: x\nschedule: {type: interval, interval: 60, jitter: lots}\n",
+        "schedule.jitter",
+        "expected a duration",
+    ),
+    (
+        "unknown condition type",
+        "program: x\ncondition: {type: sometimes}\n",
+        "condition.type",
+        "unknown condition type 'sometimes'",
+    ),
+    (
+        "dependency without job_id",
+        "program: x\nconditions: [{type: dependency}]\n",
+        "conditions[0].job_id",
+        "missing",
+    ),
+    (
+        "bad state name",
+        "program: x\ncondition: {type: dependency, job_id: a, states: [succeeded]}\n",
+        "condition.states[0]",
+        "expected a run state",
+    ),
+    (
+        "max_running count zero",
+        "program: x\ncondition: {type: max_running, count: 0}\n",
+        "condition.count",
+        "expected a positive integer",
+    ),
+    (
+        "max_running per",
+        "program: x\ncondition: {type: max_running, per: host}\n",
+        "condition.per",
+        "expected 'args' or 'job'",
+    ),
+    (
+        "skip_duplicate unfinished target",
+        "program: x\ncondition: {type: skip_duplicate, target_state: waiting}\n",
+        "condition.target_state",
+        "expected a finished state",
+    ),
+    (
+        "condition and conditions",
+        "program: x\ncondition: {type: const}\nconditions: [{type: const}]\n",
+        "conditions",
+        "not both",
+    ),
+    (
+        "condition template unknown name",
+        "program: x\ncondition: {type: dependency, job_id: 'a/{{ region }}'}\n",
+        "condition[0].job_id",
+        "unknown name(s): region",
+    ),
+    (
+        "unknown action type",
+        "program: x\naction: {type: page}\n",
+        "action.type",
+        "unknown action type 'page'",
+    ),
+    (
+        "action if with running state",
+        "program: x\naction: {type: schedule, job_id: b, if: {states: [running]}}\n",
+        "action.if.states",
+        "expected finished states, got running",
+    ),
+    (
+        "retry backoff below one",
+        "program: x\naction: {type: retry, max: 3, backoff: 0.5}\n",
+        "action.backoff",
+        "at least 1",
+    ),
+    (
+        "retry exit code",
+        "program: x\naction: {type: retry, on: {exit_codes: [one]}}\n",
+        "action.on.exit_codes[0]",
+        "expected an integer",
+    ),
+    (
+        "webhook url",
+        "program: x\naction: {type: webhook, url: 'ftp://x'}\n",
+        "action.url",
+        "expected an http:// or https:// URL",
+    ),
+    (
+        "email address",
+        "program: x\naction: {type: email, to: [ops]}\n",
+        "action.to[0]",
+        "expected an email address",
+    ),
+    (
+        "successor without job_id",
+        "program: x\nsuccessors: [{args: {a: 1}}]\n",
+        "successors[0].job_id",
+        "missing",
+    ),
+    (
+        "catch_up policy",
+        "program: x\ncatch_up: {policy: some}\n",
+        "catch_up.policy",
+        "expected 'all' or 'latest' or 'none'",
+    ),
+    ("waiting without max_time", "program: x\nwaiting: {}\n", "waiting.max_time", "missing"),
+    ("job_id mismatch", "job_id: other\nprogram: x\n", "job_id", "does not match the path"),
+    ("labels not strings", "program: x\nlabels: [{a: 1}]\n", "labels[0]", "expected a string"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_malformed_job_is_rejected(text: str, key_path: str, message: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_job("test/job", load_yaml(text), Templates())
+    found = [(e.key_path, e.message) for e in info.value.errors]
+    assert any(path == key_path and message in text for path, text in found), found
+
+
+def test_count_of_malformed_cases() -> None:
+    assert len({b[0] for b in BAD}) == len(BAD) >= 30
+
+
+def test_all_errors_of_a_file_are_reported_together() -> None:
+    text = """
+params: [date]
+program: {type: shell, command: "echo {{ nope }}", timeout: {duration: forever}}
+schedule:
+  - {type: daily, daytime: "09:00", tz: Nowhere/City}
+  - {type: interval, interval: -5}
+condition: {type: max_running, count: zero}
+action: {type: webhook, url: "gopher://x"}
+extra: 1
+"""
+    with pytest.raises(Invalid) as info:
+        parse_job("j", load_yaml(text), Templates())
+    paths = {e.key_path for e in info.value.errors}
+    assert {
+        "program.timeout.duration",
+        "schedule[0].tz",
+        "schedule[1].interval",
+        "condition.count",
+        "action.url",
+        "extra",
+    } <= paths
+
+
+def test_named_calendars_resolve_only_when_given() -> None:
+    text = "program: x\nschedule: {type: daily, daytime: '09:00', calendar: nyse}\n"
+    with pytest.raises(Invalid, match="unknown calendar 'nyse'"):
+        parse_job("j", load_yaml(text), Templates())
+    nyse = parse_calendar_data("nyse", {"holidays": ["2024-12-25"]})
+    job = parse_job("j", load_yaml(text), Templates(), calendars={"nyse": nyse})
+    assert job.schedules[0].text().startswith("nyse at 09:00:00")
+
+
+@pytest.mark.parametrize(
+    ("data", "key_path", "message"),
+    [
+        ({"weekdays": "Funday", "holidays": ["2024-01-01"]}, "weekdays", "expected weekdays"),
+        ({"holidays": ["2024-13-01"]}, "holidays[0]", "expected a date"),
+        ({"holidays": "2024-01-01"}, "holidays", "expected a list of dates"),
+        ({"holidays": ["2024-01-01"], "stop": "2023-01-01"}, "stop", "not after start"),
+        ({"holiday": ["2024-01-01"]}, "holiday", "unknown key"),
+        ({"weekdays": "Mon-Fri"}, "", "no dates and no START/STOP range"),
+    ],
+)
+def test_malformed_calendar_files(data: object, key_path: str, message: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_calendar_data("c", data)
+    assert any(e.key_path == key_path and message in e.message for e in info.value.errors), (
+        info.value.errors
+    )

@@ -1,0 +1,115 @@
+"""Templates: expansion with the ora helpers, bind errors, and load-time checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apsis_server.core.calendars import parse_calendar_data
+from apsis_server.core.programs import BindError, bind, parse_program
+from apsis_server.core.templates import (
+    TemplateError,
+    Templates,
+    check_template,
+    default_helpers,
+)
+
+SCOPE = {"date": "2024-03-01", "run_id": "r7", "job_id": "a/b", "args": {"date": "2024-03-01"}}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain", "plain"),
+        ("{{ date }}", "2024-03-01"),
+        ("{{ run_id }}/{{ job_id }}", "r7/a/b"),
+        ("{{ Date(date) - 1 }}", "2024-02-29"),
+        ("{{ (Date(date) + 3).weekday }}", "Mon"),
+        ("{{ Daytime(9, 30, 0) }}", "09:30:00"),
+        ("{{ get_calendar('Mon-Fri').after(Date('2024-03-02')) }}", "2024-03-04"),
+        ("{{ get_calendar('hols').after(Date('2024-03-04')) }}", "2024-03-05"),
+        ("{{ TimeZone('Europe/London').name }}", "Europe/London"),
+        ("{{ from_local((Date(date), Daytime(12, 0, 0)), 'UTC') }}", "2024-03-01T12:00:00+00:00"),
+        ("{{ to_local(Time(2024, 3, 1, 12, 0, 0, 'UTC'), 'Asia/Tokyo').daytime }}", "21:00:00"),
+    ],
+)
+def test_expand(text: str, expected: str) -> None:
+    hols = parse_calendar_data("hols", {"holidays": ["2024-03-04"]})
+    templates = Templates(default_helpers({"hols": hols}))
+    assert templates.expand(text, SCOPE) == expected
+
+
+def test_default_templates_know_the_helpers() -> None:
+    ora_helpers = {"Date", "Daytime", "Time", "TimeZone", "get_calendar", "from_local", "to_local"}
+    assert set(default_helpers()) == ora_helpers
+    assert ora_helpers <= Templates().helper_names
+    assert not ora_helpers & Templates({}).helper_names
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{{ nope }}", "'nope' is undefined"),
+        ("{{ Date('soon') }}", "failed"),
+        ("{{ get_calendar('Nope') }}", "unknown calendar 'Nope'"),
+        ("{{ date.__class__ }}", "failed"),
+    ],
+)
+def test_expand_errors(text: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        Templates().expand(text, SCOPE)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("echo {{ date }} {{ Date(date) + 1 }}", None),
+        ("{{ run_id }}", None),
+        ("{{ other }}", "template uses unknown name(s): other"),
+        ("{{ date | }}", "bad template"),
+        ("{% for x in y %}", "bad template"),
+    ],
+)
+def test_check_template(text: str, error: str | None) -> None:
+    found = check_template(Templates(), text, {"date", "run_id"}, "program.command")
+    if error is None:
+        assert found is None
+    else:
+        assert found is not None and found.key_path == "program.command"
+        assert error in found.message
+
+
+def test_bind_process_program_sets_env() -> None:
+    program = parse_program(
+        {"type": "shell", "command": "load {{ date }}", "env": {"vars": {"D": "{{ date }}"}}}
+    )
+    bound = bind(program, Templates(), SCOPE)
+    assert bound["argv"] == ["/bin/bash", "-c", "load 2024-03-01"]
+    assert bound["env"] == {
+        "D": "2024-03-01",
+        "APSIS_RUN_ID": "r7",
+        "APSIS_JOB_ID": "a/b",
+        "APSIS_ARG_DATE": "2024-03-01",
+    }
+
+
+def test_bind_error_carries_the_message() -> None:
+    program = parse_program(["/bin/echo", "{{ missing }}"])
+    with pytest.raises(BindError, match="'missing' is undefined"):
+        bind(program, Templates(), SCOPE)
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"),
+    [
+        (
+            {"type": "internal.archive", "age": "1 day", "path": "/var/{{ date }}.db"},
+            {"type": "internal.archive", "age": 86400.0, "path": "/var/2024-03-01.db"},
+        ),
+        ({"type": "internal.vacuum"}, {"type": "internal.vacuum"}),
+        ({"type": "no-op"}, {"type": "no-op", "duration": 0.0, "success": True}),
+    ],
+)
+def test_bind_other_programs(form: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert bind(parse_program(form), Templates(), SCOPE) == expected
