@@ -1,4 +1,4 @@
-"""Cron expressions: parsing the five (or six) fields and matching local dates and times.
+"""Cron expressions (parsing the five or six fields, matching dates) and the crontab schedule.
 
 Standard cron semantics (Vixie cron): `*`, numbers, ranges `a-b`, steps `*/n` and
 `a-b/n`, lists `a,b`, month and weekday names, weekday 0 or 7 for Sunday. When both
@@ -10,11 +10,15 @@ the end, gives the seconds (default 0).
 
 from __future__ import annotations
 
+import bisect
 import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from apsis_common.times import format_time
+from apsis_server.core.calendars import UTC, DstGap, DstRepeat, Zone, format_daytime, midnight
 from apsis_server.core.fields import FieldError, Invalid
+from apsis_server.core.schedule_types import DAY, ScheduleBase, Slot
 
 _MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
 _WEEKDAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -157,3 +161,46 @@ def split_expr(expr: str, path: str) -> dict[str, str]:
             [FieldError(path, f"expected 5 cron fields (or 6 with seconds), got {len(parts)}")]
         )
     return dict(zip(FIELD_NAMES, parts, strict=False))
+
+
+@dataclass(frozen=True)
+class CrontabSchedule(ScheduleBase):
+    """Standard cron semantics in local time of `tz` (see `crontab.py`)."""
+
+    expr: CronExpr
+    source: str
+    tz: Zone = UTC
+    dst_gap: DstGap = DstGap.SHIFT
+    dst_repeat: DstRepeat = DstRepeat.FIRST
+
+    def slots(self, start: float) -> Iterator[Slot]:
+        daytimes = tuple(self.expr.daytimes())
+        local_date, _ = self.tz.to_local(start)
+        # Daytimes more than a few hours before `start` in local terms are before it
+        # in any zone (DST moves clocks by at most two hours), so skip them unconverted.
+        naive_floor = start + self.tz.offset(start) - 3 * 3600
+        for day in self.expr.dates(local_date - datetime.timedelta(1)):
+            base = midnight(day)
+            skip = bisect.bisect_left(daytimes, naive_floor - base)
+            candidates = daytimes[max(skip, 0) :]
+            next_day = self.tz.from_local(day + datetime.timedelta(1), 0.0)[0]
+            if next_day - self.tz.from_local(day, 0.0)[0] == DAY:
+                # No DST change this day: local order is time order, so stay lazy.
+                for ssm in candidates:
+                    for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat):
+                        yield self._slot(t, day, ssm)
+                continue
+            found = sorted(
+                (t, ssm)
+                for ssm in candidates
+                for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat)
+            )
+            for t, ssm in found:
+                yield self._slot(t, day, ssm)
+
+    def _slot(self, t: float, day: datetime.date, ssm: float) -> Slot:
+        auto = {"time": format_time(t) or "", "date": day.isoformat()}
+        return Slot(t, day, {**auto, "daytime": format_daytime(ssm), "tz": self.tz.name})
+
+    def describe(self) -> str:
+        return f"cron {self.source} {self.tz.name}"

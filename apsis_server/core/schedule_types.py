@@ -40,7 +40,6 @@ from apsis_server.core.calendars import (
     iter_dates,
     midnight,
 )
-from apsis_server.core.crontab import CronExpr
 from apsis_server.core.templates import TemplateError, Templates
 
 DAY = 86400.0
@@ -371,49 +370,6 @@ class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
             f"{self.calendar} every {self.interval:g}s "
             f"from {self.start} to {self.stop} {self.tz.name}"
         )
-
-
-@dataclass(frozen=True)
-class CrontabSchedule(ScheduleBase):
-    """Standard cron semantics in local time of `tz` (see `crontab.py`)."""
-
-    expr: CronExpr
-    source: str
-    tz: Zone = UTC
-    dst_gap: DstGap = DstGap.SHIFT
-    dst_repeat: DstRepeat = DstRepeat.FIRST
-
-    def slots(self, start: float) -> Iterator[Slot]:
-        daytimes = tuple(self.expr.daytimes())
-        local_date, _ = self.tz.to_local(start)
-        # Daytimes more than a few hours before `start` in local terms are before it
-        # in any zone (DST moves clocks by at most two hours), so skip them unconverted.
-        naive_floor = start + self.tz.offset(start) - 3 * 3600
-        for day in self.expr.dates(local_date - datetime.timedelta(1)):
-            base = midnight(day)
-            skip = bisect.bisect_left(daytimes, naive_floor - base)
-            candidates = daytimes[max(skip, 0) :]
-            next_day = self.tz.from_local(day + datetime.timedelta(1), 0.0)[0]
-            if next_day - self.tz.from_local(day, 0.0)[0] == DAY:
-                # No DST change this day: local order is time order, so stay lazy.
-                for ssm in candidates:
-                    for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat):
-                        yield self._slot(t, day, ssm)
-                continue
-            found = sorted(
-                (t, ssm)
-                for ssm in candidates
-                for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat)
-            )
-            for t, ssm in found:
-                yield self._slot(t, day, ssm)
-
-    def _slot(self, t: float, day: datetime.date, ssm: float) -> Slot:
-        auto = {"time": format_time(t) or "", "date": day.isoformat()}
-        return Slot(t, day, {**auto, "daytime": format_daytime(ssm), "tz": self.tz.name})
-
-    def describe(self) -> str:
-        return f"cron {self.source} {self.tz.name}"
 
 
 @dataclass(frozen=True)

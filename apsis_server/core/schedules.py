@@ -23,7 +23,7 @@ from apsis_server.core.calendars import (
     resolve_calendar,
     zone,
 )
-from apsis_server.core.crontab import FIELD_NAMES, parse_cron, split_expr
+from apsis_server.core.crontab import FIELD_NAMES, CrontabSchedule, parse_cron, split_expr
 from apsis_server.core.fields import (
     Collector,
     FieldError,
@@ -41,7 +41,6 @@ from apsis_server.core.fields import (
 from apsis_server.core.schedule_types import (
     ALL_DAYS,
     AUTO_ARGS,
-    CrontabSchedule,
     DailyIntervalSchedule,
     DailySchedule,
     DaytimeSpec,
