@@ -84,7 +84,9 @@ class _Notifications(asyncio.Protocol):
 def _listen(host: str, port: int | None, previous: int | None) -> socket.socket:
     """A listening socket; without an explicit port, try the previous one first."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says
+    # TCP, and without it every two-write answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port if port is not None else previous or 0))
@@ -213,6 +215,7 @@ class Daemon:
                 server.should_exit = True
                 for worker in workers:
                     worker.cancel()
+                await _close_connections(server, serving)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -226,8 +229,10 @@ class Daemon:
         """Stop when drained, idle for `idle_stop`, or when the spawner is gone."""
         idle_since: float | None = None
         while True:
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await self._changed.wait()
             self._changed.clear()
             if spawner_gone.is_set():
                 log.error("the spawner exited: stopping (programs keep running)")
@@ -255,6 +260,19 @@ async def _until(condition: Callable[[], bool]) -> None:
     """Wait for a condition that nothing signals (uvicorn's `started` flag)."""
     while not condition():  # noqa: ASYNC110 - uvicorn offers no event to wait on
         await asyncio.sleep(0.01)
+
+
+async def _close_connections(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+    """Give open requests a moment, then drop idle keep-alive connections.
+
+    A TLS close waits for the peer's close_notify, which an idle client never
+    sends; without this, every stop would wait for uvicorn's graceful timeout.
+    """
+    await asyncio.wait({serving}, timeout=0.5)
+    for connection in list(server.server_state.connections):
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abort()
 
 
 def raise_fd_limit() -> None:

@@ -73,8 +73,10 @@ class Sender:
             while True:
                 outbox = self._outbox
                 if outbox.stored_seq <= outbox.acked_seq:
+                    # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancel.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._delivery.heartbeat)
+                        async with asyncio.timeout(self._delivery.heartbeat):
+                            await self._wake.wait()
                 self._wake.clear()
                 progressed = await self._send_one()
                 if progressed:

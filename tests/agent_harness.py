@@ -51,7 +51,9 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
+) -> T:
     """Poll `predicate` until it returns something true; its value. Fails after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -88,7 +90,8 @@ class Receiver:
         self.lock = threading.Lock()
         self.refuse = False  # answer 503, as a server that is down would
         self._verifier = Verifier(lambda: self.keys)
-        self._sock = socket.socket()
+        # proto=IPPROTO_TCP, or asyncio leaves Nagle on (40 ms per answer).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         app = Starlette(routes=[Route("/agent/v1/events", self._events, methods=["POST"])])

@@ -1,0 +1,230 @@
+"""The agent runs real programs and reports them: starts, output, exits, stops, timeouts."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apsis_common import protocol
+from apsis_common.protocol import (
+    AgentStarted,
+    ProcExited,
+    ProcList,
+    ProcSignaled,
+    ProcSpec,
+    ProcStarted,
+    ProcStartFailed,
+    ProcSummary,
+    SignalRequest,
+    StartResult,
+    StopRequest,
+    StopSpec,
+    TimeoutSpec,
+)
+from tests.agent_harness import Agent, Receiver, pid_alive, running_agent, sh, wait_for
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[tuple[Agent, Receiver]]:
+    with running_agent(tmp_path) as pair:
+        yield pair
+
+
+def _exited(rx: Receiver, proc_id: str, timeout: float = 10.0) -> ProcExited:
+    return wait_for(lambda: rx.exited(proc_id), timeout, f"{proc_id} to exit")
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_success_and_exit_code(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    results = a.start(("ok", ProcSpec(argv=("true",))), ("seven", sh("exit 7")))
+    assert [r.status for r in results.results] == ["accepted", "accepted"]
+    assert _exited(rx, "ok").exit.exit_code == 0
+    seven = _exited(rx, "seven")
+    assert seven.exit.exit_code == 7 and seven.exit.signal is None
+    assert isinstance(rx.events()[0], AgentStarted)
+    # Every process: started, then (output), then exited.
+    for proc_id in ("ok", "seven"):
+        kinds = [type(e) for e in rx.events(proc_id)]
+        assert kinds[0] is ProcStarted and kinds[-1] is ProcExited
+
+
+def test_output_is_byte_exact_and_merged(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    script = "printf 'a\\0b\\377'; echo err >&2; head -c 600000 /dev/zero | tr '\\0' x; echo end"
+    a.start(("out", sh(script)))
+    exited = _exited(rx, "out")
+    expected = b"a\0b\xff" + b"err\n" + b"x" * 600000 + b"end\n"
+    assert rx.output("out") == expected
+    assert exited.output_length == len(expected)
+    # The output events come before the exit, and chunks are bounded.
+    events = rx.events("out")
+    assert isinstance(events[-1], ProcExited)
+    assert all(len(getattr(e, "data", b"")) <= protocol.MAX_OUTPUT_CHUNK for e in events)
+    # The same bytes through the API, by range.
+    response = a.request("GET", "/procs/out/output?start=1&stop=6")
+    assert response.status_code == 200 and response.content == expected[1:6]
+
+
+def test_start_failures_have_clear_messages(agent: tuple[Agent, Receiver], tmp_path: Path) -> None:
+    a, rx = agent
+    plain = tmp_path / "not-executable"
+    plain.write_text("echo hi\n")
+    a.start(
+        ("nope", ProcSpec(argv=("/usr/bin/nope",))),
+        ("perm", ProcSpec(argv=(str(plain),))),
+        ("cwd", ProcSpec(argv=("true",), cwd="/nope")),
+        ("path", ProcSpec(argv=("no-such-program-anywhere",))),
+    )
+
+    def errors() -> dict[str, str]:
+        found = {e.proc_id: e.error for e in rx.events(kind=ProcStartFailed)}
+        return found if len(found) == 4 else {}
+
+    found = wait_for(errors, what="four start failures")
+    assert found == {
+        "nope": "no such file: /usr/bin/nope",
+        "perm": f"permission denied: {plain}",
+        "cwd": "no such directory: /nope",
+        "path": "no such file: no-such-program-anywhere",
+    }
+    summary = protocol.decode(ProcSummary, a.request("GET", "/procs/nope").content)
+    assert summary.state == "failed" and summary.error == "no such file: /usr/bin/nope"
+
+
+def test_env_cwd_and_stdin(agent: tuple[Agent, Receiver], tmp_path: Path) -> None:
+    a, rx = agent
+    spec = sh(
+        'echo "$FOO|$HOME_SET|$(pwd)"; cat; echo "stdin done"',
+        env={"FOO": "bar baz"},
+        cwd=str(tmp_path),
+    )
+    a.start(("env", spec))
+    _exited(rx, "env")
+    assert rx.output("env") == f"bar baz||{tmp_path}\nstdin done\n".encode()
+    bare = ProcSpec(argv=("/usr/bin/env",), env_inherit=False, env={"ONLY": "1"})
+    a.start(("bare", bare))
+    _exited(rx, "bare")
+    assert rx.output("bare") == b"ONLY=1\n"
+
+
+def test_idempotent_start_and_conflict(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    spec = sh("sleep 30")
+    assert a.start(("same", spec)).results[0].status == "accepted"
+    assert a.start(("same", spec)).results[0].status == "exists"
+    conflict = a.start(("same", sh("sleep 31"))).results[0]
+    assert conflict.status == "refused" and "conflict" in (conflict.error or "")
+    response = a.request("PUT", "/procs/same", protocol.encode(sh("sleep 31")))
+    assert response.status_code == 409
+    response = a.request("PUT", "/procs/same", protocol.encode(spec))
+    assert protocol.decode(StartResult, response.content).status == "exists"
+    response = a.request("PUT", "/procs/single", protocol.encode(ProcSpec(argv=("true",))))
+    assert response.status_code == 201
+    assert protocol.decode(StartResult, response.content).status == "accepted"
+    _exited(rx, "single")
+    wait_for(lambda: rx.events("same", ProcStarted))
+    assert len(rx.events("same", ProcStarted)) == 1
+
+
+def test_stop_kills_the_whole_group(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("sleepy", sh("sleep 600 & sleep 600; wait")))
+    started = wait_for(lambda: rx.events("sleepy", ProcStarted), what="start")[0]
+    response = a.request("POST", "/procs/sleepy/stop", protocol.encode(StopRequest(grace=5)))
+    assert response.status_code == 200
+    exited = _exited(rx, "sleepy")
+    assert exited.exit.signal == signal.SIGTERM
+    wait_for(lambda: _group_gone(started.pgid), what="the group to be empty")
+    signaled = rx.events("sleepy", ProcSignaled)
+    assert [(s.signal, s.reason) for s in signaled] == [(signal.SIGTERM, "stop")]
+    # Stopping again is harmless.
+    again = a.request("POST", "/procs/sleepy/stop", protocol.encode(StopRequest()))
+    assert again.status_code == 200
+
+
+def test_sigterm_ignored_escalates_to_sigkill(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    script = "trap '' TERM; echo ready; sleep 60 & wait"
+    a.start(("stubborn", sh(script, stop=StopSpec(grace=0.5))))
+    started = wait_for(lambda: rx.events("stubborn", ProcStarted), what="start")[0]
+    wait_for(lambda: rx.output("stubborn") == b"ready\n", what="the trap to be set")
+    a.request("POST", "/procs/stubborn/stop", protocol.encode(StopRequest()))
+    exited = _exited(rx, "stubborn")
+    assert exited.exit.signal == signal.SIGKILL
+    reasons = [(s.signal, s.reason) for s in rx.events("stubborn", ProcSignaled)]
+    assert reasons == [(signal.SIGTERM, "stop"), (signal.SIGKILL, "escalation")]
+    wait_for(lambda: _group_gone(started.pgid), what="the grandchild to be gone")
+
+
+def test_timeout(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("slow", sh("sleep 30", timeout=TimeoutSpec(duration=0.3), stop=StopSpec(grace=5))))
+    exited = _exited(rx, "slow")
+    assert exited.exit.signal == signal.SIGTERM
+    assert [(s.signal, s.reason) for s in rx.events("slow", ProcSignaled)] == [
+        (signal.SIGTERM, "timeout")
+    ]
+
+
+def test_signal_request(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("hup", sh("trap 'echo got hup; exit 3' HUP; echo ready; sleep 30 & wait")))
+    wait_for(lambda: rx.output("hup") == b"ready\n", what="the trap to be set")
+    response = a.request("POST", "/procs/hup/signal", protocol.encode(SignalRequest(signal.SIGHUP)))
+    assert response.status_code == 200
+    assert _exited(rx, "hup").exit.exit_code == 3
+    assert rx.output("hup") == b"ready\ngot hup\n"
+    assert rx.events("hup", ProcSignaled)[0].reason == "request"
+    bad = a.request("POST", "/procs/hup/signal", protocol.encode(SignalRequest(999)))
+    assert bad.status_code == 400
+
+
+def test_list_get_delete(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("done", ProcSpec(argv=("true",), labels={"run": "r1"})), ("busy", sh("sleep 30")))
+    _exited(rx, "done")
+    wait_for(lambda: rx.events("busy", ProcStarted))
+    listed = protocol.decode(ProcList, a.request("GET", "/procs").content)
+    states = {p.proc_id: p.state for p in listed.procs}
+    assert states == {"done": "exited", "busy": "running"}
+    done = protocol.decode(ProcSummary, a.request("GET", "/procs/done").content)
+    assert done.exit is not None and done.exit.exit_code == 0 and done.labels == {"run": "r1"}
+    assert "utime" in done.exit.rusage
+    assert a.request("DELETE", "/procs/busy").status_code == 409
+    assert a.request("DELETE", "/procs/done").status_code == 204
+    assert a.request("GET", "/procs/done").status_code == 404
+    assert not (a.state_dir / "procs" / "done").exists()
+    assert a.request("GET", "/procs/nothing").status_code == 404
+
+
+def test_json_is_accepted(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    body = protocol.encode_json(ProcSpec(argv=("true",)))
+    response = a.request("PUT", "/procs/js", body, headers={"content-type": protocol.JSON})
+    assert response.status_code == 201
+    assert response.json() == {"proc_id": "js", "status": "accepted", "error": None}
+    _exited(rx, "js")
+
+
+def test_process_dir_layout(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("layout", sh("echo hi")))
+    _exited(rx, "layout")
+    directory = a.state_dir / "procs" / "layout"
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert {p.name for p in directory.iterdir()} == {"spec", "pid", "exit", "output"}
+    assert (directory / "output").read_bytes() == b"hi\n"
+    pid = rx.events("layout", ProcStarted)[0].pid
+    wait_for(lambda: not pid_alive(pid), what="no zombie left")

@@ -1,0 +1,112 @@
+"""The outbox: contiguous sequence numbers, persistence, acks, output read at send time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from apsis_agent.outbox import Ledger, Outbox
+from apsis_common import protocol
+from apsis_common.protocol import (
+    AgentStarted,
+    EventBatch,
+    ExitInfo,
+    ProcExited,
+    ProcOutput,
+    ProcStarted,
+)
+
+EXIT = ExitInfo(0, 0, None, False, {}, 1.0)
+
+
+def _batch(outbox: Outbox, max_events: int = 100, max_bytes: int = 1 << 20) -> EventBatch:
+    envelopes, _ = outbox.batch(max_events, max_bytes)
+    body = msgpack.packb({"agent_id": "a", "epoch": 1, "events": envelopes})
+    return protocol.decode(EventBatch, body)
+
+
+def test_sequence_numbers_are_contiguous_and_persisted(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    assert [outbox.add(AgentStarted(1, 0)) for _ in range(3)] == [1, 2, 3]
+    assert outbox.flush()
+    assert not outbox.flush()
+    outbox.close()
+    again = Outbox(tmp_path / "o.sqlite")
+    assert again.add(AgentStarted(2, 0)) == 4
+    again.flush()
+    assert [e.seq for e in _batch(again).events] == [1, 2, 3, 4]
+
+
+def test_unflushed_events_are_not_sent(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.add(AgentStarted(1, 0))
+    assert _batch(outbox).events == ()
+    outbox.flush()
+    assert len(_batch(outbox).events) == 1
+
+
+def test_ack_deletes_and_is_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    outbox = Outbox(path)
+    for _ in range(5):
+        outbox.add(AgentStarted(1, 0))
+    outbox.flush()
+    assert outbox.ack(3)
+    assert not outbox.ack(2)  # stale acks change nothing
+    assert [e.seq for e in _batch(outbox).events] == [4, 5]
+    assert outbox.ack(99)  # beyond what exists: capped
+    assert outbox.acked_seq == 5 and outbox.pending == 0
+    outbox.close()
+    again = Outbox(path)
+    assert again.acked_seq == 5
+    assert again.add(AgentStarted(2, 0)) == 6
+
+
+def test_output_is_read_from_the_file_when_sent(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    output.write_bytes(b"hello world")
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.add(ProcStarted("p", 1, 1, 0.0), started=True)
+    outbox.add_output("p", output, 0, 5)
+    outbox.add_output("p", output, 5, 6)
+    outbox.add(ProcExited("p", EXIT, 11), final=True)
+    outbox.flush()
+    assert outbox.ledger("p") == Ledger(started=True, final=True, enqueued=11)
+    assert outbox.unacked_bytes == {"p": 11} and outbox.unacked_total == 11
+    events = [e.event for e in _batch(outbox).events]
+    assert events[1] == ProcOutput("p", 1, 0, b"hello")
+    assert events[2] == ProcOutput("p", 1, 5, b" world")
+    # A byte budget cuts a batch (but never below one event).
+    assert len(_batch(outbox, max_bytes=5).events) == 2
+    assert len(_batch(outbox, max_bytes=0).events) == 1
+    outbox.ack(2)
+    assert outbox.unacked_bytes == {"p": 6}
+    outbox.ack(4)
+    assert outbox.unacked_bytes == {} and outbox.unacked_total == 0
+
+
+def test_forget_keeps_unsent_output(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    output.write_bytes(b"abc")
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.add_output("p", output, 0, 3)
+    outbox.flush()
+    outbox.forget("p")
+    output.unlink()
+    assert [e.event for e in _batch(outbox).events] == [ProcOutput("p", 1, 0, b"abc")]
+    assert outbox.ledger("p") == Ledger()
+
+
+def test_ledger_survives_restart(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.add(ProcStarted("p", 1, 1, 0.0), started=True)
+    outbox.flush()
+    outbox.close()
+    assert Outbox(tmp_path / "o.sqlite").ledger("p") == Ledger(started=True)
+
+
+def test_output_events_go_through_add_output(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        Outbox(tmp_path / "o.sqlite").add(ProcOutput("p", 1, 0, b"x"))

@@ -1,0 +1,117 @@
+"""Process directories: the recovery table, process ids, spec checks and digests."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from apsis_agent import registry
+from apsis_agent.procs import check_spec
+from apsis_agent.registry import Observed, Recovery, check_proc_id, decide
+from apsis_common import protocol
+from apsis_common.errors import BadInput
+from apsis_common.protocol import ProcSpec, StopSpec, TimeoutSpec
+
+
+def _seen(**kw: bool) -> Observed:
+    base = {
+        "has_exit": False,
+        "has_failed": False,
+        "has_pid": True,
+        "same_boot": True,
+        "shim_pid_alive": False,
+        "shim_matches": False,
+    }
+    return Observed(**(base | kw))
+
+
+@pytest.mark.parametrize(
+    ("seen", "action"),
+    [
+        (_seen(has_exit=True), Recovery.EXITED),
+        (_seen(has_exit=True, same_boot=False), Recovery.EXITED),
+        (_seen(has_failed=True, has_pid=False), Recovery.FAILED),
+        (_seen(shim_pid_alive=True, shim_matches=True), Recovery.ADOPT),
+        (_seen(same_boot=False), Recovery.LOST_REBOOT),
+        (_seen(same_boot=False, shim_pid_alive=True), Recovery.LOST_REBOOT),
+        (_seen(), Recovery.LOST_VANISHED),
+        (_seen(shim_pid_alive=True), Recovery.LOST_PID_REUSED),
+        (_seen(has_pid=False, same_boot=False), Recovery.INTERRUPTED),
+    ],
+)
+def test_recovery_table(seen: Observed, action: Recovery) -> None:
+    assert decide(seen) is action
+
+
+@pytest.mark.parametrize("proc_id", ["r1", "r1.0", "run-42:attempt@2", "A_b+c", "x" * 128])
+def test_good_proc_ids(proc_id: str) -> None:
+    assert check_proc_id(proc_id) == proc_id
+
+
+@pytest.mark.parametrize(
+    "proc_id", ["", ".", "..", ".hidden", "a/b", "a\0b", "a b", "x" * 129, "é"]
+)
+def test_bad_proc_ids(proc_id: str) -> None:
+    with pytest.raises(BadInput):
+        check_proc_id(proc_id)
+
+
+def test_digest_is_stable_and_sensitive() -> None:
+    spec = ProcSpec(argv=("echo", "hi"), env={"B": "2", "A": "1"})
+    same = ProcSpec(argv=("echo", "hi"), env={"A": "1", "B": "2"})
+    assert spec.digest() == same.digest()
+    assert spec.digest() != ProcSpec(argv=("echo", "ho")).digest()
+    assert spec.digest() != ProcSpec(argv=("echo", "hi"), stop=StopSpec(grace=1)).digest()
+    decoded = protocol.decode(ProcSpec, protocol.encode(spec))
+    assert decoded.digest() == spec.digest()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ProcSpec(argv=()),
+        ProcSpec(argv=("",)),
+        ProcSpec(argv=("a\0b",)),
+        ProcSpec(argv=("true",), env={"A=B": "1"}),
+        ProcSpec(argv=("true",), env={"": "1"}),
+        ProcSpec(argv=("true",), cwd="/a\0"),
+        ProcSpec(argv=("true",), stop=StopSpec(signal=999)),
+        ProcSpec(argv=("true",), stop=StopSpec(grace=-1)),
+        ProcSpec(argv=("true",), timeout=TimeoutSpec(duration=0)),
+        ProcSpec(argv=("true",), output_max=-1),
+    ],
+)
+def test_bad_specs(spec: ProcSpec) -> None:
+    with pytest.raises(BadInput):
+        check_spec(spec)
+
+
+def test_good_spec() -> None:
+    check_spec(ProcSpec(argv=("true",), timeout=TimeoutSpec(1.0, int(signal.SIGINT))))
+
+
+def test_load_reads_what_the_shim_wrote(tmp_path: Path) -> None:
+    spec = ProcSpec(argv=("true",))
+    proc = registry.create(tmp_path, "p", spec)
+    (proc.directory / "pid").write_text(
+        '{"pid": 5, "pgid": 5, "start_ticks": 10, "start_time": 1.5, "boot_id": "b",'
+        ' "shim_pid": 4, "shim_ticks": 9}'
+    )
+    (proc.directory / "stop").write_text('{"signal": 15, "deadline": 2.0, "reason": "stop"}')
+    loaded = registry.load(proc.directory)
+    assert loaded is not None
+    assert loaded.digest == spec.digest()
+    assert loaded.facts == registry.PidFacts(5, 5, 10, 1.5, "b", 4, 9)
+    assert loaded.stop == registry.StopFacts(15, 2.0, "stop")
+    assert loaded.exit is None and loaded.error is None
+    seen = registry.observe(loaded, "other-boot")
+    assert decide(seen) is Recovery.LOST_REBOOT
+    (proc.directory / "exit").write_text("not json")
+    assert registry.load(proc.directory) is not None
+
+
+def test_a_directory_without_spec_is_not_a_process(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    assert registry.load(tmp_path / "p") is None
