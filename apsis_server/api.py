@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +22,7 @@ from apsis_common.errors import (
 )
 from apsis_common.states import State
 from apsis_common.times import format_time, parse_time
+from apsis_server.core.catchup import next_times
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import Job
 from apsis_server.core.programs import parse_program, signal_number
@@ -161,12 +161,7 @@ async def version(request: Request) -> Response:
 
 
 def _next_times(engine: Engine, job: Job, count: int = 5) -> list[float]:
-    now = engine.clock()
-    times: list[float] = []
-    for schedule in job.schedules:
-        if schedule.enabled:
-            times.extend(d.time for d in itertools.islice(schedule.due(now, job.params), count))
-    return sorted(times)[:count]
+    return [due.time for due in next_times(job, engine.clock(), count)]
 
 
 async def jobs(request: Request) -> Response:
@@ -297,6 +292,10 @@ async def force_error(request: Request) -> Response:
     )
 
 
+async def reload(request: Request) -> Response:
+    return JSONResponse(request.app.state.reload())
+
+
 async def agents(request: Request) -> Response:
     engine = _engine(request)
     active = (State.STARTING, State.RUNNING, State.STOPPING)
@@ -329,6 +328,7 @@ def routes() -> list[Route]:
         ("/alive", alive, ["GET"]),
         ("/version", version, ["GET"]),
         ("/jobs", jobs, ["GET"]),
+        ("/jobs/reload", reload, ["POST"]),
         ("/jobs/{job_id:path}/runs", job_runs, ["GET"]),
         ("/jobs/{job_id:path}", job, ["GET"]),
         ("/runs", runs, ["GET"]),

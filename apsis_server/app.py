@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,12 +24,13 @@ from apsis_server import api
 from apsis_server.agents.registry import Registry
 from apsis_server.config import Config, load_config
 from apsis_server.core.planner import Horizon
-from apsis_server.core.templates import Templates
+from apsis_server.core.templates import Templates, default_helpers
 from apsis_server.engine import Engine
 from apsis_server.facts import Facts
 from apsis_server.feeds import Feeds, feed_routes
-from apsis_server.jobsdir import load_jobs_dir
+from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
 from apsis_server.reconcile import reconcile
+from apsis_server.restore import restore
 from apsis_server.store.sqlite import SqliteStore
 from apsis_server.web import web_routes
 from apsis_server.webhooks import PATH, webhook_route
@@ -43,48 +46,45 @@ def webhook_url(config: Config) -> str:
     return f"{scheme}://{host}:{config.port}{PATH}"
 
 
+def load_jobs(config: Config) -> tuple[Templates, JobsLoad]:
+    """The templates (with the named calendars) and every job under the jobs directory."""
+    calendars = load_calendars_dir(config.calendars) if config.calendars else CalendarsLoad()
+    templates = Templates(default_helpers(calendars.calendars))
+    loaded = load_jobs_dir(config.jobs, templates, calendars.calendars)
+    errors = calendars.errors + loaded.errors
+    for error in errors:
+        log.error("job %s: %s: %s", error.path, error.key_path, error.message)
+    return templates, JobsLoad(loaded.jobs, errors)
+
+
 def build_app(config: Config) -> Starlette:
     """The whole server as an ASGI app; its lifespan runs the engine and agents."""
     config.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = ensure_ca(config.state / "ca")
     store = SqliteStore(config.state / "apsis.db")
-    templates = Templates()
-    engine_box: list[Engine] = []
-
-    def refused(proc_id: str, error: str) -> None:
-        engine = engine_box[0]
-        run_id = engine._by_proc.get(proc_id)
-        if run_id is not None:
-            engine.error_run(run_id, error)
-            engine.commit()
-
-    registry = Registry(config.state, ca, lambda: webhook_url(config), refused, config.local_agent)
+    registry = Registry(config.state, ca, lambda: webhook_url(config), config.local_agent)
     engine = Engine(
-        store,
-        registry,
-        templates,
-        Horizon(config.horizon, config.max_scheduled_per_schedule),
+        store, registry, Templates(), Horizon(config.horizon, config.max_scheduled_per_schedule)
     )
-    engine_box.append(engine)
+    engine.waiter.default_max_time = config.waiting_max_time
+    registry.on_refused = engine.refused
+    registry.reconcile = functools.partial(reconcile, engine)
     facts = Facts(engine, registry.agent_started)
-
-    async def reconcile_agent(agent_id: str, client: object) -> None:
-        from apsis_server.dispatch import AgentClient
-
-        assert isinstance(client, AgentClient)
-        await reconcile(engine, agent_id, client)
-
-    registry.reconcile = reconcile_agent
     verifier = Verifier(registry.keys)
+
+    def reload() -> dict[str, Any]:
+        engine.templates, loaded = load_jobs(config)
+        app.state.job_errors = loaded.errors
+        answer: dict[str, Any] = engine.replace_jobs(loaded.jobs)
+        answer["errors"] = [e.__dict__ for e in loaded.errors]
+        return answer
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        loaded = load_jobs_dir(config.jobs, templates)
-        for error in loaded.errors:
-            log.error("job %s: %s: %s", error.path, error.key_path, error.message)
+        engine.templates, loaded = load_jobs(config)
         app.state.job_errors = loaded.errors
         engine.set_jobs(loaded.jobs)
-        engine.restore()
+        restore(engine, config.catch_up)
         log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
         task = asyncio.create_task(_background(engine, registry))
         try:
@@ -106,6 +106,7 @@ def build_app(config: Config) -> Starlette:
     )
     app.state.feeds = Feeds(engine, registry)
     app.state.engine = engine
+    app.state.reload = reload
     app.state.registry = registry
     app.state.config = config
     app.state.job_errors = []
@@ -117,9 +118,12 @@ async def _background(engine: Engine, registry: Registry) -> None:
         tasks.create_task(engine.run())
         tasks.create_task(engine.plan_loop())
         tasks.create_task(registry.run())
+        tasks.create_task(engine.actions.run())
 
 
 def _setup_logging(config: Config) -> None:
+    # One line per agent request would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.log_file is not None:
         handlers.append(logging.FileHandler(config.log_file))

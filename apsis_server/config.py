@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
 from apsis_server.core.fields import Fields, Invalid, boolean, duration, string
 from apsis_server.core.jobs import load_yaml
 
@@ -26,6 +27,9 @@ class Config:
     log_level: str = "INFO"
     log_file: Path | None = None
     host_groups: dict[str, Any] = field(default_factory=dict)
+    catch_up: CatchUp = DEFAULT_CATCH_UP
+    waiting_max_time: float | None = None
+    calendars: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     def with_bind(self, bind: str) -> Config:
@@ -66,10 +70,14 @@ def parse_config(data: Any, base: Path) -> Config:
     schedule = _section(f, "schedule")
     horizon = schedule.take("horizon", duration, cfg.horizon)
     per_schedule = schedule.take("max_scheduled_per_schedule", lambda v, p: int(v), 16)
-    schedule.raw("catch_up")
+    catch_up = schedule.take("catch_up", parse_catch_up, CatchUp()).over(DEFAULT_CATCH_UP)
     schedule.done()
-    f.raw("waiting")
-    f.raw("calendars")
+    waiting = Fields(f.raw("waiting") or {}, f.at("waiting"))
+    waiting_max_time = waiting.take(
+        "max_time", lambda v, p: None if v is None else duration(v, p), None
+    )
+    waiting.done()
+    calendars = f.take("calendars", path, None)
     agents = _section(f, "agents")
     local = Fields(agents.raw("local") or {}, agents.at("local"))
     local_enabled = local.take("enabled", boolean, True)
@@ -101,6 +109,9 @@ def parse_config(data: Any, base: Path) -> Config:
         log_level=log_level,
         log_file=log_file,
         host_groups=dict(host_groups),
+        catch_up=catch_up,
+        waiting_max_time=waiting_max_time,
+        calendars=calendars,
         raw=dict(data or {}),
     )
 

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 Listener = Callable[[Changes], None]
 
+# The watermark is kept among the schedule cursors under this key.
+WATERMARK = ("", "watermark")
+WATERMARK_PERIOD = 5.0
+
 
 class Agents(Protocol):
     """What the engine needs of the agent registry."""
@@ -178,14 +182,20 @@ class Engine:
             self._wake.set()
 
     async def run(self) -> None:
-        """Fire timers as they come due, forever."""
+        """Fire timers as they come due, forever; keep the watermark current."""
+        next_mark = 0.0
         while True:
             now = self.clock()
+            if now >= next_mark:
+                # How far the server got: catch-up after downtime starts here.
+                self._changes.cursors[WATERMARK] = now
+                next_mark = now + WATERMARK_PERIOD
             while self._timers and self._timers[0][0] <= now:
                 _, _, run_id, kind = heapq.heappop(self._timers)
                 self._fire(run_id, kind)
             self.commit()
-            delay = self._timers[0][0] - self.clock() if self._timers else 60.0
+            delay = self._timers[0][0] - self.clock() if self._timers else WATERMARK_PERIOD
+            delay = min(delay, next_mark - self.clock())
             self._wake.clear()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -223,6 +233,39 @@ class Engine:
 
     def set_jobs(self, jobs: Mapping[str, Job]) -> None:
         self.jobs = dict(jobs)
+
+    def replace_jobs(self, jobs: Mapping[str, Job]) -> dict[str, list[str]]:
+        """Take new job definitions: withdraw and replan the scheduled runs of changed
+        and removed jobs (runs scheduled by hand stay); answer what changed."""
+        old, now = self.jobs, self.clock()
+        added = sorted(set(jobs) - set(old))
+        removed = sorted(set(old) - set(jobs))
+        changed = sorted(j for j in set(jobs) & set(old) if jobs[j] != old[j])
+        self.jobs = dict(jobs)
+        for job_id in changed + removed:
+            for run_id in list(self.by_job.get(job_id, ())):
+                run = self.runs[run_id]
+                if run.state == State.SCHEDULED and run.schedule_key is not None:
+                    self._withdraw(run)
+            for key in [k for k in self._cursors if k[0] == job_id]:
+                self._cursors[key] = self._changes.cursors[key] = now
+        for job_id in changed:
+            for schedule in self.jobs[job_id].schedules:
+                key = (job_id, schedule.key)
+                self._cursors[key] = self._changes.cursors[key] = now
+        self.plan(added + changed)
+        self.commit()
+        return {"added": added, "changed": changed, "removed": removed}
+
+    def _withdraw(self, run: Run) -> None:
+        self.runs.pop(run.run_id, None)
+        same_job = self.by_job.get(run.job_id)
+        if same_job is not None:
+            same_job.discard(run.run_id)
+        key = (run.job_id, run.schedule_key or "")
+        self._pending[key] = max(0, self._pending.get(key, 0) - 1)
+        self._changes.runs.pop(run.run_id, None)
+        self._changes.deleted.add(run.run_id)
 
     def plan(self, job_ids: list[str] | None = None) -> int:
         """Create the scheduled runs the planner asks for; returns how many."""
@@ -471,6 +514,13 @@ class Engine:
         self.commit()
         return self.get(run_id)
 
+    def refused(self, proc_id: str, error: str) -> None:
+        """An agent refused to start a process."""
+        run_id = self._by_proc.get(proc_id)
+        if run_id is not None:
+            self.error_run(run_id, error)
+            self.commit()
+
     def error_run(self, run_id: str, message: str) -> None:
         run = self.runs.get(run_id)
         if run is not None and run.state not in FINISHED:
@@ -490,40 +540,8 @@ class Engine:
 
     # -- restore ----------------------------------------------------------------
 
-    def restore(self) -> None:
-        """Load unfinished runs after a restart and re-arm what they wait on."""
-        self._cursors = self.store.cursors()
-        for run in self.store.unfinished():
-            self.runs[run.run_id] = run
-            if run.proc_id is not None:
-                self._by_proc[run.proc_id] = run.run_id
-                self._output_len[run.run_id] = self.store.output_length(run.run_id)
-                meta = self.store.meta(run.run_id)
-                stop = (run.program or {}).get("stop", {})
-                self._stop[run.run_id] = StopContext(
-                    stop_requested=bool(meta.get("stop_requested")),
-                    stop_signal=int(stop.get("signal", 15)),
-                    timed_out=bool(meta.get("timed_out")),
-                )
-            if run.stop_time is not None:
-                self.timer(run.stop_time, run.run_id, "stop-time")
-            if run.state == State.SCHEDULED:
-                if run.schedule_key is not None:
-                    key = (run.job_id, run.schedule_key)
-                    self._pending[key] = self._pending.get(key, 0) + 1
-                self.timer(run.schedule_time or 0.0, run.run_id, "due")
-            elif run.state == State.WAITING:
-                self.waiter.enter(run)
-            elif run.state == State.STARTING and run.agent_id and run.proc_id and run.program:
-                self._outgoing.append(
-                    (run.agent_id, p.StartProc(run.proc_id, proc_spec(run, run.program)))
-                )
-            elif run.state in (State.RUNNING, State.STOPPING) and _is_noop(run):
-                self.timer(self.clock(), run.run_id, "no-op")
-        self.commit()
 
-
-def _is_noop(run: Run) -> bool:
+def is_noop(run: Run) -> bool:
     return run.program is not None and run.program["type"] == "no-op"
 
 

@@ -53,13 +53,14 @@ class Registry:
         state_dir: Path,
         ca: CertPair,
         webhook_url: Callable[[], str],
-        on_refused: Refused,
         local_enabled: bool = True,
     ) -> None:
         self._state_dir = state_dir
         self._ca = ca
         self._webhook_url = webhook_url
-        self._on_refused = on_refused
+        # Set by whoever owns the runs: what to do when an agent refuses a start,
+        # and how to compare process lists when an agent (re)connects.
+        self.on_refused: Refused = lambda proc_id, error: None
         self.reconcile: Reconcile | None = None
         self.agents: dict[str, AgentConn] = {}
         self._by_key: dict[str, str] = {}
@@ -77,7 +78,8 @@ class Registry:
 
     def _add(self, agent_id: str, host: str, user: str | None) -> AgentConn:
         key = self._load_key(agent_id)
-        conn = AgentConn(agent_id, host, user, key, Dispatcher(agent_id, self._on_refused))
+        dispatcher = Dispatcher(agent_id, lambda proc_id, error: self.on_refused(proc_id, error))
+        conn = AgentConn(agent_id, host, user, key, dispatcher)
         self.agents[agent_id] = conn
         self._by_key[key.key_id] = agent_id
         return conn

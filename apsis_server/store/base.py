@@ -26,9 +26,19 @@ class Changes:
     output: list[tuple[str, int, bytes]] = field(default_factory=list)
     acks: dict[str, int] = field(default_factory=dict)
     cursors: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Scheduled runs withdrawn before they ever ran (their job changed).
+    deleted: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.log or self.meta or self.output or self.acks or self.cursors)
+        return bool(
+            self.runs
+            or self.log
+            or self.meta
+            or self.output
+            or self.acks
+            or self.cursors
+            or self.deleted
+        )
 
 
 @dataclass(frozen=True)

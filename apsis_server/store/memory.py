@@ -34,6 +34,9 @@ class MemoryStore:
             buf = self._output.setdefault(run_id, bytearray())
             if offset <= len(buf) < offset + len(data):
                 buf[offset:] = data
+        for run_id in changes.deleted:
+            self._runs.pop(run_id, None)
+            self._log.pop(run_id, None)
         self._acks.update(changes.acks)
         self._cursors.update(changes.cursors)
 

@@ -196,6 +196,9 @@ class SqliteStore:
                     for run_id, offset, data in changes.output
                 ],
             )
+            deleted = [(run_number(r),) for r in changes.deleted]
+            db.executemany("DELETE FROM runs WHERE run_number = ?", deleted)
+            db.executemany("DELETE FROM run_log WHERE run_number = ?", deleted)
             db.executemany(
                 "INSERT OR REPLACE INTO agent_acks VALUES (?, ?)", list(changes.acks.items())
             )
