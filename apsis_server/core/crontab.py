@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -68,12 +69,15 @@ class CronExpr:
             return day_ok or weekday_ok
         return day_ok and weekday_ok
 
-    def daytimes(self) -> Iterator[float]:
+    @functools.cached_property
+    def daytime_list(self) -> tuple[float, ...]:
         """Every matching time of day, as seconds since midnight, in order."""
-        for hour in self.hours:
-            for minute in self.minutes:
-                for second in self.seconds:
-                    yield hour * 3600.0 + minute * 60 + second
+        return tuple(
+            hour * 3600.0 + minute * 60 + second
+            for hour in self.hours
+            for minute in self.minutes
+            for second in self.seconds
+        )
 
     def dates(self, first: datetime.date, limit_days: int = 366 * 8) -> Iterator[datetime.date]:
         """Matching dates from `first`; ends after `limit_days` without a match."""
@@ -174,25 +178,23 @@ class CrontabSchedule(ScheduleBase):
     dst_repeat: DstRepeat = DstRepeat.FIRST
 
     def slots(self, start: float) -> Iterator[Slot]:
-        daytimes = tuple(self.expr.daytimes())
+        daytimes = self.expr.daytime_list
         local_date, _ = self.tz.to_local(start)
         # Daytimes more than a few hours before `start` in local terms are before it
         # in any zone (DST moves clocks by at most two hours), so skip them unconverted.
         naive_floor = start + self.tz.offset(start) - 3 * 3600
         for day in self.expr.dates(local_date - datetime.timedelta(1)):
-            base = midnight(day)
-            skip = bisect.bisect_left(daytimes, naive_floor - base)
-            candidates = daytimes[max(skip, 0) :]
-            next_day = self.tz.from_local(day + datetime.timedelta(1), 0.0)[0]
-            if next_day - self.tz.from_local(day, 0.0)[0] == DAY:
-                # No DST change this day: local order is time order, so stay lazy.
-                for ssm in candidates:
-                    for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat):
-                        yield self._slot(t, day, ssm)
+            day_start = self.tz.from_local(day, 0.0)[0]
+            if self.tz.from_local(day + datetime.timedelta(1), 0.0)[0] - day_start == DAY:
+                # No DST change this day: each time is the day's start plus the daytime,
+                # so find the first one due directly and stay lazy.
+                for i in range(bisect.bisect_left(daytimes, start - day_start), len(daytimes)):
+                    yield self._slot(day_start + daytimes[i], day, daytimes[i])
                 continue
+            skip = bisect.bisect_left(daytimes, naive_floor - midnight(day))
             found = sorted(
                 (t, ssm)
-                for ssm in candidates
+                for ssm in daytimes[skip:]
                 for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat)
             )
             for t, ssm in found:
