@@ -1,7 +1,8 @@
 """`python -m apsis_server.checkjobs [--calendars DIR] DIR`: validate a jobs directory offline.
 
-Prints every error as `file: key.path: message`, then a count; exits 1 when any
-job (or calendar) file has errors, 2 on bad usage, 0 when all is well.
+Prints every error as `file: key.path: message`, then warnings (references to jobs
+that do not exist), then counts; exits 1 when any job (or calendar) file has errors,
+2 on bad usage, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     errors += result.errors
     for error in errors:
         _print(error)
-    print(f"{len(result.jobs)} jobs loaded, {len(errors)} errors")
+    for warning in result.warnings:
+        _print(
+            JobError(warning.job_id, warning.path, warning.key_path, "warning: " + warning.message)
+        )
+    print(f"{len(result.jobs)} jobs loaded, {len(errors)} errors, {len(result.warnings)} warnings")
     return 1 if errors else 0
 
 

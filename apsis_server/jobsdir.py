@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apsis_server.core.actions import ScheduleAction
 from apsis_server.core.calendars import Calendar, parse_cal_text, parse_calendar_data
+from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.fields import FieldError, Invalid
 from apsis_server.core.jobs import Job, JobError, job_error, load_yaml, parse_job
 from apsis_server.core.templates import Templates
@@ -17,8 +19,12 @@ CALENDAR_SUFFIXES = (".cal", ".yaml")
 
 @dataclass(frozen=True)
 class JobsLoad:
+    """The jobs that loaded, the errors of those that did not, and warnings about
+    references between jobs (to a job that does not exist, or to a param it lacks)."""
+
     jobs: dict[str, Job]
     errors: list[JobError]
+    warnings: list[JobError] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,42 @@ def load_jobs_dir(
             jobs[job_id] = parse_job(job_id, data, templates, calendars=calendars)
         except Invalid as exc:
             errors.extend(job_error(job_id, rel.as_posix(), exc))
-    return JobsLoad(jobs, errors)
+    failed = {e.job_id for e in errors}
+    return JobsLoad(jobs, errors, check_references(jobs, failed))
+
+
+def _references(job: Job) -> list[tuple[str, str, dict[str, str]]]:
+    """(key path, job id, args) of every other job a job names."""
+    out = []
+    for kind, entries in (("condition", job.conditions), ("action", job.actions)):
+        for i, entry in enumerate(entries):
+            if isinstance(entry, DependencyCondition | ScheduleAction):
+                out.append((f"{kind}[{i}]", entry.job_id, dict(entry.args)))
+    return out
+
+
+def check_references(jobs: Mapping[str, Job], failed: set[str]) -> list[JobError]:
+    """Warnings for references to jobs that do not exist, or to params they do not have.
+
+    Templated job ids cannot be checked before a run; jobs whose files failed to load
+    exist but cannot be checked either. A key path `action[i]` counts `successors`
+    after the actions.
+    """
+    warnings = []
+    for job in jobs.values():
+        path = f"{job.job_id}.yaml"
+        for where, other_id, args in _references(job):
+            if "{" in other_id or other_id in failed:
+                continue
+            other = jobs.get(other_id)
+            if other is None:
+                warnings.append(JobError(job.job_id, path, where, f"no job {other_id!r}"))
+                continue
+            unknown = sorted(set(args) - set(other.params))
+            if unknown:
+                message = f"job {other_id!r} has no param(s) {', '.join(unknown)}"
+                warnings.append(JobError(job.job_id, path, f"{where}.args", message))
+    return warnings
 
 
 def load_calendars_dir(calendars_dir: Path) -> CalendarsLoad:

@@ -96,7 +96,7 @@ Action = ScheduleAction | RetryAction | WebhookAction | EmailAction
 
 def _if(value: Any, path: str) -> tuple[State, ...]:
     f = Fields(value, path, "a mapping like {states: [success]}")
-    found = f.need("states", finished_states)
+    found = f.take("states", finished_states, _ALL_FINISHED)
     f.done()
     return found
 

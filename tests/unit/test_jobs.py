@@ -246,3 +246,37 @@ def test_calendars_dir_and_check_jobs_with_calendars(
     assert "unknown calendar 'paydays'" in capsys.readouterr().out
     (cals / "broken.cal").unlink()
     assert check_jobs(["--calendars", str(cals), str(jobs)]) == 0
+
+
+def test_references_to_missing_jobs_and_params_are_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.yaml").write_text("params: [date]\nprogram: x\n")
+    (tmp_path / "b.yaml").write_text(
+        """
+params: [date]
+program: x
+condition: {type: dependency, job_id: a, args: {day: "1"}}
+action:
+  - {type: schedule, job_id: gone}
+  - {type: schedule, job_id: "a/{{ date }}"}
+successors: [broken]
+"""
+    )
+    (tmp_path / "broken.yaml").write_text("program: {type: nope}\n")
+    loaded = load_jobs_dir(tmp_path, Templates())
+    assert [(w.job_id, w.key_path, w.message) for w in loaded.warnings] == [
+        ("b", "condition[0].args", "job 'a' has no param(s) day"),
+        ("b", "action[0]", "no job 'gone'"),
+    ]
+    assert check_jobs([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "b.yaml: action[0]: warning: no job 'gone'" in out
+    assert "2 jobs loaded, 1 errors, 2 warnings" in out
+
+
+def test_schedule_action_if_without_states_means_any_finished_state() -> None:
+    loaded = job("program: x\naction: {type: schedule, job_id: b, if: {}}\n")
+    action = loaded.actions[0]
+    assert isinstance(action, ScheduleAction)
+    assert action.states == (State.SUCCESS, State.FAILURE, State.ERROR, State.SKIPPED)
