@@ -138,8 +138,11 @@ class ScheduleBase:
         raise NotImplementedError
 
     def earliest(self, d: datetime.date) -> float:
-        """A time no later than any slot dated `d` or later."""
-        return midnight(d) - 2 * DAY
+        """A time no later than any slot dated `d` or later.
+
+        Slot dates are local dates, and no zone is a day or more off UTC.
+        """
+        return midnight(d) - DAY
 
     def text(self) -> str:
         out = self.describe()
@@ -213,6 +216,9 @@ class IntervalSchedule(ScheduleBase):
         while True:
             yield _utc_slot(self.phase + n * self.interval)
             n += 1
+
+    def earliest(self, d: datetime.date) -> float:
+        return midnight(d)  # slot dates are UTC dates
 
     def describe(self) -> str:
         return f"every {self.interval:g}s" + (f" phase {self.phase:g}s" if self.phase else "")
