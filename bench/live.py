@@ -1,0 +1,178 @@
+"""The real server and local agent under measurement, and what /proc says about them.
+
+`LiveServer` extends the test harness's `Server` with a timed start, a wait for the
+local agent, and a cleanup that also ends whatever is left in the agent's session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from tests.harness import Server, wait_for
+
+FINISHED = ("success", "failure", "error", "skipped")
+# States a run passes through before its program runs.
+NOT_STARTED = ("new", "scheduled", "waiting", "starting")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of `pid` in MB (VmRSS), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def fd_count(pid: int) -> int | None:
+    """How many file descriptors `pid` has open, None if it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (one the benchmark's agent made)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and session_of(int(entry)) == sid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+
+
+class RssSampler:
+    """Samples the RSS of some processes every `interval` seconds in a thread."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.05) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.samples: dict[str, list[float]] = {name: [] for name in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                value = rss_mb(pid)
+                if value is not None:
+                    self.samples[name].append(value)
+            self._stop.wait(self.interval)
+
+    def peak(self, name: str) -> float | None:
+        return max(self.samples[name], default=None)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class LiveServer(Server):
+    """One real apsis-server over a temporary dir, with timings of its start."""
+
+    def __init__(self, root: Path, jobs: dict[str, str] | None = None, config: str = "") -> None:
+        super().__init__(root, jobs, config)
+        self.started_at = 0.0
+        self._agent_sessions: set[int] = set()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def launch(self, timeout: float = 60.0) -> float:
+        """Start the process; seconds from exec to the first answer of /api/v1/alive."""
+        port_file = self.root / "port"
+        port_file.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "apsis_server", "--config", str(self.config_file)]
+        argv += ["--bind", f"127.0.0.1:{self.port}", "--port-file", str(port_file)]
+        with open(self.log_file, "ab") as log:
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        while not self._alive():
+            if time.monotonic() - self.started_at > timeout:
+                raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
+            time.sleep(0.005)
+        return time.monotonic() - self.started_at
+
+    def first_answer(self, path: str, timeout: float = 60.0) -> float:
+        """Seconds from exec until `GET /api/v1{path}` first answers 200."""
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if self.api("GET", path).status_code == 200:
+                    return time.monotonic() - self.started_at
+            if time.monotonic() - self.started_at > timeout:
+                raise RuntimeError(f"{path} did not answer within {timeout}s")
+            time.sleep(0.005)
+
+    def wait_agent(self, timeout: float = 60.0) -> int:
+        """Wait until the local agent is connected; its daemon's pid."""
+
+        def connected() -> bool:
+            agents = self.get("/agents")["agents"]
+            return any(a["state"] == "connected" for a in agents)
+
+        wait_for(connected, timeout, "the local agent to connect")
+        pid = wait_for(self.agent_pid, timeout, "the agent's daemon.pid")
+        sid = session_of(pid)
+        if sid is not None:
+            self._agent_sessions.add(sid)
+        return pid
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        for sid in self._agent_sessions:
+            kill_session(sid)
+
+
+@contextlib.contextmanager
+def live_server(
+    name: str, jobs: dict[str, str] | None = None, config: str = ""
+) -> Iterator[LiveServer]:
+    """A `LiveServer` in a fresh temporary dir (not started); everything ends after."""
+    root = Path(tempfile.mkdtemp(prefix=f"apsis-bench-{name}-"))
+    server = LiveServer(root, jobs, config)
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_drained(server: Server, timeout: float, query: str = "") -> None:
+    """Wait until no run (matching `query`) is in a state before or during its program."""
+    states = ",".join((*NOT_STARTED, "running", "stopping"))
+
+    def drained() -> bool:
+        runs = server.get(f"/runs?state={states}&limit=1{query}")["runs"]
+        return not runs
+
+    wait_for(drained, timeout, "every run to finish")
