@@ -35,7 +35,7 @@ class Delivery:
 
     heartbeat: float = 5.0
     max_events: int = 5000
-    max_bytes: int = 8 * 1024 * 1024
+    max_bytes: int = 2 * 1024 * 1024
     backoff_min: float = 0.05
     backoff_max: float = 10.0
     timeout: float = 30.0
