@@ -1,0 +1,78 @@
+// The single-page app: a tiny router over history.pushState, the live summary
+// feed shared by every page, and the connection indicator.
+
+import { get } from "./api.js";
+import { Summary } from "./feed.js";
+import * as agentsPage from "./pages/agents.js";
+import * as jobPage from "./pages/job.js";
+import * as jobsPage from "./pages/jobs.js";
+import * as runPage from "./pages/run.js";
+import * as runsPage from "./pages/runs.js";
+
+const ROUTES = [
+  [/^\/(?:runs\/?)?$/, runsPage, "runs"],
+  [/^\/runs\/([^/]+)$/, runPage, "runs"],
+  [/^\/jobs\/?$/, jobsPage, "jobs"],
+  [/^\/jobs\/(.+)$/, jobPage, "jobs"],
+  [/^\/agents\/?$/, agentsPage, "agents"],
+];
+
+class App {
+  constructor() {
+    this.main = document.getElementById("main");
+    this.summary = new Summary();
+    this.cleanup = null;
+  }
+
+  start() {
+    const conn = document.getElementById("conn");
+    const labels = { connecting: "connecting…", connected: "live", disconnected: "reconnecting…" };
+    this.summary.addEventListener("status", (event) => {
+      conn.dataset.status = event.detail;
+      conn.querySelector(".label").textContent = labels[event.detail] || event.detail;
+    });
+    this.summary.addEventListener("snapshot", () => {
+      document.getElementById("version").textContent = `v${this.summary.version}`;
+    });
+    get("/version").then((v) => { document.getElementById("version").textContent = `v${v.version}`; }, () => {});
+    document.addEventListener("click", (event) => this._click(event));
+    window.addEventListener("popstate", () => this.render());
+    this.summary.start();
+    this.render();
+  }
+
+  _click(event) {
+    const a = event.target.closest("a[data-nav]");
+    if (!a || event.defaultPrevented || event.button !== 0) return;
+    if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+    event.preventDefault();
+    this.navigate(a.getAttribute("href"));
+  }
+
+  navigate(url, { replace = false } = {}) {
+    if (replace) history.replaceState(null, "", url);
+    else history.pushState(null, "", url);
+    this.render();
+    window.scrollTo(0, 0);
+  }
+
+  render() {
+    if (this.cleanup) this.cleanup();
+    this.cleanup = null;
+    const path = decodeURI(location.pathname);
+    for (const [pattern, page, section] of ROUTES) {
+      const match = pattern.exec(path);
+      if (!match) continue;
+      for (const a of document.querySelectorAll(".nav a")) {
+        a.classList.toggle("active", a.dataset.section === section);
+      }
+      this.main.replaceChildren();
+      this.cleanup = page.mount(this.main, this, match.slice(1)) || null;
+      return;
+    }
+    this.main.replaceChildren();
+    this.main.textContent = "No such page.";
+  }
+}
+
+new App().start();

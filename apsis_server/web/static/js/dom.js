@@ -1,0 +1,61 @@
+// DOM building: h(tag, attrs, ...children); text is always set as text, never parsed.
+
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "text") el.textContent = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, "");
+    else el.setAttribute(key, String(value));
+  }
+  append(el, children);
+  return el;
+}
+
+export function append(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+export function clear(el) {
+  while (el.firstChild) el.removeChild(el.firstChild);
+  return el;
+}
+
+export function escapeHtml(text) {
+  return String(text)
+    .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+}
+
+// A link handled by the client-side router.
+export function link(href, ...children) {
+  return h("a", { href, "data-nav": true }, ...children);
+}
+
+export function toast(message, { error = false, href = null, linkText = null, ms = 5000 } = {}) {
+  const box = document.getElementById("toasts");
+  const el = h("div", { class: error ? "toast error" : "toast", role: "status" }, message);
+  if (href) append(el, [" ", link(href, linkText || href)]);
+  box.append(el);
+  setTimeout(() => el.remove(), ms);
+}
+
+// Ask before acting: resolves true only when the user confirms.
+export function confirmDialog(title, body, okText = "Confirm") {
+  const dialog = document.getElementById("confirm");
+  dialog.querySelector(".dialog-title").textContent = title;
+  dialog.querySelector(".dialog-body").textContent = body;
+  dialog.querySelector("#confirm-ok").textContent = okText;
+  dialog.returnValue = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
+    dialog.showModal();
+  });
+}
