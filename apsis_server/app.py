@@ -62,12 +62,20 @@ def build_app(config: Config) -> Starlette:
     config.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = ensure_ca(config.state / "ca")
     store = SqliteStore(config.state / "apsis.db")
-    registry = Registry(config.state, ca, lambda: webhook_url(config), config.local_agent)
+    registry = Registry(
+        config.state,
+        ca,
+        lambda: webhook_url(config),
+        config.local_agent,
+        heartbeat=config.heartbeat,
+        lost_timeout=config.lost_timeout,
+    )
     engine = Engine(
         store, registry, Templates(), Horizon(config.horizon, config.max_scheduled_per_schedule)
     )
     engine.waiter.default_max_time = config.waiting_max_time
     registry.on_refused = engine.refused
+    registry.on_lost = engine.agent_lost
     registry.reconcile = functools.partial(reconcile, engine)
     facts = Facts(engine, registry.agent_started)
     verifier = Verifier(registry.keys)

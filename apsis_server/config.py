@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
-from apsis_server.core.fields import Fields, Invalid, boolean, duration, string
+from apsis_server.core.fields import Fields, Invalid, boolean, duration, positive_duration, string
 from apsis_server.core.jobs import load_yaml
 
 
@@ -24,6 +24,7 @@ class Config:
     max_scheduled_per_schedule: int = 16
     local_agent: bool = True
     lost_timeout: float = 600.0
+    heartbeat: float = 5.0
     log_level: str = "INFO"
     log_file: Path | None = None
     host_groups: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +84,7 @@ def parse_config(data: Any, base: Path) -> Config:
     local_enabled = local.take("enabled", boolean, True)
     local.done()
     lost_timeout = agents.take("lost_timeout", duration, cfg.lost_timeout)
+    heartbeat = agents.take("heartbeat", positive_duration, cfg.heartbeat)
     for key in ("ssh", "remote_command", "idle_stop"):
         agents.raw(key)
     agents.done()
@@ -106,6 +108,7 @@ def parse_config(data: Any, base: Path) -> Config:
         max_scheduled_per_schedule=per_schedule,
         local_agent=local_enabled,
         lost_timeout=lost_timeout,
+        heartbeat=heartbeat,
         log_level=log_level,
         log_file=log_file,
         host_groups=dict(host_groups),

@@ -277,13 +277,15 @@ class Engine:
                 continue
             planned, cursors = plan_job(job, self._cursors, self._pending, now, self.horizon)
             for item in planned:
-                self.create(
+                run = self.create(
                     job,
                     dict(item.due.args),
                     item.due.time,
                     schedule_key=item.schedule_key,
                     stop_time=item.due.stop_time,
                 )
+                if item.due.error is not None:
+                    self.transition(run, State.ERROR, item.due.error)
                 count += 1
             self._cursors.update(cursors)
             self._changes.cursors.update(cursors)
@@ -410,6 +412,9 @@ class Engine:
             except BindError as exc:
                 self.transition(run, State.ERROR, str(exc))
                 return
+        if str(program["type"]).startswith("internal."):
+            self.transition(run, State.ERROR, f"{program['type']} programs are not supported yet")
+            return
         if program["type"] == "no-op":
             run = self.transition(run, State.STARTING, message, program=program)
             run = self.transition(run, State.RUNNING, "no-op running")
@@ -513,6 +518,15 @@ class Engine:
         self.error_run(run_id, message)
         self.commit()
         return self.get(run_id)
+
+    def agent_lost(self, agent_id: str, silence: float) -> None:
+        """An agent has been unreachable past the lost timeout: its runs error."""
+        active = (State.STARTING, State.RUNNING, State.STOPPING)
+        lost = [r for r in self.runs.values() if r.agent_id == agent_id and r.state in active]
+        for run in lost:
+            self.transition(run, State.ERROR, f"agent {agent_id} unreachable for {silence:.0f}s")
+        if lost:
+            self.commit()
 
     def refused(self, proc_id: str, error: str) -> None:
         """An agent refused to start a process."""

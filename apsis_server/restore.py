@@ -17,6 +17,7 @@ from apsis_common.states import State
 from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Run
+from apsis_server.dispatch import Command
 from apsis_server.engine import WATERMARK, Engine, is_noop, proc_spec
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ def _rearm(engine: Engine, run: Run) -> None:
         )
     elif run.state in (State.RUNNING, State.STOPPING) and is_noop(run):
         engine.timer(engine.clock(), run.run_id, "no-op")
+    elif run.state == State.STOPPING and run.agent_id and run.proc_id:
+        # The stop may not have reached the agent before the restart; it is idempotent.
+        engine.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
 
 
 def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) -> None:

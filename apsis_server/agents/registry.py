@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class AgentConn:
 
 Reconcile = Callable[[str, AgentClient], Awaitable[None]]
 Refused = Callable[[str, str], None]
+Lost = Callable[[str, float], None]
 
 
 class Registry:
@@ -54,6 +56,9 @@ class Registry:
         ca: CertPair,
         webhook_url: Callable[[], str],
         local_enabled: bool = True,
+        heartbeat: float = 5.0,
+        lost_timeout: float = 600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._state_dir = state_dir
         self._ca = ca
@@ -61,7 +66,12 @@ class Registry:
         # Set by whoever owns the runs: what to do when an agent refuses a start,
         # and how to compare process lists when an agent (re)connects.
         self.on_refused: Refused = lambda proc_id, error: None
+        self.on_lost: Lost = lambda agent_id, silence: None
         self.reconcile: Reconcile | None = None
+        self.heartbeat = heartbeat
+        self.silence_limit = 3 * heartbeat
+        self.lost_timeout = lost_timeout
+        self._clock = clock
         self.agents: dict[str, AgentConn] = {}
         self._by_key: dict[str, str] = {}
         if local_enabled:
@@ -120,6 +130,9 @@ class Registry:
         conn = self.agents.get(agent_id)
         if conn is not None:
             conn.last_heartbeat = now
+            if conn.state == "disconnected" and conn.dispatcher.client is not None:
+                conn.state = "connected"
+                log.info("agent %s: heard from again", agent_id)
 
     # -- connections -------------------------------------------------------------
 
@@ -136,22 +149,32 @@ class Registry:
                     await conn.dispatcher.client.close()
 
     async def _keep_connected(self, conn: AgentConn) -> None:
+        """Connect, then watch the agent's heartbeats: a silent agent is shown
+        disconnected and bootstrapped again (start-or-attach); one silent past the
+        lost timeout has its runs given up."""
         delay = 0.5
-        while conn.dispatcher.client is None:
-            try:
-                await self._connect_local(conn)
-                return
-            except BootstrapError as exc:
-                conn.state, conn.error = "disconnected", str(exc)
-                log.error(
-                    "agent %s: bootstrap failed: %s; retrying in %.0fs", conn.agent_id, exc, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        while True:
+            now = self._clock()
+            silence = now - (conn.last_heartbeat or now)
+            if conn.dispatcher.client is None or silence > self.silence_limit:
+                if conn.state == "connected":
+                    log.warning("agent %s: silent for %.0fs", conn.agent_id, silence)
+                conn.state = "disconnected" if conn.dispatcher.client else conn.state
+                try:
+                    await self._connect_local(conn)
+                    delay = 0.5
+                except BootstrapError as exc:
+                    conn.state, conn.error = "disconnected", str(exc)
+                    log.error("agent %s: bootstrap failed: %s", conn.agent_id, exc)
+                    delay = min(delay * 2, 30.0)
+            if conn.last_heartbeat is not None and silence > self.lost_timeout:
+                self.on_lost(conn.agent_id, silence)
+            await asyncio.sleep(min(delay, self.silence_limit / 3))
 
     async def _connect_local(self, conn: AgentConn) -> None:
         state_dir = self._state_dir / "local-agent"
         argv = [sys.executable, "-m", "apsis_agent", "bootstrap", "--state-dir", str(state_dir)]
+        argv += ["--heartbeat", str(self.heartbeat)]
         hello = p.BootstrapHello(
             agent_id=conn.agent_id,
             key_id=conn.key.key_id,
@@ -162,7 +185,12 @@ class Registry:
         )
         ready = await bootstrap(argv, hello, self._ca)
         client = AgentClient(f"https://{conn.host}:{ready.port}", conn.key, self._ca.cert_pem)
+        if conn.dispatcher.client is not None:
+            await conn.dispatcher.client.close()
         conn.state, conn.error = "connected", None
+        if conn.last_heartbeat is None:
+            # Only the agent's own reports count as hearing from it; this starts the clock.
+            conn.last_heartbeat = self._clock()
         conn.epoch, conn.version, conn.pid, conn.port = (
             ready.epoch,
             ready.version,
