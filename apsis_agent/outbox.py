@@ -98,7 +98,7 @@ class Outbox:
             self._track(seq, proc_id, length)
 
     def close(self) -> None:
-        self.flush()
+        """Close the database (call `flush` first: buffered events are dropped)."""
         self._db.close()
 
     @property

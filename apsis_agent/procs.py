@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -149,7 +150,14 @@ class Procs:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        if self._outbox.flush():
+        try:
+            stored = self._outbox.flush()
+        except sqlite3.Error as exc:
+            # A full or unwritable disk: the events stay buffered; try again shortly.
+            log.error("cannot write the outbox (retrying in 1 s): %s", exc)
+            self._flush_handle = self._loop.call_later(1.0, self._flush)
+            return
+        if stored:
             self._on_outbox()
 
     # -- starting ----------------------------------------------------------------------
@@ -422,7 +430,11 @@ class Procs:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self._outbox.flush()
+        try:
+            self._outbox.flush()
+        except sqlite3.Error as exc:
+            # Unstored events had no number anyone saw; recovery reports the facts again.
+            log.error("cannot write the outbox at exit: %s", exc)
 
     # -- recovery ----------------------------------------------------------------------
 
