@@ -1,0 +1,93 @@
+"""The feeds' queues in process: a real engine and store, subscribers without sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from apsis_common import protocol as p
+from apsis_server.core.jobs import Job
+from apsis_server.core.programs import parse_program
+from apsis_server.core.templates import Templates
+from apsis_server.dispatch import Command
+from apsis_server.engine import Engine
+from apsis_server.feeds import Feeds, Mark, RunSubscriber, Subscriber
+from apsis_server.store.memory import MemoryStore
+
+
+class NoAgents:
+    def choose(self, host: str | None, user: str | None) -> str:
+        raise LookupError("no agents here")
+
+    def start(self, agent_id: str, proc: p.StartProc) -> None: ...
+
+    def command(self, agent_id: str, command: Command) -> None: ...
+
+    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+        return b""
+
+
+def engine() -> Engine:
+    engine = Engine(MemoryStore(), NoAgents(), Templates(), clock=lambda: 1_800_000_000.0)
+    noop = parse_program({"type": "no-op", "duration": 60})
+    engine.set_jobs({"tick": Job(job_id="tick", params=(), program=noop)})
+    return engine
+
+
+def queued(sub: Subscriber) -> list[Any]:
+    items: list[Any] = []
+    while sub._items:
+        item = sub._items.popleft()
+        items.append(json.loads(item) if isinstance(item, str) else item)
+    return items
+
+
+def test_summary_subscriber_gets_every_change_in_order() -> None:
+    eng = engine()
+    feeds = Feeds(eng)
+    sub, snapshot = feeds.subscribe_summary()
+    assert snapshot["type"] == "snapshot" and [j["job_id"] for j in snapshot["jobs"]] == ["tick"]
+    run = eng.schedule("tick", {})
+    messages = queued(sub)
+    assert [m["run"]["run_id"] for m in messages] == [run.run_id]
+    assert messages[0]["run"]["state"] == "running"
+    eng.stop(run.run_id)
+    assert [m["run"]["state"] for m in queued(sub)] == ["success"]
+
+
+def test_overflow_drops_only_the_slow_subscriber_and_never_blocks() -> None:
+    eng = engine()
+    feeds = Feeds(eng, max_messages=10)
+    slow, _ = feeds.subscribe_summary()
+    fast, _ = feeds.subscribe_summary()
+    for _ in range(8):
+        eng.schedule("tick", {})
+        queued(fast)  # this one keeps up
+    assert not slow.too_slow.is_set()
+    for _ in range(4):
+        eng.schedule("tick", {})
+        queued(fast)
+    assert slow.too_slow.is_set() and "too slow" in slow.reason
+    assert not fast.too_slow.is_set()
+    assert queued(slow) == []  # its queue is dropped, not kept growing
+    eng.schedule("tick", {})
+    assert len(queued(fast)) == 1
+
+
+def test_run_subscriber_queues_output_markers_not_bytes() -> None:
+    eng = engine()
+    feeds = Feeds(eng)
+    run = eng.schedule("tick", {})
+    sub = feeds.subscribe_run(run.run_id, True, 0)
+    assert isinstance(sub, RunSubscriber)
+    assert [m["type"] for m in queued(sub)] == ["run", "log", "meta", "output"]
+    eng._changes.output.append((run.run_id, 0, b"x" * 100_000))
+    eng._changes.output.append((run.run_id, 100_000, b"y" * 10))
+    eng.commit()
+    assert queued(sub) == [Mark.OUTPUT]  # one marker for both chunks
+    assert sub.end == 100_010 and sub.sent == 0
+    eng.stop(run.run_id)
+    items = queued(sub)
+    assert [i["type"] for i in items[:-1] if isinstance(i, dict)][-1] == "run"
+    assert items[-1] is Mark.END
+    assert feeds.subscribers == 0  # a finished run's subscribers are let go
