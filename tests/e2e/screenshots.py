@@ -48,6 +48,8 @@ def take(out: Path) -> None:
             server.wait_finished(server.schedule("demo/sleep then fail", {"seconds": "0.2"}), 20)
             colours = server.schedule("demo/colours")
             server.wait_finished(colours)
+            rerun = server.post(f"/runs/{colours}/rerun")["run"]["run_id"]
+            server.wait_finished(rerun)
             long = server.schedule("demo/long")
             server.wait_state(long, "running")
             errors: list[str] = []
