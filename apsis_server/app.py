@@ -28,6 +28,7 @@ from apsis_server.core.templates import Templates, default_helpers
 from apsis_server.engine import Engine
 from apsis_server.facts import Facts
 from apsis_server.feeds import Feeds, feed_routes
+from apsis_server.housekeeping import Housekeeping
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
 from apsis_server.reconcile import reconcile
 from apsis_server.restore import restore
@@ -78,6 +79,14 @@ def build_app(config: Config) -> Starlette:
     registry.on_lost = engine.agent_lost
     registry.reconcile = functools.partial(reconcile, engine)
     facts = Facts(engine, registry.agent_started)
+    housekeeping = Housekeeping(
+        engine,
+        store,
+        config.archive or config.state / "archive.db",
+        config.retention,
+        config.retention_period,
+        state_dir=config.state,
+    )
     verifier = Verifier(registry.keys)
 
     def reload() -> dict[str, Any]:
@@ -94,7 +103,7 @@ def build_app(config: Config) -> Starlette:
         engine.set_jobs(loaded.jobs)
         restore(engine, config.catch_up)
         log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
-        task = asyncio.create_task(_background(engine, registry))
+        task = asyncio.create_task(_background(engine, registry, housekeeping))
         try:
             yield
         finally:
@@ -121,12 +130,13 @@ def build_app(config: Config) -> Starlette:
     return app
 
 
-async def _background(engine: Engine, registry: Registry) -> None:
+async def _background(engine: Engine, registry: Registry, housekeeping: Housekeeping) -> None:
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(engine.run())
         tasks.create_task(engine.plan_loop())
         tasks.create_task(registry.run())
         tasks.create_task(engine.actions.run())
+        tasks.create_task(housekeeping.run())
 
 
 def _setup_logging(config: Config) -> None:

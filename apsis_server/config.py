@@ -7,8 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
-from apsis_server.core.fields import Fields, Invalid, boolean, duration, positive_duration, string
+from apsis_server.core.fields import (
+    Fields,
+    Invalid,
+    boolean,
+    duration,
+    positive_duration,
+    positive_integer,
+    string,
+)
 from apsis_server.core.jobs import load_yaml
+from apsis_server.store.archive import Retention
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,9 @@ class Config:
     catch_up: CatchUp = DEFAULT_CATCH_UP
     waiting_max_time: float | None = None
     calendars: Path | None = None
+    retention: Retention | None = None
+    archive: Path | None = None
+    retention_period: float = 600.0
     raw: dict[str, Any] = field(default_factory=dict)
 
     def with_bind(self, bind: str) -> Config:
@@ -50,6 +62,19 @@ def _bind(value: Any, path: str) -> tuple[str, int]:
 
 def _section(f: Fields, key: str) -> Fields:
     return Fields(f.raw(key) or {}, f.at(key))
+
+
+def _retention(f: Fields) -> tuple[Retention | None, Path | None, float]:
+    """`retention: {age, keep_per_job, archive, period}`; no section means keep everything."""
+    if f.raw("retention") is None:
+        return None, None, 600.0
+    r = _section(f, "retention")
+    age = r.take("age", duration, None)
+    keep = r.take("keep_per_job", positive_integer, None)
+    archive = r.take("archive", lambda v, p: Path(string(v, p)), None)
+    period = r.take("period", positive_duration, 600.0)
+    r.done()
+    return Retention(age, keep), archive, period
 
 
 def parse_config(data: Any, base: Path) -> Config:
@@ -90,7 +115,7 @@ def parse_config(data: Any, base: Path) -> Config:
     agents.done()
     host_groups = f.raw("host_groups") or {}
     f.raw("output")
-    f.raw("retention")
+    retention = _retention(f)
     logs = _section(f, "log")
     log_level = logs.take("level", string, "INFO").upper()
     log_file = logs.take("file", lambda v, p: None if v is None else path(v, p), None)
@@ -115,6 +140,9 @@ def parse_config(data: Any, base: Path) -> Config:
         catch_up=catch_up,
         waiting_max_time=waiting_max_time,
         calendars=calendars,
+        retention=retention[0],
+        archive=(base / retention[1]) if retention[1] else None,
+        retention_period=retention[2],
         raw=dict(data or {}),
     )
 

@@ -91,6 +91,8 @@ class Engine:
         self._finished_now: list[Run] = []
         self._committing = False
         self.waiter = Waiter(self)
+        # Runs internal (housekeeping) programs; set by whoever owns the store.
+        self.internal: Callable[[Run], None] | None = None
         self.actions = ActionRunner(self)
 
     # -- applying changes -----------------------------------------------------
@@ -413,7 +415,12 @@ class Engine:
                 self.transition(run, State.ERROR, str(exc))
                 return
         if str(program["type"]).startswith("internal."):
-            self.transition(run, State.ERROR, f"{program['type']} programs are not supported yet")
+            if self.internal is None:
+                self.transition(run, State.ERROR, f"{program['type']} needs the SQLite store")
+                return
+            run = self.transition(run, State.STARTING, message, program=program)
+            run = self.transition(run, State.RUNNING, "running in the server")
+            self.internal(run)
             return
         if program["type"] == "no-op":
             run = self.transition(run, State.STARTING, message, program=program)

@@ -15,6 +15,7 @@ from typing import Any
 
 from apsis_common.states import FINISHED, State
 from apsis_server.core.runs import LogEntry, Run, run_number
+from apsis_server.store.archive import Archiver
 from apsis_server.store.base import Changes, RunFilter
 
 _FINISHED_SQL = ", ".join(f"'{s.value}'" for s in sorted(FINISHED))
@@ -119,6 +120,8 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Only takes effect on a new file: lets internal.vacuum give space back in steps.
+        self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         self._db.execute("PRAGMA journal_mode = WAL")
         # A crash of the process loses nothing committed; only a power loss could
         # drop the last transactions (WAL keeps the file consistent either way).
@@ -301,6 +304,28 @@ class SqliteStore:
             (job_id, since),
         )
         return {(k, t) for k, t in rows}
+
+    def archiver(self, path: Path) -> Archiver:
+        """Moves finished runs from this store into the archive file at `path`."""
+        return Archiver(self._db, path)
+
+    def vacuum_step(self, pages: int) -> int:
+        """Give back up to `pages` free pages to the file system; how many are left."""
+        self._db.execute(f"PRAGMA incremental_vacuum({int(pages)})")
+        return int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        """Runs by state."""
+        return {
+            s: int(n)
+            for s, n in self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state")
+        }
+
+    def size(self) -> int:
+        """Bytes used by the database file."""
+        page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return int(page_count) * int(page_size)
 
     def close(self) -> None:
         self._db.close()
