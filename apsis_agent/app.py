@@ -63,11 +63,13 @@ def _serve_args(args: argparse.Namespace) -> list[str]:
 
 
 def _serve(args: argparse.Namespace, state_dir: Path) -> int:
+    import os
+
     from apsis_agent import spawner
 
+    state_dir = state_dir.absolute()
+    os.chdir("/")  # hold no directory busy; programs get their own cwd anyway
     handle = spawner.start()  # while this process is small and holds no files
-
-    import os
 
     os.umask(0o077)  # after the fork: programs keep the umask they were given
     from apsis_agent import daemon

@@ -61,6 +61,7 @@ class Sender:
         self._client: httpx.AsyncClient | None = None
         self._client_ca: str | None = None
         self.connected = False
+        self._last_problem: str | None = None
 
     def wake(self) -> None:
         """New events are stored: send them."""
@@ -105,12 +106,16 @@ class Sender:
         try:
             ack = await self._post(settings, keys, body)
         except (httpx.HTTPError, OSError, ProtocolError, ValueError) as exc:
-            if self.connected or not isinstance(exc, httpx.ConnectError):
-                log.warning(
-                    "webhook %s failed: %s", settings.webhook_url, exc or type(exc).__name__
-                )
+            problem = str(exc) or type(exc).__name__
+            # Log the first failure of a series and each new kind, not every retry.
+            if self.connected or problem != self._last_problem:
+                log.warning("webhook %s failed (retrying): %s", settings.webhook_url, problem)
+            self._last_problem = problem
             self.connected = False
             return False
+        if not self.connected and self._last_problem is not None:
+            log.info("webhook %s reachable again", settings.webhook_url)
+            self._last_problem = None
         self.connected = True
         if last <= self._outbox.acked_seq:
             return True  # a heartbeat
