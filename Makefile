@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test check fmt bench clean
+.PHONY: install system-deps demo test check fmt bench clean
+
+# Tests drive a real headless Chromium and a real sshd on loopback.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,15 @@ check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+system-deps:
+	@if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium openssh-server openssh-client; \
+	fi
+
 ## test: check, then the whole suite (soak and benchmark runs excluded)
-test: check
+test: check system-deps
 	$(BIN)/pytest -q
 
 fmt: $(STAMP)
