@@ -259,6 +259,8 @@ class Procs:
             self._at(proc, when, self._timed_out)
         if proc.stop is not None:
             self._at(proc, proc.stop.deadline, self._escalate)
+        elif proc.pending_stop is not None:
+            self._begin_stop(proc, *proc.pending_stop, "stop")
 
     def _report_started(self, proc: Proc) -> None:
         facts = proc.facts
@@ -374,7 +376,10 @@ class Procs:
         grace = proc.spec.stop.grace if grace is None else grace
         if grace < 0:
             raise BadInput("grace must be >= 0")
-        if proc.status is Status.RUNNING and proc.stop is None:
+        if proc.status is Status.STARTING:
+            # Not spawned yet: stop it as soon as it is (a stop must never be lost).
+            proc.pending_stop = (number, grace)
+        elif proc.status is Status.RUNNING and proc.stop is None:
             self._begin_stop(proc, number, grace, "stop")
         return proc.summary()
 

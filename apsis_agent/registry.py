@@ -98,6 +98,8 @@ class Proc:
     # The exit is known but output remains to be enqueued before `proc.exited`.
     final_pending: bool = False
     pidfd: int | None = None
+    # A stop asked for while the process was still starting: (signal, grace).
+    pending_stop: tuple[int, float] | None = None
     timers: list[Any] = field(default_factory=list)
 
     @property

@@ -228,3 +228,11 @@ def test_process_dir_layout(agent: tuple[Agent, Receiver]) -> None:
     assert (directory / "output").read_bytes() == b"hi\n"
     pid = rx.events("layout", ProcStarted)[0].pid
     wait_for(lambda: not pid_alive(pid), what="no zombie left")
+
+
+def test_stop_right_after_start_is_not_lost(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("early", sh("sleep 60", stop=StopSpec(grace=5))))
+    a.request("POST", "/procs/early/stop", protocol.encode(StopRequest()))
+    exited = _exited(rx, "early")
+    assert exited.exit.signal == signal.SIGTERM
