@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 OnAgentStarted = Callable[[str, int], Awaitable[None]]
 
+# What an agent reports for a process whose start it cannot vouch for.
+AGENT_STOPPED_DURING_START = "agent stopped during start"
+
 
 class Facts:
     """Applies agents' event batches to the engine's runs."""
@@ -101,8 +104,12 @@ class Facts:
                 agent_id=agent_id,
             )
         elif isinstance(event, p.ProcStartFailed):
-            engine.transition(run, State.ERROR, event.error)
             engine.send(agent_id, Command("delete", proc_id))
+            if event.error == AGENT_STOPPED_DURING_START and run.state == State.STARTING:
+                # Not known to have started: start again, under a new proc id.
+                engine.restart_proc(run, event.error)
+            else:
+                engine.transition(run, State.ERROR, event.error)
         elif isinstance(event, p.ProcSignaled):
             self._signaled(run, event)
         elif isinstance(event, p.ProcExited):
