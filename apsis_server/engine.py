@@ -528,7 +528,8 @@ class Engine:
 
     def restart_proc(self, run: Run, why: str) -> None:
         """Ask the agent again, under the next attempt's proc id (the state stays)."""
-        if run.program is None or run.agent_id is None:
+        program, agent_id = run.program, run.agent_id
+        if program is None or agent_id is None:
             return
         attempt = run.attempt + 1
         proc_id = f"{run.run_id}.{attempt}"
@@ -536,7 +537,7 @@ class Engine:
             self._by_proc.pop(run.proc_id, None)
         run = self._put(run.replace(proc_id=proc_id, attempt=attempt), f"{why}; starting again")
         self._by_proc[proc_id] = run.run_id
-        self._outgoing.append((run.agent_id, p.StartProc(proc_id, proc_spec(run, run.program))))
+        self._outgoing.append((agent_id, p.StartProc(proc_id, proc_spec(run, program))))
 
     def agent_lost(self, agent_id: str, silence: float) -> None:
         """An agent has been unreachable past the lost timeout: its runs error."""
