@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from apsis_common.errors import (
 )
 from apsis_common.states import State
 from apsis_common.times import format_time, parse_time
+from apsis_server.agents.registry import view as agent_view
 from apsis_server.core.catchup import next_times
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import Job
@@ -298,27 +300,14 @@ async def reload(request: Request) -> Response:
 
 async def agents(request: Request) -> Response:
     engine = _engine(request)
+    registry = request.app.state.registry
     active = (State.STARTING, State.RUNNING, State.STOPPING)
+    running = Counter(r.agent_id for r in engine.runs.values() if r.state in active)
     out = []
-    for conn in request.app.state.registry.agents.values():
-        running = sum(
-            1 for r in engine.runs.values() if r.agent_id == conn.agent_id and r.state in active
-        )
-        out.append(
-            {
-                "agent_id": conn.agent_id,
-                "host": conn.host,
-                "user": conn.user,
-                "state": conn.state,
-                "version": conn.version,
-                "epoch": conn.epoch,
-                "pid": conn.pid,
-                "port": conn.port,
-                "running": running,
-                "last_heartbeat": format_time(conn.last_heartbeat),
-                "error": conn.error,
-            }
-        )
+    for conn in registry.agents.values():
+        agent = agent_view(conn, running.get(conn.agent_id, 0))
+        agent["last_heartbeat"] = format_time(conn.last_heartbeat)
+        out.append(agent)
     return JSONResponse({"agents": out})
 
 

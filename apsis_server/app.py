@@ -9,6 +9,7 @@ import functools
 import logging
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +71,7 @@ def build_app(config: Config) -> Starlette:
         config.local_agent,
         heartbeat=config.heartbeat,
         lost_timeout=config.lost_timeout,
+        settings=config.agents,
     )
     engine = Engine(
         store, registry, Templates(), Horizon(config.horizon, config.max_scheduled_per_schedule)
@@ -78,6 +80,7 @@ def build_app(config: Config) -> Starlette:
     registry.on_refused = engine.refused
     registry.on_lost = engine.agent_lost
     registry.reconcile = functools.partial(reconcile, engine)
+    registry.busy = lambda: Counter(r.agent_id for r in engine.runs.values() if r.agent_id)
     facts = Facts(engine, registry.agent_started)
     housekeeping = Housekeeping(
         engine,
@@ -102,6 +105,7 @@ def build_app(config: Config) -> Starlette:
         app.state.job_errors = loaded.errors
         engine.set_jobs(loaded.jobs)
         restore(engine, config.catch_up)
+        registry.adopt({r.agent_id for r in engine.runs.values() if r.agent_id})
         log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
         task = asyncio.create_task(_background(engine, registry, housekeeping))
         try:

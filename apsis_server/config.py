@@ -6,11 +6,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from apsis_server.agents.settings import AgentSettings, parse_agents, parse_host_groups
 from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
 from apsis_server.core.fields import (
     Fields,
     Invalid,
-    boolean,
     duration,
     positive_duration,
     positive_integer,
@@ -37,6 +37,7 @@ class Config:
     log_level: str = "INFO"
     log_file: Path | None = None
     host_groups: dict[str, Any] = field(default_factory=dict)
+    agents: AgentSettings = field(default_factory=AgentSettings)
     catch_up: CatchUp = DEFAULT_CATCH_UP
     waiting_max_time: float | None = None
     calendars: Path | None = None
@@ -104,16 +105,12 @@ def parse_config(data: Any, base: Path) -> Config:
     )
     waiting.done()
     calendars = f.take("calendars", path, None)
-    agents = _section(f, "agents")
-    local = Fields(agents.raw("local") or {}, agents.at("local"))
-    local_enabled = local.take("enabled", boolean, True)
-    local.done()
-    lost_timeout = agents.take("lost_timeout", duration, cfg.lost_timeout)
-    heartbeat = agents.take("heartbeat", positive_duration, cfg.heartbeat)
-    for key in ("ssh", "remote_command", "idle_stop"):
-        agents.raw(key)
-    agents.done()
+    agents_section = _section(f, "agents")
+    agents = parse_agents(agents_section, base)
+    agents_section.done()
     host_groups = f.raw("host_groups") or {}
+    groups, aliases = parse_host_groups(host_groups)
+    agents = replace(agents, groups=groups, aliases=aliases)
     f.raw("output")
     retention = _retention(f)
     logs = _section(f, "log")
@@ -131,9 +128,10 @@ def parse_config(data: Any, base: Path) -> Config:
         tls_key=tls_key,
         horizon=horizon,
         max_scheduled_per_schedule=per_schedule,
-        local_agent=local_enabled,
-        lost_timeout=lost_timeout,
-        heartbeat=heartbeat,
+        local_agent=agents.local_enabled,
+        lost_timeout=agents.lost_timeout,
+        heartbeat=agents.heartbeat,
+        agents=agents,
         log_level=log_level,
         log_file=log_file,
         host_groups=dict(host_groups),

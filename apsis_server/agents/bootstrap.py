@@ -20,7 +20,20 @@ T = TypeVar("T")
 
 
 class BootstrapError(ApsisError):
-    """The agent could not be started or reached; the message says why."""
+    """The agent could not be started or reached; the message says why.
+
+    `returncode` and `stderr` are the child's (ssh's, for a remote agent), when it
+    ended, so that a caller can tell an ssh failure from the agent's own error.
+    """
+
+    def __init__(self, message: str, returncode: int | None = None, stderr: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class _Closed(BootstrapError):
+    """The child closed its stdout: it is exiting, let it finish to see its status."""
 
 
 async def _read(proc: asyncio.subprocess.Process, cls: type[T], timeout: float) -> T:
@@ -28,7 +41,7 @@ async def _read(proc: asyncio.subprocess.Process, cls: type[T], timeout: float) 
     while True:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout)
         if not line:
-            raise BootstrapError("the agent closed the bootstrap exchange")
+            raise _Closed("the agent closed the bootstrap exchange")
         try:
             plain: Any = json.loads(line)
         except ValueError:
@@ -59,7 +72,7 @@ async def bootstrap(
             start_new_session=True,
         )
     except OSError as exc:
-        raise BootstrapError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        raise BootstrapError(f"cannot run {argv[0]}: {exc.strerror}", 127) from None
     try:
         _write(proc, hello)
         csr = await _read(proc, p.BootstrapCsr, timeout)
@@ -76,14 +89,18 @@ async def bootstrap(
         return ready
     except (BootstrapError, TimeoutError, ConnectionError) as exc:
         stderr = b""
+        if isinstance(exc, _Closed | ConnectionError):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
         if proc.returncode is None:
             proc.kill()
         if proc.stderr is not None:
             with contextlib.suppress(TimeoutError):
                 stderr = await asyncio.wait_for(proc.stderr.read(), 5)
         await proc.wait()
-        detail = stderr.decode(errors="replace").strip().splitlines()
-        reason = str(exc) or type(exc).__name__
+        text = stderr.decode(errors="replace").strip()[-4000:]
+        detail = text.splitlines()
+        reason = str(exc) or f"no answer within {timeout:.0f}s"
         if detail:
             reason += f": {detail[-1]}"
-        raise BootstrapError(reason) from None
+        raise BootstrapError(reason, proc.returncode, text) from None
