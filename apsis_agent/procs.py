@@ -328,14 +328,15 @@ class Procs:
 
     def _send_output(self, proc: Proc) -> None:
         size = proc.output_size()
+        end = proc.output_end(size, proc.final_pending)
         outbox, limits = self._outbox, self.limits
-        while proc.enqueued < size:
+        while proc.enqueued < end:
             if (
                 outbox.unacked_bytes.get(proc.proc_id, 0) >= limits.unacked_per_proc
                 or outbox.unacked_total >= limits.unacked_total
             ):
                 break
-            length = min(MAX_OUTPUT_CHUNK, size - proc.enqueued)
+            length = min(MAX_OUTPUT_CHUNK, end - proc.enqueued)
             outbox.add_output(proc.proc_id, proc.output_path, proc.enqueued, length)
             proc.enqueued += length
             self._schedule_flush()

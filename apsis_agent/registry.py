@@ -107,12 +107,27 @@ class Proc:
         return self.directory / "output"
 
     def output_size(self) -> int:
-        """Bytes of output available for sending (capped at the spec's output_max)."""
+        """Bytes of output the program has written (the file keeps them all)."""
         try:
-            size = os.stat(self.output_path).st_size
+            return os.stat(self.output_path).st_size
         except FileNotFoundError:
             return 0
-        return min(size, self.spec.output_max)
+
+    def output_end(self, size: int, finished: bool) -> int:
+        """How far output may be sent now, moving `enqueued` past an omitted middle.
+
+        Over `output_max`, the server keeps the head and the tail: the first half
+        is sent as it is written, the last half once the program has ended (only
+        then is it known), and what lies between is never sent.
+        """
+        cap = self.spec.output_max
+        if size <= cap:
+            return size
+        head = cap - cap // 2
+        if self.enqueued < head or not finished:
+            return head
+        self.enqueued = max(self.enqueued, size - cap // 2)
+        return size
 
     def summary(self) -> ProcSummary:
         return ProcSummary(

@@ -40,6 +40,8 @@ Listener = Callable[[Changes], None]
 # The watermark is kept among the schedule cursors under this key.
 WATERMARK = ("", "watermark")
 WATERMARK_PERIOD = 5.0
+# Output kept per run: the head and the tail, each half of this.
+DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
 
 
 class Agents(Protocol):
@@ -90,6 +92,7 @@ class Engine:
         self.by_job: dict[str, set[str]] = {}
         self._finished_now: list[Run] = []
         self._committing = False
+        self.output_max = DEFAULT_OUTPUT_MAX
         self.waiter = Waiter(self)
         # Runs internal (housekeeping) programs; set by whoever owns the store.
         self.internal: Callable[[Run], None] | None = None
@@ -427,6 +430,8 @@ class Engine:
             run = self.transition(run, State.RUNNING, "no-op running")
             self.timer(self.clock() + float(program.get("duration", 0.0)), run.run_id, "no-op")
             return
+        # Part of the bound program, so a start repeated after a restart is the same.
+        program = {"output_max": self.output_max, **program}
         try:
             agent_id = self.agents.choose(program.get("host"), program.get("user"))
         except (LookupError, ValueError) as exc:
@@ -591,5 +596,6 @@ def proc_spec(run: Run, program: Mapping[str, Any]) -> p.ProcSpec:
         timeout=p.TimeoutSpec(float(timeout["duration"]), int(timeout["signal"]))
         if timeout
         else None,
+        output_max=int(program.get("output_max", DEFAULT_OUTPUT_MAX)),
         labels={"run_id": run.run_id, "job_id": run.job_id},
     )

@@ -123,9 +123,14 @@ class Facts:
     def _output(self, run: Run, offset: int, data: bytes) -> None:
         known = self.engine._output_len.get(run.run_id, 0)
         end = offset + len(data)
-        if end <= known or offset > known:
-            # A duplicate, or a gap that backfill closes at exit.
-            return
+        if end <= known:
+            return  # a duplicate
+        if offset > known:
+            # Events arrive in sequence, so a jump is the agent leaving out the middle
+            # of an output over the cap: the head and the tail are kept.
+            self.engine.meta(run.run_id, output_omitted=[known, offset])
+            self.engine.note(run.run_id, f"output over the cap: bytes {known}-{offset} not kept")
+            known = offset
         self.engine._changes.output.append((run.run_id, known, data[known - offset :]))
         self.engine._output_len[run.run_id] = end
 

@@ -195,3 +195,33 @@ class Collector:
         """Raise every error recorded so far."""
         if self.errors:
             raise Invalid(list(self.errors))
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+}
+
+
+def byte_size(value: Any, path: str) -> int:
+    """Bytes from `1048576`, `"64 MiB"`, `"100 MB"` or `"512k"`."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        number = value.strip().rstrip("bBiIkKmMgG ").strip()
+        unit = value.strip()[len(number) :].strip().lower()
+        try:
+            if unit in _SIZE_UNITS and number:
+                return int(float(number) * _SIZE_UNITS[unit])
+        except ValueError:
+            pass
+    raise Invalid([FieldError(path, f"expected a size like 64 MiB, got {value!r}")])

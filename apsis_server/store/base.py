@@ -82,7 +82,8 @@ class RunStore(Protocol):
 
     def output_length(self, run_id: str) -> int: ...
 
-    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes: ...
+    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
+        """The stored bytes in [start, stop); bytes left out over the cap are skipped."""
 
     def ack(self, agent_id: str) -> int:
         """The highest event sequence number applied for the agent (0 if none)."""

@@ -17,7 +17,7 @@ class MemoryStore:
         self._runs: dict[str, Run] = {}
         self._log: dict[str, list[LogEntry]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
-        self._output: dict[str, bytearray] = {}
+        self._output: dict[str, dict[int, bytes]] = {}
         self._acks: dict[str, int] = {}
         self._cursors: dict[tuple[str, str], float] = {}
 
@@ -31,9 +31,7 @@ class MemoryStore:
         for run_id, meta in changes.meta.items():
             self._meta.setdefault(run_id, {}).update(meta)
         for run_id, offset, data in changes.output:
-            buf = self._output.setdefault(run_id, bytearray())
-            if offset <= len(buf) < offset + len(data):
-                buf[offset:] = data
+            self._output.setdefault(run_id, {}).setdefault(offset, data)
         for run_id in changes.deleted:
             self._runs.pop(run_id, None)
             self._log.pop(run_id, None)
@@ -57,10 +55,17 @@ class MemoryStore:
         return dict(self._meta.get(run_id, {}))
 
     def output_length(self, run_id: str) -> int:
-        return len(self._output.get(run_id, b""))
+        chunks = self._output.get(run_id, {})
+        return max((offset + len(data) for offset, data in chunks.items()), default=0)
 
     def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
-        return bytes(self._output.get(run_id, b"")[start:stop])
+        end = self.output_length(run_id) if stop is None else stop
+        chunks = sorted(self._output.get(run_id, {}).items())
+        return b"".join(
+            data[max(start, offset) - offset : end - offset]
+            for offset, data in chunks
+            if offset < end and offset + len(data) > start
+        )
 
     def ack(self, agent_id: str) -> int:
         return self._acks.get(agent_id, 0)

@@ -107,3 +107,25 @@ def test_restart_keeps_history_and_finishes_running_runs(tmp_path: Path) -> None
         assert server.output(running) == b"start 1\nend 1\n"
         log = [json.dumps(e) for e in server.get(f"/runs/{running}/log")["log"]]
         assert sum("running as pid" in e for e in log) == 1  # started once only
+
+
+def test_output_over_the_cap_keeps_head_and_tail(tmp_path: Path) -> None:
+    jobs = {
+        "chatty": (
+            "program: {type: program, argv: [python3, -c, "
+            "'import sys; [sys.stdout.write(str(i).zfill(9) + chr(10)) for i in range(1000)]']}\n"
+        )
+    }
+    full = b"".join(str(i).zfill(9).encode() + b"\n" for i in range(1000))
+    with running_server(tmp_path, jobs, "output: {max_bytes: 2000}\n") as server:
+        run_id = server.schedule("chatty")
+        assert server.wait_finished(run_id)["state"] == "success"
+        response = server.api("GET", f"/runs/{run_id}/output")
+        assert response.headers["x-apsis-output-length"] == str(len(full))
+        assert response.content == full[:1000] + full[-1000:]
+        meta = server.meta(run_id)
+        assert meta["output_length"] == len(full)
+        assert meta["output_omitted"] == [1000, len(full) - 1000]
+        # The tail by range, as the UI asks for it.
+        tail = server.api("GET", f"/runs/{run_id}/output", params={"start": len(full) - 50})
+        assert tail.content == full[-50:]

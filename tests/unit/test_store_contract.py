@@ -71,6 +71,14 @@ def test_output_by_range(store: RunStore) -> None:
     assert store.output("r2") == b""
 
 
+def test_output_with_the_middle_left_out(store: RunStore) -> None:
+    store.write(Changes(output=[("r1", 0, b"head"), ("r1", 10, b"tail")]))
+    assert store.output_length("r1") == 14
+    assert store.output("r1") == b"headtail"
+    assert store.output("r1", 2, 12) == b"adta"
+    assert store.output("r1", 11) == b"ail"
+
+
 def test_query_filters_and_keyset_pages(store: RunStore) -> None:
     runs = {
         f"r{n}": _run(
