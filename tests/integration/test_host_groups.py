@@ -62,14 +62,15 @@ def test_round_robin_and_cut_off(tmp_path: Path, world: SshWorld) -> None:
             long = [server.schedule("long") for _ in range(2)]
             for run_id in long:
                 server.wait_state(run_id, "running", 20)
-            lost = next(r for r in long if run_agent(server.state / "apsis.db", r).endswith(".2"))
+            db = server.state / "apsis.db"
+            lost = next(r for r in long if run_agent(db, r) == "ssh:127.0.0.2")
             # Cut 127.0.0.2 off: no sshd, no agent (its program dies with it here).
             sshds["127.0.0.2"].stop()
             kill_agent(tmp_path / "agent-127.0.0.2")
 
             def cut_off() -> bool:
                 agents = {a["agent_id"]: a for a in server.get("/agents")["agents"]}
-                return agents["ssh:127.0.0.2"]["state"] == "disconnected"
+                return bool(agents["ssh:127.0.0.2"]["state"] == "disconnected")
 
             wait_for(cut_off, 10, "127.0.0.2 to show disconnected")
             after = [server.schedule("quick") for _ in range(4)]

@@ -120,7 +120,7 @@ def test_agents_config(tmp_path: Path) -> None:
 
 
 def test_unknown_agents_key(tmp_path: Path) -> None:
-    with pytest.raises(Invalid, match="agents.ssh.colour: unknown key"):
+    with pytest.raises(Invalid, match=r"agents\.ssh\.colour: unknown key"):
         parse_config({"agents": {"ssh": {"colour": "red"}}}, tmp_path)
 
 

@@ -1,0 +1,129 @@
+"""A statically configured agent (`apsis-agent serve` on a provisioned state dir, as
+under systemd) runs jobs without any ssh; the upgrade path drains an agent of
+another version and replaces it without losing its run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apsis_server.agents.static import provision
+from apsis_server.webhooks import PATH
+from tests.harness import Server, free_port, wait_for
+from tests.sshd import SshWorld, agent_command, agent_pid, have_ssh, kill_agent, run_agent
+
+JOBS = {
+    "on service": "program: {type: shell, host: svc, command: 'echo static $(whoami)'}\n",
+    "remote": "program: {type: shell, host: 127.0.0.1, command: 'echo new'}\n",
+    "remote slow": "program: {type: shell, host: 127.0.0.1, command: 'echo a; sleep 2; echo b'}\n",
+}
+
+
+def test_static_agent_runs_a_job(tmp_path: Path) -> None:
+    port = free_port()
+    agent_dir, secret = tmp_path / "svc-agent", tmp_path / "svc.secret"
+    config = (
+        "agents:\n  heartbeat: 0.5s\n  static:\n"
+        f"    svc: {{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}\n"
+    )
+    server = Server(tmp_path / "server", JOBS, config)
+    key = provision("svc", "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
+    assert key.secret.hex() == secret.read_text().strip()
+    argv = [*agent_command(), "serve", "--state-dir", str(agent_dir)]
+    argv += ["--bind", "127.0.0.1", "--port", str(port), "--heartbeat", "0.5"]
+    log = (tmp_path / "svc.log").open("wb")
+    agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: agent_pid(agent_dir), 10, "the static agent to listen")
+        server.start()
+        run = server.wait_finished(server.schedule("on service"), 15)
+        assert run["state"] == "success", server.get(f"/runs/{run['run_id']}/log")
+        assert server.output(run["run_id"]) == b"static root\n"
+        assert run_agent(server.state / "apsis.db", run["run_id"]) == "static:svc"
+        view = {a["agent_id"]: a for a in server.get("/agents")["agents"]}["static:svc"]
+        assert view["kind"] == "static" and view["state"] == "connected", view
+        assert view["last_heartbeat"] is not None
+    finally:
+        server.cleanup()
+        agent.kill()
+        agent.wait(5)
+        log.close()
+        kill_agent(agent_dir)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[SshWorld]:
+    world = SshWorld(tmp_path / "ssh")
+    try:
+        yield world
+    finally:
+        world.stop()
+
+
+def _old_agent(tmp_path: Path, flag: Path) -> Path:
+    """A wrapper remote command: while `flag` exists, run a copy of the agent that
+    reports version 0.0.1-old (once); then this checkout's agent."""
+    old = tmp_path / "old"
+    root = Path(__file__).resolve().parents[2]
+    for package in ("apsis_agent", "apsis_common"):
+        shutil.copytree(root / package, old / package)
+    init = old / "apsis_common" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "0.0.1-old+'))
+    wrapper = tmp_path / "agent.sh"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"if [ -e '{flag}' ]; then rm -f '{flag}'; "
+        f"PYTHONPATH='{old}' exec '{sys.executable}' -m apsis_agent \"$@\"; fi\n"
+        f"exec '{sys.executable}' -m apsis_agent \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.mark.skipif(not have_ssh(), reason="needs openssh-server and openssh-client")
+def test_busy_agent_of_another_version_is_drained_and_replaced(
+    tmp_path: Path, world: SshWorld
+) -> None:
+    from tests.integration.test_ssh import agents_yaml
+
+    world.start("127.0.0.1")
+    flag, state = tmp_path / "use-old", tmp_path / "remote-agent"
+    flag.touch()
+    wrapper = _old_agent(tmp_path, flag)
+    config = agents_yaml(world, {"127.0.0.1": state}, [str(wrapper)])
+    server = Server(tmp_path / "server", JOBS, config + "  upgrade: false\n")
+    try:
+        server.start()
+        slow = server.schedule("remote slow")
+        server.wait_state(slow, "running", 20)
+        view = {a["agent_id"]: a for a in server.get("/agents")["agents"]}["ssh:127.0.0.1"]
+        assert view["version"].startswith("0.0.1-old"), view
+        old_pid = agent_pid(state)
+        # Restart the server with upgrades on: it attaches, sees the old version and
+        # drains the agent, which finishes its run before it exits.
+        server.stop()
+        server.config_file.write_text(
+            server.config_file.read_text().replace("upgrade: false", "upgrade: true")
+        )
+        server.start()
+        run = server.wait_finished(slow, 20)
+        assert run["state"] == "success" and server.output(slow) == b"a\nb\n", run
+
+        def replaced() -> bool:
+            view = {a["agent_id"]: a for a in server.get("/agents")["agents"]}["ssh:127.0.0.1"]
+            return view["state"] == "connected" and not view["version"].startswith("0.0.1")
+
+        wait_for(replaced, 15, "the agent to be replaced")
+        assert agent_pid(state) != old_pid
+        after = server.wait_finished(server.schedule("remote"), 15)
+        assert after["state"] == "success" and server.output(after["run_id"]) == b"new\n"
+        log = server.log_file.read_text()
+        assert "draining it to replace it" in log
+    finally:
+        server.cleanup()
+        kill_agent(state)
