@@ -20,7 +20,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import Server, wait_for
+from apsis_server.agents.static import provision
+from apsis_server.webhooks import PATH
+from tests.harness import Server, free_port, wait_for
 
 FINISHED = ("success", "failure", "error", "skipped")
 # States a run passes through before its program runs.
@@ -133,14 +135,16 @@ class LiveServer(Server):
                 raise RuntimeError(f"{path} did not answer within {timeout}s")
             time.sleep(0.005)
 
-    def wait_agent(self, timeout: float = 60.0) -> int:
-        """Wait until the local agent is connected; its daemon's pid."""
+    def wait_agent(self, timeout: float = 60.0, agent_id: str = "local") -> int:
+        """Wait until the agent is connected; the local agent's daemon pid."""
 
         def connected() -> bool:
             agents = self.get("/agents")["agents"]
-            return any(a["state"] == "connected" for a in agents)
+            return any(a["agent_id"] == agent_id and a["state"] == "connected" for a in agents)
 
-        wait_for(connected, timeout, "the local agent to connect")
+        wait_for(connected, timeout, f"agent {agent_id} to connect")
+        if agent_id != "local":
+            return 0
         pid = wait_for(self.agent_pid, timeout, "the agent's daemon.pid")
         sid = session_of(pid)
         if sid is not None:
@@ -176,3 +180,41 @@ def wait_drained(server: Server, timeout: float, query: str = "") -> None:
         return not runs
 
     wait_for(drained, timeout, "every run to finish")
+
+
+@contextlib.contextmanager
+def static_agent(server: LiveServer, name: str) -> Iterator[int]:
+    """A separately started agent (`apsis-agent serve` on a provisioned state dir),
+    added to the server's config as static agent `name` (call before the server
+    starts); yields its pid, and kills it and its programs after."""
+    port = free_port()
+    agent_dir, secret = server.root / f"{name}-agent", server.root / f"{name}.secret"
+    with open(server.config_file, "a") as config:
+        config.write(
+            f"agents:\n  static:\n    {name}:"
+            f" {{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}\n"
+        )
+    provision(name, "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
+    argv = [sys.executable, "-m", "apsis_agent", "serve", "--state-dir", str(agent_dir)]
+    argv += ["--bind", "127.0.0.1", "--port", str(port)]
+    with open(server.root / f"{name}-agent.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+
+        def daemon_pid() -> int | None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the static agent exited {proc.returncode}")
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                return int((agent_dir / "daemon.pid").read_text().split()[0])
+            return None
+
+        yield wait_for(daemon_pid, 30, "the static agent to listen")
+    finally:
+        kill_session(proc.pid)
+        proc.wait(10)

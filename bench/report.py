@@ -162,3 +162,28 @@ def print_table(figures: Sequence[Figure], console: Console | None = None) -> No
         if not console.is_terminal:
             console = Console(width=150)
     console.print(table)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A saved report as Markdown: the machine line and the figures table."""
+    m = report["machine"]
+    lines = [
+        f"Measured {m['date']} on {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM,"
+        f" Python {m['python']}, Linux {m.get('kernel', '?')}"
+        + (" (quick)" if report["options"].get("quick") else "")
+        + f"; commit {report['options'].get('commit', '?')}"
+        + (" with uncommitted changes" if report["options"].get("code_modified") else "")
+        + ".",
+        "",
+        "| scenario | figure | target | measured | result | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    marks = {True: "pass", False: "**FAIL**", None: ""}
+    for f in report["figures"]:
+        value = f["measured"]
+        shown = "n/a" if value is None else _value(Figure("", "", value, f["unit"]))
+        lines.append(
+            f"| {f['scenario']} | {f['figure']} | {f['target'] or ''} | {shown}"
+            f" | {marks[f['passed']]} | {f['note']} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -18,12 +18,21 @@ from typing import Any
 
 import httpx
 
-from bench.live import FINISHED, LiveServer, live_server, rss_mb, wait_drained
+from bench.live import (
+    FINISHED,
+    LiveServer,
+    live_server,
+    rss_mb,
+    static_agent,
+    wait_drained,
+)
 from bench.report import Figure, at_least, at_most, median_figures
 from bench.stats import epoch, percentile
 
 JOB = "true"
 JOBS = {JOB: "program: {type: program, argv: [/bin/true]}\n"}
+STATIC = "svc"
+STATIC_JOBS = {JOB: f"program: {{type: program, argv: [/bin/true], host: {STATIC}}}\n"}
 
 
 @dataclass(frozen=True)
@@ -129,12 +138,12 @@ def _targets(figures: list[Figure], runs_per_s: float, p50_ms: float) -> list[Fi
     return out
 
 
-def repeated(server: LiveServer, s: Shape, scenario: str) -> list[Figure]:
+def repeated(server: LiveServer, s: Shape, scenario: str, agent: int | None = None) -> list[Figure]:
     """Warm up, then the median figures of `s.repetitions` bursts, plus the RSS after."""
     burst(server, s.warmup, s.clients, scenario)
     reps = [burst(server, s.runs, s.clients, scenario) for _ in range(s.repetitions)]
     figures = median_figures(reps)
-    for name, pid in (("server", server.pid), ("agent", server.agent_pid())):
+    for name, pid in (("server", server.pid), ("agent", agent or server.agent_pid())):
         rss = rss_mb(pid) if pid else None
         figures.append(Figure(scenario, f"{name} RSS after", rss, "MB"))
     return figures
@@ -151,8 +160,21 @@ def p1(quick: bool) -> list[Figure]:
 
 
 def p2(quick: bool) -> list[Figure]:
-    """P2: the agent is already running when the server starts and attaches to it."""
+    """P2: a separately started agent: a static one, and the local one attached to."""
     s = shape(quick)
+    with live_server("p2", STATIC_JOBS) as server, static_agent(server, STATIC) as agent:
+        server.launch()
+        server.wait_agent(agent_id=f"static:{STATIC}")
+        figures = repeated(server, s, "P2", agent)
+    note = "static agent (apsis-agent serve), started before the server"
+    figures = _targets(figures, 400, 30)
+    head = figures[0]
+    figures[0] = replace(head, note=f"{head.note}; {note}" if head.note else note)
+    return figures + _attached(s)
+
+
+def _attached(s: Shape) -> list[Figure]:
+    """P2 as first measured: the server restarted and attached to its running local agent."""
     with live_server("p2", JOBS) as server:
         server.launch()
         first = server.wait_agent()
@@ -162,11 +184,8 @@ def p2(quick: bool) -> list[Figure]:
         if first != again or "attached to" not in server.log():
             raise RuntimeError(f"the server did not attach to agent {first}:\n{server.log()}")
         figures = repeated(server, s, "P2")
-    note = (
-        "agent started before the server (server restarted, attached to it);"
-        " revisit with SSH/static agents"
-    )
-    figures = _targets(figures, 400, 30)
-    head = figures[0]
-    figures[0] = replace(head, note=f"{head.note}; {note}" if head.note else note)
-    return figures
+    note = "local agent started before the server (server restarted, attached to it)"
+    return [
+        replace(f, name=f"attached local agent: {f.name}", target=None, note=note)
+        for f in figures[:3]
+    ]
