@@ -136,6 +136,37 @@ class Engine:
     def meta(self, run_id: str, **meta: Any) -> None:
         self._changes.meta.setdefault(run_id, {}).update(meta)
 
+    # -- what agents' facts and housekeeping change ----------------------------------
+
+    def run_for_proc(self, proc_id: str) -> Run | None:
+        """The unfinished run that owns a proc id."""
+        run_id = self._by_proc.get(proc_id)
+        return self.runs.get(run_id) if run_id is not None else None
+
+    def output_length(self, run_id: str) -> int:
+        """How many bytes of a running run's output are stored (or about to be)."""
+        return self._output_len.get(run_id, 0)
+
+    def add_output(self, run_id: str, offset: int, data: bytes) -> None:
+        self._changes.output.append((run_id, offset, data))
+        self._output_len[run_id] = offset + len(data)
+
+    def stop_context(self, run_id: str) -> StopContext:
+        return self._stop.get(run_id, StopContext())
+
+    def set_stop_context(self, run_id: str, ctx: StopContext) -> None:
+        self._stop[run_id] = ctx
+
+    def ack(self, agent_id: str, seq: int) -> None:
+        """Record an agent's events up to `seq` as applied, with the current changes."""
+        self._changes.acks[agent_id] = seq
+
+    def resend_start(self, run: Run) -> None:
+        """Ask the run's agent again to start its proc (starts are idempotent)."""
+        if run.agent_id and run.proc_id and run.program:
+            start = p.StartProc(run.proc_id, proc_spec(run, run.program))
+            self._outgoing.append((run.agent_id, start))
+
     def send(self, agent_id: str, command: Command) -> None:
         """Ask an agent to act once the current changes are committed."""
         self._outgoing.append((agent_id, command))
@@ -542,7 +573,7 @@ class Engine:
             self._by_proc.pop(run.proc_id, None)
         run = self._put(run.replace(proc_id=proc_id, attempt=attempt), f"{why}; starting again")
         self._by_proc[proc_id] = run.run_id
-        self._outgoing.append((agent_id, p.StartProc(proc_id, proc_spec(run, program))))
+        self.resend_start(run)
 
     def agent_lost(self, agent_id: str, silence: float) -> None:
         """An agent has been unreachable past the lost timeout: its runs error."""

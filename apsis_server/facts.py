@@ -65,7 +65,7 @@ class Facts:
                     await self._apply(agent_id, envelope.event)
                 acked = envelope.seq
             if acked != start:
-                self.engine._changes.acks[agent_id] = acked
+                self.engine.ack(agent_id, acked)
             self.engine.commit()
             self._acks[agent_id] = acked
         for epoch in started:
@@ -74,8 +74,7 @@ class Facts:
         return acked
 
     def _run(self, agent_id: str, proc_id: str) -> Run | None:
-        run_id = self.engine._by_proc.get(proc_id)
-        run = self.engine.runs.get(run_id) if run_id else None
+        run = self.engine.run_for_proc(proc_id)
         if run is None:
             log.info("agent %s: event for %s, which no unfinished run owns", agent_id, proc_id)
         return run
@@ -121,7 +120,7 @@ class Facts:
             engine.send(agent_id, Command("delete", proc_id))
 
     def _output(self, run: Run, offset: int, data: bytes) -> None:
-        known = self.engine._output_len.get(run.run_id, 0)
+        known = self.engine.output_length(run.run_id)
         end = offset + len(data)
         if end <= known:
             return  # a duplicate
@@ -131,26 +130,28 @@ class Facts:
             self.engine.meta(run.run_id, output_omitted=[known, offset])
             self.engine.note(run.run_id, f"output over the cap: bytes {known}-{offset} not kept")
             known = offset
-        self.engine._changes.output.append((run.run_id, known, data[known - offset :]))
-        self.engine._output_len[run.run_id] = end
+        self.engine.add_output(run.run_id, known, data[known - offset :])
 
     def _signaled(self, run: Run, event: p.ProcSignaled) -> None:
         engine = self.engine
         engine.note(run.run_id, f"agent sent {signal_name(event.signal)} ({event.reason})")
-        ctx = engine._stop.get(run.run_id, StopContext())
+        ctx = engine.stop_context(run.run_id)
         if event.reason == "timeout":
-            engine._stop[run.run_id] = StopContext(True, event.signal, True, ctx.escalated)
+            engine.set_stop_context(
+                run.run_id, StopContext(True, event.signal, True, ctx.escalated)
+            )
             engine.meta(run.run_id, timed_out=True)
             if run.state == State.RUNNING:
                 engine.transition(run, State.STOPPING, "timed out", stop_time=engine.clock())
         elif event.reason == "escalation":
-            engine._stop[run.run_id] = StopContext(
-                ctx.stop_requested, ctx.stop_signal, ctx.timed_out, True
+            engine.set_stop_context(
+                run.run_id,
+                StopContext(ctx.stop_requested, ctx.stop_signal, ctx.timed_out, True),
             )
 
     async def _exited(self, agent_id: str, run: Run, event: p.ProcExited) -> None:
         engine = self.engine
-        known = engine._output_len.get(run.run_id, 0)
+        known = engine.output_length(run.run_id)
         if event.output_length > known:
             try:
                 data = await engine.agents.output(
@@ -162,7 +163,7 @@ class Facts:
         run = engine.runs.get(run.run_id, run)
         if run.state == State.STARTING:
             run = engine.transition(run, State.RUNNING, "running")
-        state, message = outcome(event.exit, engine._stop.get(run.run_id, StopContext()))
+        state, message = outcome(event.exit, engine.stop_context(run.run_id))
         exit = event.exit
         started = run.times.get("running")
         engine.meta(

@@ -165,7 +165,7 @@ class Housekeeping:
             return
         if report is not None:
             data = (json.dumps(report, indent=2) + "\n").encode()
-            engine._changes.output.append((run.run_id, 0, data))
+            engine.add_output(run.run_id, 0, data)
             engine.meta(run.run_id, output_length=len(data))
         engine.transition(current, state, message)
         engine.commit()

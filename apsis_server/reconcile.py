@@ -14,7 +14,7 @@ from apsis_common import protocol as p
 from apsis_common.errors import ApsisError
 from apsis_common.states import State
 from apsis_server.dispatch import AgentClient, Command
-from apsis_server.engine import Engine, proc_spec
+from apsis_server.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,12 @@ async def reconcile(engine: Engine, agent_id: str, client: AgentClient) -> None:
     for run in list(engine.runs.values()):
         if run.agent_id != agent_id or run.proc_id is None or run.proc_id in procs:
             continue
-        if run.state == State.STARTING and run.program is not None:
-            engine._outgoing.append(
-                (agent_id, p.StartProc(run.proc_id, proc_spec(run, run.program)))
-            )
+        if run.state == State.STARTING:
+            engine.resend_start(run)
         elif run.state in (State.RUNNING, State.STOPPING):
             engine.transition(run, State.ERROR, f"agent {agent_id} has no process {run.proc_id}")
     for proc_id, summary in procs.items():
-        if proc_id in engine._by_proc:
+        if engine.run_for_proc(proc_id) is not None:
             continue
         if summary.state in ("starting", "running"):
             log.warning("agent %s: stopping %s, which no run owns", agent_id, proc_id)

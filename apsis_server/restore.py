@@ -18,7 +18,7 @@ from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Run
 from apsis_server.dispatch import Command
-from apsis_server.engine import WATERMARK, Engine, is_noop, proc_spec
+from apsis_server.engine import WATERMARK, Engine, is_noop
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,8 @@ def _rearm(engine: Engine, run: Run) -> None:
         engine.timer(run.schedule_time or 0.0, run.run_id, "due")
     elif run.state == State.WAITING:
         engine.waiter.enter(run)
-    elif run.state == State.STARTING and run.agent_id and run.proc_id and run.program:
-        engine._outgoing.append(
-            (run.agent_id, p.StartProc(run.proc_id, proc_spec(run, run.program)))
-        )
+    elif run.state == State.STARTING:
+        engine.resend_start(run)
     elif run.state in (State.RUNNING, State.STOPPING) and is_noop(run):
         engine.timer(engine.clock(), run.run_id, "no-op")
     elif run.state == State.STOPPING and run.agent_id and run.proc_id:

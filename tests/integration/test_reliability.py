@@ -158,7 +158,7 @@ def test_long_partition_errors_runs_and_ignores_late_events(tmp_path: Path) -> N
         proxy.heal()
         # The agent's late events arrive and are acknowledged, but change nothing.
         db = server.state / "apsis.db"
-        wait_for(lambda: _ack(db) > 0 and not list((server.agent_dir / "procs").iterdir()), 15)
+        wait_for(lambda: _ack(db) > 0 and not list((server.agent_dir / "procs").iterdir()), 40)
         assert server.run(run_id)["state"] == "error"
         log = server.get(f"/runs/{run_id}/log")["log"]
         assert [e["state"] for e in log if e["state"]].count("error") == 1
