@@ -391,7 +391,7 @@ class Registry:
         if target.kind == "ssh":
             command = remote_command(self.settings, target.host)
             return explain(exc.returncode, exc.stderr, str(exc), target.host, target.user, command)
-        if target.kind == "sudo" and ("password" in exc.stderr or exc.returncode == 1):
+        if target.kind == "sudo":
             return f"cannot start the agent of user {target.user} with sudo: {exc}", True
         return str(exc), False
 

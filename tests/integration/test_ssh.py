@@ -102,6 +102,7 @@ def test_ssh_failures_have_clear_messages(tmp_path: Path, world: SshWorld) -> No
         "other user": "program: {type: shell, host: 127.0.0.1, user: nobody, command: 'true'}\n",
         "nowhere": "program: {type: shell, host: 127.0.0.9, command: 'true'}\n",
         "missing": "program: {type: shell, host: missing-agent, command: 'true'}\n",
+        "local other user": "program: {type: shell, user: nobody, command: 'true'}\n",
     }
     # 127.0.0.9 has no sshd: connection refused. 'missing-agent' is an alias of
     # 127.0.0.1 through ssh_config, with a remote command that does not exist.
@@ -118,6 +119,10 @@ def test_ssh_failures_have_clear_messages(tmp_path: Path, world: SshWorld) -> No
         try:
             message = _error_of(server, "missing")
             assert "apsis-agent not found on missing-agent" in message, message
+            # A host-less program for another user goes to a local agent started with
+            # sudo; here the user cannot run this checkout's Python (or has no sudo rule).
+            message = _error_of(server, "local other user")
+            assert message.startswith("cannot start the agent of user nobody with sudo"), message
             message = _error_of(server, "nowhere")
             assert message.startswith("ssh failed: ssh to 127.0.0.9"), message
             assert "Connection refused" in message, message
