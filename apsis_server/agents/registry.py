@@ -332,6 +332,9 @@ class Registry:
             now = self._clock()
             silence = now - (conn.last_heartbeat or now)
             pause = self.heartbeat
+            if silence > self.silence_limit and self._idle(conn):
+                await self._stopped(conn)
+                continue
             if await self._needs_connect(conn, silence):
                 try:
                     await self._connect(conn)
@@ -349,6 +352,27 @@ class Registry:
             if conn.last_heartbeat is not None and silence > self.lost_timeout:
                 self.on_lost(conn.agent_id, silence)
             await asyncio.sleep(pause)
+
+    def _idle(self, conn: AgentConn) -> bool:
+        """Whether a silent agent may have stopped itself (`idle_stop`) with nothing lost."""
+        return (
+            self.settings.idle_stop is not None
+            and conn.static is None
+            and conn.state == "connected"
+            and not conn.pending
+            and self.busy().get(conn.agent_id, 0) == 0
+        )
+
+    async def _stopped(self, conn: AgentConn) -> None:
+        """Forget the connection of an agent that stopped when idle, until it is needed."""
+        log.info("agent %s: silent and idle: taken as stopped (idle_stop)", conn.agent_id)
+        conn.state, conn.last_heartbeat = "stopped", None
+        conn.wanted.clear()
+        conn.connected.clear()
+        client, conn.dispatcher.client = conn.dispatcher.client, None
+        if client is not None:
+            await client.close()
+        await conn.wanted.wait()
 
     async def _needs_connect(self, conn: AgentConn, silence: float) -> bool:
         if conn.dispatcher.client is None:

@@ -149,3 +149,22 @@ def test_ssh_client_missing(tmp_path: Path, world: SshWorld) -> None:
     with running_server(tmp_path / "server", JOBS, config) as server:
         message = _error_of(server, "hello")
         assert message.startswith("ssh failed: cannot run /nonexistent/ssh"), message
+
+
+def test_idle_agent_stops_and_comes_back(tmp_path: Path, world: SshWorld) -> None:
+    world.start("127.0.0.1")
+    state = tmp_path / "remote-agent"
+    config = agents_yaml(world, {"127.0.0.1": state}, extra="  idle_stop: 1s\n")
+    with running_server(tmp_path / "server", JOBS, config) as server:
+        try:
+            assert server.wait_finished(server.schedule("true"), 20)["state"] == "success"
+            pid = wait_for(lambda: agent_pid(state), 5, "the agent's pid")
+
+            def stopped() -> bool:
+                return bool(agent_of(server, "ssh:127.0.0.1")["state"] == "stopped")
+
+            wait_for(stopped, 10, "the idle agent to be seen stopped")
+            assert server.wait_finished(server.schedule("true"), 20)["state"] == "success"
+            assert agent_pid(state) not in (None, pid)
+        finally:
+            kill_agent(state)
