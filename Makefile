@@ -28,10 +28,10 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 system-deps:
-	@if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then \
+	@if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v sudo >/dev/null; then \
 		$(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-			chromium openssh-server openssh-client; \
+			chromium openssh-server openssh-client sudo; \
 	fi
 
 ## test: check, then the whole suite (soak and benchmark runs excluded)

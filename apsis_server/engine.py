@@ -22,6 +22,7 @@ from apsis_common import protocol as p
 from apsis_common.errors import BadInput, Conflict, NotFound
 from apsis_common.states import FINISHED, State
 from apsis_server.actions import ActionRunner
+from apsis_server.agents.choice import Choice
 from apsis_server.core import lifecycle
 from apsis_server.core.jobs import Job
 from apsis_server.core.outcomes import StopContext, signal_name
@@ -47,8 +48,9 @@ DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
 class Agents(Protocol):
     """What the engine needs of the agent registry."""
 
-    def choose(self, host: str | None, user: str | None) -> str:
-        """The agent to run on `host` as `user`; LookupError if there is none."""
+    def choose(self, host: str | None, user: str | None) -> Choice:
+        """The agent to run on `host` as `user`, with notes for the run log;
+        LookupError or ValueError (saying why) if there is none."""
 
     def start(self, agent_id: str, proc: p.StartProc) -> None: ...
 
@@ -464,7 +466,7 @@ class Engine:
         # Part of the bound program, so a start repeated after a restart is the same.
         program = {"output_max": self.output_max, **program}
         try:
-            agent_id = self.agents.choose(program.get("host"), program.get("user"))
+            choice = self.agents.choose(program.get("host"), program.get("user"))
         except (LookupError, ValueError) as exc:
             self.transition(run, State.ERROR, str(exc), program=program)
             return
@@ -476,13 +478,15 @@ class Engine:
             message,
             program=program,
             proc_id=proc_id,
-            agent_id=agent_id,
+            agent_id=choice.agent_id,
             attempt=attempt,
         )
+        for note in choice.notes:
+            self.note(run.run_id, note)
         self._by_proc[proc_id] = run.run_id
         self._output_len[run.run_id] = 0
         self._stop[run.run_id] = StopContext(stop_signal=int(program["stop"]["signal"]))
-        self._outgoing.append((agent_id, p.StartProc(proc_id, proc_spec(run, program))))
+        self.resend_start(run)
 
     # -- operations -------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from apsis_common.auth import Key
 from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.tls import CertPair, write_private
 from apsis_server.agents.bootstrap import BootstrapError, bootstrap
+from apsis_server.agents.choice import Choice
 from apsis_server.agents.groups import pick
 from apsis_server.agents.settings import AgentSettings, StaticAgent, check_host, check_user
 from apsis_server.agents.ssh import explain
@@ -89,14 +90,6 @@ class AgentConn:
     drained_version: str | None = None
     spawned: bool = False
     in_group: bool = False
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The agent for a run, and notes for its run log (group members skipped)."""
-
-    agent_id: str
-    notes: tuple[str, ...] = ()
 
 
 Reconcile = Callable[[str, AgentClient], Awaitable[None]]
@@ -220,16 +213,9 @@ class Registry:
     def agent_for_key(self, key_id: str) -> str | None:
         return self._by_key.get(key_id)
 
-    def choose(self, host: str | None, user: str | None) -> str:
-        """The agent to run a program on `host` (a host, alias or group) as `user`."""
-        choice = self.choose_noted(host, user)
-        for note in choice.notes:
-            log.info("%s", note)
-        return choice.agent_id
-
-    def choose_noted(self, host: str | None, user: str | None) -> Choice:
-        """Like `choose`, with notes for the run log; LookupError or ValueError if
-        there is no agent for it (the message says why)."""
+    def choose(self, host: str | None, user: str | None) -> Choice:
+        """The agent to run a program on `host` (a host, alias or group) as `user`, with
+        notes for the run log; LookupError or ValueError if there is none (says why)."""
         if user is not None:
             check_user(user)
         if host is None:
