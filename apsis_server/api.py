@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -30,6 +32,8 @@ from apsis_server.core.jobs import Job
 from apsis_server.core.programs import parse_program, signal_number
 from apsis_server.engine import Engine
 from apsis_server.jsonview import job_json, log_json, run_json
+from apsis_server.metrics import stats
+from apsis_server.openapi import openapi_json
 from apsis_server.store.base import RunFilter
 
 # The one table from error to status.
@@ -98,9 +102,23 @@ def _float(request: Request, name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise BadInput(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise BadInput(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+# Times a run may be scheduled at: the years 1 to 9999, as the API can show them.
+_EARLIEST, _LATEST = -62135596800.0, 253402300799.0
+
+
+def _when(value: Any) -> float:
+    when = parse_time(value)
+    if not _EARLIEST <= when <= _LATEST:  # also false for NaN
+        raise BadInput(f"time out of range: {value!r}")
+    return when
 
 
 def _runs_page(engine: Engine, run_filter: RunFilter) -> JSONResponse:
@@ -130,7 +148,7 @@ def _filter(request: Request, job_id: str | None) -> RunFilter:
             raise BadInput(f"args must be name=value pairs, got {pair!r}")
         args[name.strip()] = value
     before = q.get("before")
-    if before is not None and not (before.startswith("r") and before[1:].isdigit()):
+    if before is not None and not _RUN_ID.fullmatch(before):
         raise BadInput(f"before must be a run id, got {before!r}")
     return RunFilter(
         job_id=job_id if job_id is not None else q.get("job_id"),
@@ -144,10 +162,16 @@ def _filter(request: Request, job_id: str | None) -> RunFilter:
     )
 
 
+# A run id the store can hold: `r` and a 64-bit number, ASCII digits only.
+_RUN_ID = re.compile(r"r[0-9]{1,18}")
+
+
 def _run_id(request: Request) -> str:
     run_id = str(request.path_params["run_id"])
     if run_id.isdigit():
         run_id = "r" + run_id
+    if not _RUN_ID.fullmatch(run_id):
+        raise NotFound(f"no run {run_id!r}")
     return run_id
 
 
@@ -204,7 +228,7 @@ async def runs(request: Request) -> Response:
 async def schedule(request: Request) -> Response:
     engine = _engine(request)
     body = await _body(request)
-    when = parse_time(body["time"]) if body.get("time") is not None else None
+    when = _when(body["time"]) if body.get("time") is not None else None
     args = body.get("args") or {}
     if not isinstance(args, dict):
         raise BadInput("args must be an object of name: value")
@@ -316,6 +340,8 @@ def routes() -> list[Route]:
     table: list[tuple[str, Handler, list[str]]] = [
         ("/alive", alive, ["GET"]),
         ("/version", version, ["GET"]),
+        ("/stats", stats, ["GET"]),
+        ("/openapi.json", openapi_json, ["GET"]),
         ("/jobs", jobs, ["GET"]),
         ("/jobs/reload", reload, ["POST"]),
         ("/jobs/{job_id:path}/runs", job_runs, ["GET"]),

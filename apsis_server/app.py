@@ -17,6 +17,8 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
 
 from apsis_common import __version__
 from apsis_common.auth import Verifier
@@ -31,9 +33,11 @@ from apsis_server.facts import Facts
 from apsis_server.feeds import Feeds, feed_routes
 from apsis_server.housekeeping import Housekeeping
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
+from apsis_server.metrics import Metrics, WebhookTiming, metrics_endpoint
 from apsis_server.reconcile import reconcile
 from apsis_server.restore import restore
 from apsis_server.store.sqlite import SqliteStore
+from apsis_server.tokens import TokenGuard, check_trusted, server_cert
 from apsis_server.web import web_routes
 from apsis_server.webhooks import PATH, webhook_route
 
@@ -63,6 +67,8 @@ def build_app(config: Config) -> Starlette:
     """The whole server as an ASGI app; its lifespan runs the engine and agents."""
     config.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = ensure_ca(config.state / "ca")
+    config = server_cert(config, ca)
+    check_trusted(config, ca)
     store = SqliteStore(config.state / "apsis.db")
     registry = Registry(
         config.state,
@@ -82,6 +88,8 @@ def build_app(config: Config) -> Starlette:
     registry.reconcile = functools.partial(reconcile, engine)
     registry.busy = lambda: Counter(r.agent_id for r in engine.runs.values() if r.agent_id)
     facts = Facts(engine, registry.agent_started)
+    metrics = Metrics(engine, registry, config.state / "apsis.db")
+    engine.listeners.append(metrics.observe)
     housekeeping = Housekeeping(
         engine,
         store,
@@ -107,7 +115,7 @@ def build_app(config: Config) -> Starlette:
         restore(engine, config.catch_up)
         registry.adopt({r.agent_id for r in engine.runs.values() if r.agent_id})
         log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
-        task = asyncio.create_task(_background(engine, registry, housekeeping))
+        task = asyncio.create_task(_background(engine, registry, housekeeping, metrics))
         try:
             yield
         finally:
@@ -119,28 +127,37 @@ def build_app(config: Config) -> Starlette:
     app = Starlette(
         routes=[
             *api.routes(),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             webhook_route(registry, facts, verifier),
             *feed_routes(),
             *web_routes(),
         ],
         lifespan=lifespan,
+        middleware=[
+            Middleware(TokenGuard, tokens=config.api.tokens),
+            Middleware(WebhookTiming, metrics=metrics, path=PATH),
+        ],
     )
     app.state.feeds = Feeds(engine, registry)
     app.state.engine = engine
     app.state.reload = reload
     app.state.registry = registry
     app.state.config = config
+    app.state.metrics = metrics
     app.state.job_errors = []
     return app
 
 
-async def _background(engine: Engine, registry: Registry, housekeeping: Housekeeping) -> None:
+async def _background(
+    engine: Engine, registry: Registry, housekeeping: Housekeeping, metrics: Metrics
+) -> None:
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(engine.run())
         tasks.create_task(engine.plan_loop())
         tasks.create_task(registry.run())
         tasks.create_task(engine.actions.run())
         tasks.create_task(housekeeping.run())
+        tasks.create_task(metrics.run())
 
 
 def _setup_logging(config: Config) -> None:
@@ -204,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         config.state,
     )
     app = build_app(config)
+    config = app.state.config  # with the API certificate, if tls.auto issued one
     certfile = keyfile = None
     if config.tls_cert and config.tls_key:
         server_context(config.tls_cert, config.tls_key)  # fail early on a bad pair

@@ -18,6 +18,7 @@ from apsis_server.core.fields import (
 )
 from apsis_server.core.jobs import load_yaml
 from apsis_server.store.archive import Retention
+from apsis_server.tokens import ApiSettings, parse_api, parse_tls
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Config:
     public_url: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_auto: bool = False
+    api: ApiSettings = field(default_factory=ApiSettings)
     horizon: float = 86400.0
     max_scheduled_per_schedule: int = 16
     local_agent: bool = True
@@ -90,10 +93,8 @@ def parse_config(data: Any, base: Path) -> Config:
     state = f.take("state", path, base / "apsis-state")
     host, port = f.take("bind", _bind, (cfg.host, cfg.port))
     public_url = f.take("public_url", string, None)
-    tls = _section(f, "tls")
-    tls_cert, tls_key = tls.take("cert", path, None), tls.take("key", path, None)
-    tls.done()
-    f.raw("api")
+    tls = parse_tls(_section(f, "tls"), base)
+    api = parse_api(_section(f, "api"), base)
     schedule = _section(f, "schedule")
     horizon = schedule.take("horizon", duration, cfg.horizon)
     per_schedule = schedule.take("max_scheduled_per_schedule", lambda v, p: int(v), 16)
@@ -124,8 +125,10 @@ def parse_config(data: Any, base: Path) -> Config:
         host=host,
         port=port,
         public_url=public_url,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
+        tls_cert=tls.cert,
+        tls_key=tls.key,
+        tls_auto=tls.auto,
+        api=api,
         horizon=horizon,
         max_scheduled_per_schedule=per_schedule,
         local_agent=agents.local_enabled,

@@ -1,0 +1,266 @@
+"""API access: bearer tokens for `/api/v1` and `/metrics`, and the API's own HTTPS certificate.
+
+Policy
+------
+With no `api.tokens` in the config the API is open (it binds to 127.0.0.1 by
+default). With tokens, every request under `/api/v1` (websockets included) and to
+`/metrics` needs `Authorization: Bearer <token>`:
+
+- no token, or one that matches none → 401 `{"error": ...}`;
+- a read-only (`ro`) token on anything but GET/HEAD/OPTIONS → 403;
+- `/api/v1/alive` stays open, so load balancers and the test harness can probe
+  liveness without a secret (it answers nothing but `{"alive": true}`);
+- browsers cannot set headers on websockets, so a websocket may give the token as
+  the `access_token` query parameter instead;
+- the agent webhook `/agent/v1/events` and the web UI's static files are not
+  covered: the webhook has its own HMAC signatures.
+
+Tokens are compared as SHA-256 digests with `hmac.compare_digest`, against every
+configured token without stopping early, so timing tells nothing about which
+token or how much of one matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from apsis_common.tls import CertPair, new_cert, write_private
+from apsis_server.core.fields import FieldError, Fields, Invalid, boolean, choice, string
+
+if TYPE_CHECKING:
+    from apsis_server.config import Config
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+OPEN_PATHS = frozenset({"/api/v1/alive"})
+PROTECTED_PREFIX = "/api/v1"
+METRICS_PATH = "/metrics"
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One configured token: its name (for logs), access, and the secret's digest."""
+
+    name: str
+    access: str  # "ro" or "rw"
+    digest: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The `api:` section of the config."""
+
+    tokens: tuple[ApiToken, ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The `tls:` section: a certificate and key on disk, or `auto` (issued by the state CA)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    auto: bool = False
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _token(value: Any, path: str, name: str, base: Path) -> ApiToken:
+    f = Fields(value, path, "a mapping with token_file and access")
+    token_file = base / f.need("token_file", string)
+    access = f.take("access", choice("ro", "rw"), "ro")
+    f.done()
+    try:
+        secret = token_file.read_text().strip()
+    except OSError as exc:
+        raise Invalid(
+            [FieldError(f.at("token_file"), f"cannot read {token_file}: {exc.strerror}")]
+        ) from None
+    if len(secret) < 16:
+        raise Invalid([FieldError(f.at("token_file"), f"{token_file}: token under 16 characters")])
+    return ApiToken(name, access, digest(secret))
+
+
+def parse_api(f: Fields, base: Path) -> ApiSettings:
+    """`api: {tokens: {NAME: {token_file: PATH, access: ro|rw}}}`; reads the token files."""
+    raw = f.raw("tokens") or {}
+    path = f.at("tokens")
+    if not isinstance(raw, dict):
+        raise Invalid([FieldError(path, "expected a mapping of token names")])
+    tokens = [_token(value, f"{path}.{name}", str(name), base) for name, value in raw.items()]
+    f.done()
+    return ApiSettings(tuple(tokens))
+
+
+def parse_tls(f: Fields, base: Path) -> TlsSettings:
+    """`tls: {cert: PATH, key: PATH}` or `tls: {auto: true}`."""
+    cert = f.take("cert", lambda v, p: base / string(v, p), None)
+    key = f.take("key", lambda v, p: base / string(v, p), None)
+    auto = f.take("auto", boolean, False)
+    f.done()
+    if (cert is None) != (key is None):
+        raise Invalid([FieldError(f.path, "give both cert and key")])
+    if auto and cert is not None:
+        raise Invalid([FieldError(f.at("auto"), "auto issues its own cert; drop cert and key")])
+    return TlsSettings(cert, key, auto)
+
+
+# -- the middleware -------------------------------------------------------------------
+
+
+def _protected(path: str) -> bool:
+    if path in OPEN_PATHS:
+        return False
+    return path in (METRICS_PATH, PROTECTED_PREFIX) or path.startswith("/api/v1/")
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return str(token.strip())
+            return None
+    if scope["type"] == "websocket":
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        values = query.get("access_token")
+        if values:
+            return str(values[0])
+    return None
+
+
+def match(tokens: tuple[ApiToken, ...], given: str) -> ApiToken | None:
+    """The token `given` is, comparing against every token in constant time."""
+    given_digest = digest(given)
+    found = None
+    for token in tokens:
+        if hmac.compare_digest(token.digest, given_digest):
+            found = token
+    return found
+
+
+class TokenGuard:
+    """ASGI middleware enforcing the token policy of this module's header."""
+
+    def __init__(self, app: ASGIApp, tokens: tuple[ApiToken, ...]) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.tokens or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if not _protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        given = _bearer(scope)
+        token = match(self.tokens, given) if given is not None else None
+        if token is None:
+            why = "a valid API token is needed (Authorization: Bearer TOKEN)"
+            await _refuse(scope, send, 401, why if given is None else "unknown API token")
+            return
+        method = scope.get("method", "GET")
+        if token.access != "rw" and method not in READ_METHODS:
+            await _refuse(scope, send, 403, f"token {token.name} is read-only")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+    if scope["type"] == "websocket":
+        # Before accept, a close makes the server answer the upgrade with 403.
+        await send({"type": "websocket.close", "code": 4000 + status, "reason": message})
+        return
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="apsis"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- HTTPS ------------------------------------------------------------------------------
+
+
+def _hosts(config: Config) -> list[str]:
+    hosts = [config.host, "127.0.0.1", "localhost"]
+    if config.public_url:
+        name = urlsplit(config.public_url).hostname
+        if name:
+            hosts.append(name)
+    return [h for h in dict.fromkeys(hosts) if h not in ("0.0.0.0", "::", "")]
+
+
+def _covers(cert_pem: str, hosts: list[str]) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    names |= set(san.get_values_for_type(x509.DNSName))
+    return all(_normal(h) in names for h in hosts)
+
+
+def _normal(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def server_cert(config: Config, ca: CertPair) -> Config:
+    """With `tls: {auto: true}`, the config pointing at a certificate for the API issued
+    by the state's CA (made, or remade when the host names change); agents already
+    trust that CA, so the webhook can be `https`. Other configs come back unchanged."""
+    if not config.tls_auto:
+        return config
+    directory = config.state / "tls"
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    hosts = _hosts(config)
+    fresh = cert_path.exists() and key_path.exists()
+    if not fresh or not _covers(cert_path.read_text(), hosts):
+        pair = new_cert(ca, hosts, common_name=hosts[0])
+        write_private(key_path, pair.key_pem)
+        write_private(cert_path, pair.cert_pem)
+        log.info("issued the API certificate for %s in %s", ", ".join(hosts), directory)
+    return replace(config, tls_cert=cert_path, tls_key=key_path)
+
+
+def check_trusted(config: Config, ca: CertPair) -> None:
+    """Warn when the API certificate is not issued by the state CA: the local agent
+    verifies the `https` webhook against that CA only, and would refuse it."""
+    if config.tls_cert is None or config.public_url:
+        return
+    try:
+        cert = x509.load_pem_x509_certificate(config.tls_cert.read_bytes())
+        ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+        cert.verify_directly_issued_by(ca_cert)
+    except (OSError, ValueError, TypeError, InvalidSignature) as exc:
+        log.warning(
+            "the API certificate %s is not issued by the CA in %s (%s): agents will "
+            "refuse the https webhook; use tls: {auto: true} or a certificate from that CA",
+            config.tls_cert,
+            config.state / "ca",
+            str(exc) or type(exc).__name__,
+        )
