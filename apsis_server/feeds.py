@@ -26,7 +26,6 @@ import asyncio
 import base64
 import contextlib
 import enum
-import itertools
 import json
 import logging
 import time
@@ -40,10 +39,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from apsis_common import __version__
 from apsis_common.states import State
 from apsis_common.times import format_time
-from apsis_server.agents.registry import AgentConn, Registry
+from apsis_server.agents.registry import Registry
 from apsis_server.core.jobs import Job
 from apsis_server.engine import Engine
-from apsis_server.jsonview import job_json, log_json, run_json
+from apsis_server.jsonview import agent_json, job_json, log_json, run_json, upcoming
 from apsis_server.store.base import Changes, RunFilter, RunStore
 
 log = logging.getLogger(__name__)
@@ -132,32 +131,6 @@ class RunSubscriber(Subscriber):
             self.push(Mark.OUTPUT)
 
 
-def agent_json(conn: AgentConn, running: int) -> dict[str, Any]:
-    """An agent as `GET /api/v1/agents` shows it."""
-    return {
-        "agent_id": conn.agent_id,
-        "host": conn.host,
-        "user": conn.user,
-        "state": conn.state,
-        "version": conn.version,
-        "epoch": conn.epoch,
-        "pid": conn.pid,
-        "port": conn.port,
-        "running": running,
-        "last_heartbeat": format_time(conn.last_heartbeat),
-        "error": conn.error,
-    }
-
-
-def next_times(job: Job, now: float, count: int = 5) -> list[float]:
-    """The next `count` schedule times of a job's enabled schedules."""
-    times: list[float] = []
-    for schedule in job.schedules:
-        if schedule.enabled:
-            times.extend(d.time for d in itertools.islice(schedule.due(now, job.params), count))
-    return sorted(times)[:count]
-
-
 class Feeds:
     """The engine listener that fans changes out to websocket subscribers."""
 
@@ -241,7 +214,7 @@ class Feeds:
         for job_id, job in jobs.items():
             before = old.get(job_id)
             if before is None or (before is not job and before != job):
-                self._broadcast({"type": "job", "job": job_json(job, next_times(job, now))})
+                self._broadcast({"type": "job", "job": job_json(job, upcoming(job, now))})
         for job_id in old.keys() - jobs.keys():
             self._broadcast({"type": "job_removed", "job_id": job_id})
 
@@ -275,7 +248,7 @@ class Feeds:
         engine = self.engine
         now = engine.clock()
         self._check_jobs()  # earlier subscribers hear of job changes before this snapshot
-        jobs = [job_json(j, next_times(j, now)) for j in sorted(engine.jobs.values(), key=_job_id)]
+        jobs = [job_json(j, upcoming(j, now)) for j in sorted(engine.jobs.values(), key=_job_id)]
         recent = {r.run_id: r for r in engine.store.query(RunFilter(limit=RECENT_RUNS))}
         recent.update(engine.runs)
         agents = self.agents()

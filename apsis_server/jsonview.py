@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any
 
 from apsis_common.times import format_time
+from apsis_server.agents.registry import AgentConn, view
+from apsis_server.core.catchup import next_times
 from apsis_server.core.jobs import Job
 from apsis_server.core.runs import LogEntry, Run
 
@@ -28,6 +30,11 @@ def run_json(run: Run, now: float) -> dict[str, Any]:
     }
 
 
+def upcoming(job: Job, now: float, count: int = 5) -> list[float]:
+    """The next `count` schedule times of a job."""
+    return [due.time for due in next_times(job, now, count)]
+
+
 def job_json(job: Job, next_times: list[float]) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
@@ -43,6 +50,11 @@ def job_json(job: Job, next_times: list[float]) -> dict[str, Any]:
         "labels": list(job.labels),
         "next_times": [format_time(t) for t in next_times],
     }
+
+
+def agent_json(conn: AgentConn, running: int) -> dict[str, Any]:
+    """An agent as the API and the feeds show it."""
+    return {**view(conn, running), "last_heartbeat": format_time(conn.last_heartbeat)}
 
 
 def log_json(entry: LogEntry) -> dict[str, Any]:
