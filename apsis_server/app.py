@@ -83,6 +83,7 @@ def build_app(config: Config) -> Starlette:
         store, registry, Templates(), Horizon(config.horizon, config.max_scheduled_per_schedule)
     )
     engine.waiter.default_max_time = config.waiting_max_time
+    engine.output_max = config.output_max
     registry.on_refused = engine.refused
     registry.on_lost = engine.agent_lost
     registry.reconcile = functools.partial(reconcile, engine)

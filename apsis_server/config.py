@@ -11,6 +11,7 @@ from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
 from apsis_server.core.fields import (
     Fields,
     Invalid,
+    byte_size,
     duration,
     positive_duration,
     positive_integer,
@@ -44,6 +45,7 @@ class Config:
     catch_up: CatchUp = DEFAULT_CATCH_UP
     waiting_max_time: float | None = None
     calendars: Path | None = None
+    output_max: int = 64 * 2**20
     retention: Retention | None = None
     archive: Path | None = None
     retention_period: float = 600.0
@@ -112,7 +114,9 @@ def parse_config(data: Any, base: Path) -> Config:
     host_groups = f.raw("host_groups") or {}
     groups, aliases = parse_host_groups(host_groups)
     agents = replace(agents, groups=groups, aliases=aliases)
-    f.raw("output")
+    output = _section(f, "output")
+    output_max = output.take("max_bytes", byte_size, 64 * 2**20)
+    output.done()
     retention = _retention(f)
     logs = _section(f, "log")
     log_level = logs.take("level", string, "INFO").upper()
@@ -141,6 +145,7 @@ def parse_config(data: Any, base: Path) -> Config:
         catch_up=catch_up,
         waiting_max_time=waiting_max_time,
         calendars=calendars,
+        output_max=output_max,
         retention=retention[0],
         archive=(base / retention[1]) if retention[1] else None,
         retention_period=retention[2],
