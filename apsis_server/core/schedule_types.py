@@ -77,9 +77,19 @@ class Schedule(Protocol):
         """A short human description."""
 
 
+def _canonical(form: Any) -> Any:
+    # Keys as text, so a mapping with keys of mixed types still sorts.
+    if isinstance(form, dict):
+        return {str(k): _canonical(v) for k, v in form.items()}
+    if isinstance(form, list | tuple):
+        return [_canonical(v) for v in form]
+    return form
+
+
 def form_key(form: Any) -> str:
     """A stable hash of a schedule's YAML form."""
-    return hashlib.sha256(json.dumps(form, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    text = json.dumps(_canonical(form), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def jitter_delay(job_id: str, nominal: float, jitter: float) -> float:

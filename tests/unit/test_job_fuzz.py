@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -263,9 +262,7 @@ def test_job_shaped_yaml(data: dict[str, Any]) -> None:
     check(loaded)
 
 
-@pytest.mark.xfail(raises=TypeError, strict=False, reason="known: form_key sorts mixed keys")
 def test_mixed_key_types() -> None:
     """Found by this fuzzer: a schedule holding a mapping with keys of mixed types
-    makes `schedule_types.form_key` (json.dumps with sort_keys) raise TypeError.
-    Reported; drop the mark once fixed."""
+    made `schedule_types.form_key` (json.dumps with sort_keys) raise TypeError."""
     check(load_yaml("program: {type: no-op}\nschedule: {type: interval, interval: {1: a, b: c}}\n"))
