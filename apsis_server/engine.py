@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from apsis_common import protocol as p
-from apsis_common.errors import BadInput, Conflict, NotFound
+from apsis_common.errors import BadInput, Conflict, NotFound, Unavailable
 from apsis_common.states import FINISHED, State
 from apsis_server.actions import ActionRunner
 from apsis_server.agents.choice import Choice
@@ -41,6 +41,8 @@ Listener = Callable[[Changes], None]
 # The watermark is kept among the schedule cursors under this key.
 WATERMARK = ("", "watermark")
 WATERMARK_PERIOD = 5.0
+# How soon to try the store again after a write failed (disk full, read-only).
+STORE_RETRY = 1.0
 # Output kept per run: the head and the tail, each half of this.
 DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
 
@@ -95,6 +97,7 @@ class Engine:
         self._finished_now: list[Run] = []
         self._committing = False
         self.output_max = DEFAULT_OUTPUT_MAX
+        self.store_error: str | None = None
         self.waiter = Waiter(self)
         # Runs internal (housekeeping) programs; set by whoever owns the store.
         self.internal: Callable[[Run], None] | None = None
@@ -194,7 +197,21 @@ class Engine:
         outgoing, self._outgoing = self._outgoing, []
         finished, self._finished_now = self._finished_now, []
         if changes:
-            self.store.write(changes)
+            try:
+                self.store.write(changes)
+            except Unavailable as exc:
+                # Keep everything for the next try: memory stays ahead of the store,
+                # never apart from it, and nothing waiting on durability is released.
+                self._changes = changes.merged(self._changes)
+                self._outgoing = outgoing + self._outgoing
+                self._finished_now = finished + self._finished_now
+                if self.store_error is None:
+                    log.error("store write failed; retrying: %s", exc)
+                self.store_error = str(exc)
+                raise Unavailable(f"{exc}; kept, and written once the store is writable") from exc
+            if self.store_error is not None:
+                log.info("store writable again")
+                self.store_error = None
         for agent_id, item in outgoing:
             if isinstance(item, p.StartProc):
                 self.agents.start(agent_id, item)
@@ -231,7 +248,11 @@ class Engine:
             while self._timers and self._timers[0][0] <= now:
                 _, _, run_id, kind = heapq.heappop(self._timers)
                 self._fire(run_id, kind)
-            self.commit()
+            try:
+                self.commit()
+            except Unavailable:
+                await asyncio.sleep(STORE_RETRY)
+                continue
             delay = self._timers[0][0] - self.clock() if self._timers else WATERMARK_PERIOD
             delay = min(delay, next_mark - self.clock())
             self._wake.clear()
@@ -263,6 +284,8 @@ class Engine:
             elif kind == "no-op" and run.state in (State.RUNNING, State.STOPPING):
                 ok = bool((run.program or {}).get("success", True))
                 self.transition(run, State.SUCCESS if ok else State.FAILURE, "no-op finished")
+        except Unavailable:
+            raise
         except Exception:
             log.exception("run %s: timer %s failed", run_id, kind)
             self.error_run(run_id, "internal error; see the server log")

@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from apsis_common import protocol as p
 from apsis_common.auth import Verifier
-from apsis_common.errors import AuthError, ProtocolError
+from apsis_common.errors import AuthError, ProtocolError, Unavailable
 from apsis_server.agents.registry import Registry
 from apsis_server.facts import Facts
 
@@ -46,7 +46,11 @@ def webhook_route(registry: Registry, facts: Facts, verifier: Verifier) -> Route
         if agent_id is None or batch.agent_id != agent_id:
             return Response(status_code=401)
         registry.heard_from(agent_id, facts.engine.clock())
-        acked = await facts.apply(agent_id, batch)
+        try:
+            acked = await facts.apply(agent_id, batch)
+        except Unavailable as exc:
+            # Not durable, so not acknowledged: the agent sends the batch again.
+            return Response(str(exc), status_code=503, headers={"retry-after": "1"})
         return Response(p.encode(p.Ack(acked)), media_type=p.MSGPACK)
 
     return Route(PATH, events, methods=["POST"])

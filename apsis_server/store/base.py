@@ -29,6 +29,21 @@ class Changes:
     # Scheduled runs withdrawn before they ever ran (their job changed).
     deleted: set[str] = field(default_factory=set)
 
+    def merged(self, later: Changes) -> Changes:
+        """These changes followed by `later` ones, as one batch."""
+        meta = {k: dict(v) for k, v in self.meta.items()}
+        for run_id, values in later.meta.items():
+            meta.setdefault(run_id, {}).update(values)
+        return Changes(
+            runs={**self.runs, **later.runs},
+            log=self.log + later.log,
+            meta=meta,
+            output=self.output + later.output,
+            acks={**self.acks, **later.acks},
+            cursors={**self.cursors, **later.cursors},
+            deleted=self.deleted | later.deleted,
+        )
+
     def __bool__(self) -> bool:
         return bool(
             self.runs
@@ -66,7 +81,8 @@ class RunStore(Protocol):
         """The largest run number ever allocated (0 if none)."""
 
     def write(self, changes: Changes) -> None:
-        """Apply every change in one transaction."""
+        """Apply every change in one transaction, or none and raise `Unavailable`
+        (disk full, file read-only): the caller keeps the changes and tries again."""
 
     def unfinished(self) -> list[Run]:
         """Every run not in a finished state."""

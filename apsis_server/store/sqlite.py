@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from apsis_common.errors import Unavailable
 from apsis_common.states import FINISHED, State
 from apsis_server.core.runs import LogEntry, Run, run_number
 from apsis_server.store.archive import Archiver
@@ -156,6 +157,12 @@ class SqliteStore:
         return int(row[0] or 0)
 
     def write(self, changes: Changes) -> None:
+        try:
+            self._write(changes)
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"cannot write the store: {exc}") from exc
+
+    def _write(self, changes: Changes) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -211,7 +218,8 @@ class SqliteStore:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def unfinished(self) -> list[Run]:

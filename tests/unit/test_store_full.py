@@ -1,0 +1,66 @@
+"""A store that cannot be written (disk full): the engine keeps every change,
+answers Unavailable, and writes everything once space returns."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from apsis_common import protocol as p
+from apsis_common.errors import Unavailable
+from apsis_common.states import State
+from apsis_server.agents.choice import Choice
+from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.templates import Templates
+from apsis_server.dispatch import Command
+from apsis_server.engine import Engine
+from apsis_server.store.sqlite import SqliteStore
+
+
+class NoAgents:
+    def choose(self, host: str | None, user: str | None) -> Choice:
+        return Choice("local")
+
+    def start(self, agent_id: str, proc: p.StartProc) -> None:
+        raise AssertionError("nothing starts before its record is durable")
+
+    def command(self, agent_id: str, command: Command) -> None:
+        pass
+
+    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+        return b""
+
+
+def test_disk_full_keeps_changes_and_recovers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        templates = Templates()
+        engine = Engine(store, NoAgents(), templates)
+        engine.set_jobs({"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)})
+        first = engine.schedule("j", {})
+        db = store._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+        with pytest.raises(Unavailable, match="full"):
+            for _ in range(50):  # enough to need a new page
+                engine.schedule("j", {})
+        assert engine.store_error is not None
+        db.execute("PRAGMA max_page_count = 1073741823")  # space returns
+        engine.commit()
+        assert engine.store_error is None
+        # Every run the engine holds is in the store, as the engine has it, with its log.
+        runs = {r.run_id: r for r in store.unfinished()}
+        assert first.run_id in runs and len(runs) == len(engine.runs) > 1
+        for run_id, run in engine.runs.items():
+            assert runs[run_id].state == run.state == State.RUNNING
+            assert [e.state for e in store.log(run_id) if e.state] == [
+                State.SCHEDULED,
+                State.WAITING,
+                State.STARTING,
+                State.RUNNING,
+            ]
+        store.close()
+
+    asyncio.run(scenario())
