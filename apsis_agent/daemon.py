@@ -129,6 +129,10 @@ class Daemon:
             return
         log.info("reloaded keys %s and settings", sorted(self._keys.all))
 
+    def _acked(self, procs: Procs) -> None:
+        procs.remove_reported()
+        self._changed.set()
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         state, options = self._state, self._options
@@ -143,7 +147,7 @@ class Daemon:
             self.config,
             self.epoch,
             Delivery(heartbeat=options.heartbeat),
-            self._changed.set,
+            lambda: self._acked(procs),
         )
         procs = Procs(
             state.procs,
@@ -158,6 +162,7 @@ class Daemon:
             os.fdopen(self._handle.notifications, "rb", buffering=0),
         )
         adopted = procs.recover(self.epoch)
+        procs.remove_reported()
         log.info("epoch %d: %d processes re-adopted", self.epoch, adopted)
 
         def info() -> AgentInfo:

@@ -96,6 +96,19 @@ class Outbox:
             "SELECT seq, proc_id, length FROM events WHERE length > 0 ORDER BY seq"
         ):
             self._track(seq, proc_id, length)
+        # Processes whose final event is reported: the seq to be acked before the
+        # process directory can go (the server then holds everything about it).
+        self._final_seq: dict[str, int] = {}
+        self._done: list[str] = []
+        last_events = dict(
+            self._db.execute("SELECT proc_id, MAX(seq) FROM events GROUP BY proc_id").fetchall()
+        )
+        for proc_id, entry in self._ledger.items():
+            if entry.final:
+                if proc_id in last_events:
+                    self._final_seq[proc_id] = last_events[proc_id]
+                else:
+                    self._done.append(proc_id)
 
     def close(self) -> None:
         """Close the database (call `flush` first: buffered events are dropped)."""
@@ -124,7 +137,14 @@ class Outbox:
         self._pending.append(_Pending(self.last_seq, proc_id, body, None, 0))
         if proc_id is not None and ledger:
             self._change(proc_id, **ledger)
+            if ledger.get("final"):
+                self._final_seq[proc_id] = self.last_seq
         return self.last_seq
+
+    def take_done(self) -> list[str]:
+        """Processes whose final event the server has acknowledged, once each."""
+        done, self._done = self._done, []
+        return done
 
     def add_output(self, proc_id: str, path: Path, offset: int, length: int) -> int:
         """An output event for `length` bytes of `path` from `offset`, read when sent."""
@@ -207,6 +227,10 @@ class Outbox:
             self._db.execute("DELETE FROM events WHERE seq <= ?", (acked_seq,))
             self._set_meta("acked_seq", acked_seq)
         self.acked_seq = acked_seq
+        done = [proc_id for proc_id, seq in self._final_seq.items() if seq <= acked_seq]
+        for proc_id in done:
+            del self._final_seq[proc_id]
+        self._done.extend(done)
         while self._unacked and self._unacked[0][0] <= acked_seq:
             _, proc_id, length = self._unacked.popleft()
             left = self.unacked_bytes[proc_id] - length
@@ -216,6 +240,14 @@ class Outbox:
                 del self.unacked_bytes[proc_id]
             self.unacked_total -= length
         return True
+
+    def forget_reported(self, proc_ids: list[str]) -> None:
+        """Drop the ledger of processes whose every event is acknowledged."""
+        with self._transaction():
+            self._db.executemany("DELETE FROM ledger WHERE proc_id = ?", [(p,) for p in proc_ids])
+        for proc_id in proc_ids:
+            self._ledger.pop(proc_id, None)
+            self._final_seq.pop(proc_id, None)
 
     def forget(self, proc_id: str) -> None:
         """Before a process directory goes: copy in its unsent output, drop its ledger."""

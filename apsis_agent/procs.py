@@ -413,6 +413,27 @@ class Procs:
 
     # -- removal -----------------------------------------------------------------------
 
+    def remove_reported(self) -> None:
+        """Remove the directories of processes the server has the final word on.
+
+        Once the final event (exited, lost, start failed) is acknowledged the
+        server has stored everything, so no `DELETE` round trip per run is needed.
+        """
+        gone = []
+        for proc_id in self._outbox.take_done():
+            proc = self._procs.get(proc_id)
+            if proc is not None and (not proc.status.final or proc.final_pending):
+                continue
+            if proc is not None:
+                self._cancel_timers(proc)
+                registry.remove(proc)
+                del self._procs[proc_id]
+            else:
+                registry.remove_dir(self._root / proc_id)
+            gone.append(proc_id)
+        if gone:
+            self._outbox.forget_reported(gone)
+
     def delete(self, proc_id: str) -> None:
         """Forget a finished process whose result the server has stored."""
         proc = self.get(proc_id)

@@ -18,7 +18,6 @@ from apsis_common.errors import ApsisError
 from apsis_common.states import State
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
 from apsis_server.core.runs import Run
-from apsis_server.dispatch import Command
 from apsis_server.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -89,9 +88,7 @@ class Facts:
         proc_id = getattr(event, "proc_id", "")
         run = self._run(agent_id, proc_id)
         if run is None:
-            if isinstance(event, p.ProcExited | p.ProcLost | p.ProcStartFailed):
-                engine.send(agent_id, Command("delete", proc_id))
-            return
+            return  # a late event of a run given up on; the agent cleans up once acked
         if isinstance(event, p.ProcStarted):
             if run.state == State.STARTING:
                 engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
@@ -103,7 +100,6 @@ class Facts:
                 agent_id=agent_id,
             )
         elif isinstance(event, p.ProcStartFailed):
-            engine.send(agent_id, Command("delete", proc_id))
             if event.error == AGENT_STOPPED_DURING_START and run.state == State.STARTING:
                 # Not known to have started: start again, under a new proc id.
                 engine.restart_proc(run, event.error)
@@ -117,7 +113,6 @@ class Facts:
             engine.transition(
                 run, State.ERROR, f"the process was lost ({event.reason.replace('_', ' ')})"
             )
-            engine.send(agent_id, Command("delete", proc_id))
 
     def _output(self, run: Run, offset: int, data: bytes) -> None:
         known = self.engine.output_length(run.run_id)
@@ -178,4 +173,3 @@ class Facts:
         )
         if run.state in (State.RUNNING, State.STOPPING):
             engine.transition(run, state, message)
-        engine.send(agent_id, Command("delete", event.proc_id))

@@ -40,8 +40,10 @@ from apsis_common.protocol import (
     Event,
     EventBatch,
     ProcExited,
+    ProcLost,
     ProcOutput,
     ProcSpec,
+    ProcStartFailed,
     StartBatch,
     StartProc,
     StartResults,
@@ -74,6 +76,7 @@ class Received:
 
     events: list[tuple[int, Event]] = field(default_factory=list)
     acked: int = 0
+    held_seqs: set[int] = field(default_factory=set)
     batches: int = 0
     heartbeats: int = 0
     duplicates: int = 0
@@ -89,6 +92,8 @@ class Receiver:
         self.state = Received()
         self.lock = threading.Lock()
         self.refuse = False  # answer 503, as a server that is down would
+        # Procs whose final event is recorded but never acknowledged (the agent keeps them).
+        self.held: set[str] = set()
         self._verifier = Verifier(lambda: self.keys)
         # proto=IPPROTO_TCP, or asyncio leaves Nagle on (40 ms per answer).
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -129,6 +134,10 @@ class Receiver:
         for path in self._tmp:
             path.unlink(missing_ok=True)
 
+    def _held(self, event: Any) -> bool:
+        final = isinstance(event, ProcExited | ProcLost | ProcStartFailed)
+        return final and getattr(event, "proc_id", None) in self.held
+
     async def _events(self, request: Request) -> Response:
         body = await request.body()
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -152,6 +161,13 @@ class Receiver:
                 if envelope.seq <= state.acked:
                     state.duplicates += 1
                 elif envelope.seq == state.acked + 1:
+                    if self._held(envelope.event):
+                        # Record it once, never acknowledge it: the agent keeps the
+                        # process until the final word is acknowledged.
+                        if envelope.seq not in state.held_seqs:
+                            state.held_seqs.add(envelope.seq)
+                            state.events.append((envelope.seq, envelope.event))
+                        break
                     state.events.append((envelope.seq, envelope.event))
                     state.acked = envelope.seq
                 else:

@@ -72,9 +72,19 @@ def test_output_is_byte_exact_and_merged(agent: tuple[Agent, Receiver]) -> None:
     events = rx.events("out")
     assert isinstance(events[-1], ProcExited)
     assert all(len(getattr(e, "data", b"")) <= protocol.MAX_OUTPUT_CHUNK for e in events)
-    # The same bytes through the API, by range.
-    response = a.request("GET", "/procs/out/output?start=1&stop=6")
-    assert response.status_code == 200 and response.content == expected[1:6]
+    # Once the exit is acknowledged the server has it all: the directory goes.
+    wait_for(lambda: a.request("GET", "/procs/out").status_code == 404, 5, "removal")
+    assert not (a.state_dir / "procs" / "out").exists()
+
+
+def test_output_by_range(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("ranged", sh("printf 'abcdefgh'; sleep 30")))
+    wait_for(lambda: rx.output("ranged") == b"abcdefgh", 5, "output")
+    response = a.request("GET", "/procs/ranged/output?start=1&stop=6")
+    assert response.status_code == 200 and response.content == b"bcdef"
+    a.request("POST", "/procs/ranged/stop", protocol.encode(StopRequest(grace=1.0)))
+    _exited(rx, "ranged")
 
 
 def test_start_failures_have_clear_messages(agent: tuple[Agent, Receiver], tmp_path: Path) -> None:
@@ -99,7 +109,11 @@ def test_start_failures_have_clear_messages(agent: tuple[Agent, Receiver], tmp_p
         "cwd": "no such directory: /nope",
         "path": "no such file: no-such-program-anywhere",
     }
-    summary = protocol.decode(ProcSummary, a.request("GET", "/procs/nope").content)
+    # Kept while its failure is not acknowledged, then shown as failed.
+    rx.held.add("nope2")
+    a.start(("nope2", ProcSpec(argv=("/usr/bin/nope",))))
+    wait_for(lambda: rx.events("nope2", ProcStartFailed), what="the failure")
+    summary = protocol.decode(ProcSummary, a.request("GET", "/procs/nope2").content)
     assert summary.state == "failed" and summary.error == "no such file: /usr/bin/nope"
 
 
@@ -140,6 +154,7 @@ def test_idempotent_start_and_conflict(agent: tuple[Agent, Receiver]) -> None:
 
 def test_stop_kills_the_whole_group(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
+    rx.held.add("sleepy")
     a.start(("sleepy", sh("sleep 600 & sleep 600; wait")))
     started = wait_for(lambda: rx.events("sleepy", ProcStarted), what="start")[0]
     response = a.request("POST", "/procs/sleepy/stop", protocol.encode(StopRequest(grace=5)))
@@ -180,6 +195,7 @@ def test_timeout(agent: tuple[Agent, Receiver]) -> None:
 
 def test_signal_request(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
+    rx.held.add("hup")
     a.start(("hup", sh("trap 'echo got hup; exit 3' HUP; echo ready; sleep 30 & wait")))
     wait_for(lambda: rx.output("hup") == b"ready\n", what="the trap to be set")
     response = a.request("POST", "/procs/hup/signal", protocol.encode(SignalRequest(signal.SIGHUP)))
@@ -193,9 +209,11 @@ def test_signal_request(agent: tuple[Agent, Receiver]) -> None:
 
 def test_list_get_delete(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
-    a.start(("done", ProcSpec(argv=("true",), labels={"run": "r1"})), ("busy", sh("sleep 30")))
-    _exited(rx, "done")
+    a.start(("busy", sh("sleep 30")))
     wait_for(lambda: rx.events("busy", ProcStarted))
+    rx.held.add("done")  # kept until its exit is acknowledged
+    a.start(("done", ProcSpec(argv=("true",), labels={"run": "r1"})))
+    _exited(rx, "done")
     listed = protocol.decode(ProcList, a.request("GET", "/procs").content)
     states = {p.proc_id: p.state for p in listed.procs}
     assert states == {"done": "exited", "busy": "running"}
@@ -220,6 +238,7 @@ def test_json_is_accepted(agent: tuple[Agent, Receiver]) -> None:
 
 def test_process_dir_layout(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
+    rx.held.add("layout")
     a.start(("layout", sh("echo hi")))
     _exited(rx, "layout")
     directory = a.state_dir / "procs" / "layout"

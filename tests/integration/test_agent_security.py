@@ -81,7 +81,8 @@ def test_replayed_request_is_refused(agent: tuple[Agent, Receiver]) -> None:
     assert _send(a, "POST", "/procs", body, headers) == 200
     assert _send(a, "POST", "/procs", body, headers) == 401
     wait_for(lambda: rx.exited("replay"))
-    assert a.request("DELETE", "/procs/replay").status_code == 204
+    # Removed once its exit is acknowledged.
+    wait_for(lambda: a.request("GET", "/procs/replay").status_code == 404, 5, "removal")
     _no_procs(a)
 
 
@@ -175,4 +176,4 @@ def test_secret_is_not_visible(agent: tuple[Agent, Receiver]) -> None:
         if path.is_file():
             assert path.stat().st_mode & 0o077 == 0, path
     for name in ("env", "ps"):
-        assert a.request("DELETE", f"/procs/{name}").status_code == 204
+        wait_for(lambda n=name: a.request("GET", f"/procs/{n}").status_code == 404, 5, "removal")
