@@ -41,11 +41,21 @@ class Archiver:
             sql = db.execute(
                 "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?", (table,)
             ).fetchone()[0]
-            db.execute(
-                sql.replace(
-                    f"CREATE TABLE {table}", f"CREATE TABLE IF NOT EXISTS archive.{table}", 1
+            create = f"CREATE TABLE IF NOT EXISTS archive.{table}"
+            db.execute(sql.replace(f"CREATE TABLE {table}", create, 1))
+            self._add_missing_columns(table)
+
+    def _add_missing_columns(self, table: str) -> None:
+        # An archive made by an older version lacks columns added since.
+        have = {row[1] for row in self._db.execute(f"PRAGMA archive.table_info({table})")}
+        for _, name, kind, notnull, default, _ in self._db.execute(
+            f"PRAGMA main.table_info({table})"
+        ).fetchall():
+            if name not in have:
+                extra = (" NOT NULL" if notnull else "") + (
+                    f" DEFAULT {default}" if default is not None else ""
                 )
-            )
+                self._db.execute(f"ALTER TABLE archive.{table} ADD COLUMN {name} {kind}{extra}")
 
     def close(self) -> None:
         self._db.execute("DETACH DATABASE archive")

@@ -63,7 +63,23 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
+MIGRATIONS.append(
+    # Output that does not compress (already compressed, random) is stored as is.
+    "ALTER TABLE run_output ADD COLUMN codec TEXT NOT NULL DEFAULT 'zlib'"
+)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _encode(data: bytes) -> tuple[bytes, str]:
+    """Output bytes as stored, and their codec: zlib unless a sample will not shrink."""
+    sample = data[:4096]
+    if len(sample) >= 256 and len(zlib.compress(sample, 1)) > 0.9 * len(sample):
+        return data, "raw"
+    return zlib.compress(data, 1), "zlib"
+
+
+def _decode(data: bytes, codec: str) -> bytes:
+    return zlib.decompress(data) if codec == "zlib" else data
 
 
 def _summary(run: Run) -> str:
@@ -200,9 +216,9 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO run_meta VALUES (?, ?)", (number, json.dumps(merged))
                 )
             db.executemany(
-                "INSERT OR IGNORE INTO run_output VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO run_output VALUES (?, ?, ?, ?, ?)",
                 [
-                    (run_number(run_id), offset, len(data), zlib.compress(data, 1))
+                    (run_number(run_id), offset, len(data), *_encode(data))
                     for run_id, offset, data in changes.output
                 ],
             )
@@ -285,13 +301,13 @@ class SqliteStore:
     def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
         end = self.output_length(run_id) if stop is None else stop
         rows = self._db.execute(
-            "SELECT offset, data FROM run_output WHERE run_number = ? AND offset < ?"
+            "SELECT offset, data, codec FROM run_output WHERE run_number = ? AND offset < ?"
             " AND offset + length > ? ORDER BY offset",
             (run_number(run_id), end, start),
         )
         out = bytearray()
-        for offset, data in rows:
-            chunk = zlib.decompress(data)
+        for offset, data, codec in rows:
+            chunk = _decode(data, codec)
             out += chunk[max(start, offset) - offset : end - offset]
         return bytes(out)
 
