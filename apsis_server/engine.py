@@ -260,11 +260,15 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(delay, 60.0))
 
-    async def plan_loop(self, period: float = 60.0) -> None:
-        """Keep every schedule planned ahead, forever."""
+    async def plan_loop(self, period: float = 60.0, chunk: int = 100) -> None:
+        """Keep every schedule planned ahead, forever, a few jobs at a time so the
+        API answers and due runs start while ten thousand jobs are planned."""
         while True:
-            self.plan()
-            self.commit()
+            job_ids = list(self.jobs)
+            for i in range(0, len(job_ids), chunk):
+                self.plan(job_ids[i : i + chunk])
+                self.commit()
+                await asyncio.sleep(0)
             await asyncio.sleep(period)
 
     def _fire(self, run_id: str, kind: str) -> None:
