@@ -48,6 +48,7 @@ from apsis_common.protocol import (
     StartProc,
     StartResults,
 )
+from tests.harness import kill_all_under
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -380,6 +381,7 @@ def running_agent(
             agent.close()
             kill_daemon(state_dir)
             kill_procs(state_dir)
+            kill_all_under(state_dir)
 
 
 def sh(script: str, **kwargs: Any) -> ProcSpec:

@@ -78,6 +78,26 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def kill_all_under(path: Path) -> list[int]:
+    """SIGKILL every process whose command line names `path` (daemons, spawners and
+    shims started for a test); the pids killed."""
+    needle = str(path).encode()
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if needle in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+    return killed
+
+
 class Server:
     """One real apsis-server process over a state dir, restartable."""
 
@@ -225,6 +245,8 @@ class Server:
                     info = json.loads(pid_file.read_text())
                     os.killpg(int(info["pgid"]), signal.SIGKILL)
                     os.kill(int(info["shim_pid"]), signal.SIGKILL)
+        # An agent whose bootstrap was still under way when the server stopped.
+        kill_all_under(self.root)
 
 
 @contextlib.contextmanager
