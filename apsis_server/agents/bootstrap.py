@@ -87,6 +87,11 @@ async def bootstrap(
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), timeout)
         return ready
+    except asyncio.CancelledError:
+        # The server is stopping: end the exchange (a daemon it started lives on).
+        if proc.returncode is None:
+            proc.kill()
+        raise
     except (BootstrapError, TimeoutError, ConnectionError) as exc:
         stderr = b""
         if isinstance(exc, _Closed | ConnectionError):
