@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import json
 import os
 import re
@@ -147,9 +148,16 @@ class Proc:
 def create(root: Path, proc_id: str, spec: ProcSpec) -> Proc:
     """Make the process directory and write its spec (before any spawn)."""
     directory = root / proc_id
-    directory.mkdir(mode=0o700)
-    write_atomic(str(directory / "spec"), protocol.encode_json(spec))
-    return Proc(proc_id, spec, spec.digest(), directory)
+    os.mkdir(directory, 0o700)
+    text = protocol.encode_json(spec)
+    # The directory is new and only recovery reads the spec, so no temp file and
+    # rename: a spec cut short by a crash reads as malformed, as a missing one would.
+    fd = os.open(directory / "spec", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text)
+    finally:
+        os.close(fd)
+    return Proc(proc_id, spec, hashlib.sha256(text).hexdigest(), directory)
 
 
 def remove(proc: Proc) -> None:
