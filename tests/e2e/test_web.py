@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -154,3 +155,24 @@ def test_reconnects_after_the_server_restarts(browser: Browser, tmp_path: Path) 
         run_id = server.schedule("reports/weekly")
         expect(tab.locator(row(tab, run_id))).to_have_attribute("data-state", "success")
     assert all("WebSocket" in e or "ERR_CONNECTION_REFUSED" in e for e in errors), errors
+
+
+def test_ui_asks_for_the_api_token(browser: Browser, tmp_path: Path) -> None:
+    token_file = tmp_path / "ops.token"
+    token_file.write_text("s3cret-token-for-the-ui\n")
+    config = f"api: {{tokens: {{ops: {{token_file: {token_file}, access: rw}}}}}}\n"
+    with running_server(tmp_path / "srv", {"t/hello": "program: echo hi\n"}, config) as server:
+        assert server.api("GET", "/jobs").status_code == 401
+        errors: list[str] = []
+        with page(browser, server.url, errors) as tab:
+            asked: list[str] = []
+
+            def answer(dialog: Any) -> None:
+                asked.append(dialog.message)
+                dialog.accept("s3cret-token-for-the-ui")
+
+            tab.on("dialog", answer)
+            tab.goto("/jobs")
+            expect(tab.get_by_text("hello").first).to_be_visible()
+            expect(tab.locator("#conn")).to_have_attribute("data-status", "connected")
+            assert asked and "token" in asked[0]

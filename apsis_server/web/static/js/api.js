@@ -7,6 +7,31 @@ export class ApiError extends Error {
   }
 }
 
+// API tokens (when the server is configured with them): asked for once, kept in
+// this browser, sent as a bearer token and, for websockets, as access_token.
+const TOKEN_KEY = "apsis-token";
+
+function token() {
+  return localStorage.getItem(TOKEN_KEY);
+}
+
+async function send(path, init) {
+  const attempt = () => {
+    const headers = { ...init.headers };
+    if (token()) headers.authorization = `Bearer ${token()}`;
+    return fetch("/api/v1" + path, { ...init, headers });
+  };
+  let response = await attempt();
+  if (response.status === 401) {
+    const given = window.prompt("This Apsis server needs an API token:");
+    if (given && given.trim()) {
+      localStorage.setItem(TOKEN_KEY, given.trim());
+      response = await attempt();
+    }
+  }
+  return response;
+}
+
 export async function api(method, path, body) {
   const init = { method, headers: { accept: "application/json" } };
   if (body !== undefined) {
@@ -15,7 +40,7 @@ export async function api(method, path, body) {
   }
   let response;
   try {
-    response = await fetch("/api/v1" + path, init);
+    response = await send(path, init);
   } catch (exc) {
     throw new ApiError("cannot reach the server", 0);
   }
@@ -28,14 +53,16 @@ export const get = (path) => api("GET", path);
 export const post = (path, body) => api("POST", path, body);
 
 export async function getBytes(path) {
-  const response = await fetch("/api/v1" + path);
+  const response = await send(path, {});
   if (!response.ok) throw new ApiError(`HTTP ${response.status}`, response.status);
   return new Uint8Array(await response.arrayBuffer());
 }
 
 export function wsUrl(path) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/api/v1${path}`;
+  const url = `${scheme}//${location.host}/api/v1${path}`;
+  if (!token()) return url;
+  return `${url}${path.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(token())}`;
 }
 
 // A job id in a URL path: each segment encoded, the slashes kept.
