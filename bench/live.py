@@ -157,12 +157,18 @@ class LiveServer(Server):
             kill_session(sid)
 
 
+WORK = Path(__file__).parent / "results" / "work"
+
+
 @contextlib.contextmanager
 def live_server(
     name: str, jobs: dict[str, str] | None = None, config: str = ""
 ) -> Iterator[LiveServer]:
     """A `LiveServer` in a fresh temporary dir (not started); everything ends after."""
-    root = Path(tempfile.mkdtemp(prefix=f"apsis-bench-{name}-"))
+    # State lives beside the results, on the disk a real installation would use:
+    # on some machines /tmp is many times slower at creating files.
+    WORK.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=f"apsis-bench-{name}-", dir=WORK))
     server = LiveServer(root, jobs, config)
     try:
         yield server
