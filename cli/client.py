@@ -77,14 +77,20 @@ def error_for(response: httpx.Response) -> ApsisError:
     return ERRORS.get(response.status_code, ApsisError)(message)
 
 
-def _verify(base_url: str, ca: str | None) -> ssl.SSLContext | bool:
+def ssl_context(base_url: str, ca: str | None) -> ssl.SSLContext | None:
+    """A context trusting `ca` for an https server; None means the system's CAs."""
     if ca is None or not base_url.startswith("https:"):
-        return True
+        return None
     try:
         with open(ca) as file:
             return client_context(file.read())
     except OSError as exc:
         raise BadInput(f"cannot read CA certificate {ca}: {exc.strerror}") from None
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """`Authorization: Bearer TOKEN`, for requests and websocket handshakes alike."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def job_path(job_id: str) -> str:
@@ -107,12 +113,12 @@ class ApsisClient:
         timeout: float = 30.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        context = ssl_context(self.base_url, ca)
         self._http = httpx.Client(
             base_url=self.base_url,
-            headers=headers,
+            headers=auth_headers(token),
             timeout=timeout,
-            verify=_verify(self.base_url, ca),
+            verify=True if context is None else context,
         )
 
     def close(self) -> None:

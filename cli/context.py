@@ -13,6 +13,7 @@ from rich.console import Console, RenderableType
 
 from cli.client import ApsisClient
 from cli.config import Settings
+from cli.feeds import FeedClient
 
 # When output is not a terminal, tables are not squeezed into 80 columns.
 PIPE_WIDTH = 200
@@ -37,6 +38,19 @@ class Context:
         client = ApsisClient(self.settings.server, self.settings.token, self.settings.ca)
         self.clients.append(client)
         return client
+
+    @cached_property
+    def feeds(self) -> FeedClient:
+        """Opens the server's websocket feeds, with the same token and CA."""
+        return FeedClient(self.settings.server, self.settings.token, self.settings.ca)
+
+    @property
+    def stderr_tty(self) -> bool:
+        return sys.stderr.isatty()
+
+    @property
+    def stdout_tty(self) -> bool:
+        return sys.stdout.isatty()
 
     @cached_property
     def console(self) -> Console:
@@ -65,6 +79,7 @@ class Context:
         return time.time()
 
     def sleep(self) -> None:
+        """Pause between two polls (when a feed cannot be used)."""
         time.sleep(self.poll_interval)
 
     def close(self) -> None:

@@ -1,10 +1,10 @@
-"""Errors the CLI raises itself, on top of the shared tree: bad command lines (exit 2)."""
+"""Errors the CLI raises itself, on top of the shared tree: bad command lines, lost feeds."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from apsis_common.errors import BadInput
+from apsis_common.errors import BadInput, Unavailable
 
 
 class UsageError(BadInput):
@@ -19,3 +19,7 @@ class Ambiguous(UsageError):
         lines += [f"  {c}" for c in candidates]
         super().__init__("\n".join(lines))
         self.candidates = tuple(candidates)
+
+
+class FeedUnavailable(Unavailable):
+    """A websocket feed cannot be opened (a proxy, an old server): poll the REST API instead."""

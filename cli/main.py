@@ -40,7 +40,10 @@ def _global_options() -> argparse.ArgumentParser:
     common.add_argument("--token", metavar="TOKEN", help="API token (env APSIS_TOKEN)")
     common.add_argument("--ca", metavar="FILE", help="CA certificate to trust (env APSIS_CA)")
     common.add_argument(
-        "--poll", metavar="SECONDS", type=float, help="poll interval of wait and --follow (0.5)"
+        "--poll",
+        metavar="SECONDS",
+        type=float,
+        help="poll interval of the live commands when websockets cannot be used (0.5)",
     )
     return common
 

@@ -3,7 +3,9 @@
 It keeps jobs, runs, logs and output in memory, served by uvicorn on 127.0.0.1
 (port 0) in a background thread. Runs created or started here finish after a
 few polls of `GET /runs/{id}`, so `wait` and `--follow` have something to wait for.
-Integration tests against the real server replace this later.
+It serves no websockets (uvicorn `ws="none"`): the live commands cannot open a
+feed here and fall back to polling, which is what these tests exercise; the feeds
+themselves are tested against the real server (tests/integration/test_cli_live.py).
 """
 
 from __future__ import annotations

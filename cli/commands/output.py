@@ -1,36 +1,20 @@
-"""A run's output and run log: `output` (raw bytes, tail, follow) and `log`."""
+"""A run's output and run log: `output` (raw bytes, tail, follow) and `log`.
+
+`--follow` reads the run's websocket feed (polling when it cannot be opened).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from cli import arguments, render
-from cli.client import Json
+from cli import arguments
 from cli.commands import Commands
-from cli.commands.wait import finished
+from cli.commands.follow import Follow, drain, follow_run, show_entries
 from cli.context import Context
 from cli.errors import UsageError
 
 # Size of the first chunk fetched from the end for --tail; doubled until enough lines.
 TAIL_CHUNK = 64 * 1024
-
-
-def drain(ctx: Context, rid: str, offset: int) -> int:
-    """Write the output from `offset` to its current end, exactly; the new offset."""
-    out = ctx.stdout_bytes
-    while True:
-        chunk = ctx.client.output(rid, start=offset)
-        if chunk.data:
-            out.write(chunk.data)
-            out.flush()
-            offset += len(chunk.data)
-        if not chunk.data or offset >= chunk.length:
-            return offset
-
-
-def write_output(ctx: Context, rid: str) -> None:
-    """Write the whole output of a run to stdout, unaltered."""
-    drain(ctx, rid, 0)
 
 
 def read_range(ctx: Context, rid: str, start: int, stop: int) -> bytes:
@@ -78,30 +62,19 @@ def tail(ctx: Context, rid: str, count: int) -> int:
         size *= 2
 
 
-def follow(ctx: Context, rid: str, offset: int) -> None:
-    """Write output as it comes until the run is finished and all of it is written."""
-    while True:
-        done = finished(ctx.client.run(rid)["run"])
-        # Read after checking the state: once finished, this reaches the final end.
-        offset = drain(ctx, rid, offset)
-        if done:
-            return
-        ctx.sleep()
-
-
 def _output(ctx: Context, args: argparse.Namespace) -> int:
     rid = arguments.run_id(args.run)
     if args.tail is not None and args.tail < 0:
         raise UsageError("--tail must not be negative")
-    offset = tail(ctx, rid, args.tail) if args.tail is not None else drain(ctx, rid, 0)
+    if args.tail is not None:
+        offset = tail(ctx, rid, args.tail)
+    elif args.follow:
+        offset = 0  # the feed gives the output from the start
+    else:
+        offset = drain(ctx, rid, 0)
     if args.follow:
-        follow(ctx, rid, offset)
+        follow_run(ctx, rid, Follow(output=offset))
     return 0
-
-
-def _show_entries(ctx: Context, entries: list[Json]) -> None:
-    if entries:
-        ctx.show(render.log_table(entries, ctx.now()))
 
 
 def _log(ctx: Context, args: argparse.Namespace) -> int:
@@ -109,15 +82,11 @@ def _log(ctx: Context, args: argparse.Namespace) -> int:
     if args.json:
         ctx.print_json(ctx.client.run_log(rid))
         return 0
-    shown = 0
-    while True:
-        done = not args.follow or finished(ctx.client.run(rid)["run"])
-        entries: list[Json] = ctx.client.run_log(rid).get("log") or []
-        _show_entries(ctx, entries[shown:])
-        shown = max(shown, len(entries))
-        if done:
-            return 0
-        ctx.sleep()
+    if args.follow:
+        follow_run(ctx, rid, Follow(log=True))
+    else:
+        show_entries(ctx, ctx.client.run_log(rid).get("log") or [])
+    return 0
 
 
 def register(commands: Commands) -> None:

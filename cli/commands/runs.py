@@ -8,13 +8,10 @@ from apsis_common.errors import NotFound
 from cli import arguments, render
 from cli.client import Json
 from cli.commands import Commands, resolve_job, run_line
-from cli.commands.output import write_output
-from cli.commands.wait import finished, outcome, wait_for
+from cli.commands.follow import Follow, follow_run, outcome
 from cli.context import Context
 from cli.errors import UsageError
 
-# How long one `POST /runs?wait=` may block before the CLI polls again.
-SERVER_WAIT = 60.0
 # The most runs the server gives in one page.
 PAGE_LIMIT = 1000
 
@@ -66,21 +63,26 @@ def _show_run(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _create(ctx: Context, args: argparse.Namespace, body: Json) -> int:
-    """POST the run, then report it, or wait for it and exit with its outcome."""
+    """POST the run, then report it, or follow it and exit with its outcome."""
     body["time"] = arguments.when(args.time, ctx.now(), past=False) if args.time else None
-    waiting = args.wait or args.output
-    run: Json = ctx.client.create_run(body, wait=SERVER_WAIT if waiting else None)["run"]
-    if waiting and not finished(run):
-        run = wait_for(ctx, str(run["run_id"]))
+    run: Json = ctx.client.create_run(body)["run"]
+    if not (args.wait or args.output):
+        if args.json:
+            ctx.print_json({"run": run})
+        else:
+            ctx.say(run_line(run))
+        return 0
+    # The output is written as it comes; the spinner shows while waiting.
+    how = Follow(output=0 if args.output else None, progress=True)
+    run = follow_run(ctx, str(run["run_id"]), how)
     if args.output:
-        write_output(ctx, str(run["run_id"]))
         if outcome(run) != 0:  # the output alone would not say what went wrong
             ctx.warn(run_line(run))
     elif args.json:
         ctx.print_json({"run": run})
     else:
         ctx.say(run_line(run))
-    return outcome(run) if waiting else 0
+    return outcome(run)
 
 
 def _schedule(ctx: Context, args: argparse.Namespace) -> int:

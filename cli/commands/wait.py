@@ -4,38 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from apsis_common.states import State
 from cli.arguments import run_id
 from cli.client import Json
 from cli.commands import Commands, run_line
+from cli.commands.follow import Follow, follow_run, outcome
 from cli.context import Context
-
-# wait's exit status by final state: success 0, failure 1, error or skipped 2.
-OUTCOMES = {State.SUCCESS: 0, State.FAILURE: 1, State.ERROR: 2, State.SKIPPED: 2}
-
-
-def finished(run: Json) -> bool:
-    try:
-        return State(str(run.get("state"))).finished
-    except ValueError:
-        return False
-
-
-def outcome(run: Json) -> int:
-    """The exit status for a finished run."""
-    try:
-        return OUTCOMES.get(State(str(run.get("state"))), 2)
-    except ValueError:
-        return 2
 
 
 def wait_for(ctx: Context, rid: str) -> Json:
-    """Poll `GET /runs/{id}` until the run is finished; its last summary."""
-    while True:
-        run: Json = ctx.client.run(rid)["run"]
-        if finished(run):
-            return run
-        ctx.sleep()
+    """Follow the run's feed (a spinner on a terminal) until it finishes; its last summary."""
+    return follow_run(ctx, rid, Follow(progress=True))
 
 
 def _wait(ctx: Context, args: argparse.Namespace) -> int:

@@ -1,8 +1,15 @@
-"""`apsis watch`: a live view of runs, or of one run until it finishes (polling for now)."""
+"""`apsis watch`: a live view of runs (of a job), or of one run until it finishes.
+
+The view of runs is fed by `/api/v1/summary`: its snapshot, filled in with the
+job's older runs from the REST API, then each change; a dropped connection gets a
+fresh snapshot. The view of a run is fed by the run's updates. Without a
+websocket both poll the REST API. The screen is redrawn at least every second.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from rich.console import Group, RenderableType
 from rich.live import Live
@@ -11,11 +18,14 @@ from rich.text import Text
 from cli import arguments, render
 from cli.client import Json
 from cli.commands import Commands, resolve_job
-from cli.commands.wait import finished, outcome
+from cli.commands.follow import finished, outcome
 from cli.context import Context
-from cli.errors import UsageError
+from cli.errors import FeedUnavailable, UsageError
+from cli.feeds import RunFeed, SummaryFeed
 
 WATCH_LIMIT = 30
+# Seconds between redraws when nothing changes (times shown relative to now move on).
+REDRAW = 1.0
 
 
 def _is_run(text: str) -> bool:
@@ -26,35 +36,123 @@ def _is_run(text: str) -> bool:
     return True
 
 
-def _run_view(ctx: Context, rid: str) -> tuple[RenderableType, Json]:
-    run: Json = ctx.client.run(rid)["run"]
-    log = ctx.client.run_log(rid).get("log") or []
-    return render.run_detail(run, log, None, ctx.now()), run
+def _number(run: Json) -> int:
+    digits = str(run.get("run_id", "")).lstrip("r")
+    return int(digits) if digits.isdigit() else -1
 
 
-def _runs_view(ctx: Context, job_id: str | None) -> RenderableType:
-    runs = ctx.client.runs(job_id=job_id, limit=WATCH_LIMIT).get("runs") or []
+def select(runs: dict[str, Json], job_id: str | None, limit: int = WATCH_LIMIT) -> list[Json]:
+    """The newest `limit` runs (of the job), newest first."""
+    chosen = [r for r in runs.values() if job_id is None or r.get("job_id") == job_id]
+    return sorted(chosen, key=_number, reverse=True)[:limit]
+
+
+def _runs_frame(ctx: Context, runs: list[Json], job_id: str | None) -> RenderableType:
     title = Text(f"runs of {job_id}" if job_id else "runs", style="bold")
     return Group(title, render.runs_table(runs, ctx.now()))
+
+
+# -- one run ------------------------------------------------------------------------
+
+
+def _run_frame(ctx: Context, run: Json, log: list[Json], meta: Json | None) -> RenderableType:
+    return render.run_detail(run, log, meta or None, ctx.now())
+
+
+def _poll_run_frame(ctx: Context, rid: str) -> tuple[RenderableType, Json]:
+    run: Json = ctx.client.run(rid)["run"]
+    log = ctx.client.run_log(rid).get("log") or []
+    return _run_frame(ctx, run, log, None), run
+
+
+def _poll_run(ctx: Context, rid: str, once: bool) -> int:
+    view, run = _poll_run_frame(ctx, rid)
+    if once:
+        ctx.show(view)
+        return 0
+    with Live(view, console=ctx.console, auto_refresh=False) as live:
+        while not finished(run):
+            ctx.sleep()
+            view, run = _poll_run_frame(ctx, rid)
+            live.update(view, refresh=True)
+    return outcome(run)
+
+
+def _watch_run(ctx: Context, rid: str, once: bool) -> int:
+    """The run's details, live until it finishes; exit like `wait` (`--once`: 0)."""
+    feed = RunFeed(ctx.feeds, rid, offset=None, idle=REDRAW)  # no output: only new output
+    try:
+        with contextlib.closing(iter(feed)) as updates:
+            if once:
+                # The run's state as of connecting ends with the first output message.
+                next((u for u in updates if feed.ready), None)
+                if feed.run is None:
+                    raise FeedUnavailable("the feed ended before the run's state")
+                ctx.show(_run_frame(ctx, feed.run, feed.log, feed.meta))
+                return 0
+            with Live(console=ctx.console, auto_refresh=False) as live:
+                for _ in updates:
+                    if feed.run is not None:
+                        live.update(_run_frame(ctx, feed.run, feed.log, feed.meta), refresh=True)
+    except FeedUnavailable:
+        return _poll_run(ctx, rid, once)
+    if feed.run is None or not finished(feed.run):
+        return _poll_run(ctx, rid, once)
+    return outcome(feed.run)
+
+
+# -- runs -----------------------------------------------------------------------------
+
+
+def _poll_runs(ctx: Context, job_id: str | None, once: bool) -> int:
+    def frame() -> RenderableType:
+        runs = ctx.client.runs(job_id=job_id, limit=WATCH_LIMIT).get("runs") or []
+        return _runs_frame(ctx, runs, job_id)
+
+    if once:
+        ctx.show(frame())
+        return 0
+    with Live(frame(), console=ctx.console, auto_refresh=False) as live:
+        while True:
+            ctx.sleep()
+            live.update(frame(), refresh=True)
+
+
+def _fill_in(ctx: Context, feed: SummaryFeed, job_id: str | None) -> None:
+    """Add the (job's) latest finished runs that the snapshot may have left out."""
+    for run in ctx.client.runs(job_id=job_id, limit=WATCH_LIMIT).get("runs") or []:
+        # The feed's version is newer: every change after the snapshot is in the feed.
+        feed.runs.setdefault(str(run["run_id"]), run)
+
+
+def _watch_runs(ctx: Context, job_id: str | None, once: bool) -> int:
+    feed = SummaryFeed(ctx.feeds, idle=REDRAW)
+    filled = 0
+    try:
+        with contextlib.closing(iter(feed)) as updates:
+            live = None if once else Live(console=ctx.console, auto_refresh=False)
+            with live or contextlib.nullcontext():
+                for _ in updates:
+                    if feed.snapshots != filled:  # a (fresh) snapshot
+                        filled = feed.snapshots
+                        _fill_in(ctx, feed, job_id)
+                    frame = _runs_frame(ctx, select(feed.runs, job_id), job_id)
+                    if live is None:
+                        ctx.show(frame)
+                        return 0
+                    live.update(frame, refresh=True)
+    except FeedUnavailable:
+        pass
+    return _poll_runs(ctx, job_id, once)
 
 
 def _watch(ctx: Context, args: argparse.Namespace) -> int:
     target = args.target
     if target and _is_run(target) and not args.job:
-        rid = arguments.run_id(target)
-        view, run = _run_view(ctx, rid)
-        with Live(view, console=ctx.console, auto_refresh=False) as live:
-            while not finished(run):
-                ctx.sleep()
-                view, run = _run_view(ctx, rid)
-                live.update(view, refresh=True)
-        return outcome(run)
+        return _watch_run(ctx, arguments.run_id(target), args.once)
     job_id = resolve_job(ctx, target) if target else None
     try:
-        with Live(_runs_view(ctx, job_id), console=ctx.console, auto_refresh=False) as live:
-            while True:
-                ctx.sleep()
-                live.update(_runs_view(ctx, job_id), refresh=True)
+        return _watch_runs(ctx, job_id, args.once)
     except KeyboardInterrupt:  # the way to stop watching runs
         ctx.console.line()
         return 0
@@ -69,4 +167,7 @@ def register(commands: Commands) -> None:
     parser.add_argument("target", metavar="JOB|RUN", nargs="?", help="a job or a run id")
     parser.add_argument(
         "--job", action="store_true", help="read JOB|RUN as a job even if it looks like a run id"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="show the current view once and exit (status 0)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cli.commands.operations import signal_name
 from cli.commands.output import last_lines
 from cli.config import load_settings
 from cli.errors import Ambiguous, UsageError
+from cli.feeds import FeedClient, LogAdded, OutputAdded, RunFeed, feed_url
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -194,3 +196,41 @@ def test_bad_config_file(tmp_path: Path) -> None:
     config.write_text("- a list\n")
     with pytest.raises(UsageError):
         load_settings(None, None, None, {"XDG_CONFIG_HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("base", "params", "url"),
+    [
+        ("http://h:1", None, "ws://h:1/api/v1/summary"),
+        ("https://h:1", None, "wss://h:1/api/v1/summary"),
+        ("http://h:1", {"offset": 5}, "ws://h:1/api/v1/summary?offset=5"),
+    ],
+)
+def test_feed_url(base: str, params: dict[str, str | int] | None, url: str) -> None:
+    assert feed_url(base, "/api/v1/summary", params) == url
+
+
+def _out(offset: int, data: bytes) -> dict[str, object]:
+    return {"type": "output", "offset": offset, "data": base64.b64encode(data).decode()}
+
+
+def test_run_feed_gives_each_byte_and_log_entry_once() -> None:
+    feed = RunFeed(FeedClient("http://h:1"), "r1", offset=0)
+    entry = {"time": "t", "state": "running", "message": "m"}
+    assert feed.apply({"type": "log", "entries": [entry]}, first_log=True) == LogAdded([entry])
+    assert feed.apply(_out(0, b"abc"), first_log=False) == OutputAdded(0, b"abc")
+    # A reconnection repeats the whole log and maybe some output: only what is new.
+    assert feed.apply({"type": "log", "entries": [entry, entry]}, first_log=True) == LogAdded(
+        [entry]
+    )
+    assert feed.apply(_out(1, b"bcde"), first_log=False) == OutputAdded(3, b"de")
+    assert feed.apply(_out(0, b"ab"), first_log=False) is None
+    assert feed.apply(_out(5, b""), first_log=False) is None
+    assert (feed.offset, len(feed.log)) == (5, 2)
+
+
+def test_run_feed_without_old_output_starts_where_the_server_says() -> None:
+    feed = RunFeed(FeedClient("http://h:1"), "r1", offset=None)
+    assert not feed.ready
+    assert feed.apply(_out(42, b""), first_log=False) == OutputAdded(42, b"")
+    assert feed.ready and feed.offset == 42
