@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -72,6 +73,10 @@ def test_unsigned_and_badly_signed_requests_are_refused(agent: tuple[Agent, Rece
     for get in ("/agent", "/procs", "/procs/x/output"):
         assert a.client.get(get).status_code == 401, get
     _no_procs(a)
+
+
+def _removed(a: Agent, proc_id: str) -> bool:
+    return bool(a.request("GET", f"/procs/{proc_id}").status_code == 404)
 
 
 def test_replayed_request_is_refused(agent: tuple[Agent, Receiver]) -> None:
@@ -176,4 +181,4 @@ def test_secret_is_not_visible(agent: tuple[Agent, Receiver]) -> None:
         if path.is_file():
             assert path.stat().st_mode & 0o077 == 0, path
     for name in ("env", "ps"):
-        wait_for(lambda n=name: a.request("GET", f"/procs/{n}").status_code == 404, 5, "removal")
+        wait_for(functools.partial(_removed, a, name), 5, "removal")

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from apsis_common import protocol as p
+from apsis_server.agents.choice import Choice
 from apsis_server.core.jobs import Job
 from apsis_server.core.programs import parse_program
 from apsis_server.core.templates import Templates
@@ -16,7 +17,7 @@ from apsis_server.store.memory import MemoryStore
 
 
 class NoAgents:
-    def choose(self, host: str | None, user: str | None) -> str:
+    def choose(self, host: str | None, user: str | None) -> Choice:
         raise LookupError("no agents here")
 
     def start(self, agent_id: str, proc: p.StartProc) -> None: ...
