@@ -30,6 +30,7 @@ from apsis_server.core.catchup import next_times
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import Job
 from apsis_server.core.programs import parse_program, signal_number
+from apsis_server.dependencies import dependencies
 from apsis_server.engine import Engine
 from apsis_server.jsonview import job_json, log_json, run_json
 from apsis_server.metrics import stats
@@ -259,6 +260,11 @@ async def run_log(request: Request) -> Response:
     return JSONResponse({"log": [log_json(e) for e in engine.store.log(run_id)]})
 
 
+async def run_dependencies(request: Request) -> Response:
+    engine = _engine(request)
+    return JSONResponse(dependencies(engine, engine.get(_run_id(request))))
+
+
 async def run_meta(request: Request) -> Response:
     engine = _engine(request)
     run_id = engine.get(_run_id(request)).run_id
@@ -351,6 +357,7 @@ def routes() -> list[Route]:
         ("/runs/{run_id}", run, ["GET"]),
         ("/runs/{run_id}/log", run_log, ["GET"]),
         ("/runs/{run_id}/meta", run_meta, ["GET"]),
+        ("/runs/{run_id}/dependencies", run_dependencies, ["GET"]),
         ("/runs/{run_id}/output", run_output, ["GET"]),
         ("/runs/{run_id}/signal/{signal}", signal, ["POST"]),
         ("/runs/{run_id}/mark/{state}", mark, ["POST"]),

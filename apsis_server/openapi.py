@@ -388,6 +388,20 @@ def _operations() -> dict[str, Schema]:
                 [RUN_ID],
             )
         },
+        "/api/v1/runs/{run_id}/dependencies": {
+            "get": _op(
+                "what the run waits for, and which waiting runs wait for it",
+                _answer(
+                    _object(
+                        ["waits_for", "waited_by"],
+                        waits_for={"type": "array", "items": {"type": "object"}},
+                        waited_by={"type": "array", "items": {"type": "string"}},
+                    )
+                ),
+                ("404",),
+                [RUN_ID],
+            )
+        },
         "/api/v1/runs/{run_id}/output": {
             "get": _op(
                 "output bytes",

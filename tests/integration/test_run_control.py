@@ -239,3 +239,24 @@ def test_webhook_action_retried_after_failure(tmp_path: Path) -> None:
     finally:
         hook.shutdown()
         hook.server_close()
+
+
+def test_dependencies_view(server: Server) -> None:
+    waiting = server.schedule("dep/second", {"d": "9"})
+    assert server.run(waiting)["state"] == "waiting"
+    view = server.get(f"/runs/{waiting}/dependencies")
+    assert view["waits_for"][0]["job_id"] == "dep/first"
+    assert view["waits_for"][0]["args"] == {"d": "9"}
+    assert view["waits_for"][0]["satisfied"] is False
+    first = server.schedule("dep/first", {"d": "9"})
+    server.wait_finished(first)
+    server.wait_finished(waiting)
+    done = server.get(f"/runs/{waiting}/dependencies")["waits_for"][0]
+    assert done["satisfied"] is True and done["runs"][0]["run_id"] == first
+    late = server.schedule("dep/second", {"d": "10"})
+    other = server.post(
+        "/runs", {"job_id": "dep/first", "args": {"d": "10"}, "time": "2099-01-01T00:00:00Z"}
+    )["run"]["run_id"]
+    assert server.get(f"/runs/{other}/dependencies")["waited_by"] == [late]
+    server.post(f"/runs/{other}/start")
+    server.wait_finished(late)

@@ -1,0 +1,59 @@
+"""What a run waits for, and which waiting runs wait for it (dependency conditions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apsis_common.states import State
+from apsis_server.core.conditions import DependencyCondition
+from apsis_server.core.runs import Run
+from apsis_server.core.templates import TemplateError
+from apsis_server.core.waiting import dependency_args
+from apsis_server.engine import Engine
+from apsis_server.store.base import RunFilter
+from apsis_server.waiter import EngineRuns
+
+
+def _targets(engine: Engine, run: Run) -> list[tuple[DependencyCondition, str, dict[str, str]]]:
+    job = engine.jobs.get(run.job_id)
+    scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
+    out = []
+    for cond in job.conditions if job is not None else ():
+        if not isinstance(cond, DependencyCondition):
+            continue
+        try:
+
+            def expand(text: str) -> str:
+                return engine.templates.expand(text, scope)
+
+            args = dependency_args(cond, run, EngineRuns(engine), expand)
+            out.append((cond, expand(cond.job_id), args))
+        except (TemplateError, ValueError):
+            continue
+    return out
+
+
+def dependencies(engine: Engine, run: Run) -> dict[str, Any]:
+    """`{"waits_for": [...], "waited_by": [run ids]}` for the API."""
+    waits_for = []
+    for cond, job_id, args in _targets(engine, run):
+        found = engine.store.query(RunFilter(job_id=job_id, args=args, limit=5))
+        runs = [engine.runs.get(r.run_id, r) for r in found]
+        waits_for.append(
+            {
+                "job_id": job_id,
+                "args": args,
+                "states": [s.value for s in cond.states],
+                "satisfied": any(r.state in cond.states for r in runs),
+                "runs": [{"run_id": r.run_id, "state": r.state.value} for r in runs],
+            }
+        )
+    waited_by = []
+    for other in engine.runs.values():
+        if other.state != State.WAITING or other.run_id == run.run_id:
+            continue
+        for _, job_id, args in _targets(engine, other):
+            if job_id == run.job_id and all(run.args.get(k) == v for k, v in args.items()):
+                waited_by.append(other.run_id)
+                break
+    return {"waits_for": waits_for, "waited_by": sorted(waited_by, key=lambda r: int(r[1:]))}
