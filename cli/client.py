@@ -219,6 +219,9 @@ class ApsisClient:
     def run_meta(self, run_id: str) -> Json:
         return self._json("GET", f"{run_path(run_id)}/meta")
 
+    def run_dependencies(self, run_id: str) -> Json:
+        return self._json("GET", f"{run_path(run_id)}/dependencies")
+
     def output(self, run_id: str, start: int = 0, stop: int | None = None) -> Output:
         """Raw output bytes from `start` to `stop`, and the full length."""
         params: dict[str, str | int] = {"start": start, "format": "raw"}

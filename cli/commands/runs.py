@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from apsis_common.errors import NotFound
+from apsis_common.errors import ApsisError, NotFound
 from cli import arguments, render
 from cli.client import Json
 from cli.commands import Commands, resolve_job, run_line
@@ -55,10 +55,21 @@ def _show_run(ctx: Context, args: argparse.Namespace) -> int:
         meta = ctx.client.run_meta(rid).get("meta")
     except NotFound:  # a run that never started may have no metadata
         meta = None
+    try:
+        deps: Json | None = ctx.client.run_dependencies(rid)
+    except ApsisError:  # an older server, without the dependencies view
+        deps = None
     if args.json:
-        ctx.print_json({"run": run, "log": log, "meta": meta})
-    else:
-        ctx.show(render.run_detail(run, log, meta, ctx.now()))
+        ctx.print_json({"run": run, "log": log, "meta": meta, "dependencies": deps})
+        return 0
+    ctx.show(render.run_detail(run, log, meta, ctx.now()))
+    for dep in (deps or {}).get("waits_for", []):
+        args_text = " ".join(f"{k}={v}" for k, v in sorted(dep["args"].items()))
+        found = ", ".join(f"{r['run_id']} {r['state']}" for r in dep["runs"]) or "no run yet"
+        mark = "met" if dep["satisfied"] else "waiting"
+        ctx.show(f"depends on {dep['job_id']} {args_text} ({mark}): {found}")
+    if (deps or {}).get("waited_by"):
+        ctx.show("waited on by " + ", ".join(deps["waited_by"]))  # type: ignore[index]
     return 0
 
 

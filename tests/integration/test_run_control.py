@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -248,6 +250,14 @@ def test_dependencies_view(server: Server) -> None:
     assert view["waits_for"][0]["job_id"] == "dep/first"
     assert view["waits_for"][0]["args"] == {"d": "9"}
     assert view["waits_for"][0]["satisfied"] is False
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--server", server.url, "run", waiting],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "depends on dep/first d=9 (waiting): no run yet" in shown
     first = server.schedule("dep/first", {"d": "9"})
     server.wait_finished(first)
     server.wait_finished(waiting)
