@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import sqlite3
 import time
@@ -14,7 +13,7 @@ from apsis_server.core.runs import LogEntry, Run
 from apsis_server.store.archive import Retention
 from apsis_server.store.base import Changes
 from apsis_server.store.sqlite import SqliteStore
-from tests.harness import running_server, wait_for
+from tests.harness import run_async, running_server, wait_for
 
 JOBS = {
     "work": "params: [n]\nprogram: 'echo work {{ n }}'\n",
@@ -112,9 +111,7 @@ def test_archive_steps_stay_short(tmp_path: Path) -> None:
         await task
         return moved, housekeeping.longest_step, worst
 
-    # A loop of its own, in a thread: another test's browser driver may own this one.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        moved, longest, stall = pool.submit(lambda: asyncio.run(archive())).result()
+    moved, longest, stall = run_async(archive)
     store.close()
     assert moved == 20_000
     assert longest < 0.25 and stall < 0.25, (longest, stall)

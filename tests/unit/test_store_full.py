@@ -3,7 +3,6 @@ answers Unavailable, and writes everything once space returns."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
 from apsis_server.engine import Engine
 from apsis_server.store.sqlite import SqliteStore
+from tests.harness import run_async
 
 
 class NoAgents:
@@ -63,4 +63,4 @@ def test_disk_full_keeps_changes_and_recovers(tmp_path: Path) -> None:
             ]
         store.close()
 
-    asyncio.run(scenario())
+    run_async(scenario)
