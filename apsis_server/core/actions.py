@@ -25,6 +25,7 @@ from apsis_server.core.fields import (
     string,
     string_map,
     strings,
+    typed,
 )
 
 _ALL_FINISHED = tuple(s for s in State if s in FINISHED)
@@ -183,14 +184,7 @@ _PARSERS = {"schedule": _schedule, "retry": _retry, "webhook": _webhook, "email"
 
 def parse_action(value: Any, path: str) -> Action:
     """One action from its YAML form."""
-    f = Fields(value, path, "an action (a mapping with a type)")
-    kind = f.need("type", string)
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        expected = ", ".join(_PARSERS)
-        raise Invalid(
-            [FieldError(f.at("type"), f"unknown action type {kind!r} (expected {expected})")]
-        )
+    f, parser = typed(value, path, "an action", _PARSERS)
     c = Collector()
     action = parser(f, c)
     c(f.done, None)

@@ -24,6 +24,7 @@ from apsis_server.core.fields import (
     positive_integer,
     string,
     string_map,
+    typed,
 )
 from apsis_server.core.lifecycle import TRANSITIONS
 
@@ -201,14 +202,7 @@ _PARSERS = {
 
 def parse_condition(value: Any, path: str) -> Condition:
     """One condition from its YAML form."""
-    f = Fields(value, path, "a condition (a mapping with a type)")
-    kind = f.need("type", string)
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        expected = ", ".join(_PARSERS)
-        raise Invalid(
-            [FieldError(f.at("type"), f"unknown condition type {kind!r} (expected {expected})")]
-        )
+    f, parser = typed(value, path, "a condition", _PARSERS)
     c = Collector()
     condition = parser(f, c)
     c(f.done, None)

@@ -225,3 +225,20 @@ def byte_size(value: Any, path: str) -> int:
         except ValueError:
             pass
     raise Invalid([FieldError(path, f"expected a size like 64 MiB, got {value!r}")])
+
+
+P = TypeVar("P")
+
+
+def typed(value: Any, path: str, what: str, parsers: Mapping[str, P]) -> tuple[Fields, P]:
+    """The fields of a mapping with a `type` key, and the parser its type names."""
+    f = Fields(value, path, f"{what} (a mapping with a type)")
+    kind = f.need("type", string)
+    parser = parsers.get(kind)
+    if parser is None:
+        expected = ", ".join(parsers)
+        noun = what.split()[-1]
+        raise Invalid(
+            [FieldError(f.at("type"), f"unknown {noun} type {kind!r} (expected {expected})")]
+        )
+    return f, parser
