@@ -45,6 +45,9 @@ STATUS: list[tuple[type[Exception], int]] = [
     (Conflict, 409),
     (BadInput, 400),
     (Unavailable, 503),
+    # Anything else that says the input is wrong or names nothing known.
+    (ValueError, 400),
+    (LookupError, 404),
 ]
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -34,7 +34,7 @@ def signal_number(value: Any, path: str) -> int:
         sig = getattr(_signal.Signals, name, None)
         if isinstance(sig, _signal.Signals):
             return int(sig)
-        if value.strip().isdigit():
+        if value.strip().isascii() and value.strip().isdigit():
             return signal_number(int(value), path)
     raise Invalid([FieldError(path, f"expected a signal like SIGTERM, got {value!r}")])
 

@@ -270,3 +270,12 @@ def test_dependencies_view(server: Server) -> None:
     assert server.get(f"/runs/{other}/dependencies")["waited_by"] == [late]
     server.post(f"/runs/{other}/start")
     server.wait_finished(late)
+
+
+def test_odd_signal_names_are_bad_input(server: Server) -> None:
+    run_id = server.schedule("sleepy")
+    server.wait_state(run_id, "running")
+    for name in ("%C2%B2", "SIGNOPE", "0", "999"):
+        assert server.api("POST", f"/runs/{run_id}/signal/{name}").status_code == 400, name
+    server.post(f"/runs/{run_id}/kill")
+    server.wait_finished(run_id)
