@@ -15,8 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,24 +47,10 @@ from apsis_common.protocol import (
     StartProc,
     StartResults,
 )
-from tests.harness import kill_all_under
+from tests.harness import kill_all_under, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-
-
-def wait_for(
-    predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "condition"
-) -> T:
-    """Poll `predicate` until it returns something true; its value. Fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- the webhook receiver ------------------------------------------------------------

@@ -185,3 +185,21 @@ def kill_agent(state_dir: Path, procs: bool = True) -> int | None:
                 os.killpg(int(info["pgid"]), signal.SIGKILL)
                 os.kill(int(info["shim_pid"]), signal.SIGKILL)
     return pid
+
+
+def agents_yaml(
+    world: SshWorld, states: dict[str, Path], remote: list[str] | None = None, extra: str = ""
+) -> str:
+    """An `agents:` section: fast heartbeats, this world's ssh, a state dir per host."""
+    command = remote or agent_command()
+    hosts = ", ".join(f"'{h}': {{state_dir: '{d}', bind: '{h}'}}" for h, d in states.items())
+    return (
+        "agents:\n"
+        "  heartbeat: 0.5s\n"
+        "  lost_timeout: 5s\n"
+        f"  {world.ssh_yaml()}"
+        f"  remote_command: {command}\n"
+        "  bootstrap: {attempts: 2, delay: 0.2s, timeout: 20s}\n"
+        f"  hosts: {{{hosts}}}\n"
+        f"{extra}"
+    )

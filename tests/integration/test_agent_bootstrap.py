@@ -20,8 +20,8 @@ from tests.agent_harness import (
     run_bootstrap,
     running_agent,
     sh,
-    wait_for,
 )
+from tests.harness import wait_for
 
 
 def _cli(state_dir: Path, *args: str) -> tuple[int, dict[str, object]]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from apsis_common.protocol import ProcExited, ProcOutput, ProcSpec
-from tests.agent_harness import Agent, running_agent, sh, wait_for
+from tests.agent_harness import Agent, running_agent, sh
+from tests.harness import wait_for
 
 
 def _rss_peak_kib(pid: int) -> int:

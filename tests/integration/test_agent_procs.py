@@ -25,7 +25,8 @@ from apsis_common.protocol import (
     StopSpec,
     TimeoutSpec,
 )
-from tests.agent_harness import Agent, Receiver, pid_alive, running_agent, sh, wait_for
+from tests.agent_harness import Agent, Receiver, pid_alive, running_agent, sh
+from tests.harness import wait_for
 
 
 @pytest.fixture

@@ -24,16 +24,8 @@ from apsis_common.protocol import (
     StopRequest,
     StopSpec,
 )
-from tests.agent_harness import (
-    Agent,
-    Receiver,
-    kill_daemon,
-    pid_alive,
-    running_agent,
-    serve,
-    sh,
-    wait_for,
-)
+from tests.agent_harness import Agent, Receiver, kill_daemon, pid_alive, running_agent, serve, sh
+from tests.harness import wait_for
 
 
 @pytest.fixture

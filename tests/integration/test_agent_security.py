@@ -17,7 +17,8 @@ import pytest
 from apsis_common import auth, protocol
 from apsis_common.auth import Key
 from apsis_common.protocol import ProcList, ProcSpec, StartBatch, StartProc
-from tests.agent_harness import Agent, Receiver, running_agent, sh, wait_for
+from tests.agent_harness import Agent, Receiver, running_agent, sh
+from tests.harness import wait_for
 
 
 @pytest.fixture(scope="module")

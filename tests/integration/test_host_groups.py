@@ -5,14 +5,12 @@ stopped, agent killed) gets no new runs and its running runs hit the lost timeou
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import Server, running_server, wait_for
-from tests.integration.test_ssh import agents_yaml
-from tests.sshd import SshWorld, have_ssh, kill_agent, run_agent
+from tests.sshd import SshWorld, agents_yaml, have_ssh, kill_agent, run_agent
 
 pytestmark = pytest.mark.skipif(not have_ssh(), reason="needs openssh-server and openssh-client")
 
@@ -22,15 +20,6 @@ JOBS = {
     "long": "program: {type: program, host: workers, argv: [/bin/sleep, '60']}\n",
     "busy": "program: {type: program, host: idle-first, argv: [/bin/sleep, '60']}\n",
 }
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[SshWorld]:
-    world = SshWorld(tmp_path / "ssh")
-    try:
-        yield world
-    finally:
-        world.stop()
 
 
 def _config(world: SshWorld, tmp_path: Path, policy: str = "round-robin") -> str:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import Server, running_server, wait_for
-from tests.sshd import SshWorld, agent_command, agent_pid, have_ssh, kill_agent, run_agent
+from tests.sshd import (
+    SshWorld,
+    agent_pid,
+    agents_yaml,
+    have_ssh,
+    kill_agent,
+    run_agent,
+)
 
 pytestmark = pytest.mark.skipif(not have_ssh(), reason="needs openssh-server and openssh-client")
 
@@ -19,33 +25,6 @@ JOBS = {
     "slow": "program: {type: shell, host: 127.0.0.1, command: 'echo a; sleep 2; echo b'}\n",
     "true": "program: {type: program, host: 127.0.0.1, argv: [/bin/true]}\n",
 }
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[SshWorld]:
-    world = SshWorld(tmp_path / "ssh")
-    try:
-        yield world
-    finally:
-        world.stop()
-
-
-def agents_yaml(
-    world: SshWorld, states: dict[str, Path], remote: list[str] | None = None, extra: str = ""
-) -> str:
-    """An `agents:` section: fast heartbeats, this world's ssh, a state dir per host."""
-    command = remote or agent_command()
-    hosts = ", ".join(f"'{h}': {{state_dir: '{d}', bind: '{h}'}}" for h, d in states.items())
-    return (
-        "agents:\n"
-        "  heartbeat: 0.5s\n"
-        "  lost_timeout: 5s\n"
-        f"  {world.ssh_yaml()}"
-        f"  remote_command: {command}\n"
-        "  bootstrap: {attempts: 2, delay: 0.2s, timeout: 20s}\n"
-        f"  hosts: {{{hosts}}}\n"
-        f"{extra}"
-    )
 
 
 def agent_of(server: Server, agent_id: str) -> dict[str, object]:

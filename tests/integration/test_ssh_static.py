@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,15 +55,6 @@ def test_static_agent_runs_a_job(tmp_path: Path) -> None:
         kill_agent(agent_dir)
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[SshWorld]:
-    world = SshWorld(tmp_path / "ssh")
-    try:
-        yield world
-    finally:
-        world.stop()
-
-
 def _old_agent(tmp_path: Path, flag: Path) -> Path:
     """A wrapper remote command: while `flag` exists, run a copy of the agent that
     reports version 0.0.1-old (once); then this checkout's agent."""
@@ -89,7 +79,7 @@ def _old_agent(tmp_path: Path, flag: Path) -> Path:
 def test_busy_agent_of_another_version_is_drained_and_replaced(
     tmp_path: Path, world: SshWorld
 ) -> None:
-    from tests.integration.test_ssh import agents_yaml
+    from tests.sshd import agents_yaml
 
     world.start("127.0.0.1")
     flag, state = tmp_path / "use-old", tmp_path / "remote-agent"
