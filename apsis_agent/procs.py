@@ -34,6 +34,7 @@ from typing import Any
 from apsis_agent import registry
 from apsis_agent.outbox import Outbox
 from apsis_agent.registry import PidFacts, Proc, Recovery, Status, StopFacts
+from apsis_agent.remover import Remover, remove_dir
 from apsis_agent.spawner import write_atomic
 from apsis_common.errors import ApsisError, BadInput, Conflict, NotFound, Unavailable
 from apsis_common.protocol import (
@@ -116,6 +117,7 @@ class Procs:
         self._flush_handle: asyncio.Handle | None = None
         self._home = os.path.expanduser("~")
         self.draining = False
+        self._remover = Remover()
 
     # -- queries ---------------------------------------------------------------------
 
@@ -426,10 +428,8 @@ class Procs:
                 continue
             if proc is not None:
                 self._cancel_timers(proc)
-                registry.remove(proc)
                 del self._procs[proc_id]
-            else:
-                registry.remove_dir(self._root / proc_id)
+            self._remover.remove(self._root / proc_id)
             gone.append(proc_id)
         if gone:
             self._outbox.forget_reported(gone)
@@ -441,7 +441,7 @@ class Procs:
             raise Conflict(f"process {proc_id!r} is {proc.status.value}")
         self._cancel_timers(proc)
         self._outbox.forget(proc_id)
-        registry.remove(proc)
+        remove_dir(proc.directory)
         del self._procs[proc_id]
 
     def _cancel_timers(self, proc: Proc) -> None:
@@ -454,6 +454,7 @@ class Procs:
         for proc in self._procs.values():
             self._cancel_timers(proc)
             self._unwatch(proc)
+        self._remover.close()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -472,7 +473,7 @@ class Procs:
             proc = registry.load(Path(entry.path))
             if proc is None:
                 log.warning("removing %s: no spec", entry.path)
-                registry.remove_dir(Path(entry.path))
+                remove_dir(Path(entry.path))
                 continue
             proc.enqueued = self._outbox.ledger(proc.proc_id).enqueued
             self._procs[proc.proc_id] = proc

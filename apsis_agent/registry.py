@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,14 +157,6 @@ def create(root: Path, proc_id: str, spec: ProcSpec) -> Proc:
     finally:
         os.close(fd)
     return Proc(proc_id, spec, hashlib.sha256(text).hexdigest(), directory)
-
-
-def remove(proc: Proc) -> None:
-    remove_dir(proc.directory)
-
-
-def remove_dir(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_stop(proc: Proc, stop: StopFacts) -> None:

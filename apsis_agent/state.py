@@ -20,6 +20,7 @@ Layout (directory mode 0700, every file 0600):
 
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import json
@@ -40,6 +41,38 @@ def default_state_dir() -> Path:
     """`$XDG_STATE_HOME/apsis-agent`, else `~/.local/state/apsis-agent`."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "apsis-agent"
+
+
+# ext2/3/4 inode flag (FS_TOPDIR_FL) and the ioctls that read and set it.
+_TOPDIR = 0x00020000
+_GETFLAGS, _SETFLAGS = 0x80086601, 0x40086602
+
+
+def spread_subdirs(path: Path) -> bool:
+    """Ask ext2/3/4 to spread `path`'s subdirectories over block groups (the
+    Orlov allocator's top-directory rule); whether the flag is now set.
+
+    Every run creates a process directory and a few files, and deletes them once
+    reported. Without a journal, ext4 scans past every inode freed in the last
+    half minute of the group it allocates in: with hundreds of runs a second in
+    one group, that scan cost more CPU than the rest of the agent. Spread, each
+    directory's files land in a group of their own. Elsewhere this does nothing.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        flags = array.array("i", [0, 0])
+        fcntl.ioctl(fd, _GETFLAGS, flags, True)
+        if not flags[0] & _TOPDIR:
+            flags[0] |= _TOPDIR
+            fcntl.ioctl(fd, _SETFLAGS, flags, True)
+        return True
+    except OSError:
+        return False  # not ext2/3/4, or not allowed: nothing to gain
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -83,6 +116,7 @@ class StateDir:
         """Make the directory (0700) if missing; refuse one others can read."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.procs.mkdir(mode=0o700, exist_ok=True)
+        spread_subdirs(self.procs)
         mode = self.path.stat().st_mode & 0o777
         if mode & 0o077:
             os.chmod(self.path, 0o700)

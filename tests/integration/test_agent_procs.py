@@ -75,7 +75,7 @@ def test_output_is_byte_exact_and_merged(agent: tuple[Agent, Receiver]) -> None:
     assert all(len(getattr(e, "data", b"")) <= protocol.MAX_OUTPUT_CHUNK for e in events)
     # Once the exit is acknowledged the server has it all: the directory goes.
     wait_for(lambda: a.request("GET", "/procs/out").status_code == 404, 5, "removal")
-    assert not (a.state_dir / "procs" / "out").exists()
+    wait_for(lambda: not (a.state_dir / "procs" / "out").exists(), 5, "the directory to go")
 
 
 def test_output_by_range(agent: tuple[Agent, Receiver]) -> None:
