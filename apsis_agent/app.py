@@ -69,9 +69,9 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
 
     state_dir = state_dir.absolute()
     os.chdir("/")  # hold no directory busy; programs get their own cwd anyway
-    handle = spawner.start()  # while this process is small and holds no files
+    handle = spawner.start(str(state_dir))
 
-    os.umask(0o077)  # after the fork: programs keep the umask they were given
+    os.umask(0o077)  # after the spawner started: programs keep the umask they were given
     from apsis_agent import daemon
     from apsis_agent.state import StateDir
 
