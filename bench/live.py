@@ -157,7 +157,7 @@ class LiveServer(Server):
             kill_session(sid)
 
 
-WORK = Path(__file__).parent / "results" / "work"
+WORK = Path(os.environ.get("APSIS_BENCH_WORK") or Path(__file__).parent / "results" / "work")
 
 
 @contextlib.contextmanager
