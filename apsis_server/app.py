@@ -74,9 +74,9 @@ def build_app(config: Config) -> Starlette:
         config.state,
         ca,
         lambda: webhook_url(config),
-        config.local_agent,
-        heartbeat=config.heartbeat,
-        lost_timeout=config.lost_timeout,
+        config.agents.local_enabled,
+        heartbeat=config.agents.heartbeat,
+        lost_timeout=config.agents.lost_timeout,
         settings=config.agents,
     )
     engine = Engine(

@@ -35,12 +35,8 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     horizon: float = 86400.0
     max_scheduled_per_schedule: int = 16
-    local_agent: bool = True
-    lost_timeout: float = 600.0
-    heartbeat: float = 5.0
     log_level: str = "INFO"
     log_file: Path | None = None
-    host_groups: dict[str, Any] = field(default_factory=dict)
     agents: AgentSettings = field(default_factory=AgentSettings)
     catch_up: CatchUp = DEFAULT_CATCH_UP
     waiting_max_time: float | None = None
@@ -111,8 +107,7 @@ def parse_config(data: Any, base: Path) -> Config:
     agents_section = _section(f, "agents")
     agents = parse_agents(agents_section, base)
     agents_section.done()
-    host_groups = f.raw("host_groups") or {}
-    groups, aliases = parse_host_groups(host_groups)
+    groups, aliases = parse_host_groups(f.raw("host_groups") or {})
     agents = replace(agents, groups=groups, aliases=aliases)
     output = _section(f, "output")
     output_max = output.take("max_bytes", byte_size, 64 * 2**20)
@@ -135,13 +130,9 @@ def parse_config(data: Any, base: Path) -> Config:
         api=api,
         horizon=horizon,
         max_scheduled_per_schedule=per_schedule,
-        local_agent=agents.local_enabled,
-        lost_timeout=agents.lost_timeout,
-        heartbeat=agents.heartbeat,
         agents=agents,
         log_level=log_level,
         log_file=log_file,
-        host_groups=dict(host_groups),
         catch_up=catch_up,
         waiting_max_time=waiting_max_time,
         calendars=calendars,
