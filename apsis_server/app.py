@@ -74,9 +74,6 @@ def build_app(config: Config) -> Starlette:
         config.state,
         ca,
         lambda: webhook_url(config),
-        config.agents.local_enabled,
-        heartbeat=config.agents.heartbeat,
-        lost_timeout=config.agents.lost_timeout,
         settings=config.agents,
     )
     engine = Engine(

@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,19 +105,11 @@ class Registry:
         state_dir: Path,
         ca: CertPair,
         webhook_url: Callable[[], str],
-        local_enabled: bool = True,
-        heartbeat: float = 5.0,
-        lost_timeout: float = 600.0,
-        clock: Callable[[], float] = time.time,
         settings: AgentSettings | None = None,
+        clock: Callable[[], float] = time.time,
         version: str = __version__,
     ) -> None:
-        self.settings = replace(
-            settings or AgentSettings(),
-            local_enabled=local_enabled,
-            heartbeat=heartbeat,
-            lost_timeout=lost_timeout,
-        )
+        self.settings = settings or AgentSettings()
         self._state_dir = state_dir
         self._ca = ca
         self._webhook_url = webhook_url
@@ -129,9 +121,7 @@ class Registry:
         self.reconcile: Reconcile | None = None
         # Running (starting, running, stopping) runs per agent id, for least-busy.
         self.busy: Callable[[], Mapping[str, int]] = dict
-        self.heartbeat = heartbeat
-        self.silence_limit = 3 * heartbeat
-        self.lost_timeout = lost_timeout
+        self.silence_limit = 3 * self.settings.heartbeat
         self._clock = clock
         self.agents: dict[str, AgentConn] = {}
         self._by_key: dict[str, str] = {}
@@ -139,7 +129,7 @@ class Registry:
         self._cursors: dict[str, int] = {}
         self._rng = random.Random()
         self._local_user = getpass.getuser()
-        if local_enabled:
+        if self.settings.local_enabled:
             self._want(self._add(Target("local", "127.0.0.1")))
         for static in self.settings.static.values():
             self._add(Target("static", static.host, static.user, static.name), static)
@@ -317,7 +307,7 @@ class Registry:
         while True:
             now = self._clock()
             silence = now - (conn.last_heartbeat or now)
-            pause = self.heartbeat
+            pause = self.settings.heartbeat
             if silence > self.silence_limit and self._idle(conn):
                 await self._stopped(conn)
                 continue
@@ -335,7 +325,7 @@ class Registry:
                     delay = min(max(delay, 0.1) * 2, 30.0)
             else:
                 await self._poll(conn)
-            if conn.last_heartbeat is not None and silence > self.lost_timeout:
+            if conn.last_heartbeat is not None and silence > self.settings.lost_timeout:
                 self.on_lost(conn.agent_id, silence)
             await asyncio.sleep(pause)
 
