@@ -227,9 +227,14 @@ class Procs:
         return request
 
     def on_notification(self, message: dict[str, Any]) -> None:
-        """A line from a shim: the program started, or could not be started."""
+        """A line from a shim: the program started, could not start, or exited."""
         proc = self._procs.get(str(message.get("id")))
-        if proc is None or proc.status is not Status.STARTING:
+        if proc is None:
+            return
+        if message.get("exited"):
+            self._shim_exited(proc)  # the shim lives on, for the next program
+            return
+        if proc.status is not Status.STARTING:
             return
         error = message.get("error")
         if error is not None:
@@ -296,6 +301,7 @@ class Procs:
             proc.pidfd = None
 
     def _shim_exited(self, proc: Proc) -> None:
+        """The program exited (its shim says so, or the shim itself is gone)."""
         self._unwatch(proc)
         if proc.status is not Status.RUNNING:
             return

@@ -9,21 +9,31 @@ about a third less than from a fork of the daemon, and a fresh interpreter per
 run would be ~3x slower. Hence the rules for this file: built-in modules only
 (no `typing`, `dataclasses` or `contextlib` at run time), nothing from apsis.
 
-Spawner: reads lines of JSON (lists of spawn requests) from a pipe and forks one
-shim per request. SIGCHLD is ignored so exited shims never linger as zombies.
+Spawner: reads lines of JSON (lists of spawn requests) from a pipe and hands
+each to an idle shim, or forks a new one. SIGCHLD is ignored so exited shims
+never linger as zombies.
 
-Shim: resets SIGCHLD, makes its own session (so signals to the agent's group do
-not reach it), and starts the program with posix_spawn into its own process
-group, with the merged `output` file as stdout and stderr; exec errors come back
-from posix_spawn itself. It then writes `pid` (or `failed`), tells the daemon with one
-short line on the notification pipe, waits for the program with wait4 and writes
-`exit` atomically (temp file, fsync, rename). The shim, not the daemon, is the
-program's parent, so programs outlive a killed daemon.
+Shim: makes its own session (so signals to the agent's group do not reach it),
+and starts the program with posix_spawn into its own process group, with the
+merged `output` file as stdout and stderr; exec errors come back from
+posix_spawn itself. It then writes `pid` (or `failed`), tells the daemon with one
+short line on the notification pipe, waits for the program with wait4, writes
+`exit` atomically (temp file, fsync, rename) and says so. The shim, not the
+daemon, is the program's parent, so programs outlive a killed daemon.
+
+Shims are reused: once its program has ended, a shim waits for the next request
+while its spawner lives (at most `_MAX_IDLE` wait, for up to `_IDLE_LIFE`
+seconds). Half a shim's cost was its fork, the copy-on-write faults of its first
+steps and the teardown at exit; a reused shim pays them once. It still runs one
+program at a time. When the daemon dies, so does the spawner, and every shim
+leaves once its program has ended, as a fresh one would: a restarted daemon
+sees the shim exit and reads `exit`, exactly as without reuse.
 
 Notifications (one JSON object per line, each shorter than PIPE_BUF so lines
 written by many shims never interleave):
     {"id": proc_id, "facts": {...the pid file...}}     exec succeeded
     {"id": proc_id, "error": message}                 start failed
+    {"id": proc_id, "exited": true}                   `exit` is written
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -44,6 +55,11 @@ if TYPE_CHECKING:
 _RESET_SIGNALS = ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP", "SIGCHLD", "SIGQUIT")
 # Keep notification lines atomic on the pipe.
 _MAX_LINE = 3800
+# Shims that may be reused (each costs the spawner an fd), how many of them may
+# wait idle, and for how long while no request comes.
+_MAX_PIPES = 128
+_MAX_IDLE = 16
+_IDLE_LIFE = 60.0
 
 
 def read_boot_id() -> str:
@@ -54,16 +70,30 @@ def read_boot_id() -> str:
 
 def read_stat(pid: int) -> tuple[int, int, int] | None:
     """(process group, session, start time in clock ticks since boot) of `pid`, if alive."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+    try:  # os-level calls: the io stack costs a shim ~50 us a read
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = data[data.rindex(b")") + 2 :].split()
     if fields[0] == b"Z":  # a zombie has finished running
         return None
     return int(fields[2]), int(fields[3]), int(fields[19])
+
+
+def write_new(path: str, data: bytes) -> None:
+    """Create a file with one write, so a reader sees it whole or empty."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str, data: bytes, sync: bool = False) -> None:
@@ -143,28 +173,186 @@ def start(state_dir: str) -> Handle:
 
 
 def _serve(req_r: int, note_w: int) -> None:
-    """The spawner's loop: fork a shim for each request until the daemon goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    """The spawner's loop: hand each request to a shim until the daemon goes away."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)  # and so in every shim, which inherits it
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims are reaped by the kernel
     close_fds_except(req_r, note_w)
     import gc
 
+    spawner = _Spawner(req_r, note_w)
     gc.freeze()  # keep pages shared with forked shims
     gc.disable()
-    boot_id = read_boot_id()
-    # Decoded once: reading os.environ afresh in every shim costs a third of a millisecond.
-    environ = dict(os.environ)
-    buffer = b""
-    while True:
-        data = os.read(req_r, 1 << 16)
-        if not data:
+    spawner.serve()
+
+
+class _Spawner:
+    """Requests in, shims out: an idle shim takes a request, else a new one is forked.
+
+    Each reusable shim reads requests from a pipe of its own; once its program
+    has ended it writes its pid on the idle pipe. A request goes to the shim
+    most recently idle; if that shim has died meanwhile, the write fails and the
+    next one (or a new shim) takes it. Only the spawner sends a shim away, by
+    closing its pipe, so no request is ever written for a shim that chose to go.
+    """
+
+    def __init__(self, req_r: int, note_w: int) -> None:
+        self.req_r = req_r
+        self.note_w = note_w
+        self.idle_r, self.idle_w = os.pipe()
+        self.pipes: dict[int, int] = {}  # reusable shim's pid -> its requests pipe
+        self.idle: list[int] = []  # pids of shims waiting for a request, oldest first
+        self.boot_id = read_boot_id()
+        # Decoded once: reading os.environ afresh in every shim costs a third of a ms.
+        self.environ = dict(os.environ)
+
+    def serve(self) -> None:
+        requests = idle = b""
+        while True:
+            ready = select.select([self.req_r, self.idle_r], [], [], _IDLE_LIFE)[0]
+            if not ready:
+                self._dismiss(len(self.idle))  # quiet for a while: the pool goes
+            if self.idle_r in ready:
+                idle += os.read(self.idle_r, 1 << 16)
+                *pids, idle = idle.split(b"\n")
+                self.idle += [int(pid) for pid in pids if int(pid) in self.pipes]
+            if self.req_r in ready:
+                data = os.read(self.req_r, 1 << 16)
+                if not data:
+                    return  # the daemon is gone; idle shims read end of file and go
+                requests += data
+                *lines, requests = requests.split(b"\n")
+                for line in lines:
+                    for request in json.loads(line):
+                        self._start(request)
+            self._dismiss(len(self.idle) - _MAX_IDLE)
+
+    def _start(self, request: dict[str, Any]) -> None:
+        line = json.dumps(request).encode() + b"\n"
+        while self.idle:
+            pid = self.idle.pop()  # the most recently idle: its pages are warm
+            try:
+                os.write(self.pipes[pid], line)
+                return
+            except OSError:
+                self._forget(pid)  # it died while idle
+        self._fork(request)
+
+    def _dismiss(self, count: int) -> None:
+        for _ in range(max(0, count)):
+            self._forget(self.idle.pop(0))
+
+    def _forget(self, pid: int) -> None:
+        os.close(self.pipes.pop(pid))
+
+    def _reusable(self) -> bool:
+        """Whether a new shim may have a pipe (they are few: each holds an fd here)."""
+        if len(self.pipes) >= _MAX_PIPES:
+            for pid in list(self.pipes):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:  # died busy; never said it was idle
+                    self._forget(pid)
+        return len(self.pipes) < _MAX_PIPES
+
+    def _fork(self, request: dict[str, Any]) -> None:
+        requests_r, requests_w = os.pipe() if self._reusable() else (-1, -1)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            if requests_r >= 0:
+                os.close(requests_r)
+                os.close(requests_w)
+            error = f"cannot fork: {exc.strerror}"
+            write_atomic(os.path.join(request["dir"], "failed"), error.encode())
+            _notify(self.note_w, {"id": request["id"], "error": error})
             return
-        buffer += data
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            for request in json.loads(line):
-                _fork_shim(request, req_r, note_w, boot_id, environ)
+        if pid == 0:  # pragma: no cover - runs in the shim
+            status = 1
+            try:
+                # The requests pipe is the spawner's stdin: /dev/null takes its place,
+                # so no file the shim opens lands on fd 0.
+                null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                os.dup2(null, self.req_r, inheritable=False)
+                os.close(null)
+                # Other shims' pipes close too: their end of file must not wait on us.
+                close_fds_except(self.note_w, self.idle_w, requests_r)
+                _Shim(self, requests_r).serve(request)
+                status = 0
+            finally:
+                os._exit(status)
+        if requests_r >= 0:
+            os.close(requests_r)
+            self.pipes[pid] = requests_w
+
+
+class _Shim:
+    """One shim: runs a program, then, while its spawner lives, the next ones."""
+
+    def __init__(self, spawner: _Spawner, requests: int) -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        self.note_w = spawner.note_w
+        self.idle_w = spawner.idle_w
+        self.requests = requests  # -1: one program only
+        self.buffer = b""
+        self.boot_id = spawner.boot_id
+        self.environ = spawner.environ
+        self.pid = os.getpid()
+        stat = read_stat(self.pid)
+        self.ticks = stat[2] if stat else None
+
+    def serve(self, request: dict[str, Any] | None) -> None:
+        while request is not None:
+            self.run(request)
+            request = self._next()
+
+    def _next(self) -> dict[str, Any] | None:
+        """The next request, or None: sent away, or the spawner is gone."""
+        if self.requests < 0:
+            return None
+        try:
+            os.write(self.idle_w, f"{self.pid}\n".encode())
+            while b"\n" not in self.buffer:
+                data = os.read(self.requests, 1 << 16)
+                if not data:
+                    return None
+                self.buffer += data
+        except OSError:
+            return None
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        request: dict[str, Any] = json.loads(line)
+        return request
+
+    def run(self, request: dict[str, Any]) -> None:
+        """Start one program, report it, wait for it and write its exit."""
+        directory: str = request["dir"]
+        proc_id: str = request["id"]
+        env = {**self.environ, **request["env"]} if request["env_inherit"] else request["env"]
+        try:
+            pid = _spawn(request, env)
+        except _StartError as exc:
+            _fail(directory, proc_id, self.note_w, str(exc))
+            return
+        stat = read_stat(pid)
+        facts = {
+            "pid": pid,
+            "pgid": pid,
+            "start_ticks": stat[2] if stat else None,
+            "start_time": time.time(),
+            "boot_id": self.boot_id,
+            "shim_pid": self.pid,
+            "shim_ticks": self.ticks,
+        }
+        text = json.dumps(facts)
+        # A torn pid file reads as none, which recovery treats as a start that never
+        # happened, as it would a missing one: no temp file and rename needed.
+        write_new(os.path.join(directory, "pid"), text.encode())
+        quoted = json.dumps(proc_id)
+        _notify_line(self.note_w, f'{{"id": {quoted}, "facts": {text}}}'.encode())
+        _, status, usage = os.wait4(pid, 0)
+        _write_exit(directory, status, usage)
+        _notify_line(self.note_w, f'{{"id": {quoted}, "exited": true}}'.encode())
 
 
 def _notify(note_w: int, message: dict[str, Any]) -> None:
@@ -172,66 +360,14 @@ def _notify(note_w: int, message: dict[str, Any]) -> None:
     if len(line) >= _MAX_LINE:
         message["error"] = str(message.get("error", ""))[:1000]
         line = json.dumps(message).encode()[: _MAX_LINE - 1]
+    _notify_line(note_w, line)
+
+
+def _notify_line(note_w: int, line: bytes) -> None:
     try:  # noqa: SIM105 - contextlib is not imported here (see the module's rules)
         os.write(note_w, line + b"\n")
     except OSError:
         pass  # the daemon is gone: the files in the process directory tell the story
-
-
-def _fork_shim(
-    request: dict[str, Any], req_r: int, note_w: int, boot_id: str, environ: dict[str, str]
-) -> None:
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        error = f"cannot fork: {exc.strerror}"
-        write_atomic(os.path.join(request["dir"], "failed"), error.encode())
-        _notify(note_w, {"id": request["id"], "error": error})
-        return
-    if pid == 0:  # pragma: no cover - runs in the shim
-        status = 1
-        try:
-            # The requests pipe is the spawner's stdin: /dev/null takes its place, so
-            # no file the shim opens lands on fd 0.
-            null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            os.dup2(null, req_r, inheritable=False)
-            os.close(null)
-            _shim(request, note_w, boot_id, environ)
-            status = 0
-        finally:
-            os._exit(status)
-
-
-def _shim(request: dict[str, Any], note_w: int, boot_id: str, environ: dict[str, str]) -> None:
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    os.setsid()
-    directory: str = request["dir"]
-    proc_id: str = request["id"]
-    shim_pid = os.getpid()
-    env = {**environ, **request["env"]} if request["env_inherit"] else dict(request["env"])
-    try:
-        pid = _spawn(request, env)
-    except _StartError as exc:
-        _fail(directory, proc_id, note_w, str(exc))
-        return
-    stat = read_stat(pid)
-    shim_stat = read_stat(shim_pid)
-    facts = {
-        "pid": pid,
-        "pgid": pid,
-        "start_ticks": stat[2] if stat else None,
-        "start_time": time.time(),
-        "boot_id": boot_id,
-        "shim_pid": shim_pid,
-        "shim_ticks": shim_stat[2] if shim_stat else None,
-    }
-    write_atomic(os.path.join(directory, "pid"), json.dumps(facts).encode())
-    _notify(note_w, {"id": proc_id, "facts": facts})
-    os.close(note_w)
-    _, status, usage = os.wait4(pid, 0)
-    _write_exit(directory, status, usage)
 
 
 class _StartError(Exception):

@@ -256,3 +256,37 @@ def test_stop_right_after_start_is_not_lost(agent: tuple[Agent, Receiver]) -> No
     a.request("POST", "/procs/early/stop", protocol.encode(StopRequest()))
     exited = _exited(rx, "early")
     assert exited.exit.signal == signal.SIGTERM
+
+
+def test_shims_are_reused_one_program_at_a_time(agent: tuple[Agent, Receiver]) -> None:
+    """A shim whose program ended runs the next one; each program still gets its own
+    exit status, signal, environment and working directory. (A program's parent is
+    its shim: $PPID names it.)"""
+    a, rx = agent
+    programs = [
+        ("first", sh('echo "$PPID $SEEN $PWD"; exit 3', env={"SEEN": "one"}, cwd="/tmp")),
+        ("second", sh('echo "$PPID ${SEEN:-unset} $PWD"; kill -TERM $$', cwd="/")),
+        ("third", sh('echo "$PPID $SEEN"', env={"SEEN": "three"})),
+    ]
+    exits = []
+    for proc_id, spec in programs:
+        a.start((proc_id, spec))
+        exits.append(_exited(rx, proc_id))
+    shims, lines = zip(*(rx.output(p).split(b" ", 1) for p, _ in programs), strict=True)
+    assert shims[0] == shims[1] == shims[2], "one idle shim should have run all three"
+    assert lines == (b"one /tmp\n", b"unset /\n", b"three\n")
+    assert exits[0].exit.exit_code == 3 and exits[0].exit.signal is None
+    assert exits[1].exit.signal == signal.SIGTERM
+    assert exits[2].exit.exit_code == 0
+
+
+def test_a_dead_idle_shim_is_replaced(agent: tuple[Agent, Receiver]) -> None:
+    a, rx = agent
+    a.start(("before", sh("echo $PPID")))
+    _exited(rx, "before")
+    idle = int(rx.output("before"))
+    os.kill(idle, signal.SIGKILL)  # the idle shim dies (OOM killer, a stray pkill)
+    wait_for(lambda: not pid_alive(idle), 5, "the shim to die")
+    a.start(("after", sh("echo $PPID; exit 4")))
+    assert _exited(rx, "after").exit.exit_code == 4
+    assert int(rx.output("after")) != idle

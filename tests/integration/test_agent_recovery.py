@@ -170,3 +170,21 @@ def test_sigterm_leaves_programs_running(agent: tuple[Agent, Receiver]) -> None:
     finally:
         kill_daemon(a.state_dir)
         proc.wait()
+
+
+def test_reused_shim_survives_a_killed_agent_then_leaves(agent: tuple[Agent, Receiver]) -> None:
+    """A shim on its second program outlives the daemon like a fresh one, reports
+    through the restarted agent, and ends once its program has (its spawner is gone)."""
+    a, rx = agent
+    a.start(("warm", sh("echo $PPID")))
+    wait_for(lambda: rx.exited("warm"), what="the first program")
+    shim = int(rx.output("warm"))
+    a.start(("second", sh("echo $PPID; sleep 1.5; exit 6")))
+    wait_for(lambda: rx.output("second"), what="the second program")
+    assert int(rx.output("second")) == shim, "the idle shim should run the second program"
+    with restarted(a):
+        assert pid_alive(shim), "the shim must outlive the agent"
+        exited = wait_for(lambda: rx.exited("second"), 10, "the exit after restart")
+        assert exited.exit.exit_code == 6
+        wait_for(lambda: not pid_alive(shim), 5, "the orphaned shim to leave")
+        _contiguous(rx)
