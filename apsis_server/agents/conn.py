@@ -1,0 +1,70 @@
+"""One agent as the server sees it: its connection record and its API view."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from apsis_common import protocol as p
+from apsis_common.auth import Key
+from apsis_server.agents.settings import StaticAgent
+from apsis_server.agents.targets import Target
+from apsis_server.dispatch import Dispatcher
+
+
+@dataclass
+class AgentConn:
+    """One agent as the server sees it.
+
+    `state`: new (known, never wanted), connecting, connected, disconnected (was
+    connected; silent or failing to re-bootstrap), failed (could not be
+    bootstrapped), draining (being replaced by an agent of the server's version),
+    stopped (known from an earlier server run, not connected now).
+    """
+
+    agent_id: str
+    host: str
+    user: str | None
+    key: Key
+    dispatcher: Dispatcher
+    state: str = "connecting"
+    epoch: int = 0
+    version: str = ""
+    pid: int = 0
+    port: int = 0
+    error: str | None = None
+    last_heartbeat: float | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    target: Target = field(default_factory=lambda: Target("local", "127.0.0.1"))
+    static: StaticAgent | None = None
+    wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    pending: dict[str, p.StartProc] = field(default_factory=dict)
+    failures: int = 0
+    running: int | None = None  # as the agent reports it
+    outbox_pending: int | None = None
+    drained_version: str | None = None
+    spawned: bool = False
+    in_group: bool = False
+
+
+def view(conn: AgentConn, running: int) -> dict[str, Any]:
+    """An agent as `GET /api/v1/agents` shows it (times as epoch seconds)."""
+    kind = conn.target.kind
+    return {
+        "agent_id": conn.agent_id,
+        "kind": kind,
+        "host": conn.host,
+        "user": conn.user,
+        "state": conn.state,
+        "version": conn.version,
+        "epoch": conn.epoch,
+        "pid": conn.pid,
+        "port": conn.port,
+        "running": running,
+        "agent_running": conn.running,
+        "outbox_pending": conn.outbox_pending,
+        "pending_starts": len(conn.pending),
+        "last_heartbeat": conn.last_heartbeat,
+        "error": conn.error,
+    }
