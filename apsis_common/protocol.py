@@ -17,6 +17,7 @@ import json
 import signal as _signal
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -301,17 +302,38 @@ class BootstrapReady:
 
 
 def _to_plain(value: Any) -> Any:
+    encoder = _ENCODERS.get(type(value))
+    if encoder is not None:
+        return encoder(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        tag = getattr(type(value), "TYPE", None)
-        if tag is not None:
-            out["type"] = tag
-        return out
+        return _encoder(type(value))(value)
     if isinstance(value, tuple | list):
         return [_to_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
+
+
+_ENCODERS: dict[type[Any], Callable[[Any], Any]] = {}
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _encoder(cls: type[Any]) -> Callable[[Any], Any]:
+    """A function making plain dicts of `cls`'s instances, built once per class."""
+    names = tuple(f.name for f in dataclasses.fields(cls))
+    tag = getattr(cls, "TYPE", None)
+
+    def encode(value: Any) -> dict[str, Any]:
+        out = {}
+        for name in names:
+            v = getattr(value, name)
+            out[name] = v if type(v) in _SCALARS else _to_plain(v)
+        if tag is not None:
+            out["type"] = tag
+        return out
+
+    _ENCODERS[cls] = encode
+    return encode
 
 
 def to_plain(message: Any) -> Any:
@@ -346,78 +368,159 @@ def decode(cls: type[T], data: bytes, content_type: str = MSGPACK) -> T:
 
 def from_plain(cls: type[T], plain: Any) -> T:
     """A message of type `cls` from plain values, every field type checked."""
-    return typing.cast(T, _convert(cls, plain, cls.__name__))
+    try:
+        return typing.cast(T, _converter(cls)(plain))
+    except _Bad as bad:
+        raise ProtocolError(f"{cls.__name__}{''.join(reversed(bad.path))}: {bad.message}") from None
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
+class _Bad(Exception):
+    """A value of the wrong shape; `path` grows (innermost first) on the way out."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.path: list[str] = []
 
 
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
+Converter = Callable[[Any], Any]
+_CONVERTERS: dict[Any, Converter] = {}
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:  # noqa: C901 - one branch per type form
+def _converter(tp: Any) -> Converter:
+    """The checking converter for type `tp`, built once: decoding a message then
+    runs straight-line code instead of taking its type hints apart again."""
+    conv = _CONVERTERS.get(tp)
+    if conv is None:
+        conv = _CONVERTERS[tp] = _build(tp)
+    return conv
+
+
+def _at(conv: Converter, value: Any, where: str) -> Any:
+    try:
+        return conv(value)
+    except _Bad as bad:
+        bad.path.append(where)
+        raise
+
+
+def _expected(tp: Any, value: Any) -> _Bad:
+    name = getattr(tp, "__name__", str(tp))
+    return _Bad(f"expected {name}, got {type(value).__name__}")
+
+
+def _build(tp: Any) -> Converter:
     origin = typing.get_origin(tp)
     if tp is typing.Any:
-        return value
+        return lambda value: value
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        if isinstance(value, dict) and "type" in value:
-            tag = EVENT_TYPES.get(value["type"])
-            if tag is not None and tag in options:
-                return _convert(tag, value, where)
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(option, value, where)
-            except ProtocolError as exc:
-                errors.append(str(exc))
-        raise ProtocolError(errors[0] if errors else f"{where}: unexpected {value!r}")
+        return _build_union(typing.get_args(tp))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected a mapping, got {type(value).__name__}")
-        hints = _hints(tp)
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{where}: missing field {f.name!r}")
-        return typing.cast(Any, tp)(**kwargs)
+        return _build_dataclass(tp)
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ProtocolError(f"{where}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(tp)[:1]
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        item = _converter(typing.get_args(tp)[0])
+
+        def convert_tuple(value: Any) -> Any:
+            if not isinstance(value, list | tuple):
+                raise _Bad(f"expected a list, got {type(value).__name__}")
+            return tuple(_at(item, v, f"[{i}]") for i, v in enumerate(value))
+
+        return convert_tuple
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{where}: expected a mapping, got {type(value).__name__}")
-        kt, vt = typing.get_args(tp)
-        return {
-            _convert(kt, k, f"{where} key"): _convert(vt, v, f"{where}[{k!r}]")
-            for k, v in value.items()
-        }
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is bytes:
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, str):  # JSON has no bytes
-            return value.encode("utf-8", "surrogateescape")
-    elif tp in (str, bool) and isinstance(value, tp):
+        kt, vt = (_converter(t) for t in typing.get_args(tp))
+
+        def convert_dict(value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise _Bad(f"expected a mapping, got {type(value).__name__}")
+            return {_at(kt, k, " key"): _at(vt, v, f"[{k!r}]") for k, v in value.items()}
+
+        return convert_dict
+    return _build_scalar(tp)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise _expected(float, value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    elif tp is type(None) and value is None:
-        return None
-    name = getattr(tp, "__name__", str(tp))
-    raise ProtocolError(f"{where}: expected {name}, got {type(value).__name__}")
+    raise _expected(int, value)
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):  # JSON has no bytes
+        return value.encode("utf-8", "surrogateescape")
+    raise _expected(bytes, value)
+
+
+_SCALARS_IN: dict[Any, Converter] = {float: _float, int: _int, bytes: _bytes}
+
+
+def _build_scalar(tp: Any) -> Converter:
+    known = _SCALARS_IN.get(tp)
+    if known is not None:
+        return known
+    exact = tp in (str, bool, type(None))
+
+    def convert_exact(value: Any) -> Any:
+        if exact and isinstance(value, tp):
+            return value
+        raise _expected(tp, value)
+
+    return convert_exact
+
+
+def _build_union(options: tuple[Any, ...]) -> Converter:
+    optional = type(None) in options
+    tagged = {t: _converter(t) for t in options if t in EVENT_TYPES.values()}
+    others = [_converter(o) for o in options if o is not type(None)]
+
+    def convert_union(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if tagged and isinstance(value, dict) and "type" in value:
+            tag = EVENT_TYPES.get(value["type"])
+            if tag is not None and tag in tagged:
+                return tagged[tag](value)
+        first: _Bad | None = None
+        for conv in others:
+            try:
+                return conv(value)
+            except _Bad as bad:
+                first = first or bad
+        raise first or _Bad(f"unexpected {value!r}")
+
+    return convert_union
+
+
+def _build_dataclass(cls: type[Any]) -> Converter:
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (
+            f.name,
+            _converter(hints[f.name]),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    ]
+
+    def convert_dataclass(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _Bad(f"expected a mapping, got {type(value).__name__}")
+        kwargs: dict[str, Any] = {}
+        for name, conv, required in fields:
+            if name in value:
+                try:
+                    kwargs[name] = conv(value[name])
+                except _Bad as bad:
+                    bad.path.append(f".{name}")
+                    raise
+            elif required:
+                raise _Bad(f"missing field {name!r}")
+        return cls(**kwargs)
+
+    return convert_dataclass
