@@ -30,7 +30,8 @@ from apsis_server.core.planner import Horizon
 from apsis_server.core.templates import Templates, default_helpers
 from apsis_server.engine import Engine
 from apsis_server.facts import Facts
-from apsis_server.feeds import Feeds, feed_routes
+from apsis_server.feeds.fanout import Feeds
+from apsis_server.feeds.routes import feed_routes
 from apsis_server.housekeeping import Housekeeping
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
 from apsis_server.metrics import Metrics, WebhookTiming, metrics_endpoint

@@ -12,7 +12,8 @@ from apsis_server.core.programs import parse_program
 from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
 from apsis_server.engine import Engine
-from apsis_server.feeds import Feeds, Mark, RunSubscriber, Subscriber
+from apsis_server.feeds.fanout import Feeds
+from apsis_server.feeds.subscribers import Mark, RunSubscriber, Subscriber
 from apsis_server.store.memory import MemoryStore
 
 
@@ -46,7 +47,7 @@ def queued(sub: Subscriber) -> list[Any]:
 def test_summary_subscriber_gets_every_change_in_order() -> None:
     eng = engine()
     feeds = Feeds(eng)
-    sub, snapshot = feeds.subscribe_summary()
+    sub, snapshot = feeds.summary.subscribe()
     assert snapshot["type"] == "snapshot" and [j["job_id"] for j in snapshot["jobs"]] == ["tick"]
     run = eng.schedule("tick", {})
     messages = queued(sub)
@@ -59,8 +60,8 @@ def test_summary_subscriber_gets_every_change_in_order() -> None:
 def test_overflow_drops_only_the_slow_subscriber_and_never_blocks() -> None:
     eng = engine()
     feeds = Feeds(eng, max_messages=10)
-    slow, _ = feeds.subscribe_summary()
-    fast, _ = feeds.subscribe_summary()
+    slow, _ = feeds.summary.subscribe()
+    fast, _ = feeds.summary.subscribe()
     for _ in range(8):
         eng.schedule("tick", {})
         queued(fast)  # this one keeps up
@@ -79,7 +80,7 @@ def test_run_subscriber_queues_output_markers_not_bytes() -> None:
     eng = engine()
     feeds = Feeds(eng)
     run = eng.schedule("tick", {})
-    sub = feeds.subscribe_run(run.run_id, True, 0)
+    sub = feeds.runs.subscribe(run.run_id, True, 0)
     assert isinstance(sub, RunSubscriber)
     assert [m["type"] for m in queued(sub)] == ["run", "log", "meta", "output"]
     eng._changes.output.append((run.run_id, 0, b"x" * 100_000))

@@ -1,0 +1,1 @@
+"""The websocket feeds (docs/api.md); `fanout.py` has the theory of operation."""

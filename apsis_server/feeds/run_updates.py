@@ -1,0 +1,103 @@
+"""The run-updates feed: one run's state, log, metadata and output, until it finishes."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from apsis_server.engine import Engine
+from apsis_server.feeds.subscribers import Mark, RunSubscriber, dumps
+from apsis_server.jsonview import log_json, run_json
+from apsis_server.store.base import Changes
+
+
+class RunUpdates:
+    """The subscribers to single runs, by run id. Output is not queued, only
+    marked: the handler reads it from the store (see `fanout.py`)."""
+
+    def __init__(self, engine: Engine, max_messages: int, max_bytes: int) -> None:
+        self.engine = engine
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._subscribers: dict[str, set[RunSubscriber]] = {}
+
+    # -- the listener's part: enqueue only ----------------------------------------
+
+    def publish(self, changes: Changes) -> None:
+        """Queue what changed in each subscribed run; end the feeds of finished runs."""
+        logs: dict[str, list[dict[str, Any]]] = {}
+        for entry in changes.log:
+            if entry.run_id in self._subscribers:
+                logs.setdefault(entry.run_id, []).append(log_json(entry))
+        for run_id, entries in logs.items():
+            self._send(run_id, {"type": "log", "entries": entries})
+        for run_id, meta in changes.meta.items():
+            if run_id in self._subscribers:
+                self._send(run_id, {"type": "meta", "meta": meta})
+        for run_id, offset, data in changes.output:
+            for sub in self._subscribers.get(run_id, ()):
+                sub.more_output(offset + len(data))
+        now = self.engine.clock()
+        for run in changes.runs.values():
+            if run.run_id in self._subscribers:
+                self._send(run.run_id, {"type": "run", "run": run_json(run, now)})
+                if run.state.finished:
+                    for sub in self._subscribers.pop(run.run_id):
+                        sub.push(Mark.END)
+
+    def _send(self, run_id: str, message: Mapping[str, Any]) -> None:
+        text = dumps(message)
+        for sub in self._subscribers.get(run_id, ()):
+            sub.push(text)
+
+    # -- subscribing: register and queue the initial messages in one step -------
+
+    def subscribe(self, run_id: str, init: bool, offset: int) -> RunSubscriber:
+        """A new subscriber to one run, with its initial messages queued.
+
+        A negative `offset` counts back from the end of the output. LookupError if
+        there is no such run.
+        """
+        engine = self.engine
+        run = engine.get(run_id)
+        run_id = run.run_id
+        sub = RunSubscriber(run_id, self.max_messages, self.max_bytes)
+        length = engine.store.output_length(run_id)
+        start = max(0, length + offset) if offset < 0 else min(offset, length)
+        sub.sent = sub.end = start
+        if init:
+            store = engine.store
+            sub.push(dumps({"type": "run", "run": run_json(run, engine.clock())}))
+            entries = [log_json(e) for e in store.log(run_id)]
+            sub.push(dumps({"type": "log", "entries": entries}))
+            sub.push(dumps({"type": "meta", "meta": store.meta(run_id)}))
+            if start == length:
+                sub.push(dumps(output_message(start, b"")))
+        sub.more_output(length)
+        if run.state.finished:
+            sub.push(Mark.END)
+        else:
+            self._subscribers.setdefault(run_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: RunSubscriber) -> None:
+        subs = self._subscribers.get(sub.run_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.run_id]
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether anyone subscribes: checked on every commit, so cheap."""
+        return bool(self._subscribers)
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+
+def output_message(offset: int, data: bytes) -> dict[str, Any]:
+    """An `output` message: `data` from `offset` on, base64-encoded."""
+    return {"type": "output", "offset": offset, "data": base64.b64encode(data).decode("ascii")}

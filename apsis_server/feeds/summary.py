@@ -1,0 +1,140 @@
+"""The summary feed: a snapshot of jobs, recent runs and agents, then every change."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from apsis_common import __version__
+from apsis_common.states import State
+from apsis_common.times import format_time
+from apsis_server.agents.registry import Registry
+from apsis_server.core.jobs import Job
+from apsis_server.engine import Engine
+from apsis_server.feeds.subscribers import Subscriber, dumps
+from apsis_server.jsonview import agent_json, job_json, run_json, upcoming
+from apsis_server.store.base import Changes, RunFilter
+
+RECENT_RUNS = 200
+ACTIVE = (State.STARTING, State.RUNNING, State.STOPPING)
+
+
+class SummaryFeed:
+    """The summary subscribers and what they are sent: run changes as they are
+    committed, job and agent changes as comparing finds them."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry | None,
+        max_messages: int,
+        max_bytes: int,
+        poll_period: float,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.poll_period = poll_period
+        self._subscribers: set[Subscriber] = set()
+        self._jobs_seen: Mapping[str, Job] = engine.jobs
+        self._agents_seen: dict[str, tuple[Any, ...]] = {}
+        self._last_poll = 0.0
+
+    # -- the listener's part: enqueue only ----------------------------------------
+
+    def publish(self, changes: Changes) -> None:
+        """Queue the committed run changes, and any job change, for every subscriber."""
+        now = self.engine.clock()
+        for run in changes.runs.values():
+            self._broadcast({"type": "run", "run": run_json(run, now)})
+        self._check_jobs()
+
+    def _broadcast(self, message: Mapping[str, Any]) -> None:
+        text = dumps(message)
+        for sub in self._subscribers:
+            sub.push(text)
+
+    # -- jobs and agents: compared, since nothing announces their changes -----
+
+    def _check_jobs(self) -> None:
+        jobs = self.engine.jobs
+        if jobs is self._jobs_seen:
+            return
+        old, self._jobs_seen = self._jobs_seen, jobs
+        now = self.engine.clock()
+        for job_id, job in jobs.items():
+            before = old.get(job_id)
+            if before is None or (before is not job and before != job):
+                self._broadcast({"type": "job", "job": job_json(job, upcoming(job, now))})
+        for job_id in old.keys() - jobs.keys():
+            self._broadcast({"type": "job_removed", "job_id": job_id})
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent, as `GET /api/v1/agents` shows them."""
+        if self.registry is None:
+            return []
+        running: dict[str | None, int] = {}
+        for run in self.engine.runs.values():
+            if run.state in ACTIVE:
+                running[run.agent_id] = running.get(run.agent_id, 0) + 1
+        return [agent_json(c, running.get(c.agent_id, 0)) for c in self.registry.agents.values()]
+
+    def poll(self) -> None:
+        """Announce job and agent changes; cheap to call often (rate limited)."""
+        now = time.monotonic()
+        if now - self._last_poll < self.poll_period * 0.9 or not self._subscribers:
+            return
+        self._last_poll = now
+        self._check_jobs()
+        for agent in self.agents():
+            if self._agents_seen.get(agent["agent_id"]) != _agent_key(agent):
+                self._agents_seen[agent["agent_id"]] = _agent_key(agent)
+                self._broadcast({"type": "agent", "agent": agent})
+
+    # -- subscribing: register and read the snapshot in one synchronous step ---
+
+    def subscribe(self) -> tuple[Subscriber, dict[str, Any]]:
+        """A new summary subscriber and its snapshot message."""
+        sub = Subscriber(self.max_messages, self.max_bytes)
+        engine = self.engine
+        now = engine.clock()
+        self._check_jobs()  # earlier subscribers hear of job changes before this snapshot
+        jobs = [job_json(j, upcoming(j, now)) for j in sorted(engine.jobs.values(), key=_job_id)]
+        recent = {r.run_id: r for r in engine.store.query(RunFilter(limit=RECENT_RUNS))}
+        recent.update(engine.runs)
+        agents = self.agents()
+        for agent in agents:
+            self._agents_seen.setdefault(agent["agent_id"], _agent_key(agent))
+        self._subscribers.add(sub)
+        snapshot = {
+            "type": "snapshot",
+            "version": __version__,
+            "time": format_time(now),
+            "jobs": jobs,
+            "runs": [run_json(r, now) for r in recent.values()],
+            "agents": agents,
+        }
+        return sub, snapshot
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subscribers.discard(sub)
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether anyone subscribes: checked on every commit, so cheap."""
+        return bool(self._subscribers)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+
+def _job_id(job: Job) -> str:
+    return job.job_id
+
+
+def _agent_key(agent: Mapping[str, Any]) -> tuple[Any, ...]:
+    # A heartbeat alone is not news; a state, version or load change is.
+    return tuple(v for k, v in agent.items() if k != "last_heartbeat")
