@@ -243,7 +243,10 @@ async def schedule(request: Request) -> Response:
             raise BadInput(str(exc)) from None
         run = engine.schedule_program(Job(job_id="adhoc", params=(), program=program), when)
     elif isinstance(body.get("job_id"), str):
-        run = engine.schedule(body["job_id"], {str(k): str(v) for k, v in args.items()}, when)
+        args = {str(k): str(v) for k, v in args.items()}
+        run = engine.schedule(body["job_id"], args, when, commit=False)
+        await engine.committed()  # one transaction for the requests of one loop turn
+        run = engine.get(run.run_id)
     else:
         raise BadInput("give job_id (and args) or program")
     wait = _float(request, "wait")

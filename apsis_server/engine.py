@@ -96,6 +96,7 @@ class Engine:
         self.by_job: dict[str, set[str]] = {}
         self._finished_now: list[Run] = []
         self._committing = False
+        self._group: asyncio.Future[None] | None = None
         self.output_max = DEFAULT_OUTPUT_MAX
         self.store_error: str | None = None
         self.waiter = Waiter(self)
@@ -419,8 +420,10 @@ class Engine:
         args: Mapping[str, str],
         when: float | None = None,
         rerun_of: str | None = None,
+        commit: bool = True,
     ) -> Run:
-        """Create a run of a job by hand, due at `when` (now if None)."""
+        """Create a run of a job by hand, due at `when` (now if None); with
+        `commit=False` the caller awaits `committed()` before relying on it."""
         job = self.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}")
@@ -434,8 +437,9 @@ class Engine:
         )
         if run.schedule_time is not None and run.schedule_time <= now:
             self._due(run)
-        self.commit()
-        return self.runs.get(run.run_id) or self._changes_run(run.run_id)
+        if commit:
+            self.commit()
+        return self._latest(run.run_id)
 
     def schedule_program(self, program: Job, when: float | None = None) -> Run:
         """An ad-hoc run of a program given directly (its own one-off job)."""
@@ -450,12 +454,33 @@ class Engine:
         if run.schedule_time is not None and run.schedule_time <= now:
             self._due(run)
         self.commit()
-        return self.runs.get(run.run_id) or self._changes_run(run.run_id)
+        return self._latest(run.run_id)
 
-    def _changes_run(self, run_id: str) -> Run:
-        run = self.store.get(run_id)
+    def _latest(self, run_id: str) -> Run:
+        """A run just changed: unfinished, about to be written, or written."""
+        run = self.runs.get(run_id) or self._changes.runs.get(run_id) or self.store.get(run_id)
         assert run is not None
         return run
+
+    def committed(self) -> asyncio.Future[None]:
+        """Done once every change made so far is committed (or failed with
+        Unavailable): whatever the requests of one turn of the event loop
+        changed is written in one transaction, the next turn."""
+        if self._group is None:
+            self._group = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit_group)
+        return self._group
+
+    def _commit_group(self) -> None:
+        group, self._group = self._group, None
+        assert group is not None
+        try:
+            self.commit()
+        except Unavailable as exc:
+            group.set_exception(exc)
+            group.exception()  # retrieved here: not every waiter may still be there
+            return
+        group.set_result(None)
 
     def _due(self, run: Run) -> None:
         run = self.transition(run, State.WAITING, "schedule time reached")

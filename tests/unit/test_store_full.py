@@ -3,7 +3,9 @@ answers Unavailable, and writes everything once space returns."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +63,42 @@ def test_disk_full_keeps_changes_and_recovers(tmp_path: Path) -> None:
                 State.STARTING,
                 State.RUNNING,
             ]
+        store.close()
+
+    run_async(scenario)
+
+
+class CountingStore(SqliteStore):
+    writes = 0
+
+    def write(self, changes: Any) -> None:
+        self.writes += 1
+        super().write(changes)
+
+
+def test_requests_of_one_loop_turn_share_one_transaction(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = CountingStore(tmp_path / "apsis.db")
+        templates = Templates()
+        engine = Engine(store, NoAgents(), templates)
+        engine.set_jobs({"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)})
+
+        async def request() -> str:
+            run = engine.schedule("j", {}, commit=False)
+            await engine.committed()
+            return run.run_id
+
+        run_ids = await asyncio.gather(*(request() for _ in range(8)))
+        assert store.writes == 1
+        assert {r.run_id for r in store.unfinished()} == set(run_ids)
+        # A store that cannot be written fails every request of the turn (→ 503).
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+        results = await asyncio.gather(*(request() for _ in range(50)), return_exceptions=True)
+        assert all(isinstance(r, Unavailable) for r in results)
+        store._db.execute("PRAGMA max_page_count = 1073741823")
+        engine.commit()
+        assert len(store.unfinished()) == 58
         store.close()
 
     run_async(scenario)
