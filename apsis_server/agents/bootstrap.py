@@ -56,7 +56,12 @@ async def _read(proc: asyncio.subprocess.Process, cls: type[T], timeout: float) 
 
 def _write(proc: asyncio.subprocess.Process, message: Any) -> None:
     assert proc.stdin is not None
-    proc.stdin.write(p.encode_json(message) + b"\n")
+    if proc.stdin.is_closing():  # ssh already exited: its stderr says why
+        raise ConnectionResetError("the agent's side closed the exchange")
+    try:
+        proc.stdin.write(p.encode_json(message) + b"\n")
+    except RuntimeError as exc:  # uvloop's way of saying the same ("handler is closed")
+        raise ConnectionResetError(str(exc)) from None
 
 
 async def bootstrap(

@@ -87,7 +87,7 @@ class Keeper:
                 continue
             if await self._needs_connect(conn, silence):
                 try:
-                    await self._connect(conn)
+                    await self._connect_guarded(conn)
                     conn.failures, delay = 0, self.settings.retry_delay
                 except BootstrapError as exc:
                     if not self._failed(conn, exc):
@@ -102,6 +102,17 @@ class Keeper:
             if conn.last_heartbeat is not None and silence > self.settings.lost_timeout:
                 self._lost(conn.agent_id, silence)
             await asyncio.sleep(pause)
+
+    async def _connect_guarded(self, conn: AgentConn) -> None:
+        """Connect; a failure nobody foresaw is a failed attempt too, logged with its
+        traceback, and never the end of this task (nor of the server's others)."""
+        try:
+            await self._connect(conn)
+        except (BootstrapError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("agent %s: connecting failed", conn.agent_id)
+            raise BootstrapError(f"internal error while connecting: {exc!r}") from exc
 
     def _idle(self, conn: AgentConn) -> bool:
         """Whether a silent agent may have stopped itself (`idle_stop`) with nothing lost."""
