@@ -24,15 +24,14 @@ from apsis_common.errors import (
     Unavailable,
 )
 from apsis_common.states import State
-from apsis_common.times import format_time, parse_time
-from apsis_server.agents.registry import view as agent_view
+from apsis_common.times import parse_time
 from apsis_server.core.catchup import next_times
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import Job
 from apsis_server.core.programs import parse_program, signal_number
 from apsis_server.dependencies import dependencies
 from apsis_server.engine import Engine
-from apsis_server.jsonview import job_json, log_json, run_json
+from apsis_server.jsonview import agent_json, job_json, log_json, run_json
 from apsis_server.metrics import stats
 from apsis_server.openapi import openapi_json
 from apsis_server.store.base import RunFilter
@@ -339,11 +338,7 @@ async def agents(request: Request) -> Response:
     registry = request.app.state.registry
     active = (State.STARTING, State.RUNNING, State.STOPPING)
     running = Counter(r.agent_id for r in engine.runs.values() if r.state in active)
-    out = []
-    for conn in registry.agents.values():
-        agent = agent_view(conn, running.get(conn.agent_id, 0))
-        agent["last_heartbeat"] = format_time(conn.last_heartbeat)
-        out.append(agent)
+    out = [agent_json(c, running.get(c.agent_id, 0)) for c in registry.agents.values()]
     return JSONResponse({"agents": out})
 
 

@@ -45,7 +45,6 @@ class Config:
     retention: Retention | None = None
     archive: Path | None = None
     retention_period: float = 600.0
-    raw: dict[str, Any] = field(default_factory=dict)
 
     def with_bind(self, bind: str) -> Config:
         host, _, port = bind.rpartition(":")
@@ -140,7 +139,6 @@ def parse_config(data: Any, base: Path) -> Config:
         retention=retention[0],
         archive=(base / retention[1]) if retention[1] else None,
         retention_period=retention[2],
-        raw=dict(data or {}),
     )
 
 

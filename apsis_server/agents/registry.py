@@ -27,7 +27,7 @@ from apsis_common.auth import Key
 from apsis_common.errors import Unavailable
 from apsis_common.tls import CertPair, write_private
 from apsis_server.agents.choice import Choice
-from apsis_server.agents.conn import AgentConn, view
+from apsis_server.agents.conn import AgentConn
 from apsis_server.agents.groups import pick
 from apsis_server.agents.keeper import Keeper, Lost, Reconcile, Refused
 from apsis_server.agents.settings import AgentSettings, StaticAgent, check_host, check_user
@@ -36,8 +36,7 @@ from apsis_server.dispatch import AgentClient, Command, Dispatcher
 
 log = logging.getLogger(__name__)
 
-# api.py imports `view` from here; it lives in conn.py.
-__all__ = ["LOCAL", "Choice", "Registry", "view"]
+__all__ = ["LOCAL", "Choice", "Registry"]
 
 # Not reachable now: a group skips these members.
 UNREACHABLE = ("disconnected", "failed")
