@@ -167,6 +167,8 @@ def _filter(request: Request, job_id: str | None) -> RunFilter:
 
 # A run id the store can hold: `r` and a 64-bit number, ASCII digits only.
 _RUN_ID = re.compile(r"r[0-9]{1,18}")
+# How long POST /runs waits for a run handed to an agent to leave `starting`.
+START_WAIT = 2.0
 
 
 def _run_id(request: Request) -> str:
@@ -245,12 +247,15 @@ async def schedule(request: Request) -> Response:
         args = {str(k): str(v) for k, v in args.items()}
         run = engine.schedule(body["job_id"], args, when, commit=False)
         await engine.committed()  # one transaction for the requests of one loop turn
-        run = engine.get(run.run_id)
     else:
         raise BadInput("give job_id (and args) or program")
     wait = _float(request, "wait")
     if wait is not None:
         run = await engine.wait(run.run_id, min(wait, 3600.0))
+    else:
+        # A run handed to an agent is answered once it runs (or cannot): the answer
+        # says more, and a client submitting in a loop goes at the pace runs start.
+        run = await engine.started(run.run_id, START_WAIT)
     return JSONResponse({"run": run_json(run, engine.clock())}, status_code=201)
 
 

@@ -91,6 +91,7 @@ class Engine:
         self._cursors: dict[Key, float] = {}
         self._pending: dict[Key, int] = {}
         self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
+        self._start_waiters: dict[str, list[asyncio.Future[Run]]] = {}
         self._next_number = store.max_run_number() + 1
         self._wake = asyncio.Event()
         self.by_job: dict[str, set[str]] = {}
@@ -218,15 +219,25 @@ class Engine:
                 self.agents.start(agent_id, item)
             else:
                 self.agents.command(agent_id, item)
-        for run in finished:
-            for future in self._waiters.pop(run.run_id, []):
-                if not future.done():
-                    future.set_result(run)
+        self._release(finished, changes)
         if changes:
             for listener in self.listeners:
                 listener(changes)
         self.actions.fire(finished, changes.meta)
         self.waiter.changed({run.job_id for run in changes.runs.values()})
+
+    def _release(self, finished: list[Run], changes: Changes) -> None:
+        """Answer whoever waits for these runs to finish, or to leave `starting`."""
+        for run in finished:
+            for future in self._waiters.pop(run.run_id, []):
+                if not future.done():
+                    future.set_result(run)
+        for run_id in [r for r in self._start_waiters if r in changes.runs]:
+            run = changes.runs[run_id]
+            if run.state != State.STARTING:
+                for future in self._start_waiters.pop(run_id):
+                    if not future.done():
+                        future.set_result(run)
 
     # -- timers -------------------------------------------------------------
 
@@ -657,11 +668,29 @@ class Engine:
         run = self.get(run_id)
         if run.state in FINISHED or timeout <= 0:
             return run
+        return await self._await(self._waiters, run_id, timeout)
+
+    async def started(self, run_id: str, timeout: float) -> Run:
+        """The run once past `starting` (its agent said it runs, or why not), or as
+        it is when `timeout` runs out."""
+        run = self.get(run_id)
+        if run.state != State.STARTING or timeout <= 0:
+            return run
+        return await self._await(self._start_waiters, run_id, timeout)
+
+    async def _await(
+        self, waiters: dict[str, list[asyncio.Future[Run]]], run_id: str, timeout: float
+    ) -> Run:
         future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(run_id, []).append(future)
+        waiters.setdefault(run_id, []).append(future)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
+            futures = waiters.get(run_id, [])
+            if future in futures:
+                futures.remove(future)
+                if not futures:
+                    del waiters[run_id]
             return self.get(run_id)
 
     # -- restore ----------------------------------------------------------------
