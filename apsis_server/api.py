@@ -167,7 +167,7 @@ def _filter(request: Request, job_id: str | None) -> RunFilter:
 
 # A run id the store can hold: `r` and a 64-bit number, ASCII digits only.
 _RUN_ID = re.compile(r"r[0-9]{1,18}")
-# How long POST /runs waits for a run handed to an agent to leave `starting`.
+# How long POST /runs waits for an agent to accept a run's start.
 START_WAIT = 2.0
 
 
@@ -253,8 +253,9 @@ async def schedule(request: Request) -> Response:
     if wait is not None:
         run = await engine.wait(run.run_id, min(wait, 3600.0))
     else:
-        # A run handed to an agent is answered once it runs (or cannot): the answer
-        # says more, and a client submitting in a loop goes at the pace runs start.
+        # A run handed to an agent is answered once the agent holds its start (or it
+        # left `starting`): a client submitting in a loop goes at the pace agents
+        # take runs, instead of piling up runs in `starting` behind them.
         run = await engine.started(run.run_id, START_WAIT)
     return JSONResponse({"run": run_json(run, engine.clock())}, status_code=201)
 

@@ -103,15 +103,22 @@ class Command:
 
 
 StartRefused = Callable[[str, str], None]
+StartsAccepted = Callable[[list[str]], None]
 
 
 class Dispatcher:
     """The queue of requests for one agent, sent by one task."""
 
-    def __init__(self, agent_id: str, on_refused: StartRefused) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        on_refused: StartRefused,
+        on_accepted: StartsAccepted = lambda proc_ids: None,
+    ) -> None:
         self.agent_id = agent_id
         self.client: AgentClient | None = None
         self._on_refused = on_refused
+        self._on_accepted = on_accepted
         self._starts: dict[str, p.StartProc] = {}
         self._commands: list[Command] = []
         self._wake = asyncio.Event()
@@ -154,6 +161,7 @@ class Dispatcher:
             for result in results:
                 if result.status == "refused":
                     self._on_refused(result.proc_id, result.error or "refused by the agent")
+            self._on_accepted([r.proc_id for r in results if r.status != "refused"])
         while self._commands:
             command = self._commands[0]
             try:

