@@ -43,6 +43,8 @@ from apsis_server.web import web_routes
 from apsis_server.webhooks import PATH, webhook_route
 
 log = logging.getLogger("apsis_server")
+# The summary feed sends the runs changed in this many seconds as one message.
+SUMMARY_GATHER = 0.05
 
 
 def webhook_url(config: Config) -> str:
@@ -138,7 +140,7 @@ def build_app(config: Config) -> Starlette:
             Middleware(WebhookTiming, metrics=metrics, path=PATH),
         ],
     )
-    app.state.feeds = Feeds(engine, registry)
+    app.state.feeds = Feeds(engine, registry, gather=SUMMARY_GATHER)
     app.state.engine = engine
     app.state.reload = reload
     app.state.registry = registry

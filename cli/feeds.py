@@ -306,8 +306,10 @@ class SummaryFeed:
             self.runs = {str(r["run_id"]): r for r in message.get("runs") or ()}
             self.jobs = {str(j["job_id"]): j for j in message.get("jobs") or ()}
             self.agents = {_agent_key(a): a for a in message.get("agents") or ()}
-        elif kind == "run" and isinstance(message.get("run"), dict):
-            self.runs[str(message["run"]["run_id"])] = message["run"]
+        elif kind == "runs" and isinstance(message.get("runs"), list):
+            for run in message["runs"]:
+                if isinstance(run, dict):
+                    self.runs[str(run["run_id"])] = run
         elif kind == "job" and isinstance(message.get("job"), dict):
             self.jobs[str(message["job"]["job_id"])] = message["job"]
         elif kind == "job_removed":

@@ -43,10 +43,11 @@ class Feeds:
         max_bytes: int = 8 * 1024 * 1024,
         send_timeout: float = 3.0,
         poll_period: float = 1.0,
+        gather: float = 0.0,
     ) -> None:
         self.engine = engine
         self.send_timeout = send_timeout
-        self.summary = SummaryFeed(engine, registry, max_messages, max_bytes, poll_period)
+        self.summary = SummaryFeed(engine, registry, max_messages, max_bytes, poll_period, gather)
         self.runs = RunUpdates(engine, max_messages, max_bytes)
         engine.listeners.append(self)
 

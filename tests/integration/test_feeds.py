@@ -54,10 +54,15 @@ def receive_until(
             return got
 
 
+def runs_of(message: Message) -> list[Message]:
+    """The runs a message carries: one (run updates feed) or several (summary)."""
+    if message["type"] == "runs":
+        return list(message["runs"])
+    return [message["run"]] if message["type"] == "run" else []
+
+
 def run_is(run_id: str, states: set[str]) -> Callable[[Message], bool]:
-    return lambda m: (
-        m["type"] == "run" and m["run"]["run_id"] == run_id and m["run"]["state"] in states
-    )
+    return lambda m: any(r["run_id"] == run_id and r["state"] in states for r in runs_of(m))
 
 
 def test_summary_snapshot_then_live_transitions(server: Server) -> None:
@@ -75,12 +80,12 @@ def test_summary_snapshot_then_live_transitions(server: Server) -> None:
 
         run_id = server.schedule("hello")
         got = receive_until(ws, run_is(run_id, FINISHED))
-        states = [
-            m["run"]["state"] for m in got if m["type"] == "run" and m["run"]["run_id"] == run_id
-        ]
+        mine = [r for m in got for r in runs_of(m) if r["run_id"] == run_id]
+        assert all(m["type"] == "runs" for m in got)
+        states = [r["state"] for r in mine]
         assert states[-1] == "success"
         assert states == sorted(states, key=ORDER.index), states  # in lifecycle order
-        assert got[-1]["run"] == server.run(run_id)  # the REST shape, the same values
+        assert mine[-1] == server.run(run_id)  # the REST shape, the same values
 
 
 def test_reconnect_gets_a_fresh_snapshot(server: Server) -> None:

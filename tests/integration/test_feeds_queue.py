@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from apsis_server.engine import Engine
 from apsis_server.feeds.fanout import Feeds
 from apsis_server.feeds.subscribers import Mark, RunSubscriber, Subscriber
 from apsis_server.store.memory import MemoryStore
+from tests.harness import run_async
 
 
 class NoAgents:
@@ -51,10 +53,16 @@ def test_summary_subscriber_gets_every_change_in_order() -> None:
     assert snapshot["type"] == "snapshot" and [j["job_id"] for j in snapshot["jobs"]] == ["tick"]
     run = eng.schedule("tick", {})
     messages = queued(sub)
-    assert [m["run"]["run_id"] for m in messages] == [run.run_id]
-    assert messages[0]["run"]["state"] == "running"
+    assert [[r["run_id"] for r in m["runs"]] for m in messages] == [[run.run_id]]
+    assert messages[0]["runs"][0]["state"] == "running"
     eng.stop(run.run_id)
-    assert [m["run"]["state"] for m in queued(sub)] == ["success"]
+    assert [[r["state"] for r in m["runs"]] for m in queued(sub)] == [["success"]]
+    # What one commit changes is one message, whatever the number of runs.
+    first, second = eng.schedule("tick", {}, commit=False), eng.schedule("tick", {}, commit=False)
+    eng.commit()
+    assert [[r["run_id"] for r in m["runs"]] for m in queued(sub)] == [
+        [first.run_id, second.run_id]
+    ]
 
 
 def test_overflow_drops_only_the_slow_subscriber_and_never_blocks() -> None:
@@ -93,3 +101,22 @@ def test_run_subscriber_queues_output_markers_not_bytes() -> None:
     assert [i["type"] for i in items[:-1] if isinstance(i, dict)][-1] == "run"
     assert items[-1] is Mark.END
     assert feeds.subscribers == 0  # a finished run's subscribers are let go
+
+
+def test_summary_gathers_changes_into_one_message_per_period() -> None:
+    async def scenario() -> None:
+        eng = engine()
+        feeds = Feeds(eng, gather=0.05)
+        sub, _ = feeds.summary.subscribe()
+        runs = [eng.schedule("tick", {}) for _ in range(5)]  # five commits
+        eng.stop(runs[0].run_id)
+        assert queued(sub) == []  # nothing yet: gathering
+        await asyncio.sleep(0.1)
+        (message,) = queued(sub)
+        got = {r["run_id"]: r for r in message["runs"]}
+        assert list(got) == [r.run_id for r in runs]
+        first = got[runs[0].run_id]
+        # The latest state, with every state it went through.
+        assert first["state"] == "success" and {"running", "success"} <= set(first["times"])
+
+    run_async(scenario)

@@ -61,10 +61,12 @@ export class Summary extends EventTarget {
         this._setStatus("connected");
         this.dispatchEvent(new CustomEvent("snapshot"));
         break;
-      case "run":
-        this.runs.set(msg.run.run_id, msg.run);
+      case "runs":
+        for (const run of msg.runs) {
+          this.runs.set(run.run_id, run);
+          this.dispatchEvent(new CustomEvent("run", { detail: run }));
+        }
         if (this.runs.size > KEEP_FINISHED * 1.2) this._prune();
-        this.dispatchEvent(new CustomEvent("run", { detail: msg.run }));
         break;
       case "job":
         this.jobs.set(msg.job.job_id, msg.job);
