@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -104,6 +104,8 @@ class Command:
 
 StartRefused = Callable[[str, str], None]
 StartsAccepted = Callable[[list[str]], None]
+# Start batches in flight to one agent at once.
+STARTERS = 2
 
 
 class Dispatcher:
@@ -120,6 +122,7 @@ class Dispatcher:
         self._on_refused = on_refused
         self._on_accepted = on_accepted
         self._starts: dict[str, p.StartProc] = {}
+        self._sending: set[str] = set()  # proc ids of starts in a batch in flight
         self._commands: list[Command] = []
         self._wake = asyncio.Event()
 
@@ -136,7 +139,16 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        """Send whatever is queued, forever; back off while the agent is unreachable."""
+        """Send whatever is queued, forever; back off while the agent is unreachable.
+        Starts go out in up to `STARTERS` batches at once: a submission is answered
+        once its agent accepts the start, so a batch waiting behind another's round
+        trip is latency every client pays. Commands go out one at a time, in order."""
+        async with asyncio.TaskGroup() as tasks:
+            for _ in range(STARTERS):
+                tasks.create_task(self._loop(self._send_starts))
+            tasks.create_task(self._loop(self._send_commands))
+
+    async def _loop(self, send: Callable[[AgentClient], Awaitable[None]]) -> None:
         delay = 0.05
         while True:
             await self._wake.wait()
@@ -144,24 +156,30 @@ class Dispatcher:
             if self.client is None:
                 continue
             try:
-                await self._send(self.client)
+                await send(self.client)  # until nothing of its kind is left unsent
                 delay = 0.05
             except Unavailable as exc:
                 log.warning("agent %s: %s; retrying in %.1fs", self.agent_id, exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
-                self._wake.set()
+                self._wake.set()  # try again
 
-    async def _send(self, client: AgentClient) -> None:
-        while self._starts:
-            batch = list(self._starts.values())[:500]
-            results = await client.start(batch)
-            for proc in batch:
-                self._starts.pop(proc.proc_id, None)
+    async def _send_starts(self, client: AgentClient) -> None:
+        while batch := [s for i, s in self._starts.items() if i not in self._sending][:500]:
+            ids = [proc.proc_id for proc in batch]
+            self._sending.update(ids)
+            try:
+                results = await client.start(batch)
+            finally:
+                self._sending.difference_update(ids)
+            for proc_id in ids:
+                self._starts.pop(proc_id, None)
             for result in results:
                 if result.status == "refused":
                     self._on_refused(result.proc_id, result.error or "refused by the agent")
             self._on_accepted([r.proc_id for r in results if r.status != "refused"])
+
+    async def _send_commands(self, client: AgentClient) -> None:
         while self._commands:
             command = self._commands[0]
             try:
