@@ -34,6 +34,7 @@ from apsis_server.engine import Engine
 from apsis_server.jsonview import agent_json, job_json, log_json, run_json
 from apsis_server.metrics import stats
 from apsis_server.openapi import openapi_json
+from apsis_server.operations import Operations
 from apsis_server.store.base import RunFilter
 
 # The one table from error to status.
@@ -72,6 +73,11 @@ def _handled(handler: Handler) -> Handler:
 def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+def _operations(request: Request) -> Operations:
+    operations: Operations = request.app.state.operations
+    return operations
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -299,7 +305,7 @@ def _operation(name: str) -> Handler:
     async def handler(request: Request) -> Response:
         engine = _engine(request)
         run_id = _run_id(request)
-        operation: Callable[[str], Any] = getattr(engine, name)
+        operation: Callable[[str], Any] = getattr(_operations(request), name)
         return JSONResponse({"run": run_json(operation(run_id), engine.clock())})
 
     return handler
@@ -311,7 +317,8 @@ async def signal(request: Request) -> Response:
         number = signal_number(str(request.path_params["signal"]), "signal")
     except Invalid as exc:
         raise BadInput(str(exc)) from None
-    return JSONResponse({"run": run_json(engine.signal(_run_id(request), number), engine.clock())})
+    new = _operations(request).signal(_run_id(request), number)
+    return JSONResponse({"run": run_json(new, engine.clock())})
 
 
 async def mark(request: Request) -> Response:
@@ -322,7 +329,7 @@ async def mark(request: Request) -> Response:
         raise BadInput(f"unknown state {request.path_params['state']!r}") from None
     body = await _body(request)
     message = body.get("message")
-    new = engine.mark(_run_id(request), state, str(message) if message else None)
+    new = _operations(request).mark(_run_id(request), state, str(message) if message else None)
     return JSONResponse({"run": run_json(new, engine.clock())})
 
 
@@ -330,9 +337,8 @@ async def force_error(request: Request) -> Response:
     engine = _engine(request)
     body = await _body(request)
     message = str(body.get("message") or "set to error by hand")
-    return JSONResponse(
-        {"run": run_json(engine.force_error(_run_id(request), message), engine.clock())}
-    )
+    new = _operations(request).force_error(_run_id(request), message)
+    return JSONResponse({"run": run_json(new, engine.clock())})
 
 
 async def reload(request: Request) -> Response:

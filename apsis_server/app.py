@@ -35,6 +35,7 @@ from apsis_server.feeds.routes import feed_routes
 from apsis_server.housekeeping import Housekeeping
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
 from apsis_server.metrics import Metrics, WebhookTiming, metrics_endpoint
+from apsis_server.operations import Operations
 from apsis_server.reconcile import reconcile
 from apsis_server.restore import restore
 from apsis_server.store.sqlite import SqliteStore
@@ -142,6 +143,7 @@ def build_app(config: Config) -> Starlette:
     )
     app.state.feeds = Feeds(engine, registry, gather=SUMMARY_GATHER)
     app.state.engine = engine
+    app.state.operations = Operations(engine)
     app.state.reload = reload
     app.state.registry = registry
     app.state.config = config

@@ -19,13 +19,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from apsis_common import protocol as p
-from apsis_common.errors import BadInput, Conflict, NotFound, Unavailable
+from apsis_common.errors import BadInput, NotFound, Unavailable
 from apsis_common.states import FINISHED, State
 from apsis_server.actions import ActionRunner
 from apsis_server.agents.choice import Choice
 from apsis_server.core import lifecycle
 from apsis_server.core.jobs import Job
-from apsis_server.core.outcomes import StopContext, signal_name
+from apsis_server.core.outcomes import StopContext
 from apsis_server.core.planner import Horizon, Key, plan_job
 from apsis_server.core.programs import BindError, bind
 from apsis_server.core.runs import LogEntry, Run
@@ -296,7 +296,7 @@ class Engine:
                 run = self.transition(
                     run, State.STOPPING, "stop time reached", stop_time=self.clock()
                 )
-                self._request_stop(run)
+                self.request_stop(run)
             elif kind == "no-op" and run.state in (State.RUNNING, State.STOPPING):
                 ok = bool((run.program or {}).get("success", True))
                 self.transition(run, State.SUCCESS if ok else State.FAILURE, "no-op finished")
@@ -325,11 +325,10 @@ class Engine:
                 if run.state == State.SCHEDULED and run.schedule_key is not None:
                     self._withdraw(run)
             for key in [k for k in self._cursors if k[0] == job_id]:
-                self._cursors[key] = self._changes.cursors[key] = now
+                self.set_cursor(key, now)
         for job_id in changed:
             for schedule in self.jobs[job_id].schedules:
-                key = (job_id, schedule.key)
-                self._cursors[key] = self._changes.cursors[key] = now
+                self.set_cursor((job_id, schedule.key), now)
         self.plan(added + changed)
         self.commit()
         return {"added": added, "changed": changed, "removed": removed}
@@ -551,44 +550,17 @@ class Engine:
         self._stop[run.run_id] = StopContext(stop_signal=int(program["stop"]["signal"]))
         self.resend_start(run)
 
-    # -- operations -------------------------------------------------------------
+    # -- what operations and timers need ---------------------------------------
 
     def get(self, run_id: str) -> Run:
+        """The run, unfinished or from the store; NotFound if there is none."""
         run = self.runs.get(run_id) or self.store.get(run_id)
         if run is None:
             raise NotFound(f"no run {run_id!r}")
         return run
 
-    def _unfinished(self, run_id: str, *states: State) -> Run:
-        run = self.get(run_id)
-        if run.state not in states:
-            names = ", ".join(s.value for s in states)
-            raise Conflict(f"run {run_id} is {run.state}; this needs it {names}")
-        return run
-
-    def start(self, run_id: str) -> Run:
-        """Start now, ignoring the schedule time and conditions."""
-        run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
-        self.waiter.forget(run_id)
-        self.start_run(run, "started by hand")
-        self.commit()
-        return self.get(run_id)
-
-    def skip(self, run_id: str) -> Run:
-        run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
-        self.transition(run, State.SKIPPED, "skipped by hand")
-        self.commit()
-        return self.get(run_id)
-
-    def stop(self, run_id: str) -> Run:
-        """Stop a running run: the stop signal, the grace period, then SIGKILL."""
-        run = self._unfinished(run_id, State.RUNNING)
-        run = self.transition(run, State.STOPPING, "stop requested", stop_time=self.clock())
-        self._request_stop(run)
-        self.commit()
-        return self.get(run_id)
-
-    def _request_stop(self, run: Run) -> None:
+    def request_stop(self, run: Run) -> None:
+        """Ask a stopping run's process to stop (a no-op just succeeds)."""
         ctx = self._stop.get(run.run_id, StopContext())
         self._stop[run.run_id] = StopContext(True, ctx.stop_signal, ctx.timed_out, ctx.escalated)
         self.meta(run.run_id, stop_requested=True)
@@ -597,37 +569,10 @@ class Engine:
         elif run.agent_id is not None and run.proc_id is not None:
             self.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
 
-    def signal(self, run_id: str, signal: int) -> Run:
-        run = self._unfinished(run_id, State.RUNNING, State.STOPPING)
-        self.note(run_id, f"sending {signal_name(signal)} by hand")
-        if run.agent_id is not None and run.proc_id is not None:
-            self.send(run.agent_id, Command("signal", run.proc_id, signal=signal))
-        self.commit()
-        return run
-
-    def kill(self, run_id: str) -> Run:
-        return self.signal(run_id, 9)
-
-    def mark(self, run_id: str, state: State, message: str | None = None) -> Run:
-        run = self.get(run_id)
+    def mark_run(self, run: Run, state: State, message: str | None = None) -> Run:
+        """Set a run's state by hand, as `lifecycle.mark` allows; returns it."""
         new = lifecycle.mark(run, state, self.clock(), message or f"marked {state} by hand")
-        self._put(new, new.message, state)
-        self.commit()
-        return new
-
-    def rerun(self, run_id: str) -> Run:
-        run = self.get(run_id)
-        if run.state not in FINISHED:
-            raise Conflict(f"run {run_id} is {run.state}; only a finished run can be rerun")
-        return self.schedule(run.job_id, run.args, rerun_of=run_id)
-
-    def force_error(self, run_id: str, message: str) -> Run:
-        run = self.get(run_id)
-        if run.state in FINISHED:
-            raise Conflict(f"run {run_id} is {run.state}; it has already finished")
-        self.error_run(run_id, message)
-        self.commit()
-        return self.get(run_id)
+        return self._put(new, new.message, state)
 
     def restart_proc(self, run: Run, why: str) -> None:
         """Ask the agent again, under the next attempt's proc id (the state stays)."""
@@ -704,6 +649,31 @@ class Engine:
             return self.get(run_id)
 
     # -- restore ----------------------------------------------------------------
+
+    def adopt(self, run: Run, output_length: int = 0, stop: StopContext | None = None) -> None:
+        """Take an unfinished run read back from the store as one of ours; its
+        process's output length and stop context count if it has a proc id."""
+        self.runs[run.run_id] = run
+        self.by_job.setdefault(run.job_id, set()).add(run.run_id)
+        if run.proc_id is not None:
+            self._by_proc[run.proc_id] = run.run_id
+            self._output_len[run.run_id] = output_length
+            self._stop[run.run_id] = stop or StopContext()
+        if run.state == State.SCHEDULED and run.schedule_key is not None:
+            key = (run.job_id, run.schedule_key)
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def load_cursors(self, cursors: Mapping[Key, float]) -> None:
+        """Take the schedule cursors read back from the store (not written again)."""
+        self._cursors = dict(cursors)
+
+    def cursor(self, key: Key) -> float | None:
+        """How far a schedule is planned: its last planned time, if any."""
+        return self._cursors.get(key)
+
+    def set_cursor(self, key: Key, value: float) -> None:
+        """Move a schedule's cursor, written with the current changes."""
+        self._cursors[key] = self._changes.cursors[key] = value
 
 
 def is_noop(run: Run) -> bool:

@@ -25,34 +25,31 @@ log = logging.getLogger(__name__)
 
 def restore(engine: Engine, default: CatchUp) -> None:
     """Load unfinished runs, re-arm them, and apply catch-up; commits."""
-    engine._cursors = engine.store.cursors()
+    cursors = engine.store.cursors()
+    watermark = cursors.pop(WATERMARK, None)
+    engine.load_cursors(cursors)
     for run in engine.store.unfinished():
         _rearm(engine, run)
-    watermark = engine._cursors.pop(WATERMARK, None)
     if watermark is not None:
         _catch_up(engine, watermark, engine.clock(), default)
     engine.commit()
 
 
 def _rearm(engine: Engine, run: Run) -> None:
-    engine.runs[run.run_id] = run
-    engine.by_job.setdefault(run.job_id, set()).add(run.run_id)
-    if run.proc_id is not None:
-        engine._by_proc[run.proc_id] = run.run_id
-        engine._output_len[run.run_id] = engine.store.output_length(run.run_id)
+    if run.proc_id is None:
+        engine.adopt(run)
+    else:
         meta = engine.store.meta(run.run_id)
         stop = (run.program or {}).get("stop", {})
-        engine._stop[run.run_id] = StopContext(
+        ctx = StopContext(
             stop_requested=bool(meta.get("stop_requested")),
             stop_signal=int(stop.get("signal", 15)),
             timed_out=bool(meta.get("timed_out")),
         )
+        engine.adopt(run, engine.store.output_length(run.run_id), ctx)
     if run.stop_time is not None:
         engine.timer(run.stop_time, run.run_id, "stop-time")
     if run.state == State.SCHEDULED:
-        if run.schedule_key is not None:
-            key = (run.job_id, run.schedule_key)
-            engine._pending[key] = engine._pending.get(key, 0) + 1
         engine.timer(run.schedule_time or 0.0, run.run_id, "due")
     elif run.state == State.WAITING:
         engine.waiter.enter(run)
@@ -79,8 +76,9 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
             due = missed.due
             run = planned.get((job.job_id, missed.schedule_key, due.time))
             key = (job.job_id, missed.schedule_key)
+            cursor = engine.cursor(key)
             if run is None:
-                if due.time <= engine._cursors.get(key, float("-inf")):
+                if cursor is not None and due.time <= cursor:
                     continue  # planned once already, and has run or been handled since
                 run = engine.create(
                     job,
@@ -89,8 +87,7 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
                     schedule_key=missed.schedule_key,
                     stop_time=due.stop_time,
                 )
-            cursor = max(engine._cursors.get(key, due.time), due.time)
-            engine._cursors[key] = engine._changes.cursors[key] = cursor
+            engine.set_cursor(key, due.time if cursor is None else max(cursor, due.time))
             if decision == "skip":
                 engine.transition(run, State.SKIPPED, SKIP_REASON)
         if plan.not_listed:

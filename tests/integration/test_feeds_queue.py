@@ -15,6 +15,7 @@ from apsis_server.dispatch import Command
 from apsis_server.engine import Engine
 from apsis_server.feeds.fanout import Feeds
 from apsis_server.feeds.subscribers import Mark, RunSubscriber, Subscriber
+from apsis_server.operations import Operations
 from apsis_server.store.memory import MemoryStore
 from tests.harness import run_async
 
@@ -55,7 +56,7 @@ def test_summary_subscriber_gets_every_change_in_order() -> None:
     messages = queued(sub)
     assert [[r["run_id"] for r in m["runs"]] for m in messages] == [[run.run_id]]
     assert messages[0]["runs"][0]["state"] == "running"
-    eng.stop(run.run_id)
+    Operations(eng).stop(run.run_id)
     assert [[r["state"] for r in m["runs"]] for m in queued(sub)] == [["success"]]
     # What one commit changes is one message, whatever the number of runs.
     first, second = eng.schedule("tick", {}, commit=False), eng.schedule("tick", {}, commit=False)
@@ -96,7 +97,7 @@ def test_run_subscriber_queues_output_markers_not_bytes() -> None:
     eng.commit()
     assert queued(sub) == [Mark.OUTPUT]  # one marker for both chunks
     assert sub.end == 100_010 and sub.sent == 0
-    eng.stop(run.run_id)
+    Operations(eng).stop(run.run_id)
     items = queued(sub)
     assert [i["type"] for i in items[:-1] if isinstance(i, dict)][-1] == "run"
     assert items[-1] is Mark.END
@@ -109,7 +110,7 @@ def test_summary_gathers_changes_into_one_message_per_period() -> None:
         feeds = Feeds(eng, gather=0.05)
         sub, _ = feeds.summary.subscribe()
         runs = [eng.schedule("tick", {}) for _ in range(5)]  # five commits
-        eng.stop(runs[0].run_id)
+        Operations(eng).stop(runs[0].run_id)
         assert queued(sub) == []  # nothing yet: gathering
         await asyncio.sleep(0.1)
         (message,) = queued(sub)

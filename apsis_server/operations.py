@@ -1,0 +1,90 @@
+"""The operator's operations on one run: start, skip, stop, signal, mark, rerun, error.
+
+Each checks the run's state (409 `Conflict` if the operation does not apply),
+asks the engine to apply the change through its public methods, commits, and
+answers the run as it is now.
+"""
+
+from __future__ import annotations
+
+from apsis_common.errors import Conflict
+from apsis_common.states import FINISHED, State
+from apsis_server.core.outcomes import signal_name
+from apsis_server.core.runs import Run
+from apsis_server.dispatch import Command
+from apsis_server.engine import Engine
+
+
+class Operations:
+    """What an operator may do to a run, by run id."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _unfinished(self, run_id: str, *states: State) -> Run:
+        run = self.engine.get(run_id)
+        if run.state not in states:
+            names = ", ".join(s.value for s in states)
+            raise Conflict(f"run {run_id} is {run.state}; this needs it {names}")
+        return run
+
+    def start(self, run_id: str) -> Run:
+        """Start now, ignoring the schedule time and conditions."""
+        engine = self.engine
+        run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
+        engine.waiter.forget(run_id)
+        engine.start_run(run, "started by hand")
+        engine.commit()
+        return engine.get(run_id)
+
+    def skip(self, run_id: str) -> Run:
+        """Skip a scheduled or waiting run: it finishes as `skipped`."""
+        run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
+        self.engine.transition(run, State.SKIPPED, "skipped by hand")
+        self.engine.commit()
+        return self.engine.get(run_id)
+
+    def stop(self, run_id: str) -> Run:
+        """Stop a running run: the stop signal, the grace period, then SIGKILL."""
+        engine = self.engine
+        run = self._unfinished(run_id, State.RUNNING)
+        run = engine.transition(run, State.STOPPING, "stop requested", stop_time=engine.clock())
+        engine.request_stop(run)
+        engine.commit()
+        return engine.get(run_id)
+
+    def signal(self, run_id: str, signal: int) -> Run:
+        """Send a signal to a running or stopping run's process (the state stays)."""
+        engine = self.engine
+        run = self._unfinished(run_id, State.RUNNING, State.STOPPING)
+        engine.note(run_id, f"sending {signal_name(signal)} by hand")
+        if run.agent_id is not None and run.proc_id is not None:
+            engine.send(run.agent_id, Command("signal", run.proc_id, signal=signal))
+        engine.commit()
+        return run
+
+    def kill(self, run_id: str) -> Run:
+        """Send SIGKILL to a running or stopping run's process."""
+        return self.signal(run_id, 9)
+
+    def mark(self, run_id: str, state: State, message: str | None = None) -> Run:
+        """Set a run's state by hand, as the lifecycle allows marking."""
+        run = self.engine.mark_run(self.engine.get(run_id), state, message)
+        self.engine.commit()
+        return run
+
+    def rerun(self, run_id: str) -> Run:
+        """A new run of a finished run's job, with the same args, due now."""
+        run = self.engine.get(run_id)
+        if run.state not in FINISHED:
+            raise Conflict(f"run {run_id} is {run.state}; only a finished run can be rerun")
+        return self.engine.schedule(run.job_id, run.args, rerun_of=run_id)
+
+    def force_error(self, run_id: str, message: str) -> Run:
+        """Put an unfinished run in `error` with `message`."""
+        run = self.engine.get(run_id)
+        if run.state in FINISHED:
+            raise Conflict(f"run {run_id} is {run.state}; it has already finished")
+        self.engine.error_run(run_id, message)
+        self.engine.commit()
+        return self.engine.get(run_id)
