@@ -257,12 +257,12 @@ async def schedule(request: Request) -> Response:
         raise BadInput("give job_id (and args) or program")
     wait = _float(request, "wait")
     if wait is not None:
-        run = await engine.wait(run.run_id, min(wait, 3600.0))
+        run = await engine.answers.finished(run.run_id, min(wait, 3600.0))
     else:
         # A run handed to an agent is answered once the agent holds its start (or it
         # left `starting`): a client submitting in a loop goes at the pace agents
         # take runs, instead of piling up runs in `starting` behind them.
-        run = await engine.started(run.run_id, START_WAIT)
+        run = await engine.answers.started(run.run_id, START_WAIT)
     return JSONResponse({"run": run_json(run, engine.clock())}, status_code=201)
 
 

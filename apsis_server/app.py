@@ -86,7 +86,7 @@ def build_app(config: Config) -> Starlette:
     engine.waiter.default_max_time = config.waiting_max_time
     engine.output_max = config.output_max
     registry.on_refused = engine.refused
-    registry.on_accepted = engine.handed_over
+    registry.on_accepted = engine.answers.handed_over
     registry.on_lost = engine.agent_lost
     registry.reconcile = functools.partial(reconcile, engine)
     registry.busy = lambda: Counter(r.agent_id for r in engine.runs.values() if r.agent_id)

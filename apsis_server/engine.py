@@ -23,6 +23,7 @@ from apsis_common.errors import BadInput, NotFound, Unavailable
 from apsis_common.states import FINISHED, State
 from apsis_server.actions import ActionRunner
 from apsis_server.agents.choice import Choice
+from apsis_server.answers import Answers
 from apsis_server.core import lifecycle
 from apsis_server.core.jobs import Job
 from apsis_server.core.outcomes import StopContext
@@ -90,8 +91,6 @@ class Engine:
         self._timer_seq = 0
         self._cursors: dict[Key, float] = {}
         self._pending: dict[Key, int] = {}
-        self._waiters: dict[str, list[asyncio.Future[Run]]] = {}
-        self._start_waiters: dict[str, list[asyncio.Future[Run]]] = {}
         self._next_number = store.max_run_number() + 1
         self._wake = asyncio.Event()
         self.by_job: dict[str, set[str]] = {}
@@ -101,6 +100,7 @@ class Engine:
         self.output_max = DEFAULT_OUTPUT_MAX
         self.store_error: str | None = None
         self.waiter = Waiter(self)
+        self.answers = Answers(self)
         # Runs internal (housekeeping) programs; set by whoever owns the store.
         self.internal: Callable[[Run], None] | None = None
         self.actions = ActionRunner(self)
@@ -219,25 +219,12 @@ class Engine:
                 self.agents.start(agent_id, item)
             else:
                 self.agents.command(agent_id, item)
-        self._release(finished, changes)
+        self.answers.release(finished, changes.runs)
         if changes:
             for listener in self.listeners:
                 listener(changes)
         self.actions.fire(finished, changes.meta)
         self.waiter.changed({run.job_id for run in changes.runs.values()})
-
-    def _release(self, finished: list[Run], changes: Changes) -> None:
-        """Answer whoever waits for these runs to finish, or to leave `starting`."""
-        for run in finished:
-            for future in self._waiters.pop(run.run_id, []):
-                if not future.done():
-                    future.set_result(run)
-        for run_id in [r for r in self._start_waiters if r in changes.runs]:
-            run = changes.runs[run_id]
-            if run.state != State.STARTING:
-                for future in self._start_waiters.pop(run_id):
-                    if not future.done():
-                        future.set_result(run)
 
     # -- timers -------------------------------------------------------------
 
@@ -607,46 +594,6 @@ class Engine:
         run = self.runs.get(run_id)
         if run is not None and run.state not in FINISHED:
             self.transition(run, State.ERROR, message)
-
-    async def wait(self, run_id: str, timeout: float) -> Run:
-        """The run once finished, or as it is when `timeout` runs out."""
-        run = self.get(run_id)
-        if run.state in FINISHED or timeout <= 0:
-            return run
-        return await self._await(self._waiters, run_id, timeout)
-
-    def handed_over(self, proc_ids: list[str]) -> None:
-        """The agent has accepted these starts: it holds their specs now."""
-        for proc_id in proc_ids:
-            run = self.run_for_proc(proc_id)
-            if run is None:
-                continue
-            for future in self._start_waiters.pop(run.run_id, []):
-                if not future.done():
-                    future.set_result(run)
-
-    async def started(self, run_id: str, timeout: float) -> Run:
-        """The run once in its agent's hands (the agent accepted its start), or past
-        `starting`, or as it is when `timeout` runs out."""
-        run = self.get(run_id)
-        if run.state != State.STARTING or timeout <= 0:
-            return run
-        return await self._await(self._start_waiters, run_id, timeout)
-
-    async def _await(
-        self, waiters: dict[str, list[asyncio.Future[Run]]], run_id: str, timeout: float
-    ) -> Run:
-        future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
-        waiters.setdefault(run_id, []).append(future)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            futures = waiters.get(run_id, [])
-            if future in futures:
-                futures.remove(future)
-                if not futures:
-                    del waiters[run_id]
-            return self.get(run_id)
 
     # -- restore ----------------------------------------------------------------
 
