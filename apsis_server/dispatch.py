@@ -60,6 +60,8 @@ class AgentClient:
             response = await self._http.request(method, target, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise Unavailable(f"agent at {self.base_url} unreachable: {exc!r}") from exc
+        except RuntimeError as exc:  # this client was closed: the agent was reconnected
+            raise Unavailable(f"agent at {self.base_url}: {exc}") from exc
         if response.status_code >= 400:
             error = _STATUS_ERRORS.get(response.status_code, Unavailable)
             raise error(f"agent answered {response.status_code}: {response.text[:200]}")
@@ -158,7 +160,9 @@ class Dispatcher:
             try:
                 await send(self.client)  # until nothing of its kind is left unsent
                 delay = 0.05
-            except Unavailable as exc:
+            except Exception as exc:  # never the end of sending to this agent
+                if not isinstance(exc, Unavailable):
+                    log.exception("agent %s: sending failed", self.agent_id)
                 log.warning("agent %s: %s; retrying in %.1fs", self.agent_id, exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)

@@ -186,8 +186,9 @@ class Keeper:
         else:
             ready = await self._bootstrap(conn)
         client = AgentClient(conn.target.url(ready.port), conn.key, self._ca_for(conn))
-        if conn.dispatcher.client is not None:
-            await conn.dispatcher.client.close()
+        old, conn.dispatcher.client = conn.dispatcher.client, None  # none until reconciled
+        if old is not None:
+            await old.close()
         conn.error = None
         if conn.last_heartbeat is None:
             # Only the agent's own reports count as hearing from it; this starts the clock.
