@@ -395,14 +395,6 @@ def _converter(tp: Any) -> Converter:
     return conv
 
 
-def _at(conv: Converter, value: Any, where: str) -> Any:
-    try:
-        return conv(value)
-    except _Bad as bad:
-        bad.path.append(where)
-        raise
-
-
 def _expected(tp: Any, value: Any) -> _Bad:
     name = getattr(tp, "__name__", str(tp))
     return _Bad(f"expected {name}, got {type(value).__name__}")
@@ -417,24 +409,48 @@ def _build(tp: Any) -> Converter:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build_dataclass(tp)
     if origin is tuple:
-        item = _converter(typing.get_args(tp)[0])
-
-        def convert_tuple(value: Any) -> Any:
-            if not isinstance(value, list | tuple):
-                raise _Bad(f"expected a list, got {type(value).__name__}")
-            return tuple(_at(item, v, f"[{i}]") for i, v in enumerate(value))
-
-        return convert_tuple
+        return _build_tuple(_converter(typing.get_args(tp)[0]))
     if origin is dict:
         kt, vt = (_converter(t) for t in typing.get_args(tp))
-
-        def convert_dict(value: Any) -> Any:
-            if not isinstance(value, dict):
-                raise _Bad(f"expected a mapping, got {type(value).__name__}")
-            return {_at(kt, k, " key"): _at(vt, v, f"[{k!r}]") for k, v in value.items()}
-
-        return convert_dict
+        return _build_dict(kt, vt)
     return _build_scalar(tp)
+
+
+def _build_tuple(item: Converter) -> Converter:
+    def convert_tuple(value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise _Bad(f"expected a list, got {type(value).__name__}")
+        out = []
+        for i, v in enumerate(value):  # the path is only made for an error
+            try:
+                out.append(item(v))
+            except _Bad as bad:
+                bad.path.append(f"[{i}]")
+                raise
+        return tuple(out)
+
+    return convert_tuple
+
+
+def _build_dict(kt: Converter, vt: Converter) -> Converter:
+    def convert_dict(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _Bad(f"expected a mapping, got {type(value).__name__}")
+        out = {}
+        for k, v in value.items():
+            try:
+                key = kt(k)
+            except _Bad as bad:
+                bad.path.append(" key")
+                raise
+            try:
+                out[key] = vt(v)
+            except _Bad as bad:
+                bad.path.append(f"[{k!r}]")
+                raise
+        return out
+
+    return convert_dict
 
 
 def _float(value: Any) -> float:
