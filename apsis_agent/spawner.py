@@ -200,6 +200,8 @@ class _Spawner:
         self.req_r = req_r
         self.note_w = note_w
         self.idle_r, self.idle_w = os.pipe()
+        os.set_blocking(self.idle_r, False)
+        self.idle_buffer = b""
         self.pipes: dict[int, int] = {}  # reusable shim's pid -> its requests pipe
         self.idle: list[int] = []  # pids of shims waiting for a request, oldest first
         self.boot_id = read_boot_id()
@@ -207,15 +209,13 @@ class _Spawner:
         self.environ = dict(os.environ)
 
     def serve(self) -> None:
-        requests = idle = b""
+        requests = b""
         while True:
             ready = select.select([self.req_r, self.idle_r], [], [], _IDLE_LIFE)[0]
             if not ready:
                 self._dismiss(len(self.idle))  # quiet for a while: the pool goes
             if self.idle_r in ready:
-                idle += os.read(self.idle_r, 1 << 16)
-                *pids, idle = idle.split(b"\n")
-                self.idle += [int(pid) for pid in pids if int(pid) in self.pipes]
+                self._take_idle()
             if self.req_r in ready:
                 data = os.read(self.req_r, 1 << 16)
                 if not data:
@@ -227,8 +227,21 @@ class _Spawner:
                         self._start(request)
             self._dismiss(len(self.idle) - _MAX_IDLE)
 
+    def _take_idle(self) -> None:
+        """Note the shims that said they are idle since the last look (never waits)."""
+        try:
+            self.idle_buffer += os.read(self.idle_r, 1 << 16)
+        except BlockingIOError:
+            return
+        *pids, self.idle_buffer = self.idle_buffer.split(b"\n")
+        self.idle += [int(pid) for pid in pids if int(pid) in self.pipes]
+
     def _start(self, request: dict[str, Any]) -> None:
         line = json.dumps(request).encode() + b"\n"
+        if not self.idle:
+            # Within a burst, short programs end while the spawner forks: a shim
+            # that just finished is far cheaper than a new one.
+            self._take_idle()
         while self.idle:
             pid = self.idle.pop()  # the most recently idle: its pages are warm
             try:

@@ -290,3 +290,18 @@ def test_a_dead_idle_shim_is_replaced(agent: tuple[Agent, Receiver]) -> None:
     a.start(("after", sh("echo $PPID; exit 4")))
     assert _exited(rx, "after").exit.exit_code == 4
     assert int(rx.output("after")) != idle
+
+
+def test_a_burst_of_short_programs_reuses_the_shims_that_finished(
+    agent: tuple[Agent, Receiver],
+) -> None:
+    """Starts arriving together do not each get a new shim: while the spawner forks,
+    the first short programs end, and their shims take the next requests."""
+    a, rx = agent
+    ids = [f"burst{i}" for i in range(100)]
+    results = a.start(*((proc_id, sh("echo $PPID")) for proc_id in ids))
+    assert {r.status for r in results.results} == {"accepted"}
+    for proc_id in ids:
+        assert _exited(rx, proc_id).exit.exit_code == 0
+    shims = {int(rx.output(proc_id)) for proc_id in ids}
+    assert len(shims) < 60, f"{len(shims)} shims for 100 short programs"
