@@ -108,6 +108,9 @@ StartRefused = Callable[[str, str], None]
 StartsAccepted = Callable[[list[str]], None]
 # Start batches in flight to one agent at once.
 STARTERS = 2
+# Starts in one request: small enough that an agent starts the first programs of a
+# burst while the server still sends the rest.
+START_BATCH = 100
 
 
 class Dispatcher:
@@ -169,7 +172,7 @@ class Dispatcher:
                 self._wake.set()  # try again
 
     async def _send_starts(self, client: AgentClient) -> None:
-        while batch := [s for i, s in self._starts.items() if i not in self._sending][:500]:
+        while batch := [s for i, s in self._starts.items() if i not in self._sending][:START_BATCH]:
             ids = [proc.proc_id for proc in batch]
             self._sending.update(ids)
             try:

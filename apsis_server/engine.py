@@ -44,6 +44,8 @@ WATERMARK = ("", "watermark")
 WATERMARK_PERIOD = 5.0
 # How soon to try the store again after a write failed (disk full, read-only).
 STORE_RETRY = 1.0
+# Timers fired between two commits: a burst of due runs reaches agents in slices.
+FIRE_CHUNK = 100
 # Output kept per run: the head and the tail, each half of this.
 DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
 
@@ -244,13 +246,18 @@ class Engine:
                 # How far the server got: catch-up after downtime starts here.
                 self._changes.cursors[WATERMARK] = now
                 next_mark = now + WATERMARK_PERIOD
-            while self._timers and self._timers[0][0] <= now:
+            fired = 0
+            while self._timers and self._timers[0][0] <= now and fired < FIRE_CHUNK:
                 _, _, run_id, kind = heapq.heappop(self._timers)
                 self._fire(run_id, kind)
+                fired += 1
             try:
                 self.commit()
             except Unavailable:
                 await asyncio.sleep(STORE_RETRY)
+                continue
+            if fired == FIRE_CHUNK:
+                await asyncio.sleep(0)  # the first starts go out while the rest are fired
                 continue
             delay = self._timers[0][0] - self.clock() if self._timers else WATERMARK_PERIOD
             delay = min(delay, next_mark - self.clock())

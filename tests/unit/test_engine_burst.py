@@ -1,0 +1,70 @@
+"""Many runs due at once: the first starts reach the agent while the rest are fired."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from apsis_common import protocol as p
+from apsis_common.states import State
+from apsis_server.agents.choice import Choice
+from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.templates import Templates
+from apsis_server.dispatch import Command
+from apsis_server.engine import FIRE_CHUNK, Engine
+from apsis_server.store.sqlite import SqliteStore
+from tests.harness import run_async
+
+
+class RecordingAgents:
+    """Notes, at every start handed out, how many due runs were not fired yet."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.unfired: list[int] = []
+        self.expected = 0
+        self.all_started = asyncio.Event()
+
+    def choose(self, host: str | None, user: str | None) -> Choice:
+        return Choice("local")
+
+    def start(self, agent_id: str, proc: p.StartProc) -> None:
+        assert self.engine is not None
+        runs = self.engine.runs.values()
+        self.unfired.append(sum(r.state == State.SCHEDULED for r in runs))
+        if len(self.unfired) == self.expected:
+            self.all_started.set()
+
+    def command(self, agent_id: str, command: Command) -> None:
+        pass
+
+    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+        return b""
+
+
+def test_a_burst_of_due_runs_is_started_in_slices(tmp_path: Path) -> None:
+    count = 2 * FIRE_CHUNK + 50
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        templates = Templates()
+        agents = RecordingAgents()
+        engine = Engine(store, agents, templates)
+        agents.engine, agents.expected = engine, count
+        program = "program: {type: program, argv: [/bin/true]}\n"
+        engine.set_jobs({"j": parse_job("j", load_yaml(program), templates)})
+        due = time.time() + 0.2
+        for _ in range(count):
+            engine.schedule("j", {}, when=due)
+        loop = asyncio.create_task(engine.run())
+        await asyncio.wait_for(agents.all_started.wait(), 30)
+        loop.cancel()
+        # The first slice went out while most of the burst was still to fire, and
+        # every start was committed (in the store) before it was handed out.
+        assert agents.unfired[0] >= count - FIRE_CHUNK
+        assert agents.unfired[-1] == 0
+        assert sum(1 for r in store.unfinished() if r.state == State.STARTING) == count
+        store.close()
+
+    run_async(scenario)
