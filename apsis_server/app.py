@@ -107,7 +107,7 @@ def build_app(config: Config) -> Starlette:
     def reload() -> dict[str, Any]:
         engine.templates, loaded = load_jobs(config)
         app.state.job_errors = loaded.errors
-        answer: dict[str, Any] = engine.replace_jobs(loaded.jobs)
+        answer: dict[str, Any] = engine.planning.replace_jobs(loaded.jobs)
         answer["errors"] = [e.__dict__ for e in loaded.errors]
         return answer
 
@@ -115,7 +115,7 @@ def build_app(config: Config) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine.templates, loaded = load_jobs(config)
         app.state.job_errors = loaded.errors
-        engine.set_jobs(loaded.jobs)
+        engine.planning.set_jobs(loaded.jobs)
         restore(engine, config.catch_up)
         registry.adopt({r.agent_id for r in engine.runs.values() if r.agent_id})
         log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
@@ -163,7 +163,7 @@ async def _background(
 ) -> None:
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(engine.run())
-        tasks.create_task(engine.plan_loop())
+        tasks.create_task(engine.planning.run())
         tasks.create_task(registry.run())
         tasks.create_task(engine.actions.run())
         tasks.create_task(housekeeping.run())

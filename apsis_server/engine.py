@@ -27,11 +27,12 @@ from apsis_server.answers import Answers
 from apsis_server.core import lifecycle
 from apsis_server.core.jobs import Job
 from apsis_server.core.outcomes import StopContext
-from apsis_server.core.planner import Horizon, Key, plan_job
+from apsis_server.core.planner import Horizon, Key
 from apsis_server.core.programs import BindError, bind
 from apsis_server.core.runs import LogEntry, Run
 from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
+from apsis_server.planning import Planning
 from apsis_server.store.base import Changes, RunStore
 from apsis_server.waiter import Waiter
 
@@ -78,7 +79,6 @@ class Engine:
         self.store = store
         self.agents = agents
         self.templates = templates
-        self.horizon = horizon or Horizon()
         self.clock = clock
         self.jobs: dict[str, Job] = {}
         self.runs: dict[str, Run] = {}
@@ -91,8 +91,6 @@ class Engine:
         self._outgoing: list[tuple[str, p.StartProc | Command]] = []
         self._timers: list[tuple[float, int, str, str]] = []
         self._timer_seq = 0
-        self._cursors: dict[Key, float] = {}
-        self._pending: dict[Key, int] = {}
         self._next_number = store.max_run_number() + 1
         self._wake = asyncio.Event()
         self.by_job: dict[str, set[str]] = {}
@@ -103,6 +101,7 @@ class Engine:
         self.store_error: str | None = None
         self.waiter = Waiter(self)
         self.answers = Answers(self)
+        self.planning = Planning(self, horizon or Horizon())
         # Runs internal (housekeeping) programs; set by whoever owns the store.
         self.internal: Callable[[Run], None] | None = None
         self.actions = ActionRunner(self)
@@ -135,15 +134,29 @@ class Engine:
 
     def transition(self, run: Run, state: State, message: str, **changes: Any) -> Run:
         new = lifecycle.transition(run, state, self.clock(), message, **changes)
-        if run.state == State.SCHEDULED and run.schedule_key is not None:
-            key = (run.job_id, run.schedule_key)
-            self._pending[key] = max(0, self._pending.get(key, 0) - 1)
+        if run.state == State.SCHEDULED:
+            self.planning.unscheduled(run)
         if state in FINISHED:
             self._finished_now.append(new)
         return self._put(new, message, state)
 
     def meta(self, run_id: str, **meta: Any) -> None:
         self._changes.meta.setdefault(run_id, {}).update(meta)
+
+    def move_cursors(self, cursors: Mapping[Key, float]) -> None:
+        """Record schedule cursors moved by planning, written with the current changes."""
+        self._changes.cursors.update(cursors)
+
+    def withdraw(self, run: Run) -> None:
+        """Take back a scheduled run that planning no longer wants: deleted from the
+        store as if never planned."""
+        self.runs.pop(run.run_id, None)
+        same_job = self.by_job.get(run.job_id)
+        if same_job is not None:
+            same_job.discard(run.run_id)
+        self.planning.unscheduled(run)
+        self._changes.runs.pop(run.run_id, None)
+        self._changes.deleted.add(run.run_id)
 
     # -- what agents' facts and housekeeping change ----------------------------------
 
@@ -266,17 +279,6 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(delay, 60.0))
 
-    async def plan_loop(self, period: float = 60.0, chunk: int = 100) -> None:
-        """Keep every schedule planned ahead, forever, a few jobs at a time so the
-        API answers and due runs start while ten thousand jobs are planned."""
-        while True:
-            job_ids = list(self.jobs)
-            for i in range(0, len(job_ids), chunk):
-                self.plan(job_ids[i : i + chunk])
-                self.commit()
-                await asyncio.sleep(0)
-            await asyncio.sleep(period)
-
     def _fire(self, run_id: str, kind: str) -> None:
         run = self.runs.get(run_id)
         if run is None:
@@ -299,67 +301,6 @@ class Engine:
         except Exception:
             log.exception("run %s: timer %s failed", run_id, kind)
             self.error_run(run_id, "internal error; see the server log")
-
-    # -- planning -------------------------------------------------------------
-
-    def set_jobs(self, jobs: Mapping[str, Job]) -> None:
-        self.jobs = dict(jobs)
-
-    def replace_jobs(self, jobs: Mapping[str, Job]) -> dict[str, list[str]]:
-        """Take new job definitions: withdraw and replan the scheduled runs of changed
-        and removed jobs (runs scheduled by hand stay); answer what changed."""
-        old, now = self.jobs, self.clock()
-        added = sorted(set(jobs) - set(old))
-        removed = sorted(set(old) - set(jobs))
-        changed = sorted(j for j in set(jobs) & set(old) if jobs[j] != old[j])
-        self.jobs = dict(jobs)
-        for job_id in changed + removed:
-            for run_id in list(self.by_job.get(job_id, ())):
-                run = self.runs[run_id]
-                if run.state == State.SCHEDULED and run.schedule_key is not None:
-                    self._withdraw(run)
-            for key in [k for k in self._cursors if k[0] == job_id]:
-                self.set_cursor(key, now)
-        for job_id in changed:
-            for schedule in self.jobs[job_id].schedules:
-                self.set_cursor((job_id, schedule.key), now)
-        self.plan(added + changed)
-        self.commit()
-        return {"added": added, "changed": changed, "removed": removed}
-
-    def _withdraw(self, run: Run) -> None:
-        self.runs.pop(run.run_id, None)
-        same_job = self.by_job.get(run.job_id)
-        if same_job is not None:
-            same_job.discard(run.run_id)
-        key = (run.job_id, run.schedule_key or "")
-        self._pending[key] = max(0, self._pending.get(key, 0) - 1)
-        self._changes.runs.pop(run.run_id, None)
-        self._changes.deleted.add(run.run_id)
-
-    def plan(self, job_ids: list[str] | None = None) -> int:
-        """Create the scheduled runs the planner asks for; returns how many."""
-        now = self.clock()
-        count = 0
-        for job_id in job_ids if job_ids is not None else list(self.jobs):
-            job = self.jobs.get(job_id)
-            if job is None:
-                continue
-            planned, cursors = plan_job(job, self._cursors, self._pending, now, self.horizon)
-            for item in planned:
-                run = self.create(
-                    job,
-                    dict(item.due.args),
-                    item.due.time,
-                    schedule_key=item.schedule_key,
-                    stop_time=item.due.stop_time,
-                )
-                if item.due.error is not None:
-                    self.transition(run, State.ERROR, item.due.error)
-                count += 1
-            self._cursors.update(cursors)
-            self._changes.cursors.update(cursors)
-        return count
 
     # -- creating and starting runs -------------------------------------------
 
@@ -410,9 +351,7 @@ class Engine:
             "rerun of " + rerun_of if rerun_of else ("scheduled by hand" if ad_hoc else "scheduled")
         )
         run = self.transition(run, State.SCHEDULED, why)
-        if schedule_key is not None:
-            key = (job.job_id, schedule_key)
-            self._pending[key] = self._pending.get(key, 0) + 1
+        self.planning.scheduled(run)
         self.timer(when, run.run_id, "due")
         if stop_time is not None:
             self.timer(stop_time, run.run_id, "stop-time")
@@ -489,7 +428,7 @@ class Engine:
     def _due(self, run: Run) -> None:
         run = self.transition(run, State.WAITING, "schedule time reached")
         if run.schedule_key is not None:
-            self.plan([run.job_id])
+            self.planning.plan([run.job_id])
         self.waiter.enter(run)
 
     def start_run(self, run: Run, message: str = "starting") -> None:
@@ -613,21 +552,8 @@ class Engine:
             self._by_proc[run.proc_id] = run.run_id
             self._output_len[run.run_id] = output_length
             self._stop[run.run_id] = stop or StopContext()
-        if run.state == State.SCHEDULED and run.schedule_key is not None:
-            key = (run.job_id, run.schedule_key)
-            self._pending[key] = self._pending.get(key, 0) + 1
-
-    def load_cursors(self, cursors: Mapping[Key, float]) -> None:
-        """Take the schedule cursors read back from the store (not written again)."""
-        self._cursors = dict(cursors)
-
-    def cursor(self, key: Key) -> float | None:
-        """How far a schedule is planned: its last planned time, if any."""
-        return self._cursors.get(key)
-
-    def set_cursor(self, key: Key, value: float) -> None:
-        """Move a schedule's cursor, written with the current changes."""
-        self._cursors[key] = self._changes.cursors[key] = value
+        if run.state == State.SCHEDULED:
+            self.planning.scheduled(run)
 
 
 def is_noop(run: Run) -> bool:

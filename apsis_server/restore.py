@@ -27,7 +27,7 @@ def restore(engine: Engine, default: CatchUp) -> None:
     """Load unfinished runs, re-arm them, and apply catch-up; commits."""
     cursors = engine.store.cursors()
     watermark = cursors.pop(WATERMARK, None)
-    engine.load_cursors(cursors)
+    engine.planning.load_cursors(cursors)
     for run in engine.store.unfinished():
         _rearm(engine, run)
     if watermark is not None:
@@ -76,7 +76,7 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
             due = missed.due
             run = planned.get((job.job_id, missed.schedule_key, due.time))
             key = (job.job_id, missed.schedule_key)
-            cursor = engine.cursor(key)
+            cursor = engine.planning.cursor(key)
             if run is None:
                 if cursor is not None and due.time <= cursor:
                     continue  # planned once already, and has run or been handled since
@@ -87,7 +87,7 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
                     schedule_key=missed.schedule_key,
                     stop_time=due.stop_time,
                 )
-            engine.set_cursor(key, due.time if cursor is None else max(cursor, due.time))
+            engine.planning.set_cursor(key, due.time if cursor is None else max(cursor, due.time))
             if decision == "skip":
                 engine.transition(run, State.SKIPPED, SKIP_REASON)
         if plan.not_listed:

@@ -35,7 +35,7 @@ class NoAgents:
 def engine() -> Engine:
     engine = Engine(MemoryStore(), NoAgents(), Templates(), clock=lambda: 1_800_000_000.0)
     noop = parse_program({"type": "no-op", "duration": 60})
-    engine.set_jobs({"tick": Job(job_id="tick", params=(), program=noop)})
+    engine.planning.set_jobs({"tick": Job(job_id="tick", params=(), program=noop)})
     return engine
 
 

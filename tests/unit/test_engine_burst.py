@@ -53,7 +53,7 @@ def test_a_burst_of_due_runs_is_started_in_slices(tmp_path: Path) -> None:
         engine = Engine(store, agents, templates)
         agents.engine, agents.expected = engine, count
         program = "program: {type: program, argv: [/bin/true]}\n"
-        engine.set_jobs({"j": parse_job("j", load_yaml(program), templates)})
+        engine.planning.set_jobs({"j": parse_job("j", load_yaml(program), templates)})
         due = time.time() + 0.2
         for _ in range(count):
             engine.schedule("j", {}, when=due)

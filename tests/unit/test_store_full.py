@@ -40,7 +40,9 @@ def test_disk_full_keeps_changes_and_recovers(tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "apsis.db")
         templates = Templates()
         engine = Engine(store, NoAgents(), templates)
-        engine.set_jobs({"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)})
+        engine.planning.set_jobs(
+            {"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)}
+        )
         first = engine.schedule("j", {})
         db = store._db
         pages = db.execute("PRAGMA page_count").fetchone()[0]
@@ -81,7 +83,9 @@ def test_requests_of_one_loop_turn_share_one_transaction(tmp_path: Path) -> None
         store = CountingStore(tmp_path / "apsis.db")
         templates = Templates()
         engine = Engine(store, NoAgents(), templates)
-        engine.set_jobs({"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)})
+        engine.planning.set_jobs(
+            {"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)}
+        )
 
         async def request() -> str:
             run = engine.schedule("j", {}, commit=False)
