@@ -18,6 +18,7 @@ from apsis_common.states import FINISHED, State
 from apsis_server.core.runs import LogEntry, Run, run_number
 from apsis_server.store.archive import Archiver
 from apsis_server.store.base import Changes, RunFilter
+from apsis_server.store.checkpoint import Checkpointer
 
 _FINISHED_SQL = ", ".join(f"'{s.value}'" for s in sorted(FINISHED))
 
@@ -144,7 +145,11 @@ class SqliteStore:
         # drop the last transactions (WAL keeps the file consistent either way).
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        # Checkpoints run in a thread (store/checkpoint.py), never inside a commit.
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._db.execute(f"PRAGMA journal_size_limit = {64 << 20}")
         self.migrate()
+        self._checkpointer = Checkpointer(path)
 
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -352,4 +357,5 @@ class SqliteStore:
         return int(page_count) * int(page_size)
 
     def close(self) -> None:
+        self._checkpointer.close()
         self._db.close()
