@@ -9,6 +9,7 @@ a proc id at most once, a repeated start is harmless.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -172,7 +173,7 @@ class Dispatcher:
                 self._wake.set()  # try again
 
     async def _send_starts(self, client: AgentClient) -> None:
-        while batch := [s for i, s in self._starts.items() if i not in self._sending][:START_BATCH]:
+        while batch := self._unsent_batch():
             ids = [proc.proc_id for proc in batch]
             self._sending.update(ids)
             try:
@@ -185,6 +186,12 @@ class Dispatcher:
                 if result.status == "refused":
                     self._on_refused(result.proc_id, result.error or "refused by the agent")
             self._on_accepted([r.proc_id for r in results if r.status != "refused"])
+
+    def _unsent_batch(self) -> list[p.StartProc]:
+        """The oldest starts not in flight, up to a batch. Those in flight are the
+        oldest, so this looks at no more than `STARTERS` batches, however many wait."""
+        unsent = (s for proc_id, s in self._starts.items() if proc_id not in self._sending)
+        return list(itertools.islice(unsent, START_BATCH))
 
     async def _send_commands(self, client: AgentClient) -> None:
         while self._commands:
