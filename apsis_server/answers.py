@@ -47,7 +47,7 @@ class Answers:
     def handed_over(self, proc_ids: list[str]) -> None:
         """The agent has accepted these starts: it holds their specs now."""
         for proc_id in proc_ids:
-            run = self._engine.run_for_proc(proc_id)
+            run = self._engine.procs.run_for(proc_id)
             if run is not None:
                 _answer(self._started.pop(run.run_id, []), run)
 

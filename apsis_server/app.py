@@ -85,7 +85,7 @@ def build_app(config: Config) -> Starlette:
         store, registry, Templates(), Horizon(config.horizon, config.max_scheduled_per_schedule)
     )
     engine.waiter.default_max_time = config.waiting_max_time
-    engine.output_max = config.output_max
+    engine.starter.output_max = config.output_max
     registry.on_refused = engine.refused
     registry.on_accepted = engine.answers.handed_over
     registry.on_lost = engine.agent_lost
@@ -162,7 +162,7 @@ async def _background(
     engine: Engine, registry: Registry, housekeeping: Housekeeping, metrics: Metrics
 ) -> None:
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(engine.run())
+        tasks.create_task(engine.timers.run())
         tasks.create_task(engine.planning.run())
         tasks.create_task(registry.run())
         tasks.create_task(engine.actions.run())

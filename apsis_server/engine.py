@@ -5,14 +5,14 @@ Every decision comes from the pure core (`lifecycle`, `planner`, `outcomes`);
 the engine applies them. Changes gather in one `Changes` batch and `commit`
 writes them in one transaction, then releases what must wait for durability:
 agent starts (a proc id is recorded before any agent hears of it), waiters and
-listeners.
+listeners. The parts it owns each keep one concern and act through its methods:
+`planning` (schedules planned ahead), `waiter` (conditions), `starter` (a run's
+program to where it runs), `procs` (which run owns each proc id), `timers`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import heapq
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,22 +33,15 @@ from apsis_server.core.runs import LogEntry, Run
 from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
 from apsis_server.planning import Planning
+from apsis_server.proc_table import ProcTable, is_noop, proc_spec
+from apsis_server.starter import Starter
 from apsis_server.store.base import Changes, RunStore
+from apsis_server.timers import Timers
 from apsis_server.waiter import Waiter
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[Changes], None]
-
-# The watermark is kept among the schedule cursors under this key.
-WATERMARK = ("", "watermark")
-WATERMARK_PERIOD = 5.0
-# How soon to try the store again after a write failed (disk full, read-only).
-STORE_RETRY = 1.0
-# Timers fired between two commits: a burst of due runs reaches agents in slices.
-FIRE_CHUNK = 100
-# Output kept per run: the head and the tail, each half of this.
-DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
 
 
 class Agents(Protocol):
@@ -83,27 +76,20 @@ class Engine:
         self.jobs: dict[str, Job] = {}
         self.runs: dict[str, Run] = {}
         self.listeners: list[Listener] = []
-        self._by_proc: dict[str, str] = {}
-        self._output_len: dict[str, int] = {}
-        self._stop: dict[str, StopContext] = {}
-        self._acks: dict[str, int] = {}
         self._changes = Changes()
         self._outgoing: list[tuple[str, p.StartProc | Command]] = []
-        self._timers: list[tuple[float, int, str, str]] = []
-        self._timer_seq = 0
         self._next_number = store.max_run_number() + 1
-        self._wake = asyncio.Event()
         self.by_job: dict[str, set[str]] = {}
         self._finished_now: list[Run] = []
         self._committing = False
         self._group: asyncio.Future[None] | None = None
-        self.output_max = DEFAULT_OUTPUT_MAX
         self.store_error: str | None = None
         self.waiter = Waiter(self)
         self.answers = Answers(self)
         self.planning = Planning(self, horizon or Horizon())
-        # Runs internal (housekeeping) programs; set by whoever owns the store.
-        self.internal: Callable[[Run], None] | None = None
+        self.procs = ProcTable(self)
+        self.timers = Timers(self)
+        self.starter = Starter(self)
         self.actions = ActionRunner(self)
 
     # -- applying changes -----------------------------------------------------
@@ -111,10 +97,7 @@ class Engine:
     def _put(self, run: Run, message: str | None = None, state: State | None = None) -> Run:
         if run.state in FINISHED:
             self.runs.pop(run.run_id, None)
-            if run.proc_id is not None:
-                self._by_proc.pop(run.proc_id, None)
-            self._output_len.pop(run.run_id, None)
-            self._stop.pop(run.run_id, None)
+            self.procs.forget(run)
             same_job = self.by_job.get(run.job_id)
             if same_job is not None:
                 same_job.discard(run.run_id)
@@ -144,7 +127,8 @@ class Engine:
         self._changes.meta.setdefault(run_id, {}).update(meta)
 
     def move_cursors(self, cursors: Mapping[Key, float]) -> None:
-        """Record schedule cursors moved by planning, written with the current changes."""
+        """Record schedule cursors moved by planning (or the watermark), written with
+        the current changes."""
         self._changes.cursors.update(cursors)
 
     def withdraw(self, run: Run) -> None:
@@ -160,24 +144,10 @@ class Engine:
 
     # -- what agents' facts and housekeeping change ----------------------------------
 
-    def run_for_proc(self, proc_id: str) -> Run | None:
-        """The unfinished run that owns a proc id."""
-        run_id = self._by_proc.get(proc_id)
-        return self.runs.get(run_id) if run_id is not None else None
-
-    def output_length(self, run_id: str) -> int:
-        """How many bytes of a running run's output are stored (or about to be)."""
-        return self._output_len.get(run_id, 0)
-
     def add_output(self, run_id: str, offset: int, data: bytes) -> None:
+        """Store a run's output from `offset`, written with the current changes."""
         self._changes.output.append((run_id, offset, data))
-        self._output_len[run_id] = offset + len(data)
-
-    def stop_context(self, run_id: str) -> StopContext:
-        return self._stop.get(run_id, StopContext())
-
-    def set_stop_context(self, run_id: str, ctx: StopContext) -> None:
-        self._stop[run_id] = ctx
+        self.procs.set_output_length(run_id, offset + len(data))
 
     def ack(self, agent_id: str, seq: int) -> None:
         """Record an agent's events up to `seq` as applied, with the current changes."""
@@ -243,43 +213,8 @@ class Engine:
 
     # -- timers -------------------------------------------------------------
 
-    def timer(self, t: float, run_id: str, kind: str) -> None:
-        """Fire `kind` for the run at time `t`."""
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (t, self._timer_seq, run_id, kind))
-        if self._timers[0][1] == self._timer_seq:
-            self._wake.set()
-
-    async def run(self) -> None:
-        """Fire timers as they come due, forever; keep the watermark current."""
-        next_mark = 0.0
-        while True:
-            now = self.clock()
-            if now >= next_mark:
-                # How far the server got: catch-up after downtime starts here.
-                self._changes.cursors[WATERMARK] = now
-                next_mark = now + WATERMARK_PERIOD
-            fired = 0
-            while self._timers and self._timers[0][0] <= now and fired < FIRE_CHUNK:
-                _, _, run_id, kind = heapq.heappop(self._timers)
-                self._fire(run_id, kind)
-                fired += 1
-            try:
-                self.commit()
-            except Unavailable:
-                await asyncio.sleep(STORE_RETRY)
-                continue
-            if fired == FIRE_CHUNK:
-                await asyncio.sleep(0)  # the first starts go out while the rest are fired
-                continue
-            delay = self._timers[0][0] - self.clock() if self._timers else WATERMARK_PERIOD
-            delay = min(delay, next_mark - self.clock())
-            self._wake.clear()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(delay, 60.0))
-
-    def _fire(self, run_id: str, kind: str) -> None:
+    def fire(self, run_id: str, kind: str) -> None:
+        """Apply a timer come due: what `kind` means for the run as it is now."""
         run = self.runs.get(run_id)
         if run is None:
             return
@@ -302,7 +237,7 @@ class Engine:
             log.exception("run %s: timer %s failed", run_id, kind)
             self.error_run(run_id, "internal error; see the server log")
 
-    # -- creating and starting runs -------------------------------------------
+    # -- creating runs -----------------------------------------------------------
 
     def _allocate(self) -> str:
         run_id = f"r{self._next_number}"
@@ -352,9 +287,9 @@ class Engine:
         )
         run = self.transition(run, State.SCHEDULED, why)
         self.planning.scheduled(run)
-        self.timer(when, run.run_id, "due")
+        self.timers.add(when, run.run_id, "due")
         if stop_time is not None:
-            self.timer(stop_time, run.run_id, "stop-time")
+            self.timers.add(stop_time, run.run_id, "stop-time")
         return run
 
     def schedule(
@@ -431,58 +366,6 @@ class Engine:
             self.planning.plan([run.job_id])
         self.waiter.enter(run)
 
-    def start_run(self, run: Run, message: str = "starting") -> None:
-        """Bind the run's program and hand it to an agent (or run a no-op)."""
-        program = run.program
-        if program is None:
-            job = self.jobs.get(run.job_id)
-            if job is None:
-                self.transition(run, State.ERROR, f"job {run.job_id} no longer exists")
-                return
-            scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
-            try:
-                program = bind(job.program, self.templates, scope)
-            except BindError as exc:
-                self.transition(run, State.ERROR, str(exc))
-                return
-        if str(program["type"]).startswith("internal."):
-            if self.internal is None:
-                self.transition(run, State.ERROR, f"{program['type']} needs the SQLite store")
-                return
-            run = self.transition(run, State.STARTING, message, program=program)
-            run = self.transition(run, State.RUNNING, "running in the server")
-            self.internal(run)
-            return
-        if program["type"] == "no-op":
-            run = self.transition(run, State.STARTING, message, program=program)
-            run = self.transition(run, State.RUNNING, "no-op running")
-            self.timer(self.clock() + float(program.get("duration", 0.0)), run.run_id, "no-op")
-            return
-        # Part of the bound program, so a start repeated after a restart is the same.
-        program = {"output_max": self.output_max, **program}
-        try:
-            choice = self.agents.choose(program.get("host"), program.get("user"))
-        except (LookupError, ValueError) as exc:
-            self.transition(run, State.ERROR, str(exc), program=program)
-            return
-        attempt = run.attempt + 1
-        proc_id = f"{run.run_id}.{attempt}"
-        run = self.transition(
-            run,
-            State.STARTING,
-            message,
-            program=program,
-            proc_id=proc_id,
-            agent_id=choice.agent_id,
-            attempt=attempt,
-        )
-        for note in choice.notes:
-            self.note(run.run_id, note)
-        self._by_proc[proc_id] = run.run_id
-        self._output_len[run.run_id] = 0
-        self._stop[run.run_id] = StopContext(stop_signal=int(program["stop"]["signal"]))
-        self.resend_start(run)
-
     # -- what operations and timers need ---------------------------------------
 
     def get(self, run_id: str) -> Run:
@@ -494,10 +377,9 @@ class Engine:
 
     def request_stop(self, run: Run) -> None:
         """Ask a stopping run's process to stop (a no-op just succeeds)."""
-        ctx = self._stop.get(run.run_id, StopContext())
-        self._stop[run.run_id] = StopContext(True, ctx.stop_signal, ctx.timed_out, ctx.escalated)
+        self.procs.stop_requested(run.run_id)
         self.meta(run.run_id, stop_requested=True)
-        if run.program is not None and run.program["type"] == "no-op":
+        if is_noop(run):
             self.transition(run, State.SUCCESS, "stopped")
         elif run.agent_id is not None and run.proc_id is not None:
             self.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
@@ -514,10 +396,8 @@ class Engine:
             return
         attempt = run.attempt + 1
         proc_id = f"{run.run_id}.{attempt}"
-        if run.proc_id is not None:
-            self._by_proc.pop(run.proc_id, None)
+        self.procs.moved(run.run_id, run.proc_id, proc_id)
         run = self._put(run.replace(proc_id=proc_id, attempt=attempt), f"{why}; starting again")
-        self._by_proc[proc_id] = run.run_id
         self.resend_start(run)
 
     def agent_lost(self, agent_id: str, silence: float) -> None:
@@ -531,9 +411,9 @@ class Engine:
 
     def refused(self, proc_id: str, error: str) -> None:
         """An agent refused to start a process."""
-        run_id = self._by_proc.get(proc_id)
-        if run_id is not None:
-            self.error_run(run_id, error)
+        run = self.procs.run_for(proc_id)
+        if run is not None:
+            self.error_run(run.run_id, error)
             self.commit()
 
     def error_run(self, run_id: str, message: str) -> None:
@@ -549,29 +429,6 @@ class Engine:
         self.runs[run.run_id] = run
         self.by_job.setdefault(run.job_id, set()).add(run.run_id)
         if run.proc_id is not None:
-            self._by_proc[run.proc_id] = run.run_id
-            self._output_len[run.run_id] = output_length
-            self._stop[run.run_id] = stop or StopContext()
+            self.procs.add(run.run_id, run.proc_id, output_length, stop)
         if run.state == State.SCHEDULED:
             self.planning.scheduled(run)
-
-
-def is_noop(run: Run) -> bool:
-    return run.program is not None and run.program["type"] == "no-op"
-
-
-def proc_spec(run: Run, program: Mapping[str, Any]) -> p.ProcSpec:
-    """The agent's view of a bound process program."""
-    timeout = program.get("timeout")
-    return p.ProcSpec(
-        argv=tuple(program["argv"]),
-        cwd=program.get("cwd"),
-        env_inherit=bool(program.get("env_inherit", True)),
-        env=dict(program.get("env", {})),
-        stop=p.StopSpec(int(program["stop"]["signal"]), float(program["stop"]["grace"])),
-        timeout=p.TimeoutSpec(float(timeout["duration"]), int(timeout["signal"]))
-        if timeout
-        else None,
-        output_max=int(program.get("output_max", DEFAULT_OUTPUT_MAX)),
-        labels={"run_id": run.run_id, "job_id": run.job_id},
-    )

@@ -73,7 +73,7 @@ class Facts:
         return acked
 
     def _run(self, agent_id: str, proc_id: str) -> Run | None:
-        run = self.engine.run_for_proc(proc_id)
+        run = self.engine.procs.run_for(proc_id)
         if run is None:
             log.info("agent %s: event for %s, which no unfinished run owns", agent_id, proc_id)
         return run
@@ -115,7 +115,7 @@ class Facts:
             )
 
     def _output(self, run: Run, offset: int, data: bytes) -> None:
-        known = self.engine.output_length(run.run_id)
+        known = self.engine.procs.output_length(run.run_id)
         end = offset + len(data)
         if end <= known:
             return  # a duplicate
@@ -130,23 +130,23 @@ class Facts:
     def _signaled(self, run: Run, event: p.ProcSignaled) -> None:
         engine = self.engine
         engine.note(run.run_id, f"agent sent {signal_name(event.signal)} ({event.reason})")
-        ctx = engine.stop_context(run.run_id)
+        ctx = engine.procs.stop_context(run.run_id)
         if event.reason == "timeout":
-            engine.set_stop_context(
+            engine.procs.set_stop_context(
                 run.run_id, StopContext(True, event.signal, True, ctx.escalated)
             )
             engine.meta(run.run_id, timed_out=True)
             if run.state == State.RUNNING:
                 engine.transition(run, State.STOPPING, "timed out", stop_time=engine.clock())
         elif event.reason == "escalation":
-            engine.set_stop_context(
+            engine.procs.set_stop_context(
                 run.run_id,
                 StopContext(ctx.stop_requested, ctx.stop_signal, ctx.timed_out, True),
             )
 
     async def _exited(self, agent_id: str, run: Run, event: p.ProcExited) -> None:
         engine = self.engine
-        known = engine.output_length(run.run_id)
+        known = engine.procs.output_length(run.run_id)
         if event.output_length > known:
             try:
                 data = await engine.agents.output(
@@ -158,7 +158,7 @@ class Facts:
         run = engine.runs.get(run.run_id, run)
         if run.state == State.STARTING:
             run = engine.transition(run, State.RUNNING, "running")
-        state, message = outcome(event.exit, engine.stop_context(run.run_id))
+        state, message = outcome(event.exit, engine.procs.stop_context(run.run_id))
         exit = event.exit
         started = run.times.get("running")
         engine.meta(

@@ -49,7 +49,7 @@ class Housekeeping:
         self._base = state_dir or archive_path.parent
         self._queue: asyncio.Queue[Run] = asyncio.Queue()
         self.longest_step = 0.0
-        engine.internal = self._queue.put_nowait
+        engine.starter.internal = self._queue.put_nowait
 
     async def run(self) -> None:
         """Work through internal runs as they come, and retention on its period."""

@@ -33,7 +33,7 @@ class Operations:
         engine = self.engine
         run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
         engine.waiter.forget(run_id)
-        engine.start_run(run, "started by hand")
+        engine.starter.start(run, "started by hand")
         engine.commit()
         return engine.get(run_id)
 

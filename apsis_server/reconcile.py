@@ -34,7 +34,7 @@ async def reconcile(engine: Engine, agent_id: str, client: AgentClient) -> None:
         elif run.state in (State.RUNNING, State.STOPPING):
             engine.transition(run, State.ERROR, f"agent {agent_id} has no process {run.proc_id}")
     for proc_id, summary in procs.items():
-        if engine.run_for_proc(proc_id) is not None:
+        if engine.procs.run_for(proc_id) is not None:
             continue
         if summary.state in ("starting", "running"):
             log.warning("agent %s: stopping %s, which no run owns", agent_id, proc_id)

@@ -18,7 +18,9 @@ from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Run
 from apsis_server.dispatch import Command
-from apsis_server.engine import WATERMARK, Engine, is_noop
+from apsis_server.engine import Engine
+from apsis_server.proc_table import is_noop
+from apsis_server.timers import WATERMARK
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,15 @@ def _rearm(engine: Engine, run: Run) -> None:
         )
         engine.adopt(run, engine.store.output_length(run.run_id), ctx)
     if run.stop_time is not None:
-        engine.timer(run.stop_time, run.run_id, "stop-time")
+        engine.timers.add(run.stop_time, run.run_id, "stop-time")
     if run.state == State.SCHEDULED:
-        engine.timer(run.schedule_time or 0.0, run.run_id, "due")
+        engine.timers.add(run.schedule_time or 0.0, run.run_id, "due")
     elif run.state == State.WAITING:
         engine.waiter.enter(run)
     elif run.state == State.STARTING:
         engine.resend_start(run)
     elif run.state in (State.RUNNING, State.STOPPING) and is_noop(run):
-        engine.timer(engine.clock(), run.run_id, "no-op")
+        engine.timers.add(engine.clock(), run.run_id, "no-op")
     elif run.state == State.STOPPING and run.agent_id and run.proc_id:
         # The stop may not have reached the agent before the restart; it is idempotent.
         engine.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))

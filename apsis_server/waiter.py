@@ -81,7 +81,7 @@ class Waiter:
             limit = job.waiting_max_time
         if limit is not None:
             since = run.times.get(State.WAITING.value, self._engine.clock())
-            self._engine.timer(since + limit, run.run_id, "waiting-limit")
+            self._engine.timers.add(since + limit, run.run_id, "waiting-limit")
         self._check(run)
 
     def expire(self, run: Run) -> None:
@@ -134,7 +134,7 @@ class Waiter:
             return
         self.forget(run.run_id)
         if verdict.kind == "ready":
-            engine.start_run(run, "conditions met" if conditions else "starting")
+            engine.starter.start(run, "conditions met" if conditions else "starting")
         elif verdict.kind == "finish" and verdict.state is not None:
             engine.transition(run, verdict.state, verdict.message)
         else:

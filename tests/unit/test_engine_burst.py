@@ -12,8 +12,9 @@ from apsis_server.agents.choice import Choice
 from apsis_server.core.jobs import load_yaml, parse_job
 from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
-from apsis_server.engine import FIRE_CHUNK, Engine
+from apsis_server.engine import Engine
 from apsis_server.store.sqlite import SqliteStore
+from apsis_server.timers import FIRE_CHUNK
 from tests.harness import run_async
 
 
@@ -57,7 +58,7 @@ def test_a_burst_of_due_runs_is_started_in_slices(tmp_path: Path) -> None:
         due = time.time() + 0.2
         for _ in range(count):
             engine.schedule("j", {}, when=due)
-        loop = asyncio.create_task(engine.run())
+        loop = asyncio.create_task(engine.timers.run())
         await asyncio.wait_for(agents.all_started.wait(), 30)
         loop.cancel()
         # The first slice went out while most of the burst was still to fire, and

@@ -1,0 +1,110 @@
+"""The process table: which unfinished run owns each proc id, and what is known of
+that run's process.
+
+A run handed to an agent gets a proc id (`<run id>.<attempt>`), and a new one when
+it is started again; agents' events name the proc id and `run_for` finds the run.
+Beside it the table keeps how much of the run's output is stored (so a repeated
+or skipped piece is recognised) and its stop context (from which an exit's
+outcome is judged). The starter registers a run here as it hands it to an agent,
+the engine as it starts one again or adopts one after a restart; the engine
+forgets it when the run finishes, and still writes the output itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from apsis_common import protocol as p
+from apsis_server.core.outcomes import StopContext
+from apsis_server.core.runs import Run
+
+if TYPE_CHECKING:
+    from apsis_server.engine import Engine
+
+# Output kept per run: the head and the tail, each half of this.
+DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
+
+
+class ProcTable:
+    """Owns, per unfinished run: its proc id, its stored output length, its stop context."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._by_proc: dict[str, str] = {}
+        self._output_len: dict[str, int] = {}
+        self._stop: dict[str, StopContext] = {}
+
+    def run_for(self, proc_id: str) -> Run | None:
+        """The unfinished run that owns a proc id."""
+        run_id = self._by_proc.get(proc_id)
+        return self._engine.runs.get(run_id) if run_id is not None else None
+
+    # -- what the engine tells -------------------------------------------------
+
+    def add(
+        self, run_id: str, proc_id: str, output_length: int = 0, stop: StopContext | None = None
+    ) -> None:
+        """A run has a process: just started, or adopted after a restart with the
+        output already stored and its stop context."""
+        self._by_proc[proc_id] = run_id
+        self._output_len[run_id] = output_length
+        self._stop[run_id] = stop or StopContext()
+
+    def moved(self, run_id: str, old: str | None, new: str) -> None:
+        """A run's process is started again under a new proc id."""
+        if old is not None:
+            self._by_proc.pop(old, None)
+        self._by_proc[new] = run_id
+
+    def forget(self, run: Run) -> None:
+        """A run has finished: nothing of its process is kept."""
+        if run.proc_id is not None:
+            self._by_proc.pop(run.proc_id, None)
+        self._output_len.pop(run.run_id, None)
+        self._stop.pop(run.run_id, None)
+
+    # -- output and stop ---------------------------------------------------------
+
+    def output_length(self, run_id: str) -> int:
+        """How many bytes of a running run's output are stored (or about to be)."""
+        return self._output_len.get(run_id, 0)
+
+    def set_output_length(self, run_id: str, length: int) -> None:
+        """Output up to `length` is stored (or about to be)."""
+        self._output_len[run_id] = length
+
+    def stop_context(self, run_id: str) -> StopContext:
+        """What the server asked of a run's process so far, to judge how it ended."""
+        return self._stop.get(run_id, StopContext())
+
+    def set_stop_context(self, run_id: str, ctx: StopContext) -> None:
+        """What an agent reported of the stop (a timeout, an escalation)."""
+        self._stop[run_id] = ctx
+
+    def stop_requested(self, run_id: str) -> None:
+        """A stop was asked for: the exit that follows is judged as stopped."""
+        ctx = self.stop_context(run_id)
+        self._stop[run_id] = StopContext(True, ctx.stop_signal, ctx.timed_out, ctx.escalated)
+
+
+def is_noop(run: Run) -> bool:
+    """Whether a run's program is a no-op: it has no process."""
+    return run.program is not None and run.program["type"] == "no-op"
+
+
+def proc_spec(run: Run, program: Mapping[str, Any]) -> p.ProcSpec:
+    """The agent's view of a bound process program."""
+    timeout = program.get("timeout")
+    return p.ProcSpec(
+        argv=tuple(program["argv"]),
+        cwd=program.get("cwd"),
+        env_inherit=bool(program.get("env_inherit", True)),
+        env=dict(program.get("env", {})),
+        stop=p.StopSpec(int(program["stop"]["signal"]), float(program["stop"]["grace"])),
+        timeout=p.TimeoutSpec(float(timeout["duration"]), int(timeout["signal"]))
+        if timeout
+        else None,
+        output_max=int(program.get("output_max", DEFAULT_OUTPUT_MAX)),
+        labels={"run_id": run.run_id, "job_id": run.job_id},
+    )

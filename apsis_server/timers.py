@@ -1,0 +1,76 @@
+"""Timers: when each unfinished run next needs the engine, and the loop that fires them.
+
+A timer is a time, a run id and a kind ("due", "stop-time", "waiting-limit",
+"no-op"). The loop takes timers off as they come due and the engine decides what
+each means for the run as it is then (`Engine.fire`); a run that has moved on
+ignores its stale timers, so none is ever cancelled. The loop commits after each
+slice of timers and keeps the watermark current: how far the server got, from
+which catch-up starts after downtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+from typing import TYPE_CHECKING
+
+from apsis_common.errors import Unavailable
+
+if TYPE_CHECKING:
+    from apsis_server.engine import Engine
+
+# The watermark is kept among the schedule cursors under this key.
+WATERMARK = ("", "watermark")
+WATERMARK_PERIOD = 5.0
+# How soon to try the store again after a write failed (disk full, read-only).
+STORE_RETRY = 1.0
+# Timers fired between two commits: a burst of due runs reaches agents in slices.
+FIRE_CHUNK = 100
+
+
+class Timers:
+    """Owns the pending timers, earliest first."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+
+    def add(self, t: float, run_id: str, kind: str) -> None:
+        """Fire `kind` for the run at time `t`."""
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, run_id, kind))
+        if self._heap[0][1] == self._seq:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Fire timers as they come due, forever; keep the watermark current."""
+        engine = self._engine
+        next_mark = 0.0
+        while True:
+            now = engine.clock()
+            if now >= next_mark:
+                # How far the server got: catch-up after downtime starts here.
+                engine.move_cursors({WATERMARK: now})
+                next_mark = now + WATERMARK_PERIOD
+            fired = 0
+            while self._heap and self._heap[0][0] <= now and fired < FIRE_CHUNK:
+                _, _, run_id, kind = heapq.heappop(self._heap)
+                engine.fire(run_id, kind)
+                fired += 1
+            try:
+                engine.commit()
+            except Unavailable:
+                await asyncio.sleep(STORE_RETRY)
+                continue
+            if fired == FIRE_CHUNK:
+                await asyncio.sleep(0)  # the first starts go out while the rest are fired
+                continue
+            delay = self._heap[0][0] - engine.clock() if self._heap else WATERMARK_PERIOD
+            delay = min(delay, next_mark - engine.clock())
+            self._wake.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(delay, 60.0))
