@@ -2,20 +2,24 @@
 
 Actions fire once, on the transition into a finished state (not on a later
 mark), and each firing is written to the run log of both runs involved.
-Webhooks are delivered by one task with retries, so a slow URL never holds up
-the engine.
+Webhooks and emails are delivered by a task of their own each, with retries, so
+a slow URL or mail server never holds up the engine (nor the other kind); each
+attempt's outcome is written to the run log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import smtplib
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from apsis_server import mail
 from apsis_server.core.actions import (
     Action,
     EmailAction,
@@ -35,9 +39,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Delivery:
+    """One webhook or email: `attempt` delivers it once or raises saying why not."""
+
     run_id: str
-    url: str
-    payload: dict[str, Any]
+    what: str  # "webhook to URL", "email to ADDRESSES"
+    attempt: Callable[[], Awaitable[None]]
+
+
+class Refused(Exception):
+    """The receiver answered, but did not take it."""
 
 
 def retry_delay(action: RetryAction, number: int) -> float:
@@ -53,9 +63,15 @@ class ActionRunner:
         self, engine: Engine, webhook_attempts: int = 5, webhook_delay: float = 0.5
     ) -> None:
         self._engine = engine
-        self._deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._webhooks: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._emails: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._client: httpx.AsyncClient | None = None  # while `run` runs
         self._attempts = webhook_attempts
         self._delay = webhook_delay
+        # Where email goes (none: email actions are skipped), and the web UI's
+        # address for links to runs; set by whoever reads the config.
+        self.smtp: mail.SmtpSettings | None = None
+        self.public_url: str | None = None
 
     def fire(self, finished: list[Run], meta: Mapping[str, Mapping[str, Any]]) -> None:
         for run in finished:
@@ -91,10 +107,32 @@ class ActionRunner:
             self._retry(run, action, meta)
         elif isinstance(action, WebhookAction):
             if run.state in action.states:
-                payload = {"run": run_json(run, engine.clock())}
-                self._deliveries.put_nowait(Delivery(run.run_id, expand(action.url), payload))
+                self._webhook(run, expand(action.url))
         elif isinstance(action, EmailAction) and run.state in action.states:
-            engine.note(run.run_id, "email action skipped: no SMTP server is configured")
+            if self.smtp is None:
+                engine.note(run.run_id, "email action skipped: no SMTP server is configured")
+            else:
+                self._email(run, self.smtp, tuple(expand(to) for to in action.to))
+
+    def _webhook(self, run: Run, url: str) -> None:
+        payload = {"run": run_json(run, self._engine.clock())}
+
+        async def post() -> None:
+            if self._client is None:
+                raise Refused("the server is shutting down")
+            response = await self._client.post(url, json=payload)
+            if response.status_code >= 400:
+                raise Refused(f"HTTP {response.status_code}")
+
+        self._webhooks.put_nowait(Delivery(run.run_id, f"webhook to {url}", post))
+
+    def _email(self, run: Run, smtp: mail.SmtpSettings, to: tuple[str, ...]) -> None:
+        message: EmailMessage = mail.compose(smtp, to, run, self.public_url)
+
+        async def send() -> None:
+            await asyncio.to_thread(mail.send, smtp, message)
+
+        self._emails.put_nowait(Delivery(run.run_id, f"email to {', '.join(to)}", send))
 
     def _retry(self, run: Run, action: RetryAction, meta: Mapping[str, Any]) -> None:
         if run.state not in action.states:
@@ -120,26 +158,31 @@ class ActionRunner:
         self._engine.note(run.run_id, f"retry action: {new.run_id} in {delay:g}s")
 
     async def run(self) -> None:
-        """Deliver webhooks, forever."""
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            while True:
-                delivery = await self._deliveries.get()
-                await self._deliver(client, delivery)
+        """Deliver webhooks and emails, forever."""
+        async with httpx.AsyncClient(timeout=10.0) as self._client:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._serve(self._webhooks))
+                    tasks.create_task(self._serve(self._emails))
+            finally:
+                self._client = None
 
-    async def _deliver(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
-        error = ""
+    async def _serve(self, queue: asyncio.Queue[Delivery]) -> None:
+        while True:
+            await self._deliver(await queue.get())
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        what = delivery.what
         for attempt in range(1, self._attempts + 1):
             try:
-                response = await client.post(delivery.url, json=delivery.payload)
-                if response.status_code < 400:
-                    self._note(delivery, f"webhook delivered to {delivery.url} (attempt {attempt})")
-                    return
-                error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+                await delivery.attempt()
+                self._note(delivery, f"{what} delivered (attempt {attempt})")
+                return
+            except (Refused, httpx.HTTPError, smtplib.SMTPException, OSError) as exc:
                 error = str(exc) or type(exc).__name__
-            self._note(delivery, f"webhook to {delivery.url} failed ({error}), attempt {attempt}")
+            self._note(delivery, f"{what} failed ({error}), attempt {attempt}")
             await asyncio.sleep(self._delay * 2 ** (attempt - 1))
-        self._note(delivery, f"webhook to {delivery.url} given up after {self._attempts} attempts")
+        self._note(delivery, f"{what} given up after {self._attempts} attempts")
 
     def _note(self, delivery: Delivery, message: str) -> None:
         self._engine.note(delivery.run_id, message)

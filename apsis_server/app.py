@@ -86,6 +86,8 @@ def build_app(config: Config) -> Starlette:
     )
     engine.waiter.default_max_time = config.waiting_max_time
     engine.starter.output_max = config.output_max
+    engine.actions.smtp = config.smtp
+    engine.actions.public_url = config.public_url
     registry.on_refused = engine.refused
     registry.on_accepted = engine.answers.handed_over
     registry.on_lost = engine.agent_lost

@@ -18,6 +18,7 @@ from apsis_server.core.fields import (
     string,
 )
 from apsis_server.core.jobs import load_yaml
+from apsis_server.mail import SmtpSettings, parse_smtp
 from apsis_server.store.archive import Retention
 from apsis_server.tokens import ApiSettings, parse_api, parse_tls
 
@@ -45,6 +46,7 @@ class Config:
     retention: Retention | None = None
     archive: Path | None = None
     retention_period: float = 600.0
+    smtp: SmtpSettings | None = None
 
     def with_bind(self, bind: str) -> Config:
         host, _, port = bind.rpartition(":")
@@ -112,6 +114,7 @@ def parse_config(data: Any, base: Path) -> Config:
     output_max = output.take("max_bytes", byte_size, 64 * 2**20)
     output.done()
     retention = _retention(f)
+    smtp = parse_smtp(_section(f, "smtp"), base) if f.raw("smtp") is not None else None
     logs = _section(f, "log")
     log_level = logs.take("level", string, "INFO").upper()
     log_file = logs.take("file", lambda v, p: None if v is None else path(v, p), None)
@@ -139,6 +142,7 @@ def parse_config(data: Any, base: Path) -> Config:
         retention=retention[0],
         archive=(base / retention[1]) if retention[1] else None,
         retention_period=retention[2],
+        smtp=smtp,
     )
 
 
