@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli import arguments
+from cli import arguments, render
 from cli.commands import Commands
 from cli.commands.follow import Follow, drain, follow_run, show_entries
 from cli.context import Context
@@ -74,7 +74,23 @@ def _output(ctx: Context, args: argparse.Namespace) -> int:
         offset = drain(ctx, rid, 0)
     if args.follow:
         follow_run(ctx, rid, Follow(output=offset))
+    elif offset == 0:
+        _say_why_empty(ctx, rid)
     return 0
+
+
+def _say_why_empty(ctx: Context, rid: str) -> None:
+    """Nothing was written: say why on stderr, so an empty answer is not a puzzle."""
+    run = ctx.client.run(rid)["run"]
+    state = run.get("state")
+    if state in ("new", "scheduled", "waiting", "starting"):
+        due = render.epoch(run.get("schedule_time"))
+        when = f"{render.absolute(due)} ({render.relative(due, ctx.now())})" if due else "now"
+        ctx.warn(f"{rid} ({run.get('job_id')}) is {state}, due {when}: no output yet")
+    elif state in ("running", "stopping"):
+        ctx.warn(f"{rid} is {state} and has written nothing yet (apsis output {rid} -f follows)")
+    else:
+        ctx.warn(f"{rid} ended {state} without writing any output")
 
 
 def _log(ctx: Context, args: argparse.Namespace) -> int:

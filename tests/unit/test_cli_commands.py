@@ -139,6 +139,22 @@ def test_output_writes_exact_bytes(
     assert capsysbinary.readouterr().out == data
 
 
+@pytest.mark.parametrize(
+    ("run_id", "hint"),
+    [
+        ("r5", "r5 (demo/hello world) is scheduled, due "),
+        ("r3", "r3 ended error without writing any output"),
+    ],
+)
+def test_output_says_why_there_is_none(
+    api: FakeApi, capfd: pytest.CaptureFixture[str], run_id: str, hint: str
+) -> None:
+    assert apsis(api, "output", run_id) == 0
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert hint in err
+
+
 def test_output_tail(api: FakeApi, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     api.add_run(make_run("r9", "demo/hello", "success"), b"one\ntwo\nthree\nfour\n")
     assert apsis(api, "output", "r9", "--tail", "2") == 0
