@@ -128,6 +128,34 @@ def p3(quick: bool) -> list[Figure]:
     return figures + [Figure(f.scenario, f.name, f.value, f.unit, None, note) for f in noop]
 
 
+def precision(quick: bool) -> list[Figure]:
+    """Light load: 20 jobs every 10 s, due at distinct times; how late each starts."""
+    count, interval = 20, 10
+    duration = 30.0 if quick else 60.0
+    jobs = {
+        f"j{i:02d}": (
+            f"program: {TRUE}\n"
+            f"schedule: {{type: interval, interval: {interval}, phase: {i * interval / count:g}}}\n"
+        )
+        for i in range(count)
+    }
+    with live_server("precision", jobs) as server:
+        server.launch()
+        server.wait_agent()
+        start = math.ceil(time.time()) + 5.0  # past the agent's start-up
+        time.sleep(start + duration + 2 - time.time())
+        runs = runs_between(server, start, start + duration)
+        late, unstarted = lateness(runs, time.time())
+    late_ms = [1000 * x for x in late]
+    return [
+        Figure("S1", "runs due in the window", len(runs), f"of {count * duration / interval:.0f}"),
+        Figure("S1", "not running 2 s after the window", unstarted, ""),
+        Figure("S1", "lateness p50", percentile(late_ms, 50), "ms"),
+        Figure("S1", "lateness p99", percentile(late_ms, 99), "ms", at_most(50)),
+        Figure("S1", "lateness max", max(late_ms, default=math.nan), "ms"),
+    ]
+
+
 def p4(quick: bool) -> list[Figure]:
     """P4: 10,000 jobs at interval 60, phases spread over the minute."""
     count = 10_000

@@ -27,6 +27,7 @@ SCENARIOS: dict[str, Scenario] = {
     "P6": output.p6,
     "P7": concurrency.p7,
     "P8": watchers.p8,
+    "S1": scheduling.precision,
 }
 
 # Below this fraction of all CPUs busy the machine counts as quiet enough to measure.
