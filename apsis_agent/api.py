@@ -52,6 +52,10 @@ _STATUS: tuple[tuple[type[ApsisError], int], ...] = (
     (Unavailable, 503),
 )
 _READ_CHUNK = 256 * 1024
+# How long a start batch's answer waits for its programs to start, so that it can
+# carry their pids: the server then knows them running without the webhook's
+# round trip. A start takes a few ms; in a burst, the rest are told by webhook.
+START_WAIT = 0.05
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class _Handlers:
 
     async def start_batch(self, request: Request) -> Response:
         batch = await _body(request, StartBatch)
-        return _answer(request, StartResults(tuple(self._procs.start(batch.procs))))
+        results = await self._procs.with_facts(self._procs.start(batch.procs), START_WAIT)
+        return _answer(request, StartResults(tuple(results)))
 
     async def start_one(self, request: Request) -> Response:
         spec = await _body(request, ProcSpec)

@@ -27,7 +27,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ class Procs:
         self._live: set[str] = set()  # starting or running
         self._active: dict[str, Proc] = {}  # output to scan, or a final event pending
         self._flush_handle: asyncio.Handle | None = None
+        self._start_waiters: dict[str, asyncio.Future[None]] = {}
         self._home = os.path.expanduser("~")
         self.draining = False
         self._remover = Remover()
@@ -187,6 +188,36 @@ class Procs:
             self._spawn(json.dumps(requests).encode() + b"\n")
         return results
 
+    async def with_facts(self, results: list[StartResult], wait: float) -> list[StartResult]:
+        """The results, with the facts of each process that starts within `wait` seconds
+        (or had started), so the server need not wait for the webhook to know."""
+        waiting = {}
+        for result in results:
+            proc = self._procs.get(result.proc_id)
+            if result.status == "accepted" and proc is not None and proc.facts is None:
+                future = self._loop.create_future()
+                self._start_waiters[result.proc_id] = waiting[result.proc_id] = future
+        if waiting:
+            await asyncio.wait(waiting.values(), timeout=wait)
+            for proc_id, future in waiting.items():
+                if self._start_waiters.get(proc_id) is future:
+                    del self._start_waiters[proc_id]  # still starting: the webhook tells
+        out = []
+        for result in results:
+            proc = self._procs.get(result.proc_id)
+            facts = proc.facts if proc is not None and result.status != "refused" else None
+            if facts is not None:
+                result = replace(
+                    result, pid=facts.pid, pgid=facts.pgid, start_time=facts.start_time
+                )
+            out.append(result)
+        return out
+
+    def _started_or_failed(self, proc_id: str) -> None:
+        future = self._start_waiters.pop(proc_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
     def start_one(self, proc_id: str, spec: ProcSpec) -> StartResult:
         """Start one process; errors raise (BadInput, Conflict, Unavailable)."""
         if self.draining:
@@ -254,6 +285,7 @@ class Procs:
 
     def _running(self, proc: Proc) -> None:
         assert proc.facts is not None
+        self._started_or_failed(proc.proc_id)
         proc.status = Status.RUNNING
         self._live.add(proc.proc_id)
         if not self._outbox.ledger(proc.proc_id).started:
@@ -276,6 +308,7 @@ class Procs:
         self._report(event, started=True)
 
     def _start_failed(self, proc: Proc, error: str) -> None:
+        self._started_or_failed(proc.proc_id)
         proc.status = Status.FAILED
         proc.error = error
         self._live.discard(proc.proc_id)

@@ -88,11 +88,19 @@ class StartBatch:
 
 @dataclass(frozen=True)
 class StartResult:
-    """`accepted` (new), `exists` (same spec, already known), or `refused` with `error`."""
+    """`accepted` (new), `exists` (same spec, already known), or `refused` with `error`.
+
+    A process that had started when the answer was written comes with the facts
+    of its `proc.started` event (`pid`, `pgid`, `start_time`); the event follows
+    anyway, through the outbox.
+    """
 
     proc_id: str
     status: str
     error: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    start_time: float | None = None
 
 
 @dataclass(frozen=True)

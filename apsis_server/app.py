@@ -22,6 +22,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from apsis_common import __version__
+from apsis_common import protocol as p
 from apsis_common.auth import Verifier
 from apsis_common.tls import ensure_ca, server_context
 from apsis_server import api
@@ -89,11 +90,16 @@ def build_app(config: Config) -> Starlette:
     engine.actions.smtp = config.smtp
     engine.actions.public_url = config.public_url
     registry.on_refused = engine.refused
-    registry.on_accepted = engine.answers.handed_over
     registry.on_lost = engine.agent_lost
     registry.reconcile = functools.partial(reconcile, engine)
     registry.busy = lambda: Counter(r.agent_id for r in engine.runs.values() if r.agent_id)
     facts = Facts(engine, registry.agent_started)
+
+    def accepted(agent_id: str, results: list[p.StartResult]) -> None:
+        facts.answered(agent_id, results)
+        engine.answers.handed_over([r.proc_id for r in results])
+
+    registry.on_accepted = accepted
     metrics = Metrics(engine, registry, config.state / "apsis.db")
     engine.listeners.append(metrics.observe)
     housekeeping = Housekeeping(

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import httpx
-
 from apsis_common import protocol as p
 from apsis_common.auth import Key, sign
 from apsis_common.errors import AuthError, BadInput, Conflict, NotFound, Unavailable
 from apsis_common.tls import client_context
+from apsis_server.http11 import Http11Client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,30 +42,25 @@ class AgentClient:
     def __init__(self, base_url: str, key: Key, ca_pem: str, timeout: float = 30.0) -> None:
         self.base_url = base_url
         self._key = key
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            verify=client_context(ca_pem),
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-        )
+        self._http = Http11Client(base_url, client_context(ca_pem), timeout)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
 
     async def request(self, method: str, target: str, message: Any = None) -> bytes:
         body = b"" if message is None else p.encode(message)
         headers = sign(self._key, method, target, body)
         headers["content-type"] = p.MSGPACK
         try:
-            response = await self._http.request(method, target, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            answer = await self._http.request(method, target, headers, body)
+        except (OSError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
             raise Unavailable(f"agent at {self.base_url} unreachable: {exc!r}") from exc
         except RuntimeError as exc:  # this client was closed: the agent was reconnected
             raise Unavailable(f"agent at {self.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            error = _STATUS_ERRORS.get(response.status_code, Unavailable)
-            raise error(f"agent answered {response.status_code}: {response.text[:200]}")
-        return response.content
+        if answer.status >= 400:
+            error = _STATUS_ERRORS.get(answer.status, Unavailable)
+            raise error(f"agent answered {answer.status}: {answer.text[:200]}")
+        return answer.body
 
     async def call(self, cls: type[T], method: str, target: str, message: Any = None) -> T:
         return p.decode(cls, await self.request(method, target, message))
@@ -106,7 +100,7 @@ class Command:
 
 
 StartRefused = Callable[[str, str], None]
-StartsAccepted = Callable[[list[str]], None]
+StartsAccepted = Callable[[list[p.StartResult]], None]
 # Start batches in flight to one agent at once.
 STARTERS = 2
 # Starts in one request: small enough that an agent starts the first programs of a
@@ -121,7 +115,7 @@ class Dispatcher:
         self,
         agent_id: str,
         on_refused: StartRefused,
-        on_accepted: StartsAccepted = lambda proc_ids: None,
+        on_accepted: StartsAccepted = lambda results: None,
     ) -> None:
         self.agent_id = agent_id
         self.client: AgentClient | None = None
@@ -185,7 +179,7 @@ class Dispatcher:
             for result in results:
                 if result.status == "refused":
                     self._on_refused(result.proc_id, result.error or "refused by the agent")
-            self._on_accepted([r.proc_id for r in results if r.status != "refused"])
+            self._on_accepted([r for r in results if r.status != "refused"])
 
     def _unsent_batch(self) -> list[p.StartProc]:
         """The oldest starts not in flight, up to a batch. Those in flight are the

@@ -10,11 +10,12 @@ changes it covers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from apsis_common import protocol as p
-from apsis_common.errors import ApsisError
+from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.states import State
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
 from apsis_server.core.runs import Run
@@ -90,15 +91,7 @@ class Facts:
         if run is None:
             return  # a late event of a run given up on; the agent cleans up once acked
         if isinstance(event, p.ProcStarted):
-            if run.state == State.STARTING:
-                engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
-            engine.meta(
-                run.run_id,
-                pid=event.pid,
-                pgid=event.pgid,
-                start_time=event.start_time,
-                agent_id=agent_id,
-            )
+            self._started(agent_id, run, event)
         elif isinstance(event, p.ProcStartFailed):
             if event.error == AGENT_STOPPED_DURING_START and run.state == State.STARTING:
                 # Not known to have started: start again, under a new proc id.
@@ -113,6 +106,33 @@ class Facts:
             engine.transition(
                 run, State.ERROR, f"the process was lost ({event.reason.replace('_', ' ')})"
             )
+
+    def answered(self, agent_id: str, results: list[p.StartResult]) -> None:
+        """An agent's answer to starts: those already started are running now, not
+        once their `proc.started` event comes (which then changes nothing)."""
+        started = False
+        for result in results:
+            if result.pid is None or result.pgid is None or result.start_time is None:
+                continue
+            run = self.engine.procs.run_for(result.proc_id)
+            if run is not None:
+                event = p.ProcStarted(result.proc_id, result.pid, result.pgid, result.start_time)
+                self._started(agent_id, run, event)
+                started = True
+        if started:
+            with contextlib.suppress(Unavailable):  # kept, and written with the next commit
+                self.engine.commit()
+
+    def _started(self, agent_id: str, run: Run, event: p.ProcStarted) -> None:
+        if run.state == State.STARTING:
+            self.engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
+        self.engine.meta(
+            run.run_id,
+            pid=event.pid,
+            pgid=event.pgid,
+            start_time=event.start_time,
+            agent_id=agent_id,
+        )
 
     def _output(self, run: Run, offset: int, data: bytes) -> None:
         known = self.engine.procs.output_length(run.run_id)

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # refuse a held start, give up the runs of an agent silent past the lost timeout.
 Reconcile = Callable[[str, AgentClient], Awaitable[None]]
 Refused = Callable[[str, str], None]
+# An agent accepted these starts; those that had started carry their pid facts.
+Accepted = Callable[[str, list[p.StartResult]], None]
 Lost = Callable[[str, float], None]
 
 

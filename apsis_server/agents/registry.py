@@ -29,7 +29,7 @@ from apsis_common.tls import CertPair, write_private
 from apsis_server.agents.choice import Choice
 from apsis_server.agents.conn import AgentConn
 from apsis_server.agents.groups import pick
-from apsis_server.agents.keeper import Keeper, Lost, Reconcile, Refused
+from apsis_server.agents.keeper import Accepted, Keeper, Lost, Reconcile, Refused
 from apsis_server.agents.settings import AgentSettings, StaticAgent, check_host, check_user
 from apsis_server.agents.targets import LOCAL, Target, parse_agent_id
 from apsis_server.dispatch import AgentClient, Command, Dispatcher
@@ -59,7 +59,7 @@ class Registry:
         # Set by whoever owns the runs: what to do when an agent refuses a start,
         # and how to compare process lists when an agent (re)connects.
         self.on_refused: Refused = lambda proc_id, error: None
-        self.on_accepted: Callable[[list[str]], None] = lambda proc_ids: None
+        self.on_accepted: Accepted = lambda agent_id, results: None
         self.on_lost: Lost = lambda agent_id, silence: None
         self.reconcile: Reconcile | None = None
         # Running (starting, running, stopping) runs per agent id, for least-busy.
@@ -114,7 +114,7 @@ class Registry:
         dispatcher = Dispatcher(
             agent_id,
             lambda proc_id, error: self.on_refused(proc_id, error),
-            lambda proc_ids: self.on_accepted(proc_ids),
+            lambda results: self.on_accepted(agent_id, results),
         )
         conn = AgentConn(agent_id, target.host, target.user, key, dispatcher, state="new")
         conn.target, conn.static = target, static

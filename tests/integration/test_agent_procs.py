@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,10 @@ from apsis_common.protocol import (
     ProcStartFailed,
     ProcSummary,
     SignalRequest,
+    StartBatch,
+    StartProc,
     StartResult,
+    StartResults,
     StopRequest,
     StopSpec,
     TimeoutSpec,
@@ -233,8 +237,33 @@ def test_json_is_accepted(agent: tuple[Agent, Receiver]) -> None:
     body = protocol.encode_json(ProcSpec(argv=("true",)))
     response = a.request("PUT", "/procs/js", body, headers={"content-type": protocol.JSON})
     assert response.status_code == 201
-    assert response.json() == {"proc_id": "js", "status": "accepted", "error": None}
+    answer = response.json()
+    assert {k: answer[k] for k in ("proc_id", "status", "error")} == {
+        "proc_id": "js",
+        "status": "accepted",
+        "error": None,
+    }
     _exited(rx, "js")
+
+
+def test_a_start_batch_answer_carries_the_pids_of_started_programs(
+    agent: tuple[Agent, Receiver],
+) -> None:
+    a, rx = agent
+    batch = StartBatch(
+        (
+            StartProc("quick", ProcSpec(argv=("sleep", "0.5"))),
+            StartProc("bad", ProcSpec(argv=("/nonexistent",))),
+        )
+    )
+    response = a.request("POST", "/procs", protocol.encode(batch))
+    assert response.status_code == 200
+    results = {r.proc_id: r for r in protocol.decode(StartResults, response.content).results}
+    quick = results["quick"]
+    assert quick.status == "accepted" and quick.pid is not None and quick.pgid == quick.pid
+    assert quick.start_time is not None and abs(quick.start_time - time.time()) < 5
+    assert results["bad"].pid is None  # it never started: the webhook says why
+    _exited(rx, "quick")
 
 
 def test_process_dir_layout(agent: tuple[Agent, Receiver]) -> None:

@@ -33,7 +33,9 @@ def test_an_unexpected_error_is_retried_not_the_end_of_the_dispatcher() -> None:
     accepted: list[str] = []
 
     async def scenario() -> None:
-        dispatcher = Dispatcher("a", lambda proc_id, error: None, accepted.extend)
+        dispatcher = Dispatcher(
+            "a", lambda proc_id, error: None, lambda rs: accepted.extend(r.proc_id for r in rs)
+        )
         client = FlakyClient()
         dispatcher.connected(client)  # type: ignore[arg-type]
         task = asyncio.create_task(dispatcher.run())
