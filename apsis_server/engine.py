@@ -336,9 +336,7 @@ class Engine:
 
     def _latest(self, run_id: str) -> Run:
         """A run just changed: unfinished, about to be written, or written."""
-        run = self.runs.get(run_id) or self._changes.runs.get(run_id) or self.store.get(run_id)
-        assert run is not None
-        return run
+        return self.get(run_id)
 
     def committed(self) -> asyncio.Future[None]:
         """Done once every change made so far is committed (or failed with
@@ -369,8 +367,9 @@ class Engine:
     # -- what operations and timers need ---------------------------------------
 
     def get(self, run_id: str) -> Run:
-        """The run, unfinished or from the store; NotFound if there is none."""
-        run = self.runs.get(run_id) or self.store.get(run_id)
+        """The run as it is now: unfinished, finished but not yet written (the store
+        still has its previous state), or from the store; NotFound if there is none."""
+        run = self.runs.get(run_id) or self._changes.runs.get(run_id) or self.store.get(run_id)
         if run is None:
             raise NotFound(f"no run {run_id!r}")
         return run

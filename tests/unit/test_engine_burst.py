@@ -69,3 +69,26 @@ def test_a_burst_of_due_runs_is_started_in_slices(tmp_path: Path) -> None:
         store.close()
 
     run_async(scenario)
+
+
+def test_a_run_finished_but_not_yet_written_reads_as_finished(tmp_path: Path) -> None:
+    """Between a run's last transition and the commit, the store still holds its
+    previous state: readers (the run page's feed) must get the new one."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        templates = Templates()
+        engine = Engine(store, RecordingAgents(), templates)
+        engine.planning.set_jobs(
+            {"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)}
+        )
+        run = engine.schedule("j", {}, when=time.time() + 60)
+        assert store.get(run.run_id) is not None  # written, scheduled
+        engine.transition(engine.get(run.run_id), State.SKIPPED, "skipped by hand")
+        assert store.get(run.run_id).state == State.SCHEDULED  # type: ignore[union-attr]
+        assert engine.get(run.run_id).state == State.SKIPPED
+        engine.commit()
+        assert engine.get(run.run_id).state == State.SKIPPED
+        store.close()
+
+    run_async(scenario)
