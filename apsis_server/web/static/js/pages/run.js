@@ -152,13 +152,16 @@ export function mount(main, app, [runId]) {
       pre),
     h("div", { class: "grid2" }, logBox, metaBox));
 
+  // An operation's answer can come after the feed has shown a later state (a
+  // stopped program that exited at once): the run with the latest time wins.
+  const latest = (r) => Math.max(0, ...Object.values(r.times ?? {}).map(parseTime));
   const renderHead = () => {
     head.replaceChildren(
       h("div", {},
         h("h1", {}, `Run ${run.run_id} `, stateBadge(run.state)),
         h("div", { class: "sub" }, link(`/jobs/${jobPath(run.job_id)}`, run.job_id), " ", argsChips(run.args))),
       h("span", { class: "spacer" }),
-      opButtons(run, (updated) => { if (updated) { run = updated; renderAll(); } }));
+      opButtons(run, (updated) => { if (updated && latest(updated) >= latest(run)) { run = updated; renderAll(); } }));
   };
   const renderSummary = () => {
     const since = run.times?.running;
