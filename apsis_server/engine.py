@@ -317,7 +317,7 @@ class Engine:
             self._due(run)
         if commit:
             self.commit()
-        return self._latest(run.run_id)
+        return self.get(run.run_id)
 
     def schedule_program(self, program: Job, when: float | None = None) -> Run:
         """An ad-hoc run of a program given directly (its own one-off job)."""
@@ -332,11 +332,7 @@ class Engine:
         if run.schedule_time is not None and run.schedule_time <= now:
             self._due(run)
         self.commit()
-        return self._latest(run.run_id)
-
-    def _latest(self, run_id: str) -> Run:
-        """A run just changed: unfinished, about to be written, or written."""
-        return self.get(run_id)
+        return self.get(run.run_id)
 
     def committed(self) -> asyncio.Future[None]:
         """Done once every change made so far is committed (or failed with
