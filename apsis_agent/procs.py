@@ -186,6 +186,7 @@ class Procs:
                 requests.append(request)
         if requests:
             self._spawn(json.dumps(requests).encode() + b"\n")
+            self._remover.started()
         return results
 
     async def with_facts(self, results: list[StartResult], wait: float) -> list[StartResult]:

@@ -30,7 +30,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Rec
 def _no_procs(a: Agent) -> None:
     listed = protocol.decode(ProcList, a.request("GET", "/procs").content)
     assert listed.procs == ()
-    assert list((a.state_dir / "procs").iterdir()) == []
+    # A reported process's directory goes once starts pause; a refused one never had one.
+    wait_for(lambda: not list((a.state_dir / "procs").iterdir()), 5, "no process directory")
 
 
 def _put(a: Agent, proc_id: str = "x") -> tuple[str, bytes]:
