@@ -263,8 +263,8 @@ class Procs:
         proc = self._procs.get(str(message.get("id")))
         if proc is None:
             return
-        if message.get("exited"):
-            self._shim_exited(proc)  # the shim lives on, for the next program
+        if "exit" in message:
+            self._shim_exited(proc, message["exit"])  # the shim lives on, for the next program
             return
         if proc.status is not Status.STARTING:
             return
@@ -334,13 +334,14 @@ class Procs:
             os.close(proc.pidfd)
             proc.pidfd = None
 
-    def _shim_exited(self, proc: Proc) -> None:
-        """The program exited (its shim says so, or the shim itself is gone)."""
+    def _shim_exited(self, proc: Proc, exit_record: Any = None) -> None:
+        """The program exited: its shim says so with the `exit` record it wrote, or
+        the shim itself is gone (then the file tells, if it was written)."""
         self._unwatch(proc)
         if proc.status is not Status.RUNNING:
             return
         self._live.discard(proc.proc_id)
-        proc.exit = registry.read_exit(proc.directory)
+        proc.exit = registry.parse_exit(exit_record) or registry.read_exit(proc.directory)
         if proc.exit is not None:
             proc.status = Status.EXITED
         else:

@@ -193,7 +193,11 @@ def read_pid(directory: Path) -> PidFacts | None:
 
 
 def read_exit(directory: Path) -> ExitInfo | None:
-    data = _read_json(directory / "exit")
+    return parse_exit(_read_json(directory / "exit"))
+
+
+def parse_exit(data: Any) -> ExitInfo | None:
+    """The exit record a shim wrote (and sent), or None if it is not one."""
     if data is None:
         return None
     try:

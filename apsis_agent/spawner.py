@@ -33,7 +33,7 @@ Notifications (one JSON object per line, each shorter than PIPE_BUF so lines
 written by many shims never interleave):
     {"id": proc_id, "facts": {...the pid file...}}     exec succeeded
     {"id": proc_id, "error": message}                 start failed
-    {"id": proc_id, "exited": true}                   `exit` is written
+    {"id": proc_id, "exit": {...the exit file...}}    `exit` is written
 """
 
 from __future__ import annotations
@@ -364,8 +364,8 @@ class _Shim:
         quoted = json.dumps(proc_id)
         _notify_line(self.note_w, f'{{"id": {quoted}, "facts": {text}}}'.encode())
         _, status, usage = os.wait4(pid, 0)
-        _write_exit(directory, status, usage)
-        _notify_line(self.note_w, f'{{"id": {quoted}, "exited": true}}'.encode())
+        text = _write_exit(directory, status, usage)
+        _notify_line(self.note_w, f'{{"id": {quoted}, "exit": {text}}}'.encode())
 
 
 def _notify(note_w: int, message: dict[str, Any]) -> None:
@@ -433,7 +433,8 @@ def _fail(directory: str, proc_id: str, note_w: int, error: str) -> None:
     _notify(note_w, {"id": proc_id, "error": error})
 
 
-def _write_exit(directory: str, status: int, usage: Any) -> None:
+def _write_exit(directory: str, status: int, usage: Any) -> str:
+    """Write `exit` durably; its text (the notification carries it too)."""
     exit_info = {
         "status": status,
         "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -452,7 +453,9 @@ def _write_exit(directory: str, status: int, usage: Any) -> None:
         },
         "end_time": time.time(),
     }
-    write_atomic(os.path.join(directory, "exit"), json.dumps(exit_info).encode(), sync=True)
+    text = json.dumps(exit_info)
+    write_atomic(os.path.join(directory, "exit"), text.encode(), sync=True)
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover - the spawner process
