@@ -23,6 +23,7 @@ from apsis_server.core.fields import (
     Fields,
     Invalid,
     choice,
+    port_number,
     positive_duration,
     string,
 )
@@ -48,7 +49,7 @@ def parse_smtp(f: Fields, base: Path) -> SmtpSettings:
     """`smtp: {host, port, security, from, username, password_file, timeout}`."""
     host = f.need("host", string)
     security = f.take("security", choice(*SECURITY), "none")
-    port = f.take("port", _port, 465 if security == "ssl" else 25)
+    port = f.take("port", port_number, 465 if security == "ssl" else 25)
     sender = f.take("from", string, f"apsis@{socket.getfqdn()}")
     username = f.take("username", string, None)
     password_file = f.take("password_file", lambda v, p: base / string(v, p), None)
@@ -66,12 +67,6 @@ def parse_smtp(f: Fields, base: Path) -> SmtpSettings:
                 [FieldError(where, f"cannot read {password_file}: {exc.strerror}")]
             ) from None
     return SmtpSettings(host, port, security, sender, username, password, timeout)
-
-
-def _port(value: object, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise Invalid([FieldError(path, f"expected a port number (1-65535), got {value!r}")])
-    return value
 
 
 def compose(

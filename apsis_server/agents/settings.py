@@ -39,6 +39,7 @@ from apsis_server.core.fields import (
     boolean,
     choice,
     duration,
+    port_number,
     positive_duration,
     positive_integer,
     string,
@@ -183,7 +184,7 @@ def _static(name: str, value: Any, path: str, base: Path) -> StaticAgent:
     agent = StaticAgent(
         name=name,
         host=f.need("host", _checked(check_host)),
-        port=f.need("port", positive_integer),
+        port=f.need("port", port_number),
         user=f.take("user", _checked(check_user), None),
         key_id=f.take("key_id", string, name),
         secret_file=base / f.need("secret_file", string),

@@ -164,6 +164,13 @@ def positive_integer(value: Any, path: str) -> int:
     return number
 
 
+def port_number(value: Any, path: str) -> int:
+    """A TCP port: an integer from 1 to 65535."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise Invalid([FieldError(path, f"expected a port number (1-65535), got {value!r}")])
+    return value
+
+
 def choice(*choices: str) -> Callable[[Any, str], str]:
     """A converter accepting only the given strings."""
 

@@ -119,6 +119,13 @@ def test_agents_config(tmp_path: Path) -> None:
     assert agents.groups["g"].policy == "round-robin"
 
 
+@pytest.mark.parametrize("port", [0, 65536, "5007", True])
+def test_static_agent_port_is_a_port_number(tmp_path: Path, port: object) -> None:
+    static = {"s1": {"host": "s1", "port": port, "secret_file": "s1.secret"}}
+    with pytest.raises(Invalid, match=r"agents\.static\.s1\.port: expected a port number"):
+        parse_config({"agents": {"static": static}}, tmp_path)
+
+
 def test_unknown_agents_key(tmp_path: Path) -> None:
     with pytest.raises(Invalid, match=r"agents\.ssh\.colour: unknown key"):
         parse_config({"agents": {"ssh": {"colour": "red"}}}, tmp_path)
