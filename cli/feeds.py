@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
@@ -63,19 +66,45 @@ class FeedClient:
         self.timeout = timeout
 
     def open(self, path: str, params: Mapping[str, str | int] | None = None) -> ClientConnection:
-        """A connection to the feed at `path`; `FeedUnavailable` if it cannot be opened."""
+        """A connection to the feed at `path`; `FeedUnavailable` if it cannot be opened
+        within `timeout` seconds (a second more at worst, see below)."""
         url = feed_url(self.base_url, path, params)
+        target = urlsplit(url)
+        try:
+            sock = socket.create_connection(
+                (target.hostname, target.port or (443 if target.scheme == "wss" else 80)),
+                timeout=self.timeout,
+            )
+        except OSError as exc:
+            raise FeedUnavailable(f"cannot open the feed {url}: {exc}") from exc
+        # When the server answers TLS but not the upgrade, websockets' own timeout
+        # leaves its reader thread blocked in an SSL read that closing the socket
+        # does not wake, and waits for it forever. Shutting the connection down
+        # through a second descriptor of the same socket does wake it.
+        guard = sock.dup()
+        timer = threading.Timer(self.timeout + 1.0, _shut_down, (guard,))
+        timer.start()
         try:
             return connect(
                 url,
+                sock=sock,
                 additional_headers=self.headers,
                 ssl=self.ssl,
                 open_timeout=self.timeout,
                 max_size=MAX_MESSAGE,
             )
         except (WebSocketException, OSError, TimeoutError) as exc:
+            sock.close()
             reason = str(exc) or type(exc).__name__
             raise FeedUnavailable(f"cannot open the feed {url}: {reason}") from exc
+        finally:
+            timer.cancel()
+            guard.close()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def receive(ws: ClientConnection, idle: float | None) -> Json | None:

@@ -1,0 +1,70 @@
+"""A server that answers TLS but never the websocket upgrade: the CLI gives up in time.
+
+websockets' own handshake timeout left its reader thread blocked in an SSL read
+and waited for it forever, so `apsis wait` hung instead of falling back to polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apsis_common import tls
+from cli.errors import FeedUnavailable
+from cli.feeds import FeedClient
+
+
+@contextlib.contextmanager
+def _silent_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A TLS server on loopback that reads the upgrade request and never answers."""
+    ca = tls.new_ca()
+    pair = tls.new_cert(ca, ["127.0.0.1"], "127.0.0.1")
+    (tmp_path / "ca.pem").write_text(ca.cert_pem)
+    (tmp_path / "cert.pem").write_text(pair.cert_pem)
+    (tmp_path / "key.pem").write_text(pair.key_pem)
+    context = tls.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            while True:
+                conn, _ = listener.accept()
+                tls_conn = context.wrap_socket(conn, server_side=True)
+                held.append(tls_conn)
+                tls_conn.recv(65536)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], tmp_path / "ca.pem"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_feed_that_never_answers_the_upgrade_gives_up(tmp_path: Path) -> None:
+    with _silent_server(tmp_path) as (port, ca):
+        client = FeedClient(f"https://127.0.0.1:{port}", ca=str(ca), timeout=1.0)
+        began = time.monotonic()
+        with pytest.raises(FeedUnavailable, match=r"cannot open the feed wss://127\.0\.0\.1"):
+            client.open("/api/v1/summary")
+        assert time.monotonic() - began < 5
+
+
+def test_nothing_listening_is_unavailable_at_once(tmp_path: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    client = FeedClient(f"http://127.0.0.1:{port}", timeout=5.0)
+    began = time.monotonic()
+    with pytest.raises(FeedUnavailable, match=r"cannot open the feed ws://127\.0\.0\.1"):
+        client.open("/api/v1/summary")
+    assert time.monotonic() - began < 2
