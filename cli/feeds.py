@@ -20,13 +20,15 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.proxy import get_proxy
 from websockets.sync.client import ClientConnection, connect
+from websockets.uri import parse_uri
 
 from apsis_common.errors import ApsisError, BadInput, NotFound
 from cli.client import API, auth_headers, run_path, ssl_context
@@ -67,39 +69,55 @@ class FeedClient:
 
     def open(self, path: str, params: Mapping[str, str | int] | None = None) -> ClientConnection:
         """A connection to the feed at `path`; `FeedUnavailable` if it cannot be opened
-        within `timeout` seconds (a second more at worst, see below)."""
+        within `timeout` seconds (a second more at worst, see `_guarded`)."""
         url = feed_url(self.base_url, path, params)
-        target = urlsplit(url)
         try:
-            sock = socket.create_connection(
-                (target.hostname, target.port or (443 if target.scheme == "wss" else 80)),
-                timeout=self.timeout,
-            )
-        except OSError as exc:
-            raise FeedUnavailable(f"cannot open the feed {url}: {exc}") from exc
-        # When the server answers TLS but not the upgrade, websockets' own timeout
-        # leaves its reader thread blocked in an SSL read that closing the socket
-        # does not wake, and waits for it forever. Shutting the connection down
-        # through a second descriptor of the same socket does wake it.
-        guard = sock.dup()
-        timer = threading.Timer(self.timeout + 1.0, _shut_down, (guard,))
-        timer.start()
-        try:
-            return connect(
-                url,
-                sock=sock,
-                additional_headers=self.headers,
-                ssl=self.ssl,
-                open_timeout=self.timeout,
-                max_size=MAX_MESSAGE,
-            )
+            # Through a proxy (the environment's, as for REST requests) websockets
+            # dials itself; otherwise the connection is ours, to guard.
+            sock = None if get_proxy(parse_uri(url)) else _connect(url, self.timeout)
+            with _guarded(sock, self.timeout + 1.0):
+                return connect(
+                    url,
+                    sock=sock,
+                    additional_headers=self.headers,
+                    ssl=self.ssl,
+                    open_timeout=self.timeout,
+                    max_size=MAX_MESSAGE,
+                )
         except (WebSocketException, OSError, TimeoutError) as exc:
-            sock.close()
             reason = str(exc) or type(exc).__name__
             raise FeedUnavailable(f"cannot open the feed {url}: {reason}") from exc
-        finally:
-            timer.cancel()
-            guard.close()
+
+
+def _connect(url: str, timeout: float) -> socket.socket:
+    target = urlsplit(url)
+    port = target.port or (443 if target.scheme == "wss" else 80)
+    return socket.create_connection((target.hostname, port), timeout=timeout)
+
+
+@contextlib.contextmanager
+def _guarded(sock: socket.socket | None, deadline: float) -> Iterator[None]:
+    """Shut `sock` down if the block outlives `deadline` seconds, and close it if it fails.
+
+    When the server answers TLS but not the upgrade, websockets' own timeout
+    leaves its reader thread blocked in an SSL read that closing the socket does
+    not wake, and waits for that thread forever. Shutting the connection down
+    through a second descriptor of the same socket does wake it.
+    """
+    if sock is None:
+        yield
+        return
+    guard = sock.dup()
+    timer = threading.Timer(deadline, _shut_down, (guard,))
+    timer.start()
+    try:
+        yield
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        timer.cancel()
+        guard.close()
 
 
 def _shut_down(sock: socket.socket) -> None:

@@ -68,3 +68,21 @@ def test_nothing_listening_is_unavailable_at_once(tmp_path: Path) -> None:
     with pytest.raises(FeedUnavailable, match=r"cannot open the feed ws://127\.0\.0\.1"):
         client.open("/api/v1/summary")
     assert time.monotonic() - began < 2
+
+
+def test_the_environments_proxy_is_still_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        dead_proxy = f"http://127.0.0.1:{free.getsockname()[1]}"
+    for name in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("https_proxy", dead_proxy)
+    with _silent_server(tmp_path) as (port, ca):
+        client = FeedClient(f"https://127.0.0.1:{port}", ca=str(ca), timeout=3.0)
+        began = time.monotonic()
+        with pytest.raises(FeedUnavailable):
+            client.open("/api/v1/summary")
+        # Refused by the proxy at once; straight to the server it would wait 4 s.
+        assert time.monotonic() - began < 1.5
