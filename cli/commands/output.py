@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from apsis_common.states import FINISHED, State
 from cli import arguments, render
 from cli.commands import Commands
 from cli.commands.follow import Follow, drain, follow_run, show_entries
@@ -83,14 +84,14 @@ def _say_why_empty(ctx: Context, rid: str) -> None:
     """Nothing was written: say why on stderr, so an empty answer is not a puzzle."""
     run = ctx.client.run(rid)["run"]
     state = run.get("state")
-    if state in ("new", "scheduled", "waiting", "starting"):
+    if state in FINISHED:
+        ctx.warn(f"{rid} ended {state} without writing any output")
+    elif state in (State.RUNNING, State.STOPPING):
+        ctx.warn(f"{rid} is {state} and has written nothing yet (apsis output {rid} -f follows)")
+    else:
         due = render.epoch(run.get("schedule_time"))
         when = f"{render.absolute(due)} ({render.relative(due, ctx.now())})" if due else "now"
         ctx.warn(f"{rid} ({run.get('job_id')}) is {state}, due {when}: no output yet")
-    elif state in ("running", "stopping"):
-        ctx.warn(f"{rid} is {state} and has written nothing yet (apsis output {rid} -f follows)")
-    else:
-        ctx.warn(f"{rid} ended {state} without writing any output")
 
 
 def _log(ctx: Context, args: argparse.Namespace) -> int:
