@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.live import FINISHED, LiveServer, RssSampler, fd_count, live_server, rss_mb
+from apsis_common.states import FINISHED
+from bench.live import LiveServer, RssSampler, fd_count, live_server, rss_mb
 from bench.report import Figure, at_least, at_most
 from bench.stats import epoch
 from bench.throughput import fetch_runs, submit

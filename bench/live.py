@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx
 
+from apsis_common.states import State
 from apsis_server.agents.static import provision
 from apsis_server.webhooks import PATH
 from tests.harness import Server, free_port, wait_for
 
-FINISHED = ("success", "failure", "error", "skipped")
 # States a run passes through before its program runs.
-NOT_STARTED = ("new", "scheduled", "waiting", "starting")
+NOT_STARTED = (State.NEW, State.SCHEDULED, State.WAITING, State.STARTING)
 
 
 def rss_mb(pid: int) -> float | None:

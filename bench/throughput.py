@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from apsis_common.states import FINISHED
 from bench.live import (
-    FINISHED,
     LiveServer,
     live_server,
     rss_mb,

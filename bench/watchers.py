@@ -19,7 +19,8 @@ from typing import Any
 import websockets
 from websockets.sync.client import connect
 
-from bench.live import FINISHED, LiveServer, live_server
+from apsis_common.states import FINISHED
+from bench.live import LiveServer, live_server
 from bench.report import Figure, at_least, at_most, median_figures
 from bench.throughput import JOBS, burst, shape
 

@@ -17,26 +17,26 @@ from rich.text import Text
 from rich.tree import Tree
 
 from apsis_common.errors import BadInput
+from apsis_common.states import FINISHED, State
 from apsis_common.times import parse_time
 
 Json = Mapping[str, Any]
 
 STATE_STYLES: Mapping[str, str] = {
-    "new": "dim",
-    "scheduled": "blue",
-    "waiting": "yellow",
-    "starting": "cyan",
-    "running": "bold cyan",
-    "stopping": "magenta",
-    "success": "green",
-    "failure": "red",
-    "error": "bold red",
-    "skipped": "dim",
+    State.NEW: "dim",
+    State.SCHEDULED: "blue",
+    State.WAITING: "yellow",
+    State.STARTING: "cyan",
+    State.RUNNING: "bold cyan",
+    State.STOPPING: "magenta",
+    State.SUCCESS: "green",
+    State.FAILURE: "red",
+    State.ERROR: "bold red",
+    State.SKIPPED: "dim",
 }
 
 # The order of a run's times, for the --times columns.
 TIME_COLUMNS = ("scheduled", "waiting", "starting", "running", "stopping")
-FINISHED = ("success", "failure", "error", "skipped")
 
 
 def state_text(state: object) -> Text:
