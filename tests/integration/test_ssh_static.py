@@ -1,16 +1,28 @@
 """A statically configured agent (`apsis-agent serve` on a provisioned state dir, as
-under systemd) runs jobs without any ssh; the upgrade path drains an agent of
+under systemd) runs jobs without any ssh, its certificate trusted through the
+server's CA, another CA or a pinned self-signed certificate; the upgrade path drains an agent of
 another version and replaces it without losing its run."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import ipaddress
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from apsis_agent.state import StateDir
+from apsis_common import tls
 from apsis_server.agents.static import provision
 from apsis_server.webhooks import PATH
 from tests.harness import Server, free_port, wait_for
@@ -33,26 +45,104 @@ def test_static_agent_runs_a_job(tmp_path: Path) -> None:
     server = Server(tmp_path / "server", JOBS, config)
     key = provision("svc", "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
     assert key.secret.hex() == secret.read_text().strip()
-    argv = [*agent_command(), "serve", "--state-dir", str(agent_dir)]
-    argv += ["--bind", "127.0.0.1", "--port", str(port), "--heartbeat", "0.5"]
-    log = (tmp_path / "svc.log").open("wb")
-    agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: agent_pid(agent_dir), 10, "the static agent to listen")
-        server.start()
-        run = server.wait_finished(server.schedule("on service"), 15)
-        assert run["state"] == "success", server.get(f"/runs/{run['run_id']}/log")
-        assert server.output(run["run_id"]) == b"static root\n"
-        assert run_agent(server.state / "apsis.db", run["run_id"]) == "static:svc"
-        view = {a["agent_id"]: a for a in server.get("/agents")["agents"]}["static:svc"]
-        assert view["kind"] == "static" and view["state"] == "connected", view
-        assert view["last_heartbeat"] is not None
+        with _serving(agent_dir, port, tmp_path / "svc.log"):
+            server.start()
+            run = server.wait_finished(server.schedule("on service"), 15)
+            assert run["state"] == "success", server.get(f"/runs/{run['run_id']}/log")
+            assert server.output(run["run_id"]) == b"static root\n"
+            assert run_agent(server.state / "apsis.db", run["run_id"]) == "static:svc"
+            view = {a["agent_id"]: a for a in server.get("/agents")["agents"]}["static:svc"]
+            assert view["kind"] == "static" and view["state"] == "connected", view
+            assert view["last_heartbeat"] is not None
     finally:
         server.cleanup()
-        agent.kill()
-        agent.wait(5)
-        log.close()
-        kill_agent(agent_dir)
+
+
+@pytest.mark.parametrize("trust", ["another CA", "pinned", "wrong pin"])
+def test_static_agent_certificate_trusted_through_ca_file(tmp_path: Path, trust: str) -> None:
+    """`ca_file` names the CA that issued the agent's certificate (a company's, say),
+    or pins the agent's self-signed certificate; any other certificate is refused."""
+    port = free_port()
+    agent_dir, secret, pem = tmp_path / "svc-agent", tmp_path / "svc.secret", tmp_path / "svc.pem"
+    config = (
+        "agents:\n  heartbeat: 0.5s\n  static:\n"
+        f"    svc: {{host: 127.0.0.1, port: {port}, secret_file: '{secret}', ca_file: '{pem}'}}\n"
+    )
+    server = Server(tmp_path / "server", JOBS, config)
+    provision("svc", "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
+    if trust == "another CA":
+        company = tls.new_ca("Company CA")
+        cert = tls.new_cert(company, ("127.0.0.1",), "svc")
+        pem.write_text(company.cert_pem)
+    else:
+        cert = _self_signed("127.0.0.1")
+        pem.write_text((cert if trust == "pinned" else _self_signed("127.0.0.1")).cert_pem)
+    state = StateDir(agent_dir)  # the agent serves this certificate instead of provision's
+    tls.write_private(state.key_file, cert.key_pem)
+    tls.write_private(state.cert_file, cert.cert_pem)
+    try:
+        with _serving(agent_dir, port, tmp_path / "svc.log"):
+            server.start()
+            run_id = server.schedule("on service")
+            if trust == "wrong pin":
+                agent = _wait_agent_error(server, "static:svc")
+                assert "certificate verify failed" in agent["error"], agent
+                assert server.get(f"/runs/{run_id}")["run"]["state"] in ("starting", "error")
+                assert not any(state.procs.iterdir()), "the agent started something"
+                return
+            run = server.wait_finished(run_id, 15)
+            assert run["state"] == "success", server.get(f"/runs/{run['run_id']}/log")
+            assert server.output(run["run_id"]) == b"static root\n"
+    finally:
+        server.cleanup()
+
+
+def _self_signed(host: str) -> tls.CertPair:
+    """A key and a self-signed (not CA) certificate for `host`."""
+    key_pem = tls.new_key_pem()
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return tls.CertPair(cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem)
+
+
+def _wait_agent_error(server: Server, agent_id: str) -> dict[str, Any]:
+    def failed() -> dict[str, Any] | None:
+        agent = {a["agent_id"]: a for a in server.get("/agents")["agents"]}[agent_id]
+        return agent if agent.get("error") else None
+
+    return wait_for(failed, 15, f"{agent_id} to report an error")
+
+
+@contextlib.contextmanager
+def _serving(agent_dir: Path, port: int, log_path: Path) -> Iterator[None]:
+    """A static agent serving `agent_dir` on `port` (as its systemd unit would)."""
+    argv = [*agent_command(), "serve", "--state-dir", str(agent_dir)]
+    argv += ["--bind", "127.0.0.1", "--port", str(port), "--heartbeat", "0.5"]
+    with log_path.open("wb") as log:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: agent_pid(agent_dir), 10, "the static agent to listen")
+            yield
+        finally:
+            agent.kill()
+            agent.wait(5)
+            kill_agent(agent_dir)
 
 
 def _old_agent(tmp_path: Path, flag: Path) -> Path:
