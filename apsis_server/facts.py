@@ -124,8 +124,9 @@ class Facts:
                 self.engine.commit()
 
     def _started(self, agent_id: str, run: Run, event: p.ProcStarted) -> None:
-        if run.state == State.STARTING:
-            self.engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
+        if run.state != State.STARTING:
+            return  # already running: the start answer or an earlier event said so
+        self.engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
         self.engine.meta(
             run.run_id,
             pid=event.pid,

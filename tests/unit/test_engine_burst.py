@@ -8,27 +8,22 @@ from pathlib import Path
 
 from apsis_common import protocol as p
 from apsis_common.states import State
-from apsis_server.agents.choice import Choice
-from apsis_server.core.jobs import load_yaml, parse_job
-from apsis_server.core.templates import Templates
-from apsis_server.dispatch import Command
 from apsis_server.engine import Engine
 from apsis_server.store.sqlite import SqliteStore
 from apsis_server.timers import FIRE_CHUNK
+from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
 
 
-class RecordingAgents:
+class RecordingAgents(QuietAgents):
     """Notes, at every start handed out, how many due runs were not fired yet."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.engine: Engine | None = None
         self.unfired: list[int] = []
         self.expected = 0
         self.all_started = asyncio.Event()
-
-    def choose(self, host: str | None, user: str | None) -> Choice:
-        return Choice("local")
 
     def start(self, agent_id: str, proc: p.StartProc) -> None:
         assert self.engine is not None
@@ -37,24 +32,15 @@ class RecordingAgents:
         if len(self.unfired) == self.expected:
             self.all_started.set()
 
-    def command(self, agent_id: str, command: Command) -> None:
-        pass
-
-    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
-        return b""
-
 
 def test_a_burst_of_due_runs_is_started_in_slices(tmp_path: Path) -> None:
     count = 2 * FIRE_CHUNK + 50
 
     async def scenario() -> None:
         store = SqliteStore(tmp_path / "apsis.db")
-        templates = Templates()
         agents = RecordingAgents()
-        engine = Engine(store, agents, templates)
+        engine = new_engine(store, {"j": "program: {type: program, argv: [/bin/true]}"}, agents)
         agents.engine, agents.expected = engine, count
-        program = "program: {type: program, argv: [/bin/true]}\n"
-        engine.planning.set_jobs({"j": parse_job("j", load_yaml(program), templates)})
         due = time.time() + 0.2
         for _ in range(count):
             engine.schedule("j", {}, when=due)
@@ -77,11 +63,7 @@ def test_a_run_finished_but_not_yet_written_reads_as_finished(tmp_path: Path) ->
 
     async def scenario() -> None:
         store = SqliteStore(tmp_path / "apsis.db")
-        templates = Templates()
-        engine = Engine(store, RecordingAgents(), templates)
-        engine.planning.set_jobs(
-            {"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)}
-        )
+        engine = new_engine(store, {"j": "program: {type: no-op}"}, QuietAgents())
         run = engine.schedule("j", {}, when=time.time() + 60)
         assert store.get(run.run_id) is not None  # written, scheduled
         engine.transition(engine.get(run.run_id), State.SKIPPED, "skipped by hand")

@@ -12,37 +12,20 @@ import pytest
 from apsis_common import protocol as p
 from apsis_common.errors import Unavailable
 from apsis_common.states import State
-from apsis_server.agents.choice import Choice
-from apsis_server.core.jobs import load_yaml, parse_job
-from apsis_server.core.templates import Templates
-from apsis_server.dispatch import Command
-from apsis_server.engine import Engine
 from apsis_server.store.sqlite import SqliteStore
+from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
 
 
-class NoAgents:
-    def choose(self, host: str | None, user: str | None) -> Choice:
-        return Choice("local")
-
+class NoAgents(QuietAgents):
     def start(self, agent_id: str, proc: p.StartProc) -> None:
         raise AssertionError("nothing starts before its record is durable")
-
-    def command(self, agent_id: str, command: Command) -> None:
-        pass
-
-    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
-        return b""
 
 
 def test_disk_full_keeps_changes_and_recovers(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = SqliteStore(tmp_path / "apsis.db")
-        templates = Templates()
-        engine = Engine(store, NoAgents(), templates)
-        engine.planning.set_jobs(
-            {"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)}
-        )
+        engine = new_engine(store, {"j": "program: {type: no-op}"}, NoAgents())
         first = engine.schedule("j", {})
         db = store._db
         pages = db.execute("PRAGMA page_count").fetchone()[0]
@@ -81,11 +64,7 @@ class CountingStore(SqliteStore):
 def test_requests_of_one_loop_turn_share_one_transaction(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = CountingStore(tmp_path / "apsis.db")
-        templates = Templates()
-        engine = Engine(store, NoAgents(), templates)
-        engine.planning.set_jobs(
-            {"j": parse_job("j", load_yaml("program: {type: no-op}\n"), templates)}
-        )
+        engine = new_engine(store, {"j": "program: {type: no-op}"}, NoAgents())
 
         async def request() -> str:
             run = engine.schedule("j", {}, commit=False)

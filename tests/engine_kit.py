@@ -1,0 +1,41 @@
+"""An engine on a real SQLite store, with agents that start nothing: for unit tests
+of what the engine, and what drives it, do with runs."""
+
+from __future__ import annotations
+
+from apsis_common import protocol as p
+from apsis_server.agents.choice import Choice
+from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.templates import Templates
+from apsis_server.dispatch import Command
+from apsis_server.engine import Engine
+from apsis_server.store.sqlite import SqliteStore
+
+
+class QuietAgents:
+    """Every run goes to the local agent; the starts handed out are only recorded."""
+
+    def __init__(self) -> None:
+        self.starts: list[p.StartProc] = []
+
+    def choose(self, host: str | None, user: str | None) -> Choice:
+        return Choice("local")
+
+    def start(self, agent_id: str, proc: p.StartProc) -> None:
+        self.starts.append(proc)
+
+    def command(self, agent_id: str, command: Command) -> None:
+        pass
+
+    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+        return b""
+
+
+def new_engine(store: SqliteStore, jobs: dict[str, str], agents: QuietAgents) -> Engine:
+    """An engine with `jobs` (job id → YAML text) loaded."""
+    templates = Templates()
+    engine = Engine(store, agents, templates)
+    engine.planning.set_jobs(
+        {job_id: parse_job(job_id, load_yaml(text), templates) for job_id, text in jobs.items()}
+    )
+    return engine

@@ -1,0 +1,57 @@
+"""A start answer that carries pids makes the run running at once; the
+`proc.started` event that follows changes nothing; without pids in the answer
+the event does it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from apsis_common import protocol as p
+from apsis_common.states import State
+from apsis_server.facts import Facts
+from apsis_server.store.sqlite import SqliteStore
+from tests.engine_kit import QuietAgents, new_engine
+from tests.harness import run_async
+
+
+def test_running_from_the_start_answer_or_else_from_the_event(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        agents = QuietAgents()
+        engine = new_engine(store, {"j": "program: {type: program, argv: [/bin/true]}"}, agents)
+        facts = Facts(engine)
+        answered, evented = engine.schedule("j", {}), engine.schedule("j", {})
+        assert [engine.get(r.run_id).state for r in (answered, evented)] == [State.STARTING] * 2
+        procs: dict[str, str] = {}  # run id -> proc id
+        for start in agents.starts:
+            run = engine.procs.run_for(start.proc_id)
+            assert run is not None
+            procs[run.run_id] = start.proc_id
+        now = time.time()
+        facts.answered(
+            "local",
+            [
+                p.StartResult(procs[answered.run_id], "accepted", pid=10, pgid=10, start_time=now),
+                p.StartResult(procs[evented.run_id], "accepted"),  # still starting
+            ],
+        )
+        assert engine.get(answered.run_id).state == State.RUNNING
+        assert engine.get(evented.run_id).state == State.STARTING
+        assert store.meta(answered.run_id)["pid"] == 10  # committed with the answer
+
+        events = (
+            p.ProcStarted(procs[answered.run_id], 10, 10, now),
+            p.ProcStarted(procs[evented.run_id], 11, 11, now + 0.01),
+        )
+        batch = p.EventBatch("local", 1, tuple(p.Envelope(i + 1, e) for i, e in enumerate(events)))
+        assert await facts.apply("local", batch) == 2
+        for run_id, pid in ((answered.run_id, 10), (evented.run_id, 11)):
+            assert engine.get(run_id).state == State.RUNNING
+            running = [e for e in store.log(run_id) if e.state == State.RUNNING]
+            assert [e.message for e in running] == [f"running as pid {pid}"]
+            meta = store.meta(run_id)
+            assert (meta["pid"], meta["pgid"], meta["agent_id"]) == (pid, pid, "local")
+        store.close()
+
+    run_async(scenario)
