@@ -29,7 +29,7 @@ from apsis_server.core.jobs import Job
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.planner import Horizon, Key
 from apsis_server.core.programs import BindError, bind
-from apsis_server.core.runs import LogEntry, Run
+from apsis_server.core.runs import Identity, LogEntry, Run, args_key
 from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
 from apsis_server.planning import Planning
@@ -130,6 +130,26 @@ class Engine:
         """Record schedule cursors moved by planning (or the watermark), written with
         the current changes."""
         self._changes.cursors.update(cursors)
+
+    def scheduled_identities(self, job_id: str, since: float) -> set[Identity]:
+        """Identities (schedule time, args) of the job's runs planned from schedules
+        for `since` or later, in any state: in the store, or changed and not yet
+        written; withdrawn ones are free again."""
+        found = {
+            run_id: ident
+            for run_id, ident in self.store.scheduled_identities(job_id, since).items()
+            if run_id not in self._changes.deleted
+        }
+        unfinished = [self.runs[run_id] for run_id in self.by_job.get(job_id, ())]
+        for run in (*self._changes.runs.values(), *unfinished):
+            if (
+                run.job_id == job_id
+                and run.schedule_key is not None
+                and run.schedule_time is not None
+                and run.schedule_time >= since
+            ):
+                found[run.run_id] = (run.schedule_time, args_key(run.args))
+        return set(found.values())
 
     def withdraw(self, run: Run) -> None:
         """Take back a scheduled run that planning no longer wants: deleted from the

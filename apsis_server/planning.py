@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from apsis_common.states import State
 from apsis_server.core.jobs import Job
 from apsis_server.core.planner import Horizon, Key, plan_job
-from apsis_server.core.runs import Run
+from apsis_server.core.runs import Run, args_key
 
 if TYPE_CHECKING:
     from apsis_server.engine import Engine
@@ -47,19 +47,25 @@ class Planning:
         for job_id in changed + removed:
             for run_id in list(engine.by_job.get(job_id, ())):
                 run = engine.runs[run_id]
-                if run.state == State.SCHEDULED and run.schedule_key is not None:
+                # A run already due stays: it starts under the new definition.
+                due = (run.schedule_time or 0.0) <= now and job_id in jobs
+                if run.state == State.SCHEDULED and run.schedule_key is not None and not due:
                     engine.withdraw(run)
             for key in [k for k in self._cursors if k[0] == job_id]:
                 self.set_cursor(key, now)
         for job_id in changed:
             for schedule in engine.jobs[job_id].schedules:
                 self.set_cursor((job_id, schedule.key), now)
-        self.plan(added + changed)
+        self.plan(added + changed, again=True)
         engine.commit()
         return {"added": added, "changed": changed, "removed": removed}
 
-    def plan(self, job_ids: list[str] | None = None) -> int:
-        """Create the scheduled runs the planner asks for; returns how many."""
+    def plan(self, job_ids: list[str] | None = None, again: bool = False) -> int:
+        """Create the scheduled runs the planner asks for; returns how many.
+
+        `again`: cursors were moved back (a reload), so times may come up that
+        already have a run (skipped or started by hand, or finished): those are
+        left alone, so no (job, schedule, time) is ever planned twice."""
         engine = self._engine
         now = engine.clock()
         count = 0
@@ -68,6 +74,9 @@ class Planning:
             if job is None:
                 continue
             planned, cursors = plan_job(job, self._cursors, self._pending, now, self.horizon)
+            if again:
+                taken = engine.scheduled_identities(job_id, now)
+                planned = [i for i in planned if (i.due.time, args_key(i.due.args)) not in taken]
             for item in planned:
                 run = engine.create(
                     job,

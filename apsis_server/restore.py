@@ -5,7 +5,9 @@ schedule timers, condition checks, starts that were recorded but perhaps never
 reached the agent (starts are idempotent by proc id). Then the schedule times
 that passed while the server was down — between the watermark and now — are
 handled by each job's catch-up policy: run, or recorded as `skipped` with the
-reason. None is dropped silently and none is scheduled twice.
+reason. None is dropped silently and none is scheduled twice. A job file changed
+while the server was down is taken as a reload would take it: scheduled runs of
+schedules it no longer has are withdrawn.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from apsis_common import protocol as p
 from apsis_common.states import State
 from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
 from apsis_server.core.outcomes import StopContext
-from apsis_server.core.runs import Run
+from apsis_server.core.runs import Identity, Run, args_key
 from apsis_server.dispatch import Command
 from apsis_server.engine import Engine
 from apsis_server.proc_table import is_noop
@@ -30,11 +32,28 @@ def restore(engine: Engine, default: CatchUp) -> None:
     cursors = engine.store.cursors()
     watermark = cursors.pop(WATERMARK, None)
     engine.planning.load_cursors(cursors)
+    withdrawn = 0
     for run in engine.store.unfinished():
-        _rearm(engine, run)
+        if _unplanned(engine, run):
+            engine.withdraw(run)
+            withdrawn += 1
+        else:
+            _rearm(engine, run)
+    if withdrawn:
+        log.info("%d scheduled runs withdrawn: their schedules changed while down", withdrawn)
     if watermark is not None:
         _catch_up(engine, watermark, engine.clock(), default)
     engine.commit()
+
+
+def _unplanned(engine: Engine, run: Run) -> bool:
+    """Whether `run` is a scheduled run of a schedule its job no longer has: the job
+    file changed while the server was down, and a reload would take it back (the
+    job's current schedules, catch-up included, decide about its times)."""
+    job = engine.jobs.get(run.job_id)
+    if run.state != State.SCHEDULED or run.schedule_key is None or job is None:
+        return False
+    return all(schedule.key != run.schedule_key for schedule in job.schedules)
 
 
 def _rearm(engine: Engine, run: Run) -> None:
@@ -74,6 +93,7 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
     for job in engine.jobs.values():
         policy = (job.catch_up or CatchUp()).over(default)
         plan = catch_up(job.schedules, job.params, watermark, now, policy)
+        taken: set[Identity] | None = None  # read when first needed
         for decision, missed in [("run", m) for m in plan.run] + [("skip", m) for m in plan.skip]:
             due = missed.due
             run = planned.get((job.job_id, missed.schedule_key, due.time))
@@ -82,6 +102,10 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
             if run is None:
                 if cursor is not None and due.time <= cursor:
                     continue  # planned once already, and has run or been handled since
+                if taken is None:
+                    taken = engine.scheduled_identities(job.job_id, watermark)
+                if (due.time, args_key(due.args)) in taken:
+                    continue  # a run of another (since changed) schedule had this time
                 run = engine.create(
                     job,
                     dict(due.args),
@@ -89,6 +113,7 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
                     schedule_key=missed.schedule_key,
                     stop_time=due.stop_time,
                 )
+                taken.add((due.time, args_key(due.args)))
             engine.planning.set_cursor(key, due.time if cursor is None else max(cursor, due.time))
             if decision == "skip":
                 engine.transition(run, State.SKIPPED, SKIP_REASON)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,3 +54,13 @@ class LogEntry:
 def run_number(run_id: str) -> int:
     """The integer in a run id (`r42` → 42)."""
     return int(run_id[1:])
+
+
+# A run planned from a schedule is known by its job, schedule time and args: the
+# (schedule time, args text) of one job is never planned twice.
+Identity = tuple[float, str]
+
+
+def args_key(args: Mapping[str, str]) -> str:
+    """Args as text that is equal exactly when the args are (sorted-key JSON)."""
+    return json.dumps(dict(args), sort_keys=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from apsis_common.states import State
-from apsis_server.core.runs import LogEntry, Run
+from apsis_server.core.runs import Identity, LogEntry, Run
 
 
 @dataclass
@@ -107,7 +107,8 @@ class RunStore(Protocol):
     def cursors(self) -> dict[tuple[str, str], float]:
         """Per (job id, schedule key): the last schedule time planned."""
 
-    def scheduled_identities(self, job_id: str, since: float) -> set[tuple[str | None, float]]:
-        """(schedule key, schedule time) of the job's scheduled runs at or after `since`."""
+    def scheduled_identities(self, job_id: str, since: float) -> dict[str, Identity]:
+        """Run id → identity (schedule time, args) of the job's runs planned from its
+        schedules for `since` or later, in any state."""
 
     def close(self) -> None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apsis_common.states import FINISHED
-from apsis_server.core.runs import LogEntry, Run, run_number
+from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
 from apsis_server.store.base import Changes, RunFilter
 from apsis_server.store.query import matches
 
@@ -73,9 +73,9 @@ class MemoryStore:
     def cursors(self) -> dict[tuple[str, str], float]:
         return dict(self._cursors)
 
-    def scheduled_identities(self, job_id: str, since: float) -> set[tuple[str | None, float]]:
+    def scheduled_identities(self, job_id: str, since: float) -> dict[str, Identity]:
         return {
-            (r.schedule_key, r.schedule_time)
+            r.run_id: (r.schedule_time, args_key(r.args))
             for r in self._runs.values()
             if r.job_id == job_id
             and r.schedule_key is not None

@@ -15,7 +15,7 @@ from typing import Any
 
 from apsis_common.errors import Unavailable
 from apsis_common.states import FINISHED, State
-from apsis_server.core.runs import LogEntry, Run, run_number
+from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
 from apsis_server.store.archive import Archiver
 from apsis_server.store.base import Changes, RunFilter
 from apsis_server.store.checkpoint import Checkpointer
@@ -187,6 +187,11 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            # Withdrawn runs go first: a run planned again in the same changes (a
+            # reload) takes the identity (job, schedule, time) they leave free.
+            deleted = [(run_number(r),) for r in changes.deleted]
+            db.executemany("DELETE FROM runs WHERE run_number = ?", deleted)
+            db.executemany("DELETE FROM run_log WHERE run_number = ?", deleted)
             db.executemany(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_number) DO UPDATE SET state = excluded.state,"
@@ -195,7 +200,7 @@ class SqliteStore:
                     (
                         run_number(r.run_id),
                         r.job_id,
-                        json.dumps(dict(r.args), sort_keys=True),
+                        args_key(r.args),
                         r.state.value,
                         _time(r),
                         r.schedule_key,
@@ -227,9 +232,6 @@ class SqliteStore:
                     for run_id, offset, data in changes.output
                 ],
             )
-            deleted = [(run_number(r),) for r in changes.deleted]
-            db.executemany("DELETE FROM runs WHERE run_number = ?", deleted)
-            db.executemany("DELETE FROM run_log WHERE run_number = ?", deleted)
             db.executemany(
                 "INSERT OR REPLACE INTO agent_acks VALUES (?, ?)", list(changes.acks.items())
             )
@@ -326,13 +328,13 @@ class SqliteStore:
         rows = self._db.execute("SELECT job_id, schedule_key, time FROM schedule_cursors")
         return {(j, k): t for j, k, t in rows}
 
-    def scheduled_identities(self, job_id: str, since: float) -> set[tuple[str | None, float]]:
+    def scheduled_identities(self, job_id: str, since: float) -> dict[str, Identity]:
         rows = self._db.execute(
-            "SELECT schedule_key, time FROM runs WHERE job_id = ? AND schedule_key IS NOT NULL"
-            " AND time >= ?",
+            "SELECT run_number, time, args FROM runs WHERE job_id = ?"
+            " AND schedule_key IS NOT NULL AND time >= ?",
             (job_id, since),
         )
-        return {(k, t) for k, t in rows}
+        return {f"r{n}": (t, args) for n, t, args in rows}
 
     def archiver(self, path: Path) -> Archiver:
         """Moves finished runs from this store into the archive file at `path`."""

@@ -30,6 +30,19 @@ def _runs(server: Any, job_id: str) -> list[dict[str, Any]]:
     return runs
 
 
+def _planned_twice(state: Path) -> list[Any]:
+    """Each (job, schedule time, args) planned from schedules more than once, read
+    from the real SQLite file: there must be none."""
+    db = sqlite3.connect(state / "apsis.db")
+    try:
+        return db.execute(
+            "SELECT job_id, time, args, COUNT(*) FROM runs WHERE schedule_key IS NOT NULL"
+            " GROUP BY job_id, time, args HAVING COUNT(*) > 1"
+        ).fetchall()
+    finally:
+        db.close()
+
+
 def test_catch_up_policies_after_downtime(tmp_path: Path) -> None:
     jobs = {"all": _job("all"), "latest": _job("latest"), "none": _job("none")}
     with running_server(tmp_path, jobs) as server:
@@ -71,14 +84,7 @@ def test_catch_up_policies_after_downtime(tmp_path: Path) -> None:
         assert latest.count("skipped") == none.count("skipped") - 1, (none, latest)
         assert every.count("skipped") == 0, every
 
-        # No (job, schedule time) was ever scheduled twice.
-        db = sqlite3.connect(server.state / "apsis.db")
-        rows = db.execute(
-            "SELECT job_id, time, COUNT(*) FROM runs WHERE schedule_key IS NOT NULL"
-            " GROUP BY job_id, schedule_key, time HAVING COUNT(*) > 1"
-        ).fetchall()
-        db.close()
-        assert rows == []
+        assert _planned_twice(server.state) == []
 
 
 def test_reload_replans_scheduled_runs_and_keeps_hand_scheduled(tmp_path: Path) -> None:
@@ -106,3 +112,60 @@ def test_reload_replans_scheduled_runs_and_keeps_hand_scheduled(tmp_path: Path) 
         assert times and all(t % 1800 == 0 for t in times)
         assert server.get("/jobs/new")["job"]["job_id"] == "new"
         assert server.api("GET", "/jobs/broken").status_code == 422
+
+
+def test_reload_of_a_changed_job_keeps_runs_handled_by_hand(tmp_path: Path) -> None:
+    """Only the job's metadata changes: its scheduled runs are planned again (with
+    the new labels) under the same identities, and a future run skipped by hand
+    stays skipped, with no new run at its time."""
+    jobs = {"tick": "program: 'true'\nschedule: {type: interval, interval: 3600}\n"}
+    with running_server(tmp_path, jobs) as server:
+        planned = sorted(
+            (r for r in _runs(server, "tick") if r["state"] == "scheduled"),
+            key=lambda r: _ts(r["schedule_time"]),
+        )
+        assert len(planned) >= 3
+        skipped = planned[1]
+        server.post(f"/runs/{skipped['run_id']}/skip")
+
+        (server.jobs_dir / "tick.yaml").write_text(
+            "program: 'true'\nschedule: {type: interval, interval: 3600}\nlabels: [nightly]\n"
+        )
+        answer = server.post("/jobs/reload")
+        assert answer["changed"] == ["tick"], answer
+
+        after = _runs(server, "tick")
+        at_skipped = [r for r in after if r["schedule_time"] == skipped["schedule_time"]]
+        assert [(r["run_id"], r["state"]) for r in at_skipped] == [(skipped["run_id"], "skipped")]
+        scheduled = [r for r in after if r["state"] == "scheduled"]
+        assert len(scheduled) == len(planned) - 1, (planned, after)
+        assert all("nightly" in r["labels"] for r in scheduled)
+        assert not {r["run_id"] for r in scheduled} & {r["run_id"] for r in planned}
+        # A second reload with nothing changed changes nothing.
+        assert server.post("/jobs/reload")["changed"] == []
+        assert {r["run_id"] for r in _runs(server, "tick")} == {r["run_id"] for r in after}
+
+
+def test_a_schedule_changed_while_the_server_is_down_plans_each_time_once(
+    tmp_path: Path,
+) -> None:
+    """The interval goes from 2 s to 4 s while the server is down: the runs the old
+    schedule planned are withdrawn at start (as a reload would), and no time gets
+    a run from both schedules, whether missed during the outage or still to come."""
+    job = "program: 'true'\nschedule: {type: interval, interval: %d}\ncatch_up: all\n"
+    with running_server(tmp_path, {"tick": job % 2}) as server:
+        wait_for(lambda: any(r["state"] == "success" for r in _runs(server, "tick")), 10, "a run")
+        time.sleep(5.5)  # past one watermark period
+        server.kill()
+        (server.jobs_dir / "tick.yaml").write_text(job % 4)
+        time.sleep(3)
+        server.start()
+        up_at = time.time()
+        time.sleep(5)
+
+        runs = _runs(server, "tick")
+        scheduled = [r for r in runs if r["state"] == "scheduled"]
+        assert scheduled and all(_ts(r["schedule_time"]) % 4 == 0 for r in scheduled), scheduled
+        later = [r for r in runs if _ts(r["schedule_time"]) > up_at]
+        assert later and all(_ts(r["schedule_time"]) % 4 == 0 for r in later), later
+        assert _planned_twice(server.state) == []

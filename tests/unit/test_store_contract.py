@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,8 @@ def test_cursors_and_identities(store: RunStore) -> None:
         )
     )
     assert store.cursors() == {("a", "k"): 1.0}
-    assert store.scheduled_identities("a", 0.0) == {("k", 1.0)}
-    assert store.scheduled_identities("a", 2.0) == set()
+    assert store.scheduled_identities("a", 0.0) == {"r1": (1.0, "{}")}
+    assert store.scheduled_identities("a", 2.0) == {}
 
 
 def test_sqlite_survives_reopen(tmp_path: Path) -> None:
@@ -124,3 +125,13 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     assert again.max_run_number() == 5 and again.output("r5") == b"x"
     assert again.schema_version() >= 1
     again.close()
+
+
+def test_a_withdrawn_run_leaves_its_identity_to_its_replacement(store: RunStore) -> None:
+    """A reload withdraws a scheduled run and plans the same (job, schedule, time)
+    again, in one write."""
+    store.write(Changes(runs={"r1": _run(1, state=State.SCHEDULED, schedule_key="k")}))
+    again = replace(_run(1, state=State.SCHEDULED, schedule_key="k"), run_id="r2")
+    store.write(Changes(runs={"r2": again}, deleted={"r1"}))
+    assert store.scheduled_identities("a", 0.0) == {"r2": (1.0, "{}")}
+    assert store.get("r1") is None
