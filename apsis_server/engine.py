@@ -375,10 +375,18 @@ class Engine:
         group.set_result(None)
 
     def _due(self, run: Run) -> None:
-        run = self.transition(run, State.WAITING, "schedule time reached")
+        # The program is bound as the run leaves `scheduled`: a template that fails
+        # errors the run now, not after it has waited for its conditions.
+        try:
+            program = self.starter.bind(run)
+        except BindError as exc:
+            run = self.transition(run, State.ERROR, str(exc))
+        else:
+            run = self.transition(run, State.WAITING, "schedule time reached", program=program)
         if run.schedule_key is not None:
             self.planning.plan([run.job_id])
-        self.waiter.enter(run)
+        if run.state == State.WAITING:
+            self.waiter.enter(run)
 
     # -- what operations and timers need ---------------------------------------
 

@@ -11,7 +11,7 @@ which no agent can take, errors with the reason.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apsis_common.states import State
 from apsis_server.core.outcomes import StopContext
@@ -32,21 +32,26 @@ class Starter:
         # Runs internal (housekeeping) programs; set by whoever owns the store.
         self.internal: Callable[[Run], None] | None = None
 
+    def bind(self, run: Run) -> dict[str, Any]:
+        """The run's program: as bound when it left `scheduled`, or bound now from its
+        job; BindError says why it cannot be."""
+        if run.program is not None:
+            return dict(run.program)
+        engine = self._engine
+        job = engine.jobs.get(run.job_id)
+        if job is None:
+            raise BindError(f"job {run.job_id} no longer exists")
+        scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
+        return bind(job.program, engine.templates, scope)
+
     def start(self, run: Run, message: str = "starting") -> None:
         """Bind the run's program and hand it to an agent (or run a no-op)."""
         engine = self._engine
-        program = run.program
-        if program is None:
-            job = engine.jobs.get(run.job_id)
-            if job is None:
-                engine.transition(run, State.ERROR, f"job {run.job_id} no longer exists")
-                return
-            scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
-            try:
-                program = bind(job.program, engine.templates, scope)
-            except BindError as exc:
-                engine.transition(run, State.ERROR, str(exc))
-                return
+        try:
+            program = self.bind(run)
+        except BindError as exc:
+            engine.transition(run, State.ERROR, str(exc))
+            return
         if str(program["type"]).startswith("internal."):
             if self.internal is None:
                 engine.transition(run, State.ERROR, f"{program['type']} needs the SQLite store")
