@@ -11,8 +11,9 @@ from apsis_server.core.actions import ScheduleAction
 from apsis_server.core.calendars import Calendar, parse_cal_text, parse_calendar_data
 from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.fields import FieldError, Invalid
-from apsis_server.core.jobs import Job, JobError, job_error, load_yaml, parse_job
+from apsis_server.core.jobs import Job, JobError, job_error, parse_job
 from apsis_server.core.templates import Templates
+from apsis_server.core.yamlfile import load_yaml
 
 CALENDAR_SUFFIXES = (".cal", ".yaml")
 

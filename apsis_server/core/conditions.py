@@ -19,6 +19,7 @@ from apsis_server.core.fields import (
     Fields,
     Invalid,
     boolean,
+    boolean_word,
     choice,
     items,
     positive_integer,
@@ -136,8 +137,9 @@ Condition = DependencyCondition | MaxRunningCondition | ConstCondition | SkipDup
 
 
 def _exist(value: Any, path: str) -> tuple[State, ...] | None:
-    if isinstance(value, bool):
-        return None if not value else ()  # () stands for "computed from states"
+    flag = boolean_word(value)
+    if flag is not None:
+        return None if not flag else ()  # () stands for "computed from states"
     return states(value, path)
 
 

@@ -72,11 +72,18 @@ class Fields:
             raise Invalid([FieldError(self.at(key), "missing")])
         return convert(self.data[key], self.at(key))
 
+    def allow(self, *keys: str) -> None:
+        """Count `keys` as known though they are not read (another form's keys)."""
+        self._taken.update(keys)
+
     def done(self) -> None:
-        """Raise for keys nobody took."""
+        """Raise for keys nobody took, naming the keys that are known here."""
         unknown = [k for k in self.data if k not in self._taken]
         if unknown:
-            raise Invalid([FieldError(self.at(str(k)), "unknown key") for k in unknown])
+            known = sorted(str(k) for k in self._taken)
+            expected = f"expected one of: {', '.join(known)}" if known else "expected no keys"
+            message = f"unknown key ({expected})"
+            raise Invalid([FieldError(self.at(str(k)), message) for k in unknown])
 
 
 def _kind(value: object) -> str:
@@ -93,10 +100,29 @@ def string(value: Any, path: str) -> str:
     return str(value)
 
 
+# YAML 1.1's words for booleans, as PyYAML (and the earlier scheduler) read them. Job
+# files are read with only true/false as booleans (so `args: {answer: no}` is the
+# text "no"); a field that takes a boolean accepts these words itself.
+_BOOLEAN_WORDS: Mapping[str, bool] = {
+    **{w: True for word in ("true", "yes", "on") for w in (word, word.title(), word.upper())},
+    **{w: False for word in ("false", "no", "off") for w in (word, word.title(), word.upper())},
+}
+
+
+def boolean_word(value: Any) -> bool | None:
+    """The boolean `value` is or names (`true`, `yes`, `On`, `NO`, ...); else None."""
+    if isinstance(value, bool):
+        return value
+    return _BOOLEAN_WORDS.get(value) if isinstance(value, str) else None
+
+
 def boolean(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise Invalid([FieldError(path, f"expected true or false, got {_kind(value)}")])
-    return value
+    """`true`/`false`, or YAML 1.1's `yes`/`no`/`on`/`off` (lower, Title or UPPER case)."""
+    found = boolean_word(value)
+    if found is None:
+        got = repr(value) if isinstance(value, str) else _kind(value)
+        raise Invalid([FieldError(path, f"expected true or false (or yes/no, on/off), got {got}")])
+    return found
 
 
 def duration(value: Any, path: str) -> float:

@@ -6,13 +6,10 @@ a file's errors together, each with its key path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-
-import yaml
 
 from apsis_server.core.actions import Action, parse_action, parse_successor
 from apsis_server.core.calendars import Calendar
@@ -31,64 +28,7 @@ from apsis_server.core.fields import (
 from apsis_server.core.programs import Program, parse_program
 from apsis_server.core.schedules import Schedule, ScheduleContext, parse_schedule, supplied_args
 from apsis_server.core.templates import Templates, check_template
-
-# The C parser where PyYAML has it: ten thousand job files load several times faster.
-_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):  # type: ignore[misc]
-    """YAML 1.1 without base-60 numbers, so `12:00` is a string (noon), not 720.
-
-    Mapping keys that YAML 1.1 reads as booleans (`on`, `yes`, ...) stay strings,
-    so a retry action's `on:` key is the key `on`, not `True`.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:bool":
-                key_node.tag = "tag:yaml.org,2002:str"
-        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        return mapping
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [
-        (tag, rx)
-        for tag, rx in resolvers
-        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
-    list("-+0123456789"),
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """Parse YAML text the way job files are read; Invalid on a syntax error."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise Invalid([FieldError("", f"YAML syntax error: {where}{problem}")]) from None
-
+from apsis_server.core.yamlfile import load_yaml as load_yaml  # job files are read with it
 
 _NOT_GIVEN: Any = object()
 
@@ -155,8 +95,9 @@ def _list(
     one, many = keys
     if f.has(one) and f.has(many):
         c.errors.append(FieldError(many, f"give {one!r} or {many!r}, not both"))
+    f.allow(one, many)  # with both given, the error above is enough
     key = one if f.has(one) else many
-    value = f.raw(one) if f.has(one) else f.raw(many)
+    value = f.raw(key)
     return tuple(c(partial(parse, v, p), None) for v, p in items(value or [], key))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal as _signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,9 @@ class Stop:
 
 @dataclass(frozen=True)
 class Timeout:
-    duration: float
+    """`duration` is seconds, or a template giving a duration when the run is bound."""
+
+    duration: float | str
     signal: int = int(_signal.SIGTERM)
 
 
@@ -80,7 +82,13 @@ class Program:
         out = [("command", self.command)] if self.command is not None else []
         out += [(f"argv[{i}]", a) for i, a in enumerate(self.argv)]
         out += [(f"env.vars.{k}", v) for k, v in self.env.items()]
-        out += [(k, v) for k, v in (("host", self.host), ("cwd", self.cwd)) if v is not None]
+        out += [
+            (k, v)
+            for k, v in (("host", self.host), ("user", self.user), ("cwd", self.cwd))
+            if v is not None
+        ]
+        if self.timeout is not None and isinstance(self.timeout.duration, str):
+            out.append(("timeout.duration", self.timeout.duration))
         out += [(k, v) for k, v in self.options.items() if k == "path" and isinstance(v, str)]
         return out
 
@@ -116,12 +124,18 @@ def _stop(value: Any, path: str) -> Stop:
     return stop
 
 
+def _timeout_duration(value: Any, path: str) -> float | str:
+    if isinstance(value, str) and "{" in value:
+        return value  # a template, checked when the job loads, expanded when bound
+    return positive_duration(value, path)
+
+
 def _timeout(value: Any, path: str) -> Timeout:
     if not isinstance(value, Mapping):
-        return Timeout(duration=positive_duration(value, path))
+        return Timeout(duration=_timeout_duration(value, path))
     f = Fields(value, path)
     timeout = Timeout(
-        duration=f.need("duration", positive_duration),
+        duration=f.need("duration", _timeout_duration),
         signal=f.take("signal", signal_number, int(_signal.SIGTERM)),
     )
     f.done()
@@ -254,6 +268,18 @@ class BindError(ValueError):
     """The program could not be bound to the run (a template failed)."""
 
 
+def _bound_timeout(timeout: Timeout | None, expand: Callable[[str], str]) -> dict[str, Any] | None:
+    if timeout is None:
+        return None
+    seconds = timeout.duration
+    if isinstance(seconds, str):
+        try:
+            seconds = positive_duration(expand(seconds), "program.timeout.duration")
+        except Invalid as exc:
+            raise BindError(str(exc)) from None
+    return {"duration": seconds, "signal": timeout.signal}
+
+
 def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> dict[str, Any]:
     """The program for one run, every template expanded, as plain values.
 
@@ -291,11 +317,7 @@ def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> di
         "env_inherit": program.env_inherit,
         "cwd": expand(program.cwd) if program.cwd is not None else None,
         "host": expand(program.host) if program.host is not None else None,
-        "user": program.user,
-        "timeout": (
-            {"duration": program.timeout.duration, "signal": program.timeout.signal}
-            if program.timeout
-            else None
-        ),
+        "user": expand(program.user) if program.user is not None else None,
+        "timeout": _bound_timeout(program.timeout, expand),
         "stop": {"signal": program.stop.signal, "grace": program.stop.grace_period},
     }

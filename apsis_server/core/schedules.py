@@ -223,6 +223,7 @@ def _explicit(r: _Reader, common: dict[str, Any]) -> ScheduleBase:
 
 
 def _crontab(r: _Reader, common: dict[str, Any]) -> ScheduleBase:
+    r.f.allow("expr", *FIELD_NAMES)  # both forms' keys, for the unknown key error
     given = [name for name in FIELD_NAMES if r.f.has(name)]
     if r.f.has("expr") == bool(given):
         raise Invalid(
@@ -238,10 +239,11 @@ def _crontab(r: _Reader, common: dict[str, Any]) -> ScheduleBase:
         source = " ".join(fields.get(n, "0" if n == "second" else "*") for n in FIELD_NAMES)
         path = r.f.path
     expr = r.c(lambda: parse_cron(fields, path), None)
-    local = r.local()
-    r.c.check()
-    assert expr is not None
-    return CrontabSchedule(expr=expr, source=source, **local, **common)
+    if expr is None:
+        # A stand-in, so the other keys are still read; the error is already in r.c,
+        # which `_base_schedule` raises (raising it here too would report it twice).
+        expr = parse_cron({}, path)
+    return CrontabSchedule(expr=expr, source=source, **r.local(), **common)
 
 
 _PARSERS: dict[str, Callable[[_Reader, dict[str, Any]], ScheduleBase]] = {

@@ -63,8 +63,9 @@ def _reload(ctx: Context, args: argparse.Namespace) -> int:
 
 def _check_jobs(ctx: Context, args: argparse.Namespace) -> int:
     # The checker lives in the server package; run it apart so the CLI never imports it.
+    calendars = ["--calendars", args.calendars] if args.calendars is not None else []
     result = subprocess.run(
-        [sys.executable, "-m", "apsis_server.checkjobs", args.dir],
+        [sys.executable, "-m", "apsis_server.checkjobs", *calendars, "--", args.dir],
         capture_output=True,
         check=False,
     )
@@ -91,3 +92,8 @@ def register(commands: Commands) -> None:
 
     parser = commands.add("check-jobs", _check_jobs, "validate a jobs directory offline")
     parser.add_argument("dir", metavar="DIR", help="jobs directory")
+    parser.add_argument(
+        "--calendars",
+        metavar="CALDIR",
+        help="directory of named calendar files (the server's calendars: setting)",
+    )

@@ -68,3 +68,23 @@ def test_check_jobs_passes_through(
     assert main(["check-jobs", str(jobs)]) == direct.returncode
     captured = capsysbinary.readouterr()
     assert (captured.out, captured.err) == (direct.stdout, direct.stderr)
+
+
+def test_check_jobs_with_calendars(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # A job on a named holiday calendar checks only with the calendar directory.
+    cals, jobs = tmp_path / "calendars", tmp_path / "jobs"
+    cals.mkdir()
+    jobs.mkdir()
+    (cals / "nyse.yaml").write_text("holidays: [2027-01-01]\n")
+    (jobs / "eod.yaml").write_text(
+        "program: x\nschedule: {type: daily, daytime: '16:00', calendar: nyse}\n"
+    )
+    assert main(["check-jobs", str(jobs)]) == 1
+    assert b"unknown calendar 'nyse'" in capsysbinary.readouterr().out
+    assert main(["check-jobs", "--calendars", str(cals), str(jobs)]) == 0
+    assert b"1 jobs loaded, 0 errors" in capsysbinary.readouterr().out
+    (cals / "bad.yaml").write_text("holidays: [2027-02-30]\n")
+    assert main(["check-jobs", str(jobs), "--calendars", str(cals)]) == 1
+    assert b"bad.yaml: holidays[0]: expected a date" in capsysbinary.readouterr().out

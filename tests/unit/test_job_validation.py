@@ -14,7 +14,13 @@ BAD: list[tuple[str, str, str, str]] = [
     ("not a mapping", "- a\n- b\n", "", "expected a mapping of job keys, got a list"),
     ("yaml syntax", "program: [echo\n", "", "YAML syntax error: line 2"),
     ("no program", "params: [a]\n", "program", "missing"),
-    ("unknown top-level key", "program: x\nschedul: {type: interval}\n", "schedul", "unknown key"),
+    (
+        "unknown top-level key",
+        "program: x\nschedul: {type: interval}\n",
+        "schedul",
+        "unknown key (expected one of: action, actions, ad_hoc, catch_up, condition, conditions,"
+        " job_id, labels, metadata, params, program, schedule, successors, waiting)",
+    ),
     ("bad param name", "params: [ok, 2bad]\nprogram: x\n", "params[1]", "not a valid name"),
     ("duplicate params", "params: [a, a]\nprogram: x\n", "params", "duplicate param names"),
     (
@@ -35,7 +41,45 @@ BAD: list[tuple[str, str, str, str]] = [
         "unknown program key",
         "program: {type: shell, command: x, hots: a}\n",
         "program.hots",
-        "unknown key",
+        "unknown key (expected one of: command, cwd, env, host, stop, timeout, type, user)",
+    ),
+    (
+        "unknown env key",
+        "program: {type: program, argv: [x], env: {inheirt: false}}\n",
+        "program.env.inheirt",
+        "unknown key (expected one of: inherit, vars)",
+    ),
+    (
+        "unknown stop schedule key",
+        "program: x\nschedule:\n  start: {type: interval, interval: 60}\n"
+        "  stop: {type: duration, duration: 5m, typo: 1}\n",
+        "schedule.stop.typo",
+        "unknown key (expected one of: duration, type)",
+    ),
+    (
+        "unknown crontab key",
+        "program: x\nschedule: {type: crontab, minute: 5, wekday: 1}\n",
+        "schedule.wekday",
+        "unknown key (expected one of: args, day, dst_gap, dst_repeat, enabled, end_date, expr,"
+        " hour, jitter, minute, month, second, start_date, type, tz, weekday)",
+    ),
+    (
+        "user template unknown name",
+        "program: {type: shell, command: x, user: '{{ nobody }}'}\n",
+        "program.user",
+        "unknown name(s): nobody",
+    ),
+    (
+        "timeout template unknown name",
+        "program: {type: shell, command: x, timeout: {duration: '{{ t }}'}}\n",
+        "program.timeout.duration",
+        "unknown name(s): t",
+    ),
+    (
+        "timeout template syntax",
+        "params: [t]\nprogram: {type: shell, command: x, timeout: '{{ t + }}'}\n",
+        "program.timeout.duration",
+        "bad template",
     ),
     (
         "bad timeout duration",
@@ -109,6 +153,37 @@ BAD: list[tuple[str, str, str, str]] = [
         "program: x\nschedule: {type: daily, daytime: '09:00', cal_shift: soon}\n",
         "schedule.cal_shift",
         "expected an integer",
+    ),
+    (
+        "enabled not a boolean",
+        "program: x\nschedule: {type: interval, interval: 60, enabled: maybe}\n",
+        "schedule.enabled",
+        "expected true or false (or yes/no, on/off), got 'maybe'",
+    ),
+    (
+        "start_date that does not exist, unquoted",
+        "program: x\nschedule: {type: interval, interval: 60, start_date: 2024-13-01}\n",
+        "schedule.start_date",
+        "expected a date like 2027-01-31, got '2024-13-01'",
+    ),
+    (
+        "end_date that does not exist, unquoted",
+        "program: x\nschedule: {type: interval, interval: 60, end_date: 2023-02-29}\n",
+        "schedule.end_date",
+        "expected a date like 2027-01-31, got '2023-02-29'",
+    ),
+    (
+        "explicit time that does not exist, unquoted",
+        "program: x\nschedule:\n"
+        "  {type: explicit, times: [2027-01-01T00:00:00Z, 2027-02-30T00:00:00Z]}\n",
+        "schedule.times[1]",
+        "expected an ISO 8601 time like 2027-01-01T00:00:00Z, got '2027-02-30T00:00:00Z'",
+    ),
+    (
+        "explicit time with a bad hour, unquoted",
+        "program: x\nschedule: {type: explicit, times: 2027-01-01T24:30:00Z}\n",
+        "schedule.times[0]",
+        "expected an ISO 8601 time",
     ),
     (
         "bad dst policy",
@@ -303,6 +378,37 @@ def test_malformed_job_is_rejected(text: str, key_path: str, message: str) -> No
     assert any(path == key_path and message in text for path, text in found), found
 
 
+@pytest.mark.parametrize("text", [b[1] for b in BAD], ids=[b[0] for b in BAD])
+def test_no_error_is_reported_twice(text: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_job("test/job", load_yaml(text), Templates())
+    found = [(e.key_path, e.message) for e in info.value.errors]
+    assert len(found) == len(set(found)), found
+
+
+def test_a_cron_error_is_reported_once_beside_the_others() -> None:
+    text = (
+        "program: x\n"
+        "schedule: {type: crontab, expr: '61 * * * *', tz: Nowhere/City, jitter: lots}\n"
+    )
+    with pytest.raises(Invalid) as info:
+        parse_job("j", load_yaml(text), Templates())
+    assert [(e.key_path, e.message) for e in info.value.errors] == [
+        ("schedule.jitter", "expected a duration like '30s' or '10 min', got 'lots'"),
+        ("schedule.expr", "minute 61 out of range 0-59"),
+        ("schedule.tz", "unknown time zone 'Nowhere/City'"),
+    ]
+
+
+def test_condition_and_conditions_is_one_error() -> None:
+    text = "program: x\ncondition: {type: const}\nconditions: [{type: const}]\n"
+    with pytest.raises(Invalid) as info:
+        parse_job("j", load_yaml(text), Templates())
+    assert [str(e) for e in info.value.errors] == [
+        "conditions: give 'condition' or 'conditions', not both"
+    ]
+
+
 def test_count_of_malformed_cases() -> None:
     assert len({b[0] for b in BAD}) == len(BAD) >= 30
 
@@ -347,7 +453,11 @@ def test_named_calendars_resolve_only_when_given() -> None:
         ({"holidays": ["2024-13-01"]}, "holidays[0]", "expected a date"),
         ({"holidays": "2024-01-01"}, "holidays", "expected a list of dates"),
         ({"holidays": ["2024-01-01"], "stop": "2023-01-01"}, "stop", "not after start"),
-        ({"holiday": ["2024-01-01"]}, "holiday", "unknown key"),
+        (
+            {"holiday": ["2024-01-01"]},
+            "holiday",
+            "unknown key (expected one of: description, holidays, start, stop, weekdays)",
+        ),
         ({"weekdays": "Mon-Fri"}, "", "no dates and no START/STOP range"),
     ],
 )
@@ -357,3 +467,17 @@ def test_malformed_calendar_files(data: object, key_path: str, message: str) -> 
     assert any(e.key_path == key_path and message in e.message for e in info.value.errors), (
         info.value.errors
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "message"),
+    [
+        ("holidays: [2024-02-30]\n", "holidays[0]", "got '2024-02-30'"),
+        ("holidays: [2024-01-01]\nstop: 2025-13-01\n", "stop", "got '2025-13-01'"),
+    ],
+)
+def test_calendar_file_dates_that_do_not_exist(text: str, key_path: str, message: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_calendar_data("c", load_yaml(text))
+    expected = f"expected a date like 2027-01-31, {message}"
+    assert [(e.key_path, e.message) for e in info.value.errors] == [(key_path, expected)]

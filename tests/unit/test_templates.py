@@ -113,3 +113,62 @@ def test_bind_error_carries_the_message() -> None:
 )
 def test_bind_other_programs(form: dict[str, Any], expected: dict[str, Any]) -> None:
     assert bind(parse_program(form), Templates(), SCOPE) == expected
+
+
+def test_bind_expands_every_text_field_of_a_process_program() -> None:
+    program = parse_program(
+        {
+            "type": "program",
+            "argv": ["load", "{{ date }}"],
+            "host": "h-{{ date }}",
+            "user": "u-{{ date }}",
+            "cwd": "/d/{{ date }}",
+            "env": {"vars": {"D": "{{ date }}"}},
+            "timeout": {"duration": "{{ 2 * 30 }} min", "signal": "INT"},
+        }
+    )
+    bound = bind(program, Templates(), SCOPE)
+    assert bound["argv"] == ["load", "2024-03-01"]
+    assert (bound["host"], bound["user"], bound["cwd"]) == (
+        "h-2024-03-01",
+        "u-2024-03-01",
+        "/d/2024-03-01",
+    )
+    assert bound["env"]["D"] == "2024-03-01"
+    assert bound["timeout"] == {"duration": 3600.0, "signal": 2}
+
+
+def test_every_templated_field_is_checked_at_load() -> None:
+    program = parse_program(
+        {
+            "type": "shell",
+            "command": "{{ a }}",
+            "host": "{{ b }}",
+            "user": "{{ c }}",
+            "cwd": "{{ d }}",
+            "env": {"vars": {"E": "{{ e }}"}},
+            "timeout": "{{ f }}",
+        }
+    )
+    assert dict(program.template_fields()) == {
+        "command": "{{ a }}",
+        "host": "{{ b }}",
+        "user": "{{ c }}",
+        "cwd": "{{ d }}",
+        "env.vars.E": "{{ e }}",
+        "timeout.duration": "{{ f }}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("timeout", "message"),
+    [
+        ("{{ date }}", "program.timeout.duration: expected a duration"),
+        ("{{ 0 }}", "program.timeout.duration: expected a positive duration"),
+        ("{{ nope }}", "'nope' is undefined"),
+    ],
+)
+def test_bind_error_for_a_bad_timeout(timeout: str, message: str) -> None:
+    program = parse_program({"type": "shell", "command": "x", "timeout": {"duration": timeout}})
+    with pytest.raises(BindError, match=message):
+        bind(program, Templates(), SCOPE)

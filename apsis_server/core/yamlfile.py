@@ -1,0 +1,141 @@
+"""Reading YAML text the way job, calendar and config files are read.
+
+PyYAML's YAML 1.1 with these changes:
+
+- no base-60 numbers: an unquoted `12:00` is the string (noon), not 720;
+- only `true`/`false` are booleans, and mapping keys YAML 1.1 reads as booleans
+  (`on`, `yes`, ...) stay strings, so a retry action's `on:` key is the key `on`;
+  fields that take a boolean accept `yes`/`no`/`on`/`off` themselves (`fields.boolean`);
+- a date or time that does not exist (`2024-13-01`, `2027-02-30T00:00:00Z`) stays
+  the text it was, so the field that reads it reports it with its key path.
+
+No value crashes a load: one that cannot be built (`!!int abc`, or a value that
+contains an alias to itself, `&a [*a]`) is `Invalid` with its line and column, an
+error of that one file.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from apsis_server.core.fields import FieldError, Invalid
+
+# The C parser where PyYAML has it: ten thousand job files load several times faster.
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _BadValue(yaml.constructor.ConstructorError):
+    """A value that parses but cannot be built (as opposed to a syntax error)."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_acyclic(root: yaml.Node) -> None:
+    """Raise for an alias inside its own anchor's node: the value would contain
+    itself, and checking or hashing the job would recurse forever."""
+    done: set[int] = set()
+    open_nodes: set[int] = set()
+    stack = [(root, iter(_children(root)))]
+    open_nodes.add(id(root))
+    while stack:
+        node, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            open_nodes.discard(id(node))
+            done.add(id(node))
+        elif id(child) in open_nodes:
+            raise _BadValue(None, None, "this value contains an alias to itself", child.start_mark)
+        elif id(child) not in done:
+            open_nodes.add(id(child))
+            stack.append((child, iter(_children(child))))
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """PyYAML's safe loader with the changes of the module docstring."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_acyclic(node)
+        return super().construct_document(node)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            # PyYAML's constructors raise ValueError, KeyError, TypeError, ... for a
+            # value its tag cannot hold (`!!int abc`): say where, as for a syntax error.
+            tag = node.tag.rpartition(":")[2]
+            value = repr(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+            raise _BadValue(
+                None, None, f"cannot read {value} as {tag} ({exc})", node.start_mark
+            ) from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:bool":
+                key_node.tag = "tag:yaml.org,2002:str"
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        """A date or time, or the text itself when no such date or time exists."""
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way job files are read; `Invalid` when it cannot be read."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        kind = "YAML error" if isinstance(exc, _BadValue) else "YAML syntax error"
+        raise Invalid([FieldError("", f"{kind}: {where}{problem}")]) from None
+    except Exception as exc:
+        # What `construct_object` cannot place: a collection its tag cannot hold
+        # (`!!set [1]`), built after the rest of the document.
+        raise Invalid([FieldError("", f"YAML error: {type(exc).__name__}: {exc}")]) from None

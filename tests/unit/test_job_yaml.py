@@ -1,0 +1,145 @@
+"""How job files are read as YAML: no value crashes a load, and YAML 1.1 booleans."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apsis_server.checkjobs import main as check_jobs
+from apsis_server.core.conditions import ConstCondition, DependencyCondition
+from apsis_server.core.fields import Invalid
+from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.templates import Templates
+from apsis_server.jobsdir import load_jobs_dir
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Dates and times that do not exist stay text, for the field to report.
+        ("a: 2024-13-01", "2024-13-01"),
+        ("a: 2023-02-29", "2023-02-29"),
+        ("a: 2027-02-30T00:00:00Z", "2027-02-30T00:00:00Z"),
+        ("a: 2024-01-01T25:00:00Z", "2024-01-01T25:00:00Z"),
+        ("a: 2024-01-01T00:00:00+25:00", "2024-01-01T00:00:00+25:00"),
+        # Those that exist are read as before.
+        ("a: 2024-02-29", datetime.date(2024, 2, 29)),
+        ("a: 2027-01-01T00:00:00Z", datetime.datetime(2027, 1, 1, tzinfo=datetime.UTC)),
+        ("a: 12:00", "12:00"),
+        ("a: yes", "yes"),
+        ("on: true", True),
+    ],
+)
+def test_values(text: str, expected: Any) -> None:
+    key = text.split(":")[0]
+    assert load_yaml(text) == {key: expected}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: 0b_", "YAML error: line 1, column 4: cannot read '0b_' as int"),
+        ("a: 0x_", "YAML error: line 1, column 4: cannot read '0x_' as int"),
+        ("a: ._", "YAML error: line 1, column 4: cannot read '._' as float"),
+        ("a:\n  b: !!int abc", "YAML error: line 2, column 6: cannot read 'abc' as int"),
+        ("a: !!float abc", "YAML error: line 1, column 4: cannot read 'abc' as float"),
+        ("a: !!bool maybe", "YAML error: line 1, column 4: cannot read 'maybe' as bool"),
+        ("a: !!timestamp soon", "YAML error: line 1, column 4: cannot read 'soon' as timestamp"),
+        ("a: !!set [1]", "YAML error: TypeError"),
+        ("a: &x [1, *x]", "YAML error: line 1, column 4: this value contains an alias to itself"),
+        ("a: &x {b: [*x]}", "YAML error: line 1, column 4: this value contains an alias to itself"),
+        ("a: [1", "YAML syntax error: line 2, column 1"),
+        ("a: !!python/name:os.system", "YAML syntax error: line 1, column 4: could not determine"),
+        ("a: \x00", "YAML syntax error: unacceptable character"),
+    ],
+)
+def test_values_that_cannot_be_built_are_invalid(text: str, message: str) -> None:
+    with pytest.raises(Invalid) as info:
+        load_yaml(text)
+    [error] = info.value.errors
+    assert error.key_path == ""
+    assert error.message.startswith(message), error.message
+
+
+def test_shared_aliases_are_fine() -> None:
+    assert load_yaml("x: &x [1]\na: [*x, *x]\n") == {"x": [1], "a": [[1], [1]]}
+
+
+def test_a_bad_value_fails_only_its_own_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "good.yaml").write_text("program: x\n")
+    (tmp_path / "date.yaml").write_text(
+        "program: x\nschedule: {type: interval, interval: 60, start_date: 2024-13-01}\n"
+    )
+    (tmp_path / "time.yaml").write_text(
+        "program: x\nschedule: {type: explicit, times: [2027-02-30T00:00:00Z]}\n"
+    )
+    (tmp_path / "tag.yaml").write_text(
+        "program: x\nschedule: {type: interval, interval: !!int x}\n"
+    )
+    (tmp_path / "loop.yaml").write_text("program: x\nschedule: &s {type: interval, s: *s}\n")
+    loaded = load_jobs_dir(tmp_path, Templates())
+    assert list(loaded.jobs) == ["good"]
+    assert [(e.path, e.key_path) for e in loaded.errors] == [
+        ("date.yaml", "schedule.start_date"),
+        ("loop.yaml", ""),
+        ("tag.yaml", ""),
+        ("time.yaml", "schedule.times[0]"),
+    ]
+    assert check_jobs([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "date.yaml: schedule.start_date: expected a date like 2027-01-31, got '2024-13-01'" in out
+    )
+    assert "1 jobs loaded, 4 errors, 0 warnings" in out
+
+
+TRUE_WORDS = ["true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"]
+FALSE_WORDS = ["false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"]
+WORDS = [(w, True) for w in TRUE_WORDS] + [(w, False) for w in FALSE_WORDS]
+
+
+def job(text: str) -> Any:
+    return parse_job("j", load_yaml(text), Templates())
+
+
+@pytest.mark.parametrize(("word", "value"), WORDS)
+def test_boolean_fields_take_yaml_1_1_words(word: str, value: bool) -> None:
+    loaded = job(
+        f"program: {{type: program, argv: [x], env: {{inherit: {word}}}}}\n"
+        f"schedule: {{type: interval, interval: 60, enabled: {word}}}\n"
+        f"condition: {{type: const, value: {word}}}\n"
+        f"ad_hoc: {word}\n"
+    )
+    assert loaded.program.env_inherit is value
+    assert loaded.schedules[0].enabled is value
+    assert loaded.conditions == (ConstCondition(value),)
+    assert loaded.ad_hoc is value
+    assert job(f"program: {{type: no-op, success: {word}}}\n").program.success is value
+
+
+@pytest.mark.parametrize(("word", "value"), WORDS)
+def test_dependency_exist_takes_yaml_1_1_words(word: str, value: bool) -> None:
+    loaded = job(f"program: x\ncondition: {{type: dependency, job_id: a, exist: {word}}}\n")
+    [condition] = loaded.conditions
+    assert isinstance(condition, DependencyCondition)
+    assert (condition.exist is not None) is value
+
+
+def test_yes_and_no_elsewhere_are_text() -> None:
+    loaded = job(
+        "params: [answer]\nprogram: x\n"
+        "schedule: {type: interval, interval: 60, args: {answer: no}}\nlabels: [on, off]\n"
+    )
+    assert dict(loaded.schedules[0].args) == {"answer": "no"}
+    assert loaded.labels == ("on", "off")
+
+
+@pytest.mark.parametrize("value", ["maybe", "'y'", "1", "[yes]"])
+def test_other_values_are_not_booleans(value: str) -> None:
+    with pytest.raises(Invalid, match=r"schedule\.enabled: expected true or false \(or yes/no"):
+        job(f"program: x\nschedule: {{type: interval, interval: 60, enabled: {value}}}\n")
