@@ -94,6 +94,7 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
         policy = (job.catch_up or CatchUp()).over(default)
         plan = catch_up(job.schedules, job.params, watermark, now, policy)
         taken: set[Identity] | None = None  # read when first needed
+        oldest: Run | None = None  # the oldest missed time recorded
         for decision, missed in [("run", m) for m in plan.run] + [("skip", m) for m in plan.skip]:
             due = missed.due
             run = planned.get((job.job_id, missed.schedule_key, due.time))
@@ -116,6 +117,13 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
                 taken.add((due.time, args_key(due.args)))
             engine.planning.set_cursor(key, due.time if cursor is None else max(cursor, due.time))
             if decision == "skip":
-                engine.transition(run, State.SKIPPED, SKIP_REASON)
+                run = engine.transition(run, State.SKIPPED, SKIP_REASON)
+            if oldest is None or due.time < (oldest.schedule_time or 0.0):
+                oldest = run
         if plan.not_listed:
-            log.warning("job %s: %d older missed times not listed", job.job_id, plan.not_listed)
+            # Too many to record one by one: said on the oldest run that is recorded.
+            message = f"{plan.not_listed} older times missed while the server was down"
+            message += " are not recorded (too many)"
+            log.warning("job %s: %s", job.job_id, message)
+            if oldest is not None:
+                engine.note(oldest.run_id, message)

@@ -279,3 +279,26 @@ def test_odd_signal_names_are_bad_input(server: Server) -> None:
         assert server.api("POST", f"/runs/{run_id}/signal/{name}").status_code == 400, name
     server.post(f"/runs/{run_id}/kill")
     server.wait_finished(run_id)
+
+
+def test_stop_schedule_stops_the_run_at_its_stop_time(tmp_path: Path) -> None:
+    """`stop: {type: duration}`: the run is stopped that long after its schedule
+    time, with its program's stop signal; ended by it, the run is a success."""
+    job = (
+        "program: {type: program, argv: [/bin/sleep, '30']}\n"
+        "schedule:\n  start: {type: interval, interval: 3}\n"
+        "  stop: {type: duration, duration: 1.5s}\n"
+    )
+    unfinished = ("scheduled", "waiting", "starting", "running", "stopping")
+    with running_server(tmp_path, {"market": job}) as server:
+
+        def ended() -> dict[str, Any] | None:
+            runs = server.get("/runs", params={"job_id": "market", "limit": 100})["runs"]
+            return next((r for r in runs if r["state"] not in unfinished), None)
+
+        run = wait_for(ended, 15, "a run to end")
+        assert run["state"] == "success" and run["message"] == "stopped; killed by SIGTERM", run
+        stopped_after = _ts(run["times"]["stopping"]) - _ts(run["schedule_time"])
+        assert 1.5 <= stopped_after < 2.0, run
+        assert "stop time reached" in _log(server, run["run_id"])
+        assert not group_alive(server.meta(run["run_id"])["pgid"])
