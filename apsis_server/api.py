@@ -220,12 +220,14 @@ async def job(request: Request) -> Response:
     engine = _engine(request)
     job_id = str(request.path_params["job_id"])
     found = engine.jobs.get(job_id)
+    errors = [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
     if found is None:
-        errors = [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
         if errors:
             return JSONResponse({"error": f"job {job_id} is invalid", "errors": errors}, 422)
         raise NotFound(f"no job {job_id!r}")
-    return JSONResponse({"job": job_json(found, _next_times(engine, found, 10))})
+    # With errors, the file no longer loads and the last good definition is in use.
+    answer = {"job": job_json(found, _next_times(engine, found, 10))}
+    return JSONResponse({**answer, "errors": errors} if errors else answer)
 
 
 async def job_runs(request: Request) -> Response:

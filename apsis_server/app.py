@@ -115,7 +115,14 @@ def build_app(config: Config) -> Starlette:
     def reload() -> dict[str, Any]:
         engine.templates, loaded = load_jobs(config)
         app.state.job_errors = loaded.errors
-        answer: dict[str, Any] = engine.planning.replace_jobs(loaded.jobs)
+        # A job whose file no longer loads keeps its last good definition (and its
+        # scheduled runs) until the file is mended: a typo stops nothing.
+        kept = sorted(
+            {e.job_id for e in loaded.errors if e.job_id in engine.jobs} - set(loaded.jobs)
+        )
+        jobs = {**{job_id: engine.jobs[job_id] for job_id in kept}, **loaded.jobs}
+        answer: dict[str, Any] = engine.planning.replace_jobs(jobs)
+        answer["kept"] = kept
         answer["errors"] = [e.__dict__ for e in loaded.errors]
         return answer
 

@@ -330,10 +330,11 @@ def _operations() -> dict[str, Schema]:
                 "reload the jobs directory",
                 _answer(
                     _object(
-                        ["added", "changed", "removed", "errors"],
+                        ["added", "changed", "removed", "kept", "errors"],
                         added=STRINGS,
                         changed=STRINGS,
                         removed=STRINGS,
+                        kept=STRINGS,
                         errors={"type": "array", "items": _ref("JobError")},
                     )
                 ),
@@ -342,7 +343,17 @@ def _operations() -> dict[str, Schema]:
         },
         "/api/v1/jobs/{job_id}": {
             "get": _op(
-                "one job", _answer(_object(["job"], job=_ref("Job"))), ("404", "422"), [JOB_ID]
+                "one job (with `errors` if its file no longer loads and the last good"
+                " definition is in use)",
+                _answer(
+                    _object(
+                        ["job"],
+                        job=_ref("Job"),
+                        errors={"type": "array", "items": _ref("JobError")},
+                    )
+                ),
+                ("404", "422"),
+                [JOB_ID],
             )
         },
         "/api/v1/jobs/{job_id}/runs": {

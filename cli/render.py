@@ -312,12 +312,22 @@ def agents_table(agents: Sequence[Json], now: float) -> Table:
     return table
 
 
+def kept_job_errors(errors: Sequence[Json]) -> Group:
+    """A job whose file no longer loads: the errors, under the definition in use."""
+    note = "its file no longer loads; the last good definition above is in use:"
+    return Group(Text(note, style="bold yellow"), job_errors_table(errors))
+
+
 def reload_summary(answer: Json) -> Group:
     """What a reload changed, and the jobs that failed to load."""
     parts: list[RenderableType] = []
     for key, style in (("added", "green"), ("changed", "yellow"), ("removed", "red")):
         ids = [str(i.get("job_id") if isinstance(i, Mapping) else i) for i in answer.get(key) or ()]
         parts.append(Text.assemble((f"{key}: ", "bold"), (", ".join(ids) or "none", style)))
+    kept = [str(i) for i in answer.get("kept") or ()]
+    if kept:
+        label = "kept as they were (their files no longer load): "
+        parts.append(Text.assemble((label, "bold"), (", ".join(kept), "yellow")))
     errors = answer.get("errors") or []
     if errors:
         parts += [Text("jobs that failed to load:", style="bold red"), job_errors_table(errors)]

@@ -126,10 +126,10 @@ class FakeApi:
 
     async def get_job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        for job in self.jobs:
-            if job["job_id"] == job_id:
-                return JSONResponse({"job": job})
         errors = [e for e in self.job_errors if e["job_id"] == job_id]
+        for job in self.jobs:
+            if job["job_id"] == job_id:  # with errors: a reload kept this definition
+                return JSONResponse({"job": job, "errors": errors} if errors else {"job": job})
         if errors:
             return JSONResponse(
                 {"error": f"job {job_id} failed to load", "errors": errors}, status_code=422

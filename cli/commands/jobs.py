@@ -49,6 +49,8 @@ def _job(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     runs = ctx.client.job_runs(job_id, limit=RECENT_RUNS).get("runs") or []
     ctx.show(render.job_detail(answer["job"], runs, ctx.now()))
+    if answer.get("errors"):
+        ctx.show(render.kept_job_errors(answer["errors"]))
     return 0
 
 

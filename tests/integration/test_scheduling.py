@@ -169,3 +169,23 @@ def test_a_schedule_changed_while_the_server_is_down_plans_each_time_once(
         later = [r for r in runs if _ts(r["schedule_time"]) > up_at]
         assert later and all(_ts(r["schedule_time"]) % 4 == 0 for r in later), later
         assert _planned_twice(server.state) == []
+
+
+def test_a_job_whose_file_breaks_keeps_its_last_good_definition(tmp_path: Path) -> None:
+    good = "program: 'true'\nschedule: {type: interval, interval: 3600}\n"
+    with running_server(tmp_path, {"tick": good}) as server:
+        planned = {r["run_id"] for r in _runs(server, "tick") if r["state"] == "scheduled"}
+        assert planned
+        (server.jobs_dir / "tick.yaml").write_text(good + "shedule: typo\n")
+        answer = server.post("/jobs/reload")
+        assert answer["kept"] == ["tick"] and answer["removed"] == [], answer
+        assert [e["key_path"] for e in answer["errors"]] == ["shedule"]
+        scheduled = {r["run_id"] for r in _runs(server, "tick") if r["state"] == "scheduled"}
+        assert scheduled == planned  # nothing withdrawn
+        detail = server.get("/jobs/tick")
+        assert detail["job"]["job_id"] == "tick" and detail["errors"], detail
+        # Mended as it was: nothing changes; the error is gone.
+        (server.jobs_dir / "tick.yaml").write_text(good)
+        answer = server.post("/jobs/reload")
+        assert answer["kept"] == answer["changed"] == answer["errors"] == [], answer
+        assert "errors" not in server.get("/jobs/tick")

@@ -112,6 +112,20 @@ def test_job_details(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
         assert text in out
 
 
+def test_job_kept_after_its_file_broke(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    api.job_errors.append(
+        {
+            "job_id": "demo/hello",
+            "path": "demo/hello.yaml",
+            "key_path": "shedule",
+            "message": "unknown key (expected one of: ...)",
+        }
+    )
+    assert apsis(api, "job", "demo/hello") == 0
+    out = capsys.readouterr().out
+    assert "echo hello" in out and "no longer loads" in out and "shedule" in out
+
+
 def test_run_details_and_log(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
     assert apsis(api, "run", "5") == 0
     out = capsys.readouterr().out
