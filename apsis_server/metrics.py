@@ -299,6 +299,12 @@ class Metrics:
                 "Size of the SQLite store (file and WAL).",
                 [f" {self.store_bytes()}"],
             ),
+            (
+                "store_writable",
+                "gauge",
+                "1 if the last store write succeeded; 0 while changes wait to be written.",
+                [f" {0 if self.engine.store_error else 1}"],
+            ),
         ]
         out: list[str] = []
         for name, kind, help_text, samples in families:
@@ -338,6 +344,7 @@ class Metrics:
                 "mean": self.lateness.sum / self.lateness.count if self.lateness.count else None,
             },
             "store_bytes": self.store_bytes(),
+            "store_error": self.engine.store_error,
         }
 
 

@@ -70,10 +70,6 @@ class RunFilter:
     limit: int = 100
 
 
-class DuplicateRun(Exception):
-    """A scheduled run with the same identity already exists."""
-
-
 class RunStore(Protocol):
     """Storage for runs, their logs, metadata and output, and agent bookkeeping."""
 

@@ -8,6 +8,7 @@ loaded whole; history is read by indexed, keyset-paginated queries.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import zlib
 from pathlib import Path
@@ -19,6 +20,8 @@ from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
 from apsis_server.store.archive import Archiver
 from apsis_server.store.base import Changes, RunFilter
 from apsis_server.store.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
 
 _FINISHED_SQL = ", ".join(f"'{s.value}'" for s in sorted(FINISHED))
 
@@ -178,9 +181,15 @@ class SqliteStore:
         return int(row[0] or 0)
 
     def write(self, changes: Changes) -> None:
+        """Write `changes` in one transaction; Unavailable (nothing written) if not."""
         try:
             self._write(changes)
-        except sqlite3.OperationalError as exc:
+        except sqlite3.OperationalError as exc:  # a full disk, a locked or read-only file
+            raise Unavailable(f"cannot write the store: {exc}") from exc
+        except sqlite3.Error as exc:
+            # A constraint broken is a bug; the engine keeps the changes all the same
+            # (memory ahead of the store, never apart from it) and says so loudly.
+            log.exception("store write refused")
             raise Unavailable(f"cannot write the store: {exc}") from exc
 
     def _write(self, changes: Changes) -> None:

@@ -130,6 +130,8 @@ def test_stats(server: Server) -> None:
     assert stats["transitions"] > 0
     assert stats["agents"]["connected"] == 1
     assert stats["store_bytes"] > 0
+    assert stats["store_error"] is None
+    assert value(scrape(server), "apsis_store_writable") == 1
     wait_for(lambda: server.get("/stats")["loop_latency"]["max"] is not None, 5)
     assert set(stats["runs"]) >= {"scheduled", "waiting", "running"}
 

@@ -85,3 +85,22 @@ def test_requests_of_one_loop_turn_share_one_transaction(tmp_path: Path) -> None
         store.close()
 
     run_async(scenario)
+
+
+def test_a_refused_write_keeps_the_changes_too(tmp_path: Path) -> None:
+    """A write the store refuses for another reason (here a broken identity
+    constraint, which would be a bug) is kept in memory like a full disk's."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        engine = new_engine(store, {"j": "program: {type: no-op}"}, NoAgents())
+        job = engine.jobs["j"]
+        for _ in range(2):  # the same (job, schedule, time) twice
+            engine.create(job, {}, 4102444800.0, schedule_key="k")
+        with pytest.raises(Unavailable, match="UNIQUE"):
+            engine.commit()
+        assert engine.store_error is not None and len(engine.runs) == 2
+        assert store.unfinished() == []  # nothing half-written
+        store.close()
+
+    run_async(scenario)
