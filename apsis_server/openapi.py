@@ -167,6 +167,7 @@ SCHEMAS: dict[str, Schema] = {
             "loop_latency",
             "schedule_lateness",
             "store_bytes",
+            "store_error",
         ],
         "properties": {
             "version": {"type": "string"},
@@ -193,6 +194,10 @@ SCHEMAS: dict[str, Schema] = {
                 "properties": {"count": {"type": "integer"}, "mean": _nullable("number")},
             },
             "store_bytes": {"type": "integer", "minimum": 0},
+            "store_error": {
+                **_nullable("string"),
+                "description": "why changes wait in memory, unwritten; null when written",
+            },
         },
     },
 }
