@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -95,8 +96,12 @@ def _kind(value: object) -> str:
 
 
 def string(value: Any, path: str) -> str:
+    """Text; a number, or an unquoted date (`2024-12-25`, as YAML reads it), as its text."""
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value.isoformat()  # what was written: YAML dates are only YYYY-MM-DD
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise Invalid([FieldError(path, f"expected a string, got {_kind(value)}")])
+        hint = " (quote it)" if isinstance(value, datetime.datetime) else ""
+        raise Invalid([FieldError(path, f"expected a string, got {_kind(value)}{hint}")])
     return str(value)
 
 

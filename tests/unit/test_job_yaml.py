@@ -143,3 +143,18 @@ def test_yes_and_no_elsewhere_are_text() -> None:
 def test_other_values_are_not_booleans(value: str) -> None:
     with pytest.raises(Invalid, match=r"schedule\.enabled: expected true or false \(or yes/no"):
         job(f"program: x\nschedule: {{type: interval, interval: 60, enabled: {value}}}\n")
+
+
+def test_an_unquoted_date_in_a_text_field_is_its_text() -> None:
+    """Job files of the earlier scheduler write `date: 2024-12-25` in args and argv."""
+    text = (
+        "params: [date]\nprogram: {type: program, argv: [report, 2024-12-25]}\n"
+        "schedule: {type: interval, interval: 60, args: {date: 2024-12-25}}\n"
+    )
+    job = parse_job("j", load_yaml(text), Templates())
+    assert job.program.argv == ("report", "2024-12-25")
+    assert dict(job.schedules[0].args) == {"date": "2024-12-25"}
+    with pytest.raises(Invalid, match="quote it"):
+        parse_job(
+            "k", load_yaml("program: {type: program, argv: [2027-01-01T00:00:00Z]}"), Templates()
+        )
