@@ -153,7 +153,8 @@ def test_an_unquoted_date_in_a_text_field_is_its_text() -> None:
     )
     job = parse_job("j", load_yaml(text), Templates())
     assert job.program.argv == ("report", "2024-12-25")
-    assert dict(job.schedules[0].args) == {"date": "2024-12-25"}
+    due = next(iter(job.schedules[0].due(0.0, job.params)))
+    assert dict(due.args) == {"date": "2024-12-25"}
     with pytest.raises(Invalid, match="quote it"):
         parse_job(
             "k", load_yaml("program: {type: program, argv: [2027-01-01T00:00:00Z]}"), Templates()
