@@ -65,7 +65,7 @@ class Planning:
 
         `again`: cursors were moved back (a reload), so times may come up that
         already have a run (skipped or started by hand, or finished): those are
-        left alone, so no (job, schedule, time) is ever planned twice."""
+        left alone, so no (job, schedule time, args) is ever planned twice."""
         engine = self._engine
         now = engine.clock()
         count = 0
