@@ -75,7 +75,7 @@ class ActionRunner:
 
     def fire(self, finished: list[Run], meta: Mapping[str, Mapping[str, Any]]) -> None:
         for run in finished:
-            job = self._engine.jobs.get(run.job_id)
+            job = self._engine.job_of(run)
             for action in job.actions if job is not None else ():
                 try:
                     self._fire(run, action, meta.get(run.run_id, {}))

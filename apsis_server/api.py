@@ -27,7 +27,7 @@ from apsis_common.states import State
 from apsis_common.times import parse_time
 from apsis_server.core.catchup import next_times
 from apsis_server.core.fields import Invalid
-from apsis_server.core.jobs import Job
+from apsis_server.core.jobs import ADHOC_JOB, Job
 from apsis_server.core.programs import parse_program, signal_number
 from apsis_server.dependencies import dependencies
 from apsis_server.engine import Engine
@@ -250,7 +250,7 @@ async def schedule(request: Request) -> Response:
             program = parse_program(body["program"])
         except Invalid as exc:
             raise BadInput(str(exc)) from None
-        run = engine.schedule_program(Job(job_id="adhoc", params=(), program=program), when)
+        run = engine.schedule_program(Job(job_id=ADHOC_JOB, params=(), program=program), when)
     elif isinstance(body.get("job_id"), str):
         args = {str(k): str(v) for k, v in args.items()}
         run = engine.schedule(body["job_id"], args, when, commit=False)

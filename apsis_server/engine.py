@@ -80,6 +80,10 @@ class Engine:
         self._outgoing: list[tuple[str, p.StartProc | Command]] = []
         self._next_number = store.max_run_number() + 1
         self.by_job: dict[str, set[str]] = {}
+        # The job definition each run left `scheduled` under: its conditions and
+        # actions are those, whatever a reload does meanwhile (kept in memory only:
+        # after a restart a run follows its job's current definition).
+        self.bound_jobs: dict[str, Job] = {}
         self._finished_now: list[Run] = []
         self._committing = False
         self._group: asyncio.Future[None] | None = None
@@ -150,6 +154,11 @@ class Engine:
             ):
                 found[run.run_id] = (run.schedule_time, args_key(run.args))
         return set(found.values())
+
+    def job_of(self, run: Run) -> Job | None:
+        """The definition `run` follows: as bound when it left `scheduled`, else the
+        job's current one; None if its job is gone."""
+        return self.bound_jobs.get(run.run_id) or self.jobs.get(run.job_id)
 
     def withdraw(self, run: Run) -> None:
         """Take back a scheduled run that planning no longer wants: deleted from the
@@ -229,6 +238,8 @@ class Engine:
             for listener in self.listeners:
                 listener(changes)
         self.actions.fire(finished, changes.meta)
+        for run in finished:
+            self.bound_jobs.pop(run.run_id, None)
         self.waiter.changed({run.job_id for run in changes.runs.values()})
 
     # -- timers -------------------------------------------------------------
@@ -340,7 +351,7 @@ class Engine:
         return self.get(run.run_id)
 
     def schedule_program(self, program: Job, when: float | None = None) -> Run:
-        """An ad-hoc run of a program given directly (its own one-off job)."""
+        """An ad-hoc run of a program given directly (its own one-off job, `ADHOC_JOB`)."""
         now = self.clock()
         # Bound now, with the id `create` is about to allocate.
         scope = {"args": {}, "run_id": f"r{self._next_number}", "job_id": program.job_id}
@@ -349,6 +360,7 @@ class Engine:
         except BindError as exc:
             raise BadInput(str(exc)) from None
         run = self.create(program, {}, now if when is None else when, ad_hoc=True, program=bound)
+        self.bound_jobs[run.run_id] = program
         if run.schedule_time is not None and run.schedule_time <= now:
             self._due(run)
         self.commit()

@@ -34,15 +34,18 @@ class Starter:
 
     def bind(self, run: Run) -> dict[str, Any]:
         """The run's program: as bound when it left `scheduled`, or bound now from its
-        job; BindError says why it cannot be."""
+        job (whose conditions and actions the run then keeps); BindError says why it
+        cannot be."""
         if run.program is not None:
             return dict(run.program)
         engine = self._engine
-        job = engine.jobs.get(run.job_id)
+        job = engine.job_of(run)
         if job is None:
             raise BindError(f"job {run.job_id} no longer exists")
         scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
-        return bind(job.program, engine.templates, scope)
+        program = bind(job.program, engine.templates, scope)
+        engine.bound_jobs[run.run_id] = job  # its conditions and actions, too
+        return program
 
     def start(self, run: Run, message: str = "starting") -> None:
         """Bind the run's program and hand it to an agent (or run a no-op)."""

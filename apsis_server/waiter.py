@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from apsis_common.states import FINISHED, State
+from apsis_server.core.jobs import ADHOC_JOB
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
 from apsis_server.core.waiting import Verdict, check
@@ -75,7 +76,7 @@ class Waiter:
 
     def enter(self, run: Run) -> None:
         """A run has just become waiting (or is waiting after a restart)."""
-        job = self._engine.jobs.get(run.job_id)
+        job = self._engine.job_of(run)
         limit = self.default_max_time
         if job is not None and job.has_waiting_limit:
             limit = job.waiting_max_time
@@ -117,7 +118,12 @@ class Waiter:
 
     def _check(self, run: Run) -> None:
         engine = self._engine
-        job = engine.jobs.get(run.job_id)
+        job = engine.job_of(run)
+        if job is None and not (run.ad_hoc and run.job_id == ADHOC_JOB):
+            # Gone, and its conditions with it (after a restart: none were bound).
+            self.forget(run.run_id)
+            engine.transition(run, State.ERROR, f"job {run.job_id} no longer exists")
+            return
         conditions = job.conditions if job is not None else ()
         scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
         try:

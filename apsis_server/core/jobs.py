@@ -30,6 +30,9 @@ from apsis_server.core.schedules import Schedule, ScheduleContext, parse_schedul
 from apsis_server.core.templates import Templates, check_template
 from apsis_server.core.yamlfile import load_yaml as load_yaml  # job files are read with it
 
+# The job id of ad-hoc runs of a program given directly (no conditions, no actions).
+ADHOC_JOB = "adhoc"
+
 _NOT_GIVEN: Any = object()
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from apsis_common.states import State
+from apsis_server.core.catchup import CatchUp
 from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.restore import restore
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
@@ -47,6 +49,50 @@ def test_a_waiting_run_keeps_the_program_bound_when_it_left_scheduled(tmp_path: 
         run = engine.get(run.run_id)
         assert run.state == State.WAITING and run.program is not None
         assert run.program["argv"] == ["echo", "2026-11-28"]
+        store.close()
+
+    run_async(scenario)
+
+
+def test_a_waiting_run_keeps_its_conditions_when_its_job_goes(tmp_path: Path) -> None:
+    """Removed by a reload while the run waits: its dependency still holds it (a
+    failed run of the other job does not release it), and it starts, with its
+    bound program, once the dependency is met."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        agents = QuietAgents()
+        engine = new_engine(store, JOBS, agents)
+        waiting = engine.schedule("waits", {"day": "2026-11-27"}).run_id
+        engine.planning.replace_jobs({"other": engine.jobs["other"]})  # "waits" removed
+        assert engine.get(waiting).state == State.WAITING
+        for outcome in (State.FAILURE, State.SUCCESS):
+            other = engine.schedule("other", {})
+            engine.transition(engine.get(other.run_id), outcome, "done")
+            engine.commit()
+            if outcome == State.FAILURE:  # not what it waits for: it still waits
+                assert engine.get(waiting).state == State.WAITING
+        assert engine.get(waiting).state == State.STARTING
+        assert agents.starts[-1].spec.argv == ("echo", "2026-11-28")
+        store.close()
+
+    run_async(scenario)
+
+
+def test_after_a_restart_a_waiting_run_of_a_job_gone_errors(tmp_path: Path) -> None:
+    """No binding outlives the server: a waiting run whose job is gone at restart
+    errors, rather than start without its conditions."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        engine = new_engine(store, JOBS, QuietAgents())
+        waiting = engine.schedule("waits", {"day": "2026-11-27"}).run_id
+        store.close()
+        store = SqliteStore(tmp_path / "apsis.db")
+        engine = new_engine(store, {"other": JOBS["other"]}, QuietAgents())
+        restore(engine, CatchUp())
+        run = engine.get(waiting)
+        assert run.state == State.ERROR and run.message == "job waits no longer exists"
         store.close()
 
     run_async(scenario)
