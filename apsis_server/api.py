@@ -123,6 +123,18 @@ def _float(request: Request, name: str) -> float | None:
 _EARLIEST, _LATEST = -62135596800.0, 253402300799.0
 
 
+def _args(value: Any) -> dict[str, str]:
+    """Run args: names to text (a number is taken as its text)."""
+    if not isinstance(value, dict):
+        raise BadInput("args must be an object of name: value")
+    args = {}
+    for name, arg in value.items():
+        if isinstance(arg, bool) or not isinstance(arg, str | int | float):
+            raise BadInput(f"arg {name!r} must be text, got {json.dumps(arg)}")
+        args[str(name)] = str(arg)
+    return args
+
+
 def _when(value: Any) -> float:
     when = parse_time(value)
     if not _EARLIEST <= when <= _LATEST:  # also false for NaN
@@ -240,24 +252,27 @@ async def runs(request: Request) -> Response:
 
 async def schedule(request: Request) -> Response:
     engine = _engine(request)
+    wait = _float(request, "wait")  # checked first: a bad request creates nothing
     body = await _body(request)
     when = _when(body["time"]) if body.get("time") is not None else None
-    args = body.get("args") or {}
-    if not isinstance(args, dict):
-        raise BadInput("args must be an object of name: value")
+    args = _args(body.get("args") or {})
     if "program" in body:
+        if args:
+            raise BadInput("args go with a job_id; a program given directly has no params")
         try:
             program = parse_program(body["program"])
         except Invalid as exc:
             raise BadInput(str(exc)) from None
         run = engine.schedule_program(Job(job_id=ADHOC_JOB, params=(), program=program), when)
     elif isinstance(body.get("job_id"), str):
-        args = {str(k): str(v) for k, v in args.items()}
-        run = engine.schedule(body["job_id"], args, when, commit=False)
+        job_id = body["job_id"]
+        errors = [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
+        if job_id not in engine.jobs and errors:
+            return JSONResponse({"error": f"job {job_id} is invalid", "errors": errors}, 422)
+        run = engine.schedule(job_id, args, when, commit=False)
         await engine.committed()  # one transaction for the requests of one loop turn
     else:
         raise BadInput("give job_id (and args) or program")
-    wait = _float(request, "wait")
     if wait is not None:
         run = await engine.answers.finished(run.run_id, min(wait, 3600.0))
     else:

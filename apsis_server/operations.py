@@ -7,6 +7,9 @@ answers the run as it is now.
 
 from __future__ import annotations
 
+import signal
+
+from apsis_common import protocol as p
 from apsis_common.errors import Conflict
 from apsis_common.states import FINISHED, State
 from apsis_server.core.outcomes import signal_name
@@ -81,10 +84,17 @@ class Operations:
         return self.engine.schedule(run.job_id, run.args, rerun_of=run_id)
 
     def force_error(self, run_id: str, message: str) -> Run:
-        """Put an unfinished run in `error` with `message`."""
-        run = self.engine.get(run_id)
+        """Put an unfinished run in `error` with `message`; a process it has on an
+        agent is killed (SIGKILL to its group), so none is left running unwatched."""
+        engine = self.engine
+        run = engine.get(run_id)
         if run.state in FINISHED:
             raise Conflict(f"run {run_id} is {run.state}; it has already finished")
-        self.engine.error_run(run_id, message)
-        self.engine.commit()
-        return self.engine.get(run_id)
+        started = run.state in (State.STARTING, State.RUNNING, State.STOPPING)
+        if started and run.agent_id is not None and run.proc_id is not None:
+            engine.note(run_id, "killing its process (SIGKILL), as the run is put in error")
+            stop = p.StopRequest(signal=int(signal.SIGKILL), grace=0.0)
+            engine.send(run.agent_id, Command("stop", run.proc_id, stop))
+        engine.error_run(run_id, message)
+        engine.commit()
+        return engine.get(run_id)

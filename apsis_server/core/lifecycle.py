@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apsis_common.errors import Conflict
+from apsis_common.errors import BadInput, Conflict
 from apsis_common.states import FINISHED, UNFINISHED, State
 from apsis_server.core.runs import Run
 
@@ -58,12 +58,12 @@ def transition(run: Run, to: State, time: float, message: str | None, **changes:
 
 def mark(run: Run, to: State, time: float, message: str) -> Run:
     """An operator's re-marking of a finished run as another finished state."""
+    if to not in FINISHED:  # bad input whatever the run's state
+        raise BadInput(f"cannot mark a run {to}; mark takes a finished state")
     if run.state not in FINISHED:
         raise IllegalTransition(
             f"run {run.run_id} is {run.state}; only a finished run can be marked"
         )
-    if to not in FINISHED:
-        raise IllegalTransition(f"cannot mark a run {to}; mark takes a finished state")
     if to == run.state:
         raise IllegalTransition(f"run {run.run_id} is already {to}")
     times = {**run.times, to.value: time}

@@ -159,7 +159,35 @@ def test_operations_and_409(server: Server) -> None:
 
     wedged = server.post("/runs", {"job_id": "later", "time": later})["run"]["run_id"]
     assert server.post(f"/runs/{wedged}/error", {"message": "wedged"})["run"]["state"] == "error"
-    assert server.api("POST", f"/runs/{wedged}/mark/running").status_code == 409
+    assert server.api("POST", f"/runs/{wedged}/mark/running").status_code == 400
+
+
+def test_error_by_hand_kills_the_program(server: Server) -> None:
+    run_id = server.schedule("sleepy")
+    server.wait_state(run_id, "running")
+    pgid: int = wait_for(lambda: server.meta(run_id).get("pgid"), 5, "pgid")
+    assert server.post(f"/runs/{run_id}/error", {"message": "wedged"})["run"]["state"] == "error"
+    wait_for(lambda: not group_alive(pgid), 5, "the program to be killed")
+    assert any("killing its process" in m for m in _log(server, run_id))
+    assert server.run(run_id)["state"] == "error"  # its exit changes nothing
+
+
+def test_scheduling_bad_input_creates_nothing(server: Server) -> None:
+    def count() -> int:
+        return len(server.get("/runs", params={"job_id": "later", "limit": 1000})["runs"])
+
+    before = count()
+    bad = [
+        ("/runs?wait=abc", {"job_id": "later"}, "wait must be a number"),
+        ("/runs?wait=nan", {"job_id": "later"}, "finite"),
+        ("/runs", {"job_id": "dep/first", "args": {"d": None}}, "must be text"),
+        ("/runs", {"job_id": "dep/first", "args": {"d": {"a": 1}}}, "must be text"),
+        ("/runs", {"program": "true", "args": {"d": "1"}}, "no params"),
+    ]
+    for path, body, message in bad:
+        response = server.api("POST", path, json=body)
+        assert response.status_code == 400 and message in response.json()["error"], body
+    assert count() == before
 
 
 def test_retry_with_backoff_stops_at_max(server: Server) -> None:

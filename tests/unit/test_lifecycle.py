@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from apsis_common.errors import BadInput
 from apsis_common.states import FINISHED, State
 from apsis_server.core import lifecycle
 from apsis_server.core.runs import Run
@@ -50,6 +51,9 @@ def test_mark(current: State, target: State) -> None:
     run = _run(current)
     if current in FINISHED and target in FINISHED and current != target:
         assert lifecycle.mark(run, target, 1.0, "by hand").state == target
-    else:
+    elif target not in FINISHED:  # bad input (400), whatever the run's state
+        with pytest.raises(BadInput, match="mark takes a finished state"):
+            lifecycle.mark(run, target, 1.0, "by hand")
+    else:  # the run's state forbids it (409)
         with pytest.raises(lifecycle.IllegalTransition):
             lifecycle.mark(run, target, 1.0, "by hand")
