@@ -239,8 +239,15 @@ class ApsisClient:
     def signal(self, run_id: str, signal: str) -> Json:
         return self._json("POST", f"{run_path(run_id)}/signal/{quote(signal, safe='')}")
 
-    def mark(self, run_id: str, state: str) -> Json:
-        return self._json("POST", f"{run_path(run_id)}/mark/{quote(state, safe='')}")
+    def mark(self, run_id: str, state: str, message: str | None = None) -> Json:
+        body = {"message": message} if message else {}
+        path = f"{run_path(run_id)}/mark/{quote(state, safe='')}"
+        return self._json("POST", path, body=body)
+
+    def force_error(self, run_id: str, message: str | None = None) -> Json:
+        """Any unfinished run to `error` (its process, if any, is killed)."""
+        body = {"message": message} if message else {}
+        return self._json("POST", f"{run_path(run_id)}/error", body=body)
 
     def agents(self) -> Json:
         return self._json("GET", f"{API}/agents")

@@ -1,4 +1,4 @@
-"""Operations on one run: start, skip, stop, kill, rerun, signal and mark."""
+"""Operations on one run: start, skip, stop, kill, rerun, signal, mark and error."""
 
 from __future__ import annotations
 
@@ -54,7 +54,13 @@ def _signal(ctx: Context, args: argparse.Namespace) -> int:
 
 def _mark(ctx: Context, args: argparse.Namespace) -> int:
     rid = arguments.run_id(args.run)
-    return _report(ctx, args, ctx.client.mark(rid, arguments.state(args.state).value))
+    state = arguments.state(args.state).value
+    return _report(ctx, args, ctx.client.mark(rid, state, args.message))
+
+
+def _error(ctx: Context, args: argparse.Namespace) -> int:
+    rid = arguments.run_id(args.run)
+    return _report(ctx, args, ctx.client.force_error(rid, args.message))
 
 
 def register(commands: Commands) -> None:
@@ -70,3 +76,9 @@ def register(commands: Commands) -> None:
     parser = commands.add("mark", _mark, "mark a finished run with another final state", json=True)
     parser.add_argument("run", metavar="RUN", help="run id (r42 or 42)")
     parser.add_argument("state", metavar="STATE", help="success, failure, error or skipped")
+    parser.add_argument("--message", "-m", help="why (in the run's log; default: marked by hand)")
+
+    help = "put an unfinished run in error (a wedged run); its process, if any, is killed"
+    parser = commands.add("error", _error, help, json=True)
+    parser.add_argument("run", metavar="RUN", help="run id (r42 or 42)")
+    parser.add_argument("--message", "-m", help="why (default: set to error by hand)")

@@ -23,7 +23,7 @@ import pytest
 from apsis_common.tls import client_context
 from cli.feeds import FeedClient, SummaryFeed
 from cli.main import main
-from tests.harness import Server, running_server, wait_for
+from tests.harness import Server, group_alive, running_server, wait_for
 from tests.proxy import Proxy
 
 pytestmark = pytest.mark.timeout(30)
@@ -340,3 +340,17 @@ def test_summary_feed_reconnects_with_a_fresh_snapshot(server: Server) -> None:
                 assert time.monotonic() < deadline, "no fresh snapshot with the new run"
     finally:
         proxy.close()
+
+
+def test_error_and_mark_with_a_message(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    run_id = server.schedule("sleeper")
+    server.wait_state(run_id, "running")
+    pgid: int = wait_for(lambda: server.meta(run_id).get("pgid"), 5, "pgid")
+    assert apsis(server.url, "error", run_id, "--message", "wedged on the NFS mount") == 0
+    assert "error" in capsys.readouterr().out
+    assert server.run(run_id)["message"] == "wedged on the NFS mount"
+    wait_for(lambda: not group_alive(pgid), 5, "the program to be killed")
+    assert apsis(server.url, "error", run_id) == 1  # finished: 409
+    assert "already finished" in capsys.readouterr().err
+    assert apsis(server.url, "mark", run_id, "failure", "-m", "checked by hand") == 0
+    assert server.run(run_id)["message"] == "checked by hand"
