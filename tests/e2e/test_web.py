@@ -99,6 +99,19 @@ def test_stop_from_the_run_page_with_confirmation(tab: Page, server: Server) -> 
     expect(tab.locator('button[data-op="rerun"]')).to_be_visible()
 
 
+def test_set_error_from_the_run_page_kills_the_program(tab: Page, server: Server) -> None:
+    run_id = server.schedule("ui/long")
+    server.wait_state(run_id, "running")
+    pgid: int = wait_for(lambda: server.meta(run_id).get("pgid"), 5, "pgid in meta")
+    tab.goto(f"/runs/{run_id}")
+    tab.locator('button[data-op="error"]').click()
+    tab.locator('dialog#confirm button[value="confirm"]').click()
+    expect(tab.locator("#run-summary .state")).to_have_text("error", timeout=10_000)
+    expect(tab.locator("#run-log")).to_contain_text("killing its process")
+    wait_for(lambda: not group_alive(pgid), 5, "the process group to be gone")
+    expect(tab.locator('button[data-op="error"]')).to_have_count(0)  # finished now
+
+
 def test_filters_survive_a_reload(tab: Page, server: Server) -> None:
     for _ in range(2):
         server.wait_finished(server.schedule("reports/weekly"))

@@ -19,6 +19,7 @@ const OPERATIONS = [
   { op: "stop", label: "Stop", states: ["running"], ask: "Stop this run? Its program gets its stop signal, then SIGKILL after the grace period.", danger: true },
   { op: "kill", label: "Kill", states: ["running", "stopping"], ask: "Kill this run's program with SIGKILL now?", danger: true },
   { op: "rerun", label: "Rerun", states: FINISHED_STATES, ask: "Schedule a new run of this job with the same args, now?" },
+  { op: "error", label: "Set error", states: ["scheduled", "waiting", "starting", "running", "stopping"], ask: "Put this run in error? For a run that is wedged: a process it has is killed.", danger: true },
 ];
 
 // Output bytes as loaded: from `start`, decoded and rendered as they come.
