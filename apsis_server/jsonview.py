@@ -21,6 +21,7 @@ def run_json(run: Run, now: float) -> dict[str, Any]:
         "args": dict(run.args),
         "state": run.state.value,
         "schedule_time": format_time(run.schedule_time),
+        "stop_time": format_time(run.stop_time),
         "times": {k: format_time(v) for k, v in run.times.items()},
         "message": run.message,
         "ad_hoc": run.ad_hoc,

@@ -48,6 +48,7 @@ SCHEMAS: dict[str, Schema] = {
             "args",
             "state",
             "schedule_time",
+            "stop_time",
             "times",
             "message",
             "ad_hoc",
@@ -62,6 +63,9 @@ SCHEMAS: dict[str, Schema] = {
             "args": {"type": "object", "additionalProperties": {"type": "string"}},
             "state": {"enum": [s.value for s in State if s != State.NEW]},
             "schedule_time": _nullable("string"),
+            "stop_time": _nullable(
+                "string", description="when a stop schedule, or a stop by hand, stops it"
+            ),
             "times": {"type": "object", "additionalProperties": TIME},
             "message": _nullable("string"),
             "ad_hoc": {"type": "boolean"},

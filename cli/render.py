@@ -275,6 +275,7 @@ def run_detail(run: Json, log: Sequence[Json], meta: Json | None, now: float) ->
         ("state", state_text(run.get("state"))),
         ("message", run.get("message") or ""),
         ("schedule time", moment(run.get("schedule_time"), now)),
+        *([("stop time", moment(run["stop_time"], now))] if run.get("stop_time") else []),
         ("elapsed", duration(float(elapsed)) if isinstance(elapsed, int | float) else "-"),
     ]
     if run.get("rerun_of"):

@@ -328,5 +328,10 @@ def test_stop_schedule_stops_the_run_at_its_stop_time(tmp_path: Path) -> None:
         assert run["state"] == "success" and run["message"] == "stopped; killed by SIGTERM", run
         stopped_after = _ts(run["times"]["stopping"]) - _ts(run["schedule_time"])
         assert 1.5 <= stopped_after < 2.0, run
+        assert 1.5 <= _ts(run["stop_time"]) - _ts(run["schedule_time"]) < 2.0, run
+        runs = server.get("/runs", params={"job_id": "market", "state": "scheduled"})["runs"]
+        assert runs and all(  # planned stop times are shown ahead
+            _ts(r["stop_time"]) == _ts(r["schedule_time"]) + 1.5 for r in runs
+        ), runs
         assert "stop time reached" in _log(server, run["run_id"])
         assert not group_alive(server.meta(run["run_id"])["pgid"])
