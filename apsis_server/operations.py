@@ -12,6 +12,7 @@ import signal
 from apsis_common import protocol as p
 from apsis_common.errors import Conflict
 from apsis_common.states import FINISHED, State
+from apsis_server.core.jobs import ADHOC_JOB
 from apsis_server.core.outcomes import signal_name
 from apsis_server.core.runs import Run
 from apsis_server.dispatch import Command
@@ -81,6 +82,11 @@ class Operations:
         run = self.engine.get(run_id)
         if run.state not in FINISHED:
             raise Conflict(f"run {run_id} is {run.state}; only a finished run can be rerun")
+        if run.job_id == ADHOC_JOB:
+            raise Conflict(
+                f"run {run_id} ran a program given directly, which is not kept as a job:"
+                " schedule the program again"
+            )
         return self.engine.schedule(run.job_id, run.args, rerun_of=run_id)
 
     def force_error(self, run_id: str, message: str) -> Run:

@@ -140,6 +140,9 @@ def parse_job(
         c.errors.append(
             FieldError("job_id", f"job_id {given_id!r} does not match the path {job_id!r}")
         )
+    if job_id == ADHOC_JOB:
+        message = f"the job id {ADHOC_JOB!r} is kept for ad-hoc runs of programs; rename the file"
+        c.errors.append(FieldError("", message))
     waiting = c(lambda: f.take("waiting", parse_waiting, _NOT_GIVEN), _NOT_GIVEN)
     job = Job(
         job_id=job_id,

@@ -172,6 +172,13 @@ def test_error_by_hand_kills_the_program(server: Server) -> None:
     assert server.run(run_id)["state"] == "error"  # its exit changes nothing
 
 
+def test_an_ad_hoc_program_run_cannot_be_rerun(server: Server) -> None:
+    run = server.post("/runs", {"program": {"type": "program", "argv": ["/bin/true"]}})["run"]
+    server.wait_finished(run["run_id"])
+    response = server.api("POST", f"/runs/{run['run_id']}/rerun")
+    assert response.status_code == 409 and "given directly" in response.json()["error"]
+
+
 def test_scheduling_bad_input_creates_nothing(server: Server) -> None:
     def count() -> int:
         return len(server.get("/runs", params={"job_id": "later", "limit": 1000})["runs"])

@@ -18,6 +18,7 @@ from apsis_server.core.conditions import (
     MaxRunningCondition,
     SkipDuplicateCondition,
 )
+from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import Job, load_yaml, parse_job
 from apsis_server.core.programs import Stop, Timeout, parse_program
 from apsis_server.core.schedules import StopSchedule
@@ -280,3 +281,9 @@ def test_schedule_action_if_without_states_means_any_finished_state() -> None:
     action = loaded.actions[0]
     assert isinstance(action, ScheduleAction)
     assert action.states == (State.SUCCESS, State.FAILURE, State.ERROR, State.SKIPPED)
+
+
+def test_the_adhoc_job_id_is_kept_for_programs_given_directly() -> None:
+    with pytest.raises(Invalid, match="kept for ad-hoc runs of programs"):
+        parse_job("adhoc", load_yaml("program: 'true'"), Templates())
+    assert parse_job("adhoc/nightly", load_yaml("program: 'true'"), Templates()).job_id

@@ -80,6 +80,7 @@ function opButtons(run, onDone) {
   const box = h("div", { class: "buttons", id: "ops" });
   for (const spec of OPERATIONS) {
     if (!spec.states.includes(run.state)) continue;
+    if (spec.op === "rerun" && run.job_id === "adhoc") continue; // a program given directly: not kept
     box.append(h("button", {
       class: spec.danger ? "btn btn-danger" : "btn", "data-op": spec.op,
       onclick: async () => {
