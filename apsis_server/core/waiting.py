@@ -100,7 +100,8 @@ def _max_running(
     else:
         args = dict(run.args)
     if view.count(job_id, args, ACTIVE) >= count:
-        return Verdict("wait", f"{count} run(s) of {job_id} already running", watch=(job_id,))
+        message = f"at most {count} run(s) of {job_id} at a time: waiting for one to end"
+        return Verdict("wait", message, watch=(job_id,))
     return None
 
 

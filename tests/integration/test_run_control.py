@@ -95,6 +95,8 @@ def test_max_running_admits_one_at_a_time(server: Server) -> None:
     spans = sorted((_ts(r["times"]["starting"]), _ts(r["times"]["success"])) for r in runs)
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, spans
+    waited = "at most 1 run(s) of one at a time at a time: waiting for one to end"
+    assert waited in _log(server, runs[-1]["run_id"])
 
 
 def test_skip_duplicate(server: Server) -> None:
