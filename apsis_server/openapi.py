@@ -378,7 +378,7 @@ def _operations() -> dict[str, Schema]:
             "post": _op(
                 "schedule a run of a job, or of an ad-hoc program",
                 _answer(_ref("RunAnswer"), "created"),
-                ("400", "404"),
+                ("400", "404", "422"),
                 [
                     _query(
                         "wait",
