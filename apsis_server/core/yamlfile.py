@@ -63,8 +63,14 @@ def _check_acyclic(root: yaml.Node) -> None:
 class _Loader(_BaseLoader):  # type: ignore[misc]
     """PyYAML's safe loader with the changes of the module docstring."""
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # Only an anchor (`&a`) makes an alias possible: most files need no check.
+        self._anchors = "&" in stream
+
     def construct_document(self, node: yaml.Node) -> Any:
-        _check_acyclic(node)
+        if self._anchors:
+            _check_acyclic(node)
         return super().construct_document(node)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
