@@ -243,7 +243,14 @@ async def job(request: Request) -> Response:
 
 
 async def job_runs(request: Request) -> Response:
-    return _runs_page(_engine(request), _filter(request, str(request.path_params["job_id"])))
+    engine = _engine(request)
+    job_id = str(request.path_params["job_id"])
+    run_filter = _filter(request, job_id)
+    # A removed job's history is still listed; a job never heard of is a 404.
+    known = job_id in engine.jobs or any(e.job_id == job_id for e in request.app.state.job_errors)
+    if not known and not engine.store.query(RunFilter(job_id=job_id, limit=1)):
+        raise NotFound(f"no job {job_id!r}")
+    return _runs_page(engine, run_filter)
 
 
 async def runs(request: Request) -> Response:

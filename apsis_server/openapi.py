@@ -366,7 +366,9 @@ def _operations() -> dict[str, Schema]:
             )
         },
         "/api/v1/jobs/{job_id}/runs": {
-            "get": _op("the job's runs, newest first", PAGE_OK, ("400",), [JOB_ID, *RUN_QUERY])
+            "get": _op(
+                "the job's runs, newest first", PAGE_OK, ("400", "404"), [JOB_ID, *RUN_QUERY]
+            )
         },
         "/api/v1/runs": {
             "get": _op(

@@ -344,3 +344,8 @@ def test_stop_schedule_stops_the_run_at_its_stop_time(tmp_path: Path) -> None:
         ), runs
         assert "stop time reached" in _log(server, run["run_id"])
         assert not group_alive(server.meta(run["run_id"])["pgid"])
+
+
+def test_runs_of_a_job_never_heard_of_are_a_404(server: Server) -> None:
+    assert server.api("GET", "/jobs/no/such/job/runs").status_code == 404
+    assert server.get("/jobs/later/runs")["runs"] is not None
