@@ -468,7 +468,7 @@ class Procs:
             if proc is not None and (not proc.status.final or proc.final_pending):
                 continue
             if proc is not None:
-                self._cancel_timers(proc)
+                self._let_go(proc)
                 del self._procs[proc_id]
             self._remover.remove(self._root / proc_id)
             gone.append(proc_id)
@@ -480,10 +480,24 @@ class Procs:
         proc = self.get(proc_id)
         if not proc.status.final or proc.final_pending:
             raise Conflict(f"process {proc_id!r} is {proc.status.value}")
-        self._cancel_timers(proc)
+        self._let_go(proc)
         self._outbox.forget(proc_id)
         remove_dir(proc.directory)
         del self._procs[proc_id]
+
+    def _let_go(self, proc: Proc) -> None:
+        """Forget a finished process's timers; a stop under way still ends in SIGKILL
+        at its deadline for whatever is left in the group (children that ignore the
+        stop signal outlive the program, and the record, otherwise)."""
+        self._cancel_timers(proc)
+        if proc.stop is not None and proc.facts is not None:
+            delay = max(0.0, proc.stop.deadline - time.time())
+            self._loop.call_later(delay, self._kill_leftovers, proc.proc_id, proc.facts)
+
+    def _kill_leftovers(self, proc_id: str, facts: PidFacts) -> None:
+        if registry.group_alive(facts):
+            log.info("%s: SIGKILL to what is left of its group at the stop deadline", proc_id)
+            registry.kill_group(facts, signal.SIGKILL)
 
     def _cancel_timers(self, proc: Proc) -> None:
         for timer in proc.timers:

@@ -37,6 +37,11 @@ JOBS = {
         "  stop: {signal: SIGTERM, grace_period: 1s}\n"
     ),
     "sleepy": "program: {type: program, argv: [/bin/sleep, '30']}\n",
+    "leaves a child": (
+        "program:\n  type: shell\n  command: |\n"
+        "    bash -c \"trap '' TERM; exec sleep 60\" &\n    wait\n"
+        "  stop: {signal: SIGTERM, grace_period: 1s}\n"
+    ),
     "later": "program: 'true'\n",
     "flaky": (
         "program: 'exit 3'\n"
@@ -125,6 +130,20 @@ def test_stop_escalates_to_sigkill_and_empties_the_group(server: Server) -> None
     assert run["state"] == "failure" and "grace" in run["message"], run
     assert server.meta(run_id)["signal"] == "SIGKILL"
     assert not group_alive(pgid)
+
+
+def test_a_stop_kills_what_the_program_leaves_at_the_deadline(server: Server) -> None:
+    """The program ends at SIGTERM but its child ignores it: the run is over, and
+    the child gets SIGKILL when the grace period ends (spec 03: after a stop the
+    group must be empty)."""
+    run_id = server.schedule("leaves a child")
+    server.wait_state(run_id, "running")
+    pgid: int = wait_for(lambda: server.meta(run_id).get("pgid"), 5, "pgid")
+    time.sleep(0.3)  # let the child set its trap
+    server.post(f"/runs/{run_id}/stop")
+    run = server.wait_finished(run_id, 10)
+    assert run["state"] == "success" and "SIGTERM" in run["message"], run
+    wait_for(lambda: not group_alive(pgid), 5, "the child to be killed at the deadline")
 
 
 def test_operations_and_409(server: Server) -> None:
