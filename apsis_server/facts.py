@@ -127,6 +127,7 @@ class Facts:
         if run.state != State.STARTING:
             return  # already running: the start answer or an earlier event said so
         self.engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
+        self.engine.procs.started(run.run_id, event.start_time)
         self.engine.meta(
             run.run_id,
             pid=event.pid,
@@ -181,7 +182,12 @@ class Facts:
             run = engine.transition(run, State.RUNNING, "running")
         state, message = outcome(event.exit, engine.procs.stop_context(run.run_id))
         exit = event.exit
-        started = run.times.get("running")
+        # Both ends by the agent's clock (the server's `running` time comes later).
+        started = engine.procs.start_time(run.run_id)
+        if started is None:  # started before this server did
+            started = engine.store.meta(run.run_id).get("start_time")
+        if started is None:  # no start reported at all: the server's time, then
+            started = run.times.get("running")
         engine.meta(
             run.run_id,
             exit_code=exit.exit_code,

@@ -27,13 +27,15 @@ DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
 
 
 class ProcTable:
-    """Owns, per unfinished run: its proc id, its stored output length, its stop context."""
+    """Owns, per unfinished run: its proc id, its stored output length, its stop
+    context, and when its process started by the agent's clock."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._by_proc: dict[str, str] = {}
         self._output_len: dict[str, int] = {}
         self._stop: dict[str, StopContext] = {}
+        self._started: dict[str, float] = {}
 
     def run_for(self, proc_id: str) -> Run | None:
         """The unfinished run that owns a proc id."""
@@ -63,6 +65,16 @@ class ProcTable:
             self._by_proc.pop(run.proc_id, None)
         self._output_len.pop(run.run_id, None)
         self._stop.pop(run.run_id, None)
+        self._started.pop(run.run_id, None)
+
+    def started(self, run_id: str, start_time: float) -> None:
+        """The agent says the process started at `start_time` (its clock)."""
+        self._started[run_id] = start_time
+
+    def start_time(self, run_id: str) -> float | None:
+        """When the process started by the agent's clock, if known since this start
+        of the server (else the caller reads the run's meta)."""
+        return self._started.get(run_id)
 
     # -- output and stop ---------------------------------------------------------
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from apsis_common import protocol as p
 from apsis_common.states import State
 from apsis_server.facts import Facts
@@ -52,6 +54,30 @@ def test_running_from_the_start_answer_or_else_from_the_event(tmp_path: Path) ->
             assert [e.message for e in running] == [f"running as pid {pid}"]
             meta = store.meta(run_id)
             assert (meta["pid"], meta["pgid"], meta["agent_id"]) == (pid, pid, "local")
+        store.close()
+
+    run_async(scenario)
+
+
+def test_elapsed_is_measured_by_the_agent_clock(tmp_path: Path) -> None:
+    """The server learns of a start a little after it happened: a program that
+    ends at once must not show a negative elapsed time."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        agents = QuietAgents()
+        engine = new_engine(store, {"j": "program: {type: program, argv: [/bin/true]}"}, agents)
+        facts = Facts(engine)
+        run = engine.schedule("j", {})
+        proc_id = agents.starts[-1].proc_id
+        started = time.time() - 5.0  # the answer comes late, well after the start
+        answer = p.StartResult(proc_id, "accepted", pid=7, pgid=7, start_time=started)
+        facts.answered("local", [answer])
+        exit = p.ExitInfo(0, 0, None, False, {}, started + 0.002)
+        batch = p.EventBatch("local", 1, (p.Envelope(1, p.ProcExited(proc_id, exit, 0)),))
+        await facts.apply("local", batch)
+        assert engine.get(run.run_id).state == State.SUCCESS
+        assert store.meta(run.run_id)["elapsed"] == pytest.approx(0.002, abs=1e-5)
         store.close()
 
     run_async(scenario)
