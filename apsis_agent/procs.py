@@ -490,14 +490,9 @@ class Procs:
         at its deadline for whatever is left in the group (children that ignore the
         stop signal outlive the program, and the record, otherwise)."""
         self._cancel_timers(proc)
-        if proc.stop is not None and proc.facts is not None:
+        if proc.stop is not None:  # not kept in `timers`: nothing cancels it now
             delay = max(0.0, proc.stop.deadline - time.time())
-            self._loop.call_later(delay, self._kill_leftovers, proc.proc_id, proc.facts)
-
-    def _kill_leftovers(self, proc_id: str, facts: PidFacts) -> None:
-        if registry.group_alive(facts):
-            log.info("%s: SIGKILL to what is left of its group at the stop deadline", proc_id)
-            registry.kill_group(facts, signal.SIGKILL)
+            self._loop.call_later(delay, self._escalate, proc)
 
     def _cancel_timers(self, proc: Proc) -> None:
         for timer in proc.timers:

@@ -144,8 +144,9 @@ class Engine:
             for run_id, ident in self.store.scheduled_identities(job_id, since).items()
             if run_id not in self._changes.deleted
         }
+        # Unfinished runs are in memory; finished ones not yet written are the round's.
         unfinished = [self.runs[run_id] for run_id in self.by_job.get(job_id, ())]
-        for run in (*self._changes.runs.values(), *unfinished):
+        for run in (*self._finished_now, *unfinished):
             if (
                 run.job_id == job_id
                 and run.schedule_key is not None
