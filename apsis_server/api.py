@@ -123,6 +123,11 @@ def _float(request: Request, name: str) -> float | None:
 _EARLIEST, _LATEST = -62135596800.0, 253402300799.0
 
 
+def _job_errors(request: Request, job_id: str) -> list[dict[str, Any]]:
+    """Why the file of `job_id` did not load at the last (re)load, if it did not."""
+    return [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
+
+
 def _args(value: Any) -> dict[str, str]:
     """Run args: names to text (a number is taken as its text)."""
     if not isinstance(value, dict):
@@ -232,7 +237,7 @@ async def job(request: Request) -> Response:
     engine = _engine(request)
     job_id = str(request.path_params["job_id"])
     found = engine.jobs.get(job_id)
-    errors = [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
+    errors = _job_errors(request, job_id)
     if found is None:
         if errors:
             return JSONResponse({"error": f"job {job_id} is invalid", "errors": errors}, 422)
@@ -247,7 +252,7 @@ async def job_runs(request: Request) -> Response:
     job_id = str(request.path_params["job_id"])
     run_filter = _filter(request, job_id)
     # A removed job's history is still listed; a job never heard of is a 404.
-    known = job_id in engine.jobs or any(e.job_id == job_id for e in request.app.state.job_errors)
+    known = job_id in engine.jobs or bool(_job_errors(request, job_id))
     if not known and not engine.store.query(RunFilter(job_id=job_id, limit=1)):
         raise NotFound(f"no job {job_id!r}")
     return _runs_page(engine, run_filter)
@@ -273,7 +278,7 @@ async def schedule(request: Request) -> Response:
         run = engine.schedule_program(Job(job_id=ADHOC_JOB, params=(), program=program), when)
     elif isinstance(body.get("job_id"), str):
         job_id = body["job_id"]
-        errors = [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
+        errors = _job_errors(request, job_id)
         if job_id not in engine.jobs and errors:
             return JSONResponse({"error": f"job {job_id} is invalid", "errors": errors}, 422)
         run = engine.schedule(job_id, args, when, commit=False)
