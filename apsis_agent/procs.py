@@ -2,11 +2,14 @@
 
 Theory of operation. A start writes the process directory and its spec, then
 hands the request to the spawner (batched: one pipe write per start batch). The
-shim's notification line says whether exec worked; the agent then watches the
-shim with a pidfd on the event loop (no task or polling per process). One scan
+shim's notification lines say whether exec worked and, later, that the program
+exited; the agent also watches the shim with a pidfd on the event loop (no task
+or polling per process): a shim that dies takes its programs with it. One scan
 over the active processes, every `scan_interval`, turns new output into events;
-when a shim exits, the remaining output is enqueued before the final event, so
-`proc.exited` always follows all output of its process.
+once the exit is known, the remaining output is enqueued before the final event,
+so `proc.exited` always follows all output of its process. A program re-adopted
+after a restart has a shim that talks to the old daemon: the scan notices its
+`exit` file.
 
 Flow control: no more output is enqueued for a process (or for the agent) while
 its unacknowledged output exceeds a cap; the file keeps the bytes meanwhile.
@@ -114,6 +117,8 @@ class Procs:
         self._procs: dict[str, Proc] = {}
         self._live: set[str] = set()  # starting or running
         self._active: dict[str, Proc] = {}  # output to scan, or a final event pending
+        # Re-adopted at recovery: their shim no longer tells this daemon of an exit.
+        self._adopted: dict[str, Proc] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._start_waiters: dict[str, asyncio.Future[None]] = {}
         self._home = os.path.expanduser("~")
@@ -366,8 +371,19 @@ class Procs:
             self.scan_once()
 
     def scan_once(self) -> None:
+        for proc in list(self._adopted.values()):
+            self._check_adopted(proc)
         for proc in list(self._active.values()):
             self._send_output(proc)
+
+    def _check_adopted(self, proc: Proc) -> None:
+        """A re-adopted program's shim may run others and outlive it (a shim leaves
+        once all its programs have ended): its `exit` file tells when it ended."""
+        if proc.status is not Status.RUNNING:
+            del self._adopted[proc.proc_id]
+        elif os.path.exists(proc.directory / "exit"):
+            del self._adopted[proc.proc_id]
+            self._shim_exited(proc)
 
     def _send_output(self, proc: Proc) -> None:
         size = proc.output_size()
@@ -541,6 +557,7 @@ class Procs:
         if action is Recovery.ADOPT:
             log.info("re-adopting %s (pid %s)", proc.proc_id, proc.facts and proc.facts.pid)
             self._running(proc)
+            self._adopted[proc.proc_id] = proc
             return
         if action is Recovery.FAILED:
             self._start_failed(proc, proc.error or "start failed")

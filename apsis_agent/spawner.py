@@ -1,4 +1,4 @@
-"""The spawner process and the shim it forks for every program.
+"""The spawner process and the shims it forks to run programs.
 
 The daemon starts the spawner once: this very file, run by a fresh interpreter
 in isolated mode without `site` (`python -I -S spawner.py`), so it holds nothing
@@ -9,25 +9,32 @@ about a third less than from a fork of the daemon, and a fresh interpreter per
 run would be ~3x slower. Hence the rules for this file: built-in modules only
 (no `typing`, `dataclasses` or `contextlib` at run time), nothing from apsis.
 
-Spawner: reads lines of JSON (lists of spawn requests) from a pipe and hands
-each to an idle shim, or forks a new one. SIGCHLD is ignored so exited shims
-never linger as zombies.
+Spawner: reads lines of JSON (lists of spawn requests: one start batch) from a
+pipe and hands each batch, in shares of at most `_SHARE` requests, to an idle
+shim, or forks a new one. SIGCHLD is ignored so exited shims never linger as
+zombies.
 
 Shim: makes its own session (so signals to the agent's group do not reach it),
-and starts the program with posix_spawn into its own process group, with the
-merged `output` file as stdout and stderr; exec errors come back from
-posix_spawn itself. It then writes `pid` (or `failed`), tells the daemon with one
-short line on the notification pipe, waits for the program with wait4, writes
-`exit` atomically (temp file, fsync, rename) and says so. The shim, not the
-daemon, is the program's parent, so programs outlive a killed daemon.
+and starts each program of its share with posix_spawn into a process group of
+its own, with the merged `output` file as stdout and stderr; exec errors come
+back from posix_spawn itself. For each it writes `pid` (or `failed`) and tells
+the daemon with one short line on the notification pipe. It then waits for its
+programs with wait4, and as each ends writes its `exit` atomically (temp file,
+fsync, rename) and says so. The shim, not the daemon, is the programs' parent,
+so programs outlive a killed daemon.
 
-Shims are reused: once its program has ended, a shim waits for the next request
-while its spawner lives (at most `_MAX_IDLE` wait, for up to `_IDLE_LIFE`
-seconds). Half a shim's cost was its fork, the copy-on-write faults of its first
-steps and the teardown at exit; a reused shim pays them once. It still runs one
-program at a time. When the daemon dies, so does the spawner, and every shim
-leaves once its program has ended, as a fresh one would: a restarted daemon
-sees the shim exit and reads `exit`, exactly as without reuse.
+A shim per share, not per program: a fork, its copy-on-write faults and the
+teardown at exit cost more than a short program's whole start, and in a burst
+of short programs, shims still writing their exits made the spawner fork more
+shims, which slowed everything else (2,000 starts at once took 200 to 1,000
+forks, and the slowest bursts had the most). The price is that killing a shim
+loses the exits of all its programs, as it did one program's.
+
+Shims are reused: once all its programs have ended, a shim waits for the next
+share while its spawner lives (at most `_MAX_IDLE` wait, for up to `_IDLE_LIFE`
+seconds). When the daemon dies, so does the spawner, and every shim leaves once
+its programs have ended, as a fresh one would. A restarted daemon reads each
+program's `exit` as it appears, and sees the shim exit.
 
 Notifications (one JSON object per line, each shorter than PIPE_BUF so lines
 written by many shims never interleave):
@@ -60,6 +67,9 @@ _MAX_LINE = 3800
 _MAX_PIPES = 128
 _MAX_IDLE = 16
 _IDLE_LIFE = 60.0
+# Most programs one shim takes from a start batch: a bigger share forks less in a
+# burst, a smaller one loses fewer exits if a shim is killed.
+_SHARE = 100
 
 
 def read_boot_id() -> str:
@@ -187,13 +197,14 @@ def _serve(req_r: int, note_w: int) -> None:
 
 
 class _Spawner:
-    """Requests in, shims out: an idle shim takes a request, else a new one is forked.
+    """Requests in, shims out: an idle shim takes a share, else a new one is forked.
 
-    Each reusable shim reads requests from a pipe of its own; once its program
-    has ended it writes its pid on the idle pipe. A request goes to the shim
-    most recently idle; if that shim has died meanwhile, the write fails and the
-    next one (or a new shim) takes it. Only the spawner sends a shim away, by
-    closing its pipe, so no request is ever written for a shim that chose to go.
+    Each reusable shim reads shares from a pipe of its own; once all its
+    programs have ended it writes its pid on the idle pipe. A share goes to the
+    shim most recently idle; if that shim has died meanwhile, the write fails
+    and the next one (or a new shim) takes it. Only the spawner sends a shim
+    away, by closing its pipe, so nothing is ever written for a shim that chose
+    to go.
     """
 
     def __init__(self, req_r: int, note_w: int) -> None:
@@ -223,8 +234,9 @@ class _Spawner:
                 requests += data
                 *lines, requests = requests.split(b"\n")
                 for line in lines:
-                    for request in json.loads(line):
-                        self._start(request)
+                    batch = json.loads(line)
+                    for i in range(0, len(batch), _SHARE):
+                        self._start(batch[i : i + _SHARE])
             self._dismiss(len(self.idle) - _MAX_IDLE)
 
     def _take_idle(self) -> None:
@@ -236,11 +248,11 @@ class _Spawner:
         *pids, self.idle_buffer = self.idle_buffer.split(b"\n")
         self.idle += [int(pid) for pid in pids if int(pid) in self.pipes]
 
-    def _start(self, request: dict[str, Any]) -> None:
-        line = json.dumps(request).encode() + b"\n"
+    def _start(self, requests: list[dict[str, Any]]) -> None:
+        line = json.dumps(requests).encode() + b"\n"
         if not self.idle:
             # Within a burst, short programs end while the spawner forks: a shim
-            # that just finished is far cheaper than a new one.
+            # whose programs just finished is far cheaper than a new one.
             self._take_idle()
         while self.idle:
             pid = self.idle.pop()  # the most recently idle: its pages are warm
@@ -249,7 +261,7 @@ class _Spawner:
                 return
             except OSError:
                 self._forget(pid)  # it died while idle
-        self._fork(request)
+        self._fork(requests)
 
     def _dismiss(self, count: int) -> None:
         for _ in range(max(0, count)):
@@ -268,7 +280,7 @@ class _Spawner:
                     self._forget(pid)
         return len(self.pipes) < _MAX_PIPES
 
-    def _fork(self, request: dict[str, Any]) -> None:
+    def _fork(self, requests: list[dict[str, Any]]) -> None:
         requests_r, requests_w = os.pipe() if self._reusable() else (-1, -1)
         try:
             pid = os.fork()
@@ -277,8 +289,9 @@ class _Spawner:
                 os.close(requests_r)
                 os.close(requests_w)
             error = f"cannot fork: {exc.strerror}"
-            write_atomic(os.path.join(request["dir"], "failed"), error.encode())
-            _notify(self.note_w, {"id": request["id"], "error": error})
+            for request in requests:
+                write_atomic(os.path.join(request["dir"], "failed"), error.encode())
+                _notify(self.note_w, {"id": request["id"], "error": error})
             return
         if pid == 0:  # pragma: no cover - runs in the shim
             status = 1
@@ -290,7 +303,7 @@ class _Spawner:
                 os.close(null)
                 # Other shims' pipes close too: their end of file must not wait on us.
                 close_fds_except(self.note_w, self.idle_w, requests_r)
-                _Shim(self, requests_r).serve(request)
+                _Shim(self, requests_r).serve(requests)
                 status = 0
             finally:
                 os._exit(status)
@@ -300,14 +313,14 @@ class _Spawner:
 
 
 class _Shim:
-    """One shim: runs a program, then, while its spawner lives, the next ones."""
+    """One shim: runs a share of programs, then, while its spawner lives, the next."""
 
     def __init__(self, spawner: _Spawner, requests: int) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
         self.note_w = spawner.note_w
         self.idle_w = spawner.idle_w
-        self.requests = requests  # -1: one program only
+        self.requests = requests  # -1: one share only
         self.buffer = b""
         self.boot_id = spawner.boot_id
         self.environ = spawner.environ
@@ -315,13 +328,13 @@ class _Shim:
         stat = read_stat(self.pid)
         self.ticks = stat[2] if stat else None
 
-    def serve(self, request: dict[str, Any] | None) -> None:
-        while request is not None:
-            self.run(request)
-            request = self._next()
+    def serve(self, requests: list[dict[str, Any]] | None) -> None:
+        while requests is not None:
+            self.run(requests)
+            requests = self._next()
 
-    def _next(self) -> dict[str, Any] | None:
-        """The next request, or None: sent away, or the spawner is gone."""
+    def _next(self) -> list[dict[str, Any]] | None:
+        """The next requests, or None: sent away, or the spawner is gone."""
         if self.requests < 0:
             return None
         try:
@@ -334,11 +347,29 @@ class _Shim:
         except OSError:
             return None
         line, _, self.buffer = self.buffer.partition(b"\n")
-        request: dict[str, Any] = json.loads(line)
-        return request
+        requests: list[dict[str, Any]] = json.loads(line)
+        return requests
 
-    def run(self, request: dict[str, Any]) -> None:
-        """Start one program, report it, wait for it and write its exit."""
+    def run(self, requests: list[dict[str, Any]]) -> None:
+        """Start the programs, report each, then wait for them all, writing each exit."""
+        running: dict[int, tuple[str, str]] = {}  # pid -> (directory, quoted process id)
+        for request in requests:
+            pid = self.start(request)
+            if pid is not None:
+                running[pid] = (request["dir"], json.dumps(request["id"]))
+        while running:
+            try:
+                pid, status, usage = os.wait4(-1, 0)
+            except ChildProcessError:  # pragma: no cover - only our programs are children
+                return
+            found = running.pop(pid, None)
+            if found is not None:
+                directory, quoted = found
+                text = _write_exit(directory, status, usage)
+                _notify_line(self.note_w, f'{{"id": {quoted}, "exit": {text}}}'.encode())
+
+    def start(self, request: dict[str, Any]) -> int | None:
+        """Start one program and report it; its pid, or None if it could not start."""
         directory: str = request["dir"]
         proc_id: str = request["id"]
         env = {**self.environ, **request["env"]} if request["env_inherit"] else request["env"]
@@ -346,7 +377,7 @@ class _Shim:
             pid = _spawn(request, env)
         except _StartError as exc:
             _fail(directory, proc_id, self.note_w, str(exc))
-            return
+            return None
         stat = read_stat(pid)
         facts = {
             "pid": pid,
@@ -361,11 +392,8 @@ class _Shim:
         # A torn pid file reads as none, which recovery treats as a start that never
         # happened, as it would a missing one: no temp file and rename needed.
         write_new(os.path.join(directory, "pid"), text.encode())
-        quoted = json.dumps(proc_id)
-        _notify_line(self.note_w, f'{{"id": {quoted}, "facts": {text}}}'.encode())
-        _, status, usage = os.wait4(pid, 0)
-        text = _write_exit(directory, status, usage)
-        _notify_line(self.note_w, f'{{"id": {quoted}, "exit": {text}}}'.encode())
+        _notify_line(self.note_w, f'{{"id": {json.dumps(proc_id)}, "facts": {text}}}'.encode())
+        return pid
 
 
 def _notify(note_w: int, message: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from apsis_agent import spawner
 from apsis_common import protocol
 from apsis_common.protocol import (
     AgentStarted,
@@ -287,8 +288,8 @@ def test_stop_right_after_start_is_not_lost(agent: tuple[Agent, Receiver]) -> No
     assert exited.exit.signal == signal.SIGTERM
 
 
-def test_shims_are_reused_one_program_at_a_time(agent: tuple[Agent, Receiver]) -> None:
-    """A shim whose program ended runs the next one; each program still gets its own
+def test_an_idle_shim_runs_the_next_programs(agent: tuple[Agent, Receiver]) -> None:
+    """A shim whose programs ended runs the next ones; each program still gets its own
     exit status, signal, environment and working directory. (A program's parent is
     its shim: $PPID names it.)"""
     a, rx = agent
@@ -321,16 +322,29 @@ def test_a_dead_idle_shim_is_replaced(agent: tuple[Agent, Receiver]) -> None:
     assert int(rx.output("after")) != idle
 
 
-def test_a_burst_of_short_programs_reuses_the_shims_that_finished(
-    agent: tuple[Agent, Receiver],
-) -> None:
-    """Starts arriving together do not each get a new shim: while the spawner forks,
-    the first short programs end, and their shims take the next requests."""
+def test_a_start_batch_is_run_by_a_shim_per_share(agent: tuple[Agent, Receiver]) -> None:
+    """Starts arriving together do not each get a new shim: one shim runs a share
+    of the batch (a fresh agent has no idle shim, so each share forks one)."""
     a, rx = agent
-    ids = [f"burst{i}" for i in range(100)]
+    ids = [f"burst{i}" for i in range(spawner._SHARE + 10)]
     results = a.start(*((proc_id, sh("echo $PPID")) for proc_id in ids))
     assert {r.status for r in results.results} == {"accepted"}
     for proc_id in ids:
         assert _exited(rx, proc_id).exit.exit_code == 0
-    shims = {int(rx.output(proc_id)) for proc_id in ids}
-    assert len(shims) < 60, f"{len(shims)} shims for 100 short programs"
+    shims = [int(rx.output(proc_id)) for proc_id in ids]
+    assert len(set(shims[: spawner._SHARE])) == 1
+    assert len(set(shims)) == 2
+
+
+def test_an_exit_is_reported_while_programs_of_its_shim_run(
+    agent: tuple[Agent, Receiver],
+) -> None:
+    """Programs sharing a shim are each reported as they end, not when all have."""
+    a, rx = agent
+    a.start(("slow", sh("echo $PPID; sleep 60")), ("fast", sh("echo $PPID; exit 5")))
+    assert _exited(rx, "fast").exit.exit_code == 5
+    wait_for(lambda: rx.output("slow"), what="the slow program's line")
+    assert rx.output("slow") == rx.output("fast"), "one shim should run both"
+    assert not rx.exited("slow")
+    a.request("POST", "/procs/slow/stop", protocol.encode(StopRequest()))
+    assert _exited(rx, "slow").exit.signal == signal.SIGTERM

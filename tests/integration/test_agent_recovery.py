@@ -107,6 +107,48 @@ def test_shim_killed_too_is_lost_and_group_killed(agent: tuple[Agent, Receiver])
         _contiguous(rx)
 
 
+def test_shim_killed_loses_all_its_programs(agent: tuple[Agent, Receiver]) -> None:
+    """A shim runs a share of a start batch: killed, the exits of all its programs
+    are lost, and the restarted agent kills every one of their groups."""
+    a, rx = agent
+    a.start(("one", sh("echo $PPID; sleep 60")), ("two", sh("echo $PPID; sleep 60")))
+    wait_for(lambda: rx.output("one") and rx.output("two"), what="both programs")
+    assert rx.output("one") == rx.output("two"), "one shim should run both"
+    facts = [json.loads((a.state_dir / "procs" / p / "pid").read_text()) for p in ("one", "two")]
+    kill_daemon(a.state_dir, signal.SIGKILL)
+    os.kill(facts[0]["shim_pid"], signal.SIGKILL)
+    with restarted(a):
+
+        def both_lost() -> list[ProcLost]:
+            lost = [*rx.events("one", ProcLost), *rx.events("two", ProcLost)]
+            return lost if len(lost) == 2 else []
+
+        lost = wait_for(both_lost, what="both programs lost")
+        assert [e.reason for e in lost] == ["shim_vanished"] * 2
+        pids = [f["pid"] for f in facts]
+        wait_for(lambda: not any(map(pid_alive, pids)), what="the programs to be killed")
+        _contiguous(rx)
+
+
+def test_readopted_exit_is_reported_while_its_shim_runs_another(
+    agent: tuple[Agent, Receiver],
+) -> None:
+    """After a restart, a re-adopted program's exit is reported when it ends, though
+    its shim (talking to the old daemon) stays for another program of its share."""
+    a, rx = agent
+    a.start(("short", sh("echo $PPID; sleep 1; exit 6")), ("long", sh("echo $PPID; sleep 60")))
+    wait_for(lambda: rx.output("short") and rx.output("long"), what="both programs")
+    assert rx.output("short") == rx.output("long"), "one shim should run both"
+    with restarted(a):
+        exited = wait_for(lambda: rx.exited("short"), 10, "the short program's exit")
+        assert exited.exit.exit_code == 6
+        assert not rx.exited("long")
+        a.request("POST", "/procs/long/stop", protocol.encode(StopRequest()))
+        long = wait_for(lambda: rx.exited("long"), 10, "the long program's exit")
+        assert long.exit.signal == signal.SIGTERM
+        _contiguous(rx)
+
+
 def test_crash_between_spec_and_spawn(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
     kill_daemon(a.state_dir, signal.SIGKILL)
