@@ -32,6 +32,7 @@ from apsis_agent.api import Context, build_app
 from apsis_agent.outbox import Outbox
 from apsis_agent.procs import Limits, Procs
 from apsis_agent.sender import Delivery, Sender
+from apsis_agent.spares import Spares
 from apsis_agent.state import Keys, Settings, StateDir
 from apsis_common import __version__, tls
 from apsis_common.auth import Verifier
@@ -138,6 +139,8 @@ class Daemon:
         state, options = self._state, self._options
         self.epoch = state.next_epoch()
         outbox = Outbox(state.outbox_file)
+        spares = Spares(state.spare)
+        spares.load()
         spawner_gone = asyncio.Event()
         to_spawner, _ = await loop.connect_write_pipe(
             asyncio.Protocol, os.fdopen(self._handle.requests, "wb", buffering=0)
@@ -156,6 +159,7 @@ class Daemon:
             spawner.read_boot_id(),
             Limits(max_procs=options.max_procs),
             sender.wake,
+            spares,
         )
         await loop.connect_read_pipe(
             lambda: _Notifications(procs.on_notification, spawner_gone),

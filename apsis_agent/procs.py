@@ -38,6 +38,7 @@ from apsis_agent import registry
 from apsis_agent.outbox import Outbox
 from apsis_agent.registry import PidFacts, Proc, Recovery, Status, StopFacts
 from apsis_agent.remover import Remover, remove_dir
+from apsis_agent.spares import Spares
 from apsis_agent.spawner import write_atomic
 from apsis_common.errors import ApsisError, BadInput, Conflict, NotFound, Unavailable
 from apsis_common.protocol import (
@@ -106,8 +107,10 @@ class Procs:
         boot_id: str,
         limits: Limits,
         on_outbox: Callable[[], None],
+        spares: Spares | None = None,
     ) -> None:
         self._root = root
+        self._spares = spares
         self._outbox = outbox
         self._spawn = spawn
         self._boot_id = boot_id
@@ -123,7 +126,7 @@ class Procs:
         self._start_waiters: dict[str, asyncio.Future[None]] = {}
         self._home = os.path.expanduser("~")
         self.draining = False
-        self._remover = Remover()
+        self._remover = Remover(spares=spares)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -247,7 +250,7 @@ class Procs:
                 return None
             raise Conflict(f"conflict: process {proc_id!r} exists with a different spec")
         try:
-            proc = registry.create(self._root, proc_id, spec)
+            proc = registry.create(self._root, proc_id, spec, self._spares)
         except OSError as exc:
             log.error("cannot create the directory of %s: %s", proc_id, exc)
             raise Unavailable(f"cannot create process directory: {exc.strerror}") from exc

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apsis_agent.spares import Spares
 from apsis_agent.spawner import read_stat, write_atomic
 from apsis_common import protocol
 from apsis_common.errors import BadInput
@@ -144,10 +145,13 @@ class Proc:
 # -- files -------------------------------------------------------------------------
 
 
-def create(root: Path, proc_id: str, spec: ProcSpec) -> Proc:
-    """Make the process directory and write its spec (before any spawn)."""
+def create(root: Path, proc_id: str, spec: ProcSpec, spares: Spares | None = None) -> Proc:
+    """Make the process directory (from a spare if there is one) and write its spec
+    (before any spawn)."""
     directory = root / proc_id
-    os.mkdir(directory, 0o700)
+    # A spare renamed onto an empty directory would replace it: mkdir says EEXIST.
+    if spares is None or os.path.lexists(directory) or not spares.take(directory):
+        os.mkdir(directory, 0o700)
     text = protocol.encode_json(spec)
     # The directory is new and only recovery reads the spec, so no temp file and
     # rename: a spec cut short by a crash reads as malformed, as a missing one would.

@@ -10,6 +10,9 @@ while starting cost a tenth of the throughput.
 
 A directory not yet removed when the agent dies is found by recovery, reported
 again (the server ignores what it already has) and removed then.
+
+With a pool of spare directories (spares.py), an emptied directory becomes a
+spare while the pool is short, and quiet moments are used to fill the pool.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import contextlib
 import logging
 import os
 import queue
-import shutil
 import threading
 import time
 from pathlib import Path
+
+from apsis_agent.spares import Spares, empty
 
 log = logging.getLogger(__name__)
 
@@ -31,41 +35,35 @@ _NICE = 10
 # never waits longer than MAX_WAIT (under steady load there is no quiet moment).
 QUIET = 0.2
 MAX_WAIT = 10.0
+# Spares made at a time while starts pause, and the pause after a failure to make them.
+_CHUNK = 64
+_BACK_OFF = 60.0
 
 
 def remove_dir(directory: Path) -> None:
     """Remove a process directory: `spec` first, then whatever else it holds, then itself.
 
     `spec` goes first, so a directory cut short by a crash has no spec and
-    recovery simply removes it. Names are resolved against the directory's
-    descriptor and listed once: a system call per file, no failed lookups.
+    recovery simply removes it.
     """
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink("spec", dir_fd=fd)
-        for name in os.listdir(fd):
-            try:
-                os.unlink(name, dir_fd=fd)
-            except IsADirectoryError:
-                shutil.rmtree(directory / name, ignore_errors=True)  # not ours; litter too
-            except FileNotFoundError:
-                pass
-    finally:
-        os.close(fd)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.unlink(directory / "spec")
+    empty(directory)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(directory)
 
 
 class Remover:
-    """A thread removing the directories it is given, in order, when starts pause."""
+    """A thread removing (or recycling) the directories it is given, in order, and
+    filling the pool of spares, when starts pause."""
 
-    def __init__(self, quiet: float = QUIET, max_wait: float = MAX_WAIT) -> None:
+    def __init__(
+        self, quiet: float = QUIET, max_wait: float = MAX_WAIT, spares: Spares | None = None
+    ) -> None:
         self._quiet = quiet
         self._max_wait = max_wait
+        self._spares = spares
+        self._spares_after = 0.0  # time.monotonic() before which no spare is made
         self._last_start = 0.0  # time.monotonic() of the latest start
         self._closing = threading.Event()
         self._queue: queue.SimpleQueue[tuple[float, Path] | None] = queue.SimpleQueue()
@@ -88,13 +86,37 @@ class Remover:
     def _run(self) -> None:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
-        while (item := self._queue.get()) is not None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._quiet if self._to_fill() else None)
+            except queue.Empty:
+                self._fill()
+                continue
+            if item is None:
+                return
             queued, directory = item
             self._wait_for_quiet(queued + self._max_wait)
             try:
-                remove_dir(directory)
+                if self._spares is None or not self._spares.recycle(directory):
+                    remove_dir(directory)
             except Exception:
                 log.exception("cannot remove %s", directory)
+
+    def _to_fill(self) -> bool:
+        spares = self._spares
+        return spares is not None and spares.short and time.monotonic() >= self._spares_after
+
+    def _fill(self) -> None:
+        """Make spares while no start comes and nothing waits for removal."""
+        assert self._spares is not None
+        while self._to_fill() and self._queue.empty() and not self._closing.is_set():
+            if time.monotonic() - self._last_start < self._quiet:
+                return
+            try:
+                self._spares.make(_CHUNK)
+            except OSError as exc:
+                log.warning("cannot make spare directories (again in %g s): %s", _BACK_OFF, exc)
+                self._spares_after = time.monotonic() + _BACK_OFF
 
     def _wait_for_quiet(self, deadline: float) -> None:
         while not self._closing.is_set():

@@ -16,6 +16,7 @@ Layout (directory mode 0700, every file 0600):
     outbox.sqlite   unacknowledged events and what was reported per process
     agent.log       stdio of a daemon started by bootstrap
     procs/<id>/     one directory per process (see registry.py)
+    spare/<n>/      empty directories for new processes (see spares.py)
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path.absolute()
         self.procs = self.path / "procs"
+        self.spare = self.path / "spare"
         self.lock_file = self.path / "lock"
         self.bootstrap_lock_file = self.path / "bootstrap.lock"
         self.pid_file = self.path / "daemon.pid"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from apsis_agent import spawner
+from apsis_agent import spares, spawner
 from apsis_common import protocol
 from apsis_common.protocol import (
     AgentStarted,
@@ -348,3 +348,23 @@ def test_an_exit_is_reported_while_programs_of_its_shim_run(
     assert not rx.exited("slow")
     a.request("POST", "/procs/slow/stop", protocol.encode(StopRequest()))
     assert _exited(rx, "slow").exit.signal == signal.SIGTERM
+
+
+def test_process_directories_come_from_spares_and_go_back(
+    agent: tuple[Agent, Receiver],
+) -> None:
+    """The agent keeps empty directories for new processes (made while starts
+    pause), and an emptied process directory becomes one again."""
+    a, rx = agent
+    spare = a.state_dir / "spare"
+    wait_for(lambda: len(os.listdir(spare)) == spares.LIMIT, 30, "the spares to be made")
+    before = {os.stat(d).st_ino for d in spare.iterdir()}
+    a.start(("recycled", sh("echo hi")))
+    _exited(rx, "recycled")
+    directory = a.state_dir / "procs" / "recycled"
+    inode = os.stat(directory).st_ino
+    assert inode in before, "the process directory should be a spare"
+    wait_for(lambda: not directory.exists(), 5, "the directory to go")
+    wait_for(lambda: len(os.listdir(spare)) == spares.LIMIT, 5, "the directory back")
+    assert inode in {os.stat(d).st_ino for d in spare.iterdir()}
+    assert all(not os.listdir(d) for d in spare.iterdir())
