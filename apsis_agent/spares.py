@@ -68,6 +68,9 @@ class Spares:
                 os.rename(self.path / name, directory)
             except FileNotFoundError:
                 continue  # someone removed it: the next one
+            except OSError:  # `procs/` on another file system, say: make one instead
+                self._names.append(name)
+                return False
             return True
         return False
 
@@ -88,6 +91,8 @@ class Spares:
             os.rename(directory, self.path / name)
         except FileNotFoundError:
             return True  # already gone: nothing to do
+        except OSError:
+            return False  # on another file system, say: the caller removes it
         empty(self.path / name)
         self._names.append(name)
         return True

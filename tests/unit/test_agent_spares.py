@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,3 +92,24 @@ def test_remover_recycles_and_fills_the_pool_when_starts_pause(tmp_path: Path) -
     inodes = {os.stat(d).st_ino for d in (tmp_path / "spare").iterdir()}
     assert inode in inodes, "the used directory should be one of the spares"
     remover.close()
+
+
+def test_spares_on_another_file_system_are_not_used(tmp_path: Path) -> None:
+    """A rename across file systems fails: starts make their directory, and a used
+    directory is removed by the caller, instead of starts failing."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the tests' temp dir")
+    other = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        spares = Spares(other / "spare", 4)
+        spares.load()
+        spares.make(1)
+        assert not spares.take(tmp_path / "p")
+        assert len(spares) == 1 and not (tmp_path / "p").exists()
+        used = tmp_path / "used"
+        used.mkdir()
+        assert not spares.recycle(used)
+        assert used.exists()
+    finally:
+        shutil.rmtree(other)
