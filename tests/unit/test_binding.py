@@ -9,6 +9,8 @@ from pathlib import Path
 from apsis_common.states import State
 from apsis_server.core.catchup import CatchUp
 from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.runs import Run
+from apsis_server.engine import Engine
 from apsis_server.restore import restore
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
@@ -22,11 +24,17 @@ condition: {type: dependency, job_id: other, args: {}}
 JOBS = {"waits": WAITS, "other": "program: {type: no-op}"}
 
 
+def _scheduled(tmp_path: Path, day: str) -> tuple[SqliteStore, Engine, Run]:
+    """A store, an engine with JOBS, and a run of `waits` scheduled for `day` now
+    (call within the event loop)."""
+    store = SqliteStore(tmp_path / "apsis.db")
+    engine = new_engine(store, JOBS, QuietAgents())
+    return store, engine, engine.get(engine.schedule("waits", {"day": day}).run_id)
+
+
 def test_a_failing_template_errors_the_run_before_it_waits(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "apsis.db")
-        engine = new_engine(store, JOBS, QuietAgents())
-        run = engine.get(engine.schedule("waits", {"day": "garbage"}).run_id)
+        store, _, run = _scheduled(tmp_path, "garbage")
         assert run.state == State.ERROR
         messages = [e.message for e in store.log(run.run_id)]
         assert any("garbage" in m for m in messages), messages
@@ -37,9 +45,7 @@ def test_a_failing_template_errors_the_run_before_it_waits(tmp_path: Path) -> No
 
 def test_a_waiting_run_keeps_the_program_bound_when_it_left_scheduled(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "apsis.db")
-        engine = new_engine(store, JOBS, QuietAgents())
-        run = engine.get(engine.schedule("waits", {"day": "2026-11-27"}).run_id)
+        store, engine, run = _scheduled(tmp_path, "2026-11-27")
         assert run.state == State.WAITING
         assert run.program is not None and run.program["argv"] == ["echo", "2026-11-28"]
         changed = WAITS.replace("echo", "printf")
