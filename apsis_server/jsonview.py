@@ -10,6 +10,7 @@ from apsis_server.agents.conn import AgentConn, view
 from apsis_server.core.catchup import next_times
 from apsis_server.core.jobs import Job
 from apsis_server.core.runs import LogEntry, Run
+from apsis_server.web.markdown import description_html
 
 
 def run_json(run: Run, now: float) -> dict[str, Any]:
@@ -48,6 +49,8 @@ def job_json(job: Job, next_times: list[float]) -> dict[str, Any]:
         "conditions": [_plain(c) for c in job.conditions],
         "actions": [_plain(a) for a in job.actions],
         "metadata": _plain(dict(job.metadata)),
+        # The only HTML the API hands out, and the only HTML the UI inserts as such.
+        "description_html": description_html(job.description),
         "labels": list(job.labels),
         "next_times": [format_time(t) for t in next_times],
     }

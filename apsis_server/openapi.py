@@ -84,6 +84,7 @@ SCHEMAS: dict[str, Schema] = {
             "conditions",
             "actions",
             "metadata",
+            "description_html",
             "labels",
             "next_times",
         ],
@@ -107,6 +108,15 @@ SCHEMAS: dict[str, Schema] = {
             "conditions": {"type": "array"},
             "actions": {"type": "array"},
             "metadata": {"type": "object"},
+            "description_html": {
+                "type": "string",
+                "description": (
+                    "metadata.description rendered from Markdown (CommonMark, raw HTML off)"
+                    " and sanitized: only p, br, hr, h3-h6, lists, blockquote, pre, code,"
+                    " strong, em, tables and links to http(s), mailto or relative URLs"
+                    ' (rel="noopener noreferrer"); "" for no description'
+                ),
+            },
             "labels": STRINGS,
             "next_times": {"type": "array", "items": TIME},
         },

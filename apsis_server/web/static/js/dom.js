@@ -28,12 +28,6 @@ export function clear(el) {
   return el;
 }
 
-export function escapeHtml(text) {
-  return String(text)
-    .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
-    .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
-}
-
 // A link handled by the client-side router.
 export function link(href, ...children) {
   return h("a", { href, "data-nav": true }, ...children);

@@ -1,9 +1,8 @@
-// One job: description (markdown), program, schedules with next times,
+// One job: description (rendered by the server), program, schedules with next times,
 // conditions, actions, recent runs (live), and a run-now form for its params.
 
 import { get, jobPath, post } from "../api.js";
 import { append, h, toast } from "../dom.js";
-import { renderMarkdown } from "../markdown.js";
 import { relative, parseTime, timeEl } from "../format.js";
 import { runsTable, tickElapsed } from "../runtable.js";
 
@@ -69,7 +68,10 @@ export function mount(main, app, [jobId]) {
 
   function render(job) {
     document.title = `${job.job_id} · Apsis`;
-    const description = job.metadata?.description;
+    // The server renders the Markdown and sanitizes the HTML (apsis_server/web/markdown.py):
+    // this is the only HTML from the server that the UI inserts as HTML; everything
+    // else goes in as text.
+    const description = job.description_html || "";
     const now = summary.now();
     main.replaceChildren();
     append(main, [
@@ -91,7 +93,7 @@ export function mount(main, app, [jobId]) {
         h("div", { class: "panel" }, h("h2", {}, "Conditions"), itemsEl(job.conditions, "None.")),
         h("div", { class: "panel" }, h("h2", {}, "Actions"), itemsEl(job.actions, "None."))),
       runsBox]);
-    if (description) main.querySelector("#description").innerHTML = renderMarkdown(description);
+    if (description) main.querySelector("#description").innerHTML = description;
     renderRuns();
   }
 
