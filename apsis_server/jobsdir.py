@@ -3,6 +3,7 @@ directory; one bad file never stops the rest."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from apsis_server.core.templates import Templates
 from apsis_server.core.yamlfile import load_yaml
 
 CALENDAR_SUFFIXES = (".cal", ".yaml")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,13 @@ def _read(path: Path) -> str:
         raise Invalid([FieldError("", f"cannot read: {exc}")]) from None
 
 
+def _unexpected(name: str, path: str, exc: Exception) -> JobError:
+    """A file's error for an exception its parser should have made an `Invalid`: a bug,
+    logged with its traceback, but one file never stops the rest from loading."""
+    log.error("cannot load %s", path, exc_info=exc)
+    return JobError(name, path, "", f"cannot load: {type(exc).__name__}: {exc}")
+
+
 def load_jobs_dir(
     jobs_dir: Path, templates: Templates, calendars: Mapping[str, Calendar] | None = None
 ) -> JobsLoad:
@@ -68,6 +78,8 @@ def load_jobs_dir(
             jobs[job_id] = parse_job(job_id, data, templates, calendars=calendars)
         except Invalid as exc:
             errors.extend(job_error(job_id, rel.as_posix(), exc))
+        except Exception as exc:
+            errors.append(_unexpected(job_id, rel.as_posix(), exc))
     failed = {e.job_id for e in errors}
     return JobsLoad(jobs, errors, check_references(jobs, failed))
 
@@ -132,4 +144,6 @@ def load_calendars_dir(calendars_dir: Path) -> CalendarsLoad:
             loaded.calendars[name] = calendar
         except Invalid as exc:
             loaded.errors.extend(job_error(name, path.name, exc))
+        except Exception as exc:
+            loaded.errors.append(_unexpected(name, path.name, exc))
     return loaded

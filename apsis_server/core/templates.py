@@ -7,6 +7,7 @@ from typing import Any
 
 import jinja2
 import jinja2.meta
+import jinja2.nodes
 import jinja2.sandbox
 import ora
 
@@ -18,10 +19,31 @@ class TemplateError(ValueError):
     """A template that does not parse or does not expand."""
 
 
+# How much of a template an error message shows.
+_SHOWN = 80
+
+# Nodes that load another template: there are none to load (the environment has no loader).
+_OTHER_TEMPLATES = (
+    jinja2.nodes.Include,
+    jinja2.nodes.Extends,
+    jinja2.nodes.Import,
+    jinja2.nodes.FromImport,
+)
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.sandbox.SandboxedEnvironment(
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
     )
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+
+
+def _bad(text: str, lineno: int, problem: str) -> TemplateError:
+    where = f"line {lineno}: " if "\n" in text.strip() else ""
+    return TemplateError(f"bad template {_shown(text)}: {where}{problem}")
 
 
 def default_helpers(calendars: Mapping[str, Calendar] | None = None) -> dict[str, Any]:
@@ -65,14 +87,40 @@ class Templates:
         return frozenset(self._env.globals)
 
     def names(self, text: str) -> frozenset[str]:
-        """The names a template uses; TemplateError if it does not parse."""
+        """The names a template uses; TemplateError if it would not compile.
+
+        Besides what Jinja checks when it compiles, every filter and test must exist,
+        even in an `{% if %}` branch (which Jinja leaves to run time), and no template
+        may load another: these would fail only when a run is bound.
+        """
         if "{" not in text:
             return frozenset()
         try:
             ast = self._env.parse(text)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"bad template {text!r}: {exc.message}") from None
-        return frozenset(jinja2.meta.find_undeclared_variables(ast))
+            for node in ast.find_all((jinja2.nodes.Filter, jinja2.nodes.Test, *_OTHER_TEMPLATES)):
+                problem = self._problem(node)
+                if problem is not None:
+                    raise _bad(text, node.lineno, problem)
+            # It compiles the template, asserting what the parser does not.
+            return frozenset(jinja2.meta.find_undeclared_variables(ast))
+        except TemplateError:
+            raise
+        except jinja2.TemplateSyntaxError as exc:  # and TemplateAssertionError
+            raise _bad(text, exc.lineno, exc.message or type(exc).__name__) from None
+        except RecursionError:
+            raise _bad(text, 1, "nested too deeply") from None
+        except Exception as exc:
+            # Whatever else Jinja raises: the file's error, never the loader's.
+            raise _bad(text, 1, f"{type(exc).__name__}: {exc}") from None
+
+    def _problem(self, node: jinja2.nodes.Node) -> str | None:
+        if isinstance(node, _OTHER_TEMPLATES):
+            return "templates cannot use other templates"
+        if isinstance(node, jinja2.nodes.Filter) and node.name not in self._env.filters:
+            return f"no filter named {node.name!r}"
+        if isinstance(node, jinja2.nodes.Test) and node.name not in self._env.tests:
+            return f"no test named {node.name!r}"
+        return None
 
     def expand(self, text: str, scope: Mapping[str, Any]) -> str:
         """The text with every `{{ expression }}` replaced; TemplateError on failure."""
@@ -84,9 +132,11 @@ class Templates:
                 template = self._cache[text] = self._env.from_string(text)
             return template.render(scope)
         except jinja2.TemplateError as exc:
-            raise TemplateError(f"template {text!r} failed: {exc}") from None
+            raise TemplateError(f"template {_shown(text)} failed: {exc}") from None
         except Exception as exc:
-            raise TemplateError(f"template {text!r} failed: {type(exc).__name__}: {exc}") from None
+            raise TemplateError(
+                f"template {_shown(text)} failed: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 def check_template(

@@ -481,3 +481,117 @@ def test_calendar_file_dates_that_do_not_exist(text: str, key_path: str, message
         parse_calendar_data("c", load_yaml(text))
     expected = f"expected a date like 2027-01-31, {message}"
     assert [(e.key_path, e.message) for e in info.value.errors] == [(key_path, expected)]
+
+
+# (name, job file text, key path, part of the message): a template that would not
+# compile is an error of its field wherever it is, never another exception.
+BAD_TEMPLATE_FIELDS: list[tuple[str, str, str, str]] = [
+    (
+        "unknown filter in the command",
+        'params: [name]\nprogram: {type: shell, command: "echo {{ name | nosuchfilter }}"}\n',
+        "program.command",
+        "no filter named 'nosuchfilter'",
+    ),
+    (
+        "unknown test in argv",
+        "params: [n]\nprogram: [echo, '{{ n is nosuchtest }}']\n",
+        "program.argv[1]",
+        "no test named 'nosuchtest'",
+    ),
+    (
+        "unknown filter in an if block",
+        "params: [n]\nprogram: 'echo {% if n %}{{ n | nosuchfilter }}{% endif %}'\n",
+        "program.command",
+        "no filter named 'nosuchfilter'",
+    ),
+    (
+        "unknown filter in an env var",
+        "program: {type: shell, command: x, env: {vars: {A: '{{ job_id | nope }}'}}}\n",
+        "program.env.vars.A",
+        "no filter named 'nope'",
+    ),
+    (
+        "unknown filter in the timeout",
+        "program: {type: shell, command: x, timeout: '{{ 5 | nope }} min'}\n",
+        "program.timeout.duration",
+        "no filter named 'nope'",
+    ),
+    (
+        "unknown filter in an internal program's path",
+        "program: {type: internal.stats, path: '/tmp/{{ run_id | nope }}'}\n",
+        "program.path",
+        "no filter named 'nope'",
+    ),
+    (
+        "syntax error in a host",
+        "program: {type: shell, command: x, host: '{{ job_id }'}\n",
+        "program.host",
+        "bad template",
+    ),
+    (
+        "unknown filter in a dependency's args",
+        "params: [d]\nprogram: x\n"
+        "condition: {type: dependency, job_id: a, args: {d: '{{ d | nope }}'}}\n",
+        "condition[0].args.d",
+        "no filter named 'nope'",
+    ),
+    (
+        "unknown test in a max_running count",
+        "program: x\nconditions: [{type: const}, {type: max_running, count: '{{ 1 is nope }}'}]\n",
+        "condition[1].count",
+        "no test named 'nope'",
+    ),
+    (
+        "unknown filter in a schedule action",
+        "program: x\naction: {type: schedule, job_id: '{{ job_id | nope }}'}\n",
+        "action[0].job_id",
+        "no filter named 'nope'",
+    ),
+    (
+        "unknown filter in a webhook url",
+        "program: x\naction: {type: webhook, url: 'http://x/{{ run_id | nope }}'}\n",
+        "action[0].url",
+        "no filter named 'nope'",
+    ),
+    (
+        "unknown name in an email address",
+        "program: x\naction: {type: email, to: ['{{ who }}@example.com']}\n",
+        "action[0].to[0]",
+        "unknown name(s): who",
+    ),
+    (
+        "unknown filter in a successor's args",
+        "params: [d]\nprogram: x\nsuccessors: [{job_id: b, args: {d: '{{ d | nope }}'}}]\n",
+        "action[0].args.d",
+        "no filter named 'nope'",
+    ),
+    (
+        "unknown filter in a schedule arg",
+        "params: [a]\nprogram: x\n"
+        "schedule: {type: interval, interval: 60, args: {a: '{{ job_id | nope }}'}}\n",
+        "schedule.args.a",
+        "no filter named 'nope'",
+    ),
+    (
+        "unknown test in a schedule arg of a list",
+        "params: [a]\nprogram: x\n"
+        "schedule: [{type: interval, interval: 60, args: {a: '{{ 1 is nope }}'}}]\n",
+        "schedule[0].args.a",
+        "no test named 'nope'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "message"),
+    [b[1:] for b in BAD_TEMPLATE_FIELDS],
+    ids=[b[0] for b in BAD_TEMPLATE_FIELDS],
+)
+def test_a_template_that_does_not_compile_is_its_fields_error(
+    text: str, key_path: str, message: str
+) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_job("j", load_yaml(text), Templates())
+    [error] = info.value.errors
+    assert error.key_path == key_path
+    assert message in error.message, error.message

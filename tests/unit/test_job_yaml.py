@@ -13,7 +13,7 @@ from apsis_server.core.conditions import ConstCondition, DependencyCondition
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import load_yaml, parse_job
 from apsis_server.core.templates import Templates
-from apsis_server.jobsdir import load_jobs_dir
+from apsis_server.jobsdir import load_calendars_dir, load_jobs_dir
 
 
 @pytest.mark.parametrize(
@@ -96,6 +96,66 @@ def test_a_bad_value_fails_only_its_own_file(
         "date.yaml: schedule.start_date: expected a date like 2027-01-31, got '2024-13-01'" in out
     )
     assert "1 jobs loaded, 4 errors, 0 warnings" in out
+
+
+def test_a_template_error_fails_only_its_own_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "good.yaml").write_text("program: x\n")
+    (tmp_path / "bad.yaml").write_text(
+        'params: [name]\nprogram: {type: shell, command: "echo {{ name | nosuchfilter }}"}\n'
+    )
+    loaded = load_jobs_dir(tmp_path, Templates())
+    assert list(loaded.jobs) == ["good"]
+    message = "bad template 'echo {{ name | nosuchfilter }}': no filter named 'nosuchfilter'"
+    assert [(e.path, e.key_path, e.message) for e in loaded.errors] == [
+        ("bad.yaml", "program.command", message)
+    ]
+    assert check_jobs([str(tmp_path)]) == 1
+    assert f"bad.yaml: program.command: {message}\n" in capsys.readouterr().out
+
+
+def test_an_unexpected_exception_fails_only_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last line of defence: a parser bug is the file's error, with its traceback
+    in the log, and the other files still load."""
+    (tmp_path / "a.yaml").write_text("program: x\n")
+    (tmp_path / "boom.yaml").write_text("program: x\n")
+    (tmp_path / "c.yaml").write_text("program: x\n")
+
+    def failing_parse(job_id: str, data: Any, templates: Templates, **kwargs: Any) -> Any:
+        if job_id == "boom":
+            raise RuntimeError("a bug")
+        return parse_job(job_id, data, templates, **kwargs)
+
+    monkeypatch.setattr("apsis_server.jobsdir.parse_job", failing_parse)
+    loaded = load_jobs_dir(tmp_path, Templates())
+    assert sorted(loaded.jobs) == ["a", "c"]
+    assert [(e.job_id, e.path, e.key_path, e.message) for e in loaded.errors] == [
+        ("boom", "boom.yaml", "", "cannot load: RuntimeError: a bug")
+    ]
+    [record] = [r for r in caplog.records if r.name == "apsis_server.jobsdir"]
+    assert record.levelname == "ERROR" and "boom.yaml" in record.getMessage()
+    assert record.exc_info is not None and "a bug" in caplog.text
+
+
+def test_an_unexpected_exception_fails_only_its_own_calendar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "good.yaml").write_text("holidays: [2024-12-25]\n")
+    (tmp_path / "boom.cal").write_text("x\n")
+
+    def parse_cal_text(name: str, text: str) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("apsis_server.jobsdir.parse_cal_text", parse_cal_text)
+    loaded = load_calendars_dir(tmp_path)
+    assert list(loaded.calendars) == ["good"]
+    assert [(e.path, e.message) for e in loaded.errors] == [
+        ("boom.cal", "cannot load: RuntimeError: a bug")
+    ]
+    assert "Traceback" in caplog.text
 
 
 TRUE_WORDS = ["true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"]

@@ -172,3 +172,39 @@ def test_bind_error_for_a_bad_timeout(timeout: str, message: str) -> None:
     program = parse_program({"type": "shell", "command": "x", "timeout": {"duration": timeout}})
     with pytest.raises(BindError, match=message):
         bind(program, Templates(), SCOPE)
+
+
+# (template, part of the error): every way a template can fail to compile is an error
+# of the field, never another exception.
+BAD_TEMPLATES = [
+    ("echo {{ date | nosuchfilter }}", "no filter named 'nosuchfilter'"),
+    ("{{ date is nosuchtest }}", "no test named 'nosuchtest'"),
+    ("{{ date | }}", "bad template"),
+    ("{% for x in y %}", "bad template"),
+    ("{{ date }", "bad template"),
+    ("{{ nope }}", "template uses unknown name(s): nope"),
+    # Jinja leaves these to run time, when the branch is taken: caught at load all the same.
+    ("{% if date %}{{ date | nosuchfilter }}{% endif %}", "no filter named 'nosuchfilter'"),
+    ("{% if date is nosuchtest %}x{% endif %}", "no test named 'nosuchtest'"),
+    ("{% filter nosuchfilter %}x{% endfilter %}", "no filter named 'nosuchfilter'"),
+    ("{% include 'other' %}", "templates cannot use other templates"),
+    ("{% set loop = 1 %}{% for x in [1] %}{% endfor %}", None),
+    ("{{ " + "(" * 2000 + "1" + ")" * 2000 + " }}", "bad template"),
+    ("line one\n{{ date | nosuchfilter }}", "line 2: no filter named 'nosuchfilter'"),
+]
+
+
+@pytest.mark.parametrize(("text", "error"), BAD_TEMPLATES)
+def test_every_template_error_is_a_field_error(text: str, error: str | None) -> None:
+    found = check_template(Templates(), text, {"date"}, "program.command")
+    if error is None:
+        assert found is None
+        return
+    assert found is not None and found.key_path == "program.command"
+    assert error in found.message, found.message
+    assert len(found.message) < 300  # a long template is shortened in the message
+
+
+def test_known_filters_and_tests_pass_the_check() -> None:
+    text = "{{ date | default('x') | upper }}{% if date is defined %}y{% endif %}"
+    assert check_template(Templates(), text, {"date"}, "program.command") is None
