@@ -4,6 +4,8 @@ directory; one bad file never stops the rest."""
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.fields import FieldError, Invalid
 from apsis_server.core.jobs import Job, JobError, job_error, parse_job
 from apsis_server.core.templates import Templates
-from apsis_server.core.yamlfile import load_yaml
+from apsis_server.core.yamlfile import MAX_FILE_SIZE, TOO_LARGE, load_yaml
 
 CALENDAR_SUFFIXES = (".cal", ".yaml")
 
@@ -43,8 +45,20 @@ class CalendarsLoad:
 
 
 def _read(path: Path) -> str:
+    """The file's text; `Invalid` when it cannot be read or is larger than the limit.
+
+    Never more than the limit is read, and a FIFO (or device) named `*.yaml` is refused
+    rather than waited on.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Invalid([FieldError("", "cannot read: not a regular file")])
+            data = f.read(MAX_FILE_SIZE + 1)
+        if len(data) > MAX_FILE_SIZE:
+            raise Invalid([FieldError("", TOO_LARGE)])
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise Invalid([FieldError("", f"cannot read: {exc}")]) from None
 

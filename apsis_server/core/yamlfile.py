@@ -12,16 +12,32 @@ PyYAML's YAML 1.1 with these changes:
 No value crashes a load: one that cannot be built (`!!int abc`, or a value that
 contains an alias to itself, `&a [*a]`) is `Invalid` with its line and column, an
 error of that one file.
+
+Two limits keep one file from costing the server much memory or time:
+
+- a text longer than `MAX_FILE_SIZE` (1 MiB) is refused before it is parsed;
+- aliases may add at most `MAX_ALIAS_VALUES` (10,000) values to a document: each
+  alias stands for a copy of its anchor's value, so a few hundred bytes of nested
+  aliases (the "billion laughs") would otherwise be a value of billions of items
+  once it is copied, checked or sent as JSON. A job file needs a few dozen.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
 
 from apsis_server.core.fields import FieldError, Invalid
+
+# The longest text read (in characters; a file's limit is as many bytes).
+MAX_FILE_SIZE = 1 << 20
+# Why a longer file is refused.
+TOO_LARGE = f"the file is larger than {MAX_FILE_SIZE >> 20} MiB, the limit for a YAML file"
+# The most values aliases may add to a document.
+MAX_ALIAS_VALUES = 10_000
 
 # The C parser where PyYAML has it: ten thousand job files load several times faster.
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -39,25 +55,42 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _check_acyclic(root: yaml.Node) -> None:
-    """Raise for an alias inside its own anchor's node: the value would contain
-    itself, and checking or hashing the job would recurse forever."""
-    done: set[int] = set()
-    open_nodes: set[int] = set()
-    stack = [(root, iter(_children(root)))]
-    open_nodes.add(id(root))
+def _check_aliases(root: yaml.Node) -> None:
+    """Raise for an alias inside its own anchor's node (the value would contain itself,
+    and checking or hashing the job would recurse forever), or for aliases that add
+    more than `MAX_ALIAS_VALUES` values to the document once expanded.
+
+    One walk over the node graph, each node once: a node met again is an alias, and
+    its size with every alias in it expanded is known from when it was first done.
+    """
+    sizes: dict[int, int] = {}  # id of each node done -> its values, aliases expanded
+    open_nodes = {id(root)}
+    added = 0
+    # (node, its children not yet met, its size so far)
+    stack: list[tuple[yaml.Node, Iterator[yaml.Node], list[int]]] = [
+        (root, iter(_children(root)), [1])
+    ]
     while stack:
-        node, children = stack[-1]
+        node, children, size = stack[-1]
         child = next(children, None)
         if child is None:
             stack.pop()
             open_nodes.discard(id(node))
-            done.add(id(node))
+            sizes[id(node)] = size[0]
+            if stack:
+                stack[-1][2][0] += size[0]
         elif id(child) in open_nodes:
             raise _BadValue(None, None, "this value contains an alias to itself", child.start_mark)
-        elif id(child) not in done:
+        elif id(child) in sizes:
+            size[0] += sizes[id(child)]
+            added += sizes[id(child)]
+            if added > MAX_ALIAS_VALUES:
+                # The alias's own place is not kept: the mark of the value that holds it.
+                message = f"aliases expand to more than {MAX_ALIAS_VALUES:,} values"
+                raise _BadValue(None, None, message, node.start_mark)
+        else:
             open_nodes.add(id(child))
-            stack.append((child, iter(_children(child))))
+            stack.append((child, iter(_children(child)), [1]))
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc]
@@ -70,7 +103,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
 
     def construct_document(self, node: yaml.Node) -> Any:
         if self._anchors:
-            _check_acyclic(node)
+            _check_aliases(node)
         return super().construct_document(node)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
@@ -133,6 +166,8 @@ _Loader.add_implicit_resolver(
 
 def load_yaml(text: str) -> Any:
     """Parse YAML text the way job files are read; `Invalid` when it cannot be read."""
+    if len(text) > MAX_FILE_SIZE:
+        raise Invalid([FieldError("", TOO_LARGE)])
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import os
+import textwrap
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from apsis_server.core.conditions import ConstCondition, DependencyCondition
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import load_yaml, parse_job
 from apsis_server.core.templates import Templates
+from apsis_server.core.yamlfile import MAX_ALIAS_VALUES, MAX_FILE_SIZE
 from apsis_server.jobsdir import load_calendars_dir, load_jobs_dir
 
 
@@ -66,6 +71,72 @@ def test_values_that_cannot_be_built_are_invalid(text: str, message: str) -> Non
 
 def test_shared_aliases_are_fine() -> None:
     assert load_yaml("x: &x [1]\na: [*x, *x]\n") == {"x": [1], "a": [[1], [1]]}
+
+
+def _laughs(levels: int, width: int = 9) -> str:
+    """The "billion laughs": each level a list of `width` aliases to the one before."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (_laughs(9), 5),  # 9**9 values from 470 bytes; refused at the fifth level
+        (_laughs(30, width=2), 12),
+        ("a: &a {x: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\nb: [" + "*a, " * 1000 + "]\n", 2),
+        # Merge keys are aliases too.
+        (
+            "a: &a {"
+            + ", ".join(f"k{i}: {i}" for i in range(200))
+            + "}\n"
+            + "".join(f"m{i}: {{<<: *a}}\n" for i in range(60)),
+            26,
+        ),
+    ],
+)
+def test_an_alias_bomb_is_refused(text: str, line: int) -> None:
+    assert len(text) < 5000
+    started = time.monotonic()
+    with pytest.raises(Invalid) as info:
+        load_yaml(text)
+    assert time.monotonic() - started < 1
+    [error] = info.value.errors
+    assert error.key_path == ""
+    assert error.message.startswith(f"YAML error: line {line}, column "), error.message
+    assert error.message.endswith(f"aliases expand to more than {MAX_ALIAS_VALUES:,} values"), (
+        error.message
+    )
+
+
+def test_aliases_within_the_limit_load() -> None:
+    # A common use: shared settings merged into several places.
+    text = (
+        "defaults: &d {host: workers, user: etl}\n"
+        "env: &e {A: '1', B: '2'}\n"
+        "a: {<<: *d, env: *e}\nb: {<<: *d, env: *e}\nc: [*e, *e, *e]\n"
+    )
+    loaded = load_yaml(text)
+    assert loaded["a"] == {"host": "workers", "user": "etl", "env": {"A": "1", "B": "2"}}
+    assert loaded["c"] == [{"A": "1", "B": "2"}] * 3
+    # Up to the limit exactly: one alias to a list of MAX - 1 values adds MAX values.
+    big = "a: &a [" + "1, " * (MAX_ALIAS_VALUES - 1) + "]\nb: *a\n"
+    assert len(load_yaml(big)["b"]) == MAX_ALIAS_VALUES - 1
+    with pytest.raises(Invalid, match="aliases expand to more than"):
+        load_yaml("a: &a [" + "1, " * MAX_ALIAS_VALUES + "]\nb: *a\n")
+
+
+def test_many_values_without_aliases_are_not_counted() -> None:
+    text = "&x a: [" + "1, " * (3 * MAX_ALIAS_VALUES) + "]\n"
+    assert len(load_yaml(text)["a"]) == 3 * MAX_ALIAS_VALUES
+
+
+def test_an_oversize_text_is_refused() -> None:
+    text = "a: '" + "x" * MAX_FILE_SIZE + "'\n"
+    with pytest.raises(Invalid, match="larger than 1 MiB"):
+        load_yaml(text)
 
 
 def test_a_bad_value_fails_only_its_own_file(
@@ -156,6 +227,49 @@ def test_an_unexpected_exception_fails_only_its_own_calendar(
         ("boom.cal", "cannot load: RuntimeError: a bug")
     ]
     assert "Traceback" in caplog.text
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text("program: x\n")
+    (tmp_path / "just.yaml").write_text("program: x\n#" + "x" * (MAX_FILE_SIZE - 13) + "\n")
+    assert (tmp_path / "just.yaml").stat().st_size == MAX_FILE_SIZE
+    with open(tmp_path / "huge.yaml", "wb") as f:
+        f.write(b"program: x\n")
+        f.truncate(64 * MAX_FILE_SIZE)  # sparse: 64 MiB on paper
+    tracemalloc.start()
+    try:
+        loaded = load_jobs_dir(tmp_path, Templates())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sorted(loaded.jobs) == ["good", "just"]
+    assert [(e.path, e.key_path, e.message) for e in loaded.errors] == [
+        ("huge.yaml", "", "the file is larger than 1 MiB, the limit for a YAML file")
+    ]
+    assert peak < 8 * MAX_FILE_SIZE
+
+
+@pytest.mark.timeout(10)
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text("program: x\n")
+    os.mkfifo(tmp_path / "pipe.yaml")
+    loaded = load_jobs_dir(tmp_path, Templates())
+    assert list(loaded.jobs) == ["good"]
+    assert [(e.path, e.message) for e in loaded.errors] == [
+        ("pipe.yaml", "cannot read: not a regular file")
+    ]
+
+
+def test_an_alias_bomb_fails_only_its_own_file(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text("program: x\n")
+    (tmp_path / "bomb.yaml").write_text(
+        "program: x\nmetadata:\n" + textwrap.indent(_laughs(9), "  ")
+    )
+    loaded = load_jobs_dir(tmp_path, Templates())
+    assert list(loaded.jobs) == ["good"]
+    [error] = loaded.errors
+    assert error.path == "bomb.yaml"
+    assert error.message.endswith("aliases expand to more than 10,000 values")
 
 
 TRUE_WORDS = ["true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"]
