@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,10 +32,21 @@ _OTHER_TEMPLATES = (
 )
 
 
+def shquote(value: Any) -> str:
+    """The `shquote` filter: the value's text as one shell word (`shlex.quote`).
+
+    Shell commands are templates over text, so an arg is spliced into the command as
+    it is; `{{ name | shquote }}` makes it one word whatever it holds.
+    """
+    return shlex.quote(str(value))
+
+
 def _environment() -> jinja2.Environment:
-    return jinja2.sandbox.SandboxedEnvironment(
+    env = jinja2.sandbox.SandboxedEnvironment(
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
     )
+    env.filters["shquote"] = shquote
+    return env
 
 
 def _shown(text: str) -> str:

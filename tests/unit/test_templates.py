@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,5 +209,36 @@ def test_every_template_error_is_a_field_error(text: str, error: str | None) -> 
 
 
 def test_known_filters_and_tests_pass_the_check() -> None:
-    text = "{{ date | default('x') | upper }}{% if date is defined %}y{% endif %}"
+    text = "{{ date | default('x') | upper | shquote }}{% if date is defined %}y{% endif %}"
     assert check_template(Templates(), text, {"date"}, "program.command") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "two words",
+        'it\'s "quoted"',
+        "x; touch pwned",
+        "$(touch pwned) `touch pwned` $HOME",
+        "",
+        "café ünïcode ☃",
+        "new\nline\ttab",
+        "-n",
+        "*",
+    ],
+)
+def test_shquote_makes_an_arg_one_shell_word(value: str, tmp_path: Path) -> None:
+    command = Templates().expand("printf %s {{ name | shquote }}", {"name": value})
+    assert shlex.split(command) == ["printf", "%s", value]
+    # And bash itself reads it back as the one word, running nothing inside it.
+    done = subprocess.run(
+        ["/bin/bash", "-c", command], cwd=tmp_path, capture_output=True, check=True
+    )
+    assert done.stdout.decode() == value
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shquote_of_an_undefined_name_fails() -> None:
+    with pytest.raises(TemplateError, match="'nope' is undefined"):
+        Templates().expand("echo {{ nope | shquote }}", {})
