@@ -43,6 +43,7 @@ from apsis_server.restore import restore
 from apsis_server.store.sqlite import SqliteStore
 from apsis_server.tokens import TokenGuard, check_trusted, server_cert
 from apsis_server.web import web_routes
+from apsis_server.web.headers import SecurityHeaders
 from apsis_server.webhooks import PATH, webhook_route
 
 log = logging.getLogger("apsis_server")
@@ -158,6 +159,7 @@ def build_app(config: Config) -> Starlette:
         ],
         lifespan=lifespan,
         middleware=[
+            Middleware(SecurityHeaders),
             Middleware(TokenGuard, tokens=config.api.tokens),
             Middleware(WebhookTiming, metrics=metrics, path=PATH),
         ],

@@ -19,6 +19,10 @@ const PALETTE_256 = (() => {
 // eslint-disable-next-line no-control-regex
 const ESCAPE = /\x1b\[([0-9;:?]*)([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]/g;
 
+function colour(value) {
+  return typeof value === "number" ? PALETTE_256[value] : value;
+}
+
 function freshStyle() {
   return { fg: null, bg: null, bold: false, dim: false, italic: false, underline: false, inverse: false };
 }
@@ -75,19 +79,19 @@ export class AnsiRenderer {
     let bg = s.bg;
     if (s.inverse) [fg, bg] = [bg ?? 0, fg ?? 7];
     const classes = [];
-    const css = [];
     if (s.bold) classes.push("ansi-bold");
     if (s.dim) classes.push("ansi-dim");
     if (s.italic) classes.push("ansi-italic");
     if (s.underline) classes.push("ansi-underline");
-    if (typeof fg === "number" && fg < 16) classes.push(`ansi-fg-${fg}`);
-    else if (fg !== null) css.push(`color:${typeof fg === "number" ? PALETTE_256[fg] : fg}`);
-    if (typeof bg === "number" && bg < 16) classes.push(`ansi-bg-${bg}`);
-    else if (bg !== null) css.push(`background:${typeof bg === "number" ? PALETTE_256[bg] : bg}`);
-    const attrs = {};
-    if (classes.length) attrs.class = classes.join(" ");
-    if (css.length) attrs.style = css.join(";");
-    return h("span", attrs);
+    const basic = (c) => typeof c === "number" && c < 16;
+    if (basic(fg)) classes.push(`ansi-fg-${fg}`);
+    if (basic(bg)) classes.push(`ansi-bg-${bg}`);
+    const span = h("span", classes.length ? { class: classes.join(" ") } : {});
+    // Other colours through the CSSOM, which the CSP allows (a style attribute it
+    // blocks); the values are built from numbers in _sgr, never from the output's text.
+    if (fg !== null && !basic(fg)) span.style.color = colour(fg);
+    if (bg !== null && !basic(bg)) span.style.background = colour(bg);
+    return span;
   }
 
   _sgr(params) {

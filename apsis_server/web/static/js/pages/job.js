@@ -15,7 +15,7 @@ function programEl(program) {
   return h("div", {},
     h("span", { class: "chip" }, program.type),
     main !== null ? h("pre", { class: "program", id: "program" }, main) : null,
-    Object.keys(rest).length ? h("dl", { class: "kv", style: "margin-top:8px" },
+    Object.keys(rest).length ? h("dl", { class: "kv below" },
       Object.entries(rest).map(([k, v]) => [h("dt", {}, k), h("dd", {}, plain(v))])) : null);
 }
 
@@ -28,8 +28,8 @@ function itemsEl(items, empty) {
   if (!items?.length) return h("p", { class: "muted" }, empty);
   return items.map((item) => {
     const { type, ...rest } = item || {};
-    return h("div", { style: "margin-bottom:8px" }, type ? h("span", { class: "chip" }, type) : null,
-      Object.keys(rest).length ? h("dl", { class: "kv", style: "margin-top:4px" },
+    return h("div", { class: "item" }, type ? h("span", { class: "chip" }, type) : null,
+      Object.keys(rest).length ? h("dl", { class: "kv below" },
         Object.entries(rest).map(([k, v]) => [h("dt", {}, k), h("dd", {}, plain(v))])) : null);
   });
 }
