@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as StarletteJSON
+from starlette.responses import Response
 from starlette.routing import Route
 
 from apsis_common import __version__
@@ -80,6 +81,14 @@ def _operations(request: Request) -> Operations:
     return operations
 
 
+class JSONResponse(StarletteJSON):
+    """Answers as ASCII JSON: text that is not valid Unicode (a lone surrogate kept
+    from an older version) is escaped, never an error that hides every run."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 async def _body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw:
@@ -88,9 +97,31 @@ async def _body(request: Request) -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError:
         raise BadInput("body is not valid JSON") from None
+    except RecursionError:
+        raise BadInput("body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadInput("body must be a JSON object")
+    _check_text(body)
     return body
+
+
+def _check_text(value: Any) -> None:
+    """BadInput for text a process or the store could not take: a lone surrogate
+    (`"\\ud800"` is valid JSON, but no UTF-8) or a NUL."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str):
+            if "\0" in item:
+                raise BadInput("text in the body holds a NUL character")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadInput("text in the body is not valid Unicode (a lone surrogate)") from None
 
 
 def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -134,7 +165,8 @@ def _args(value: Any) -> dict[str, str]:
         raise BadInput("args must be an object of name: value")
     args = {}
     for name, arg in value.items():
-        if isinstance(arg, bool) or not isinstance(arg, str | int | float):
+        finite = not isinstance(arg, float) or math.isfinite(arg)
+        if isinstance(arg, bool) or not isinstance(arg, str | int | float) or not finite:
             raise BadInput(f"arg {name!r} must be text, got {json.dumps(arg)}")
         args[str(name)] = str(arg)
     return args

@@ -8,6 +8,8 @@ import contextlib
 import functools
 import gc
 import logging
+import os
+import re
 import socket
 import sys
 from collections import Counter
@@ -19,6 +21,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from apsis_common import __version__
@@ -34,6 +37,7 @@ from apsis_server.engine import Engine
 from apsis_server.facts import Facts
 from apsis_server.feeds.fanout import Feeds
 from apsis_server.feeds.routes import feed_routes
+from apsis_server.gate import Gate, allowed_hosts, allowed_origins, exposure
 from apsis_server.housekeeping import Housekeeping
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
 from apsis_server.metrics import Metrics, WebhookTiming, metrics_endpoint
@@ -160,6 +164,13 @@ def build_app(config: Config) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(SecurityHeaders),
+            Middleware(
+                Gate,
+                hosts=allowed_hosts(config),
+                origins=allowed_origins(config),
+                max_body=config.api.max_body,
+            ),
+            *_cors(config),
             Middleware(TokenGuard, tokens=config.api.tokens),
             Middleware(WebhookTiming, metrics=metrics, path=PATH),
         ],
@@ -175,6 +186,20 @@ def build_app(config: Config) -> Starlette:
     return app
 
 
+def _cors(config: Config) -> list[Middleware]:
+    """CORS answers for the origins the config lists, and none otherwise."""
+    if not config.api.origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.api.origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+        )
+    ]
+
+
 async def _background(
     engine: Engine, registry: Registry, housekeeping: Housekeeping, metrics: Metrics
 ) -> None:
@@ -187,12 +212,32 @@ async def _background(
         tasks.create_task(metrics.run())
 
 
+# What a log line must never show: a token in a URL (an old client's websocket
+# query), a bearer header, or a websocket's token subprotocol.
+_SECRETS = re.compile(r"(access_token=|[Bb]earer\s+|apsis\.token\.)[^\s&\"',]+")
+
+
+class _Redact(logging.Filter):
+    """Blanks secrets out of every record before any handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if _SECRETS.search(text):
+            record.msg, record.args = _SECRETS.sub(r"\1[redacted]", text), None
+        return True
+
+
 def _setup_logging(config: Config) -> None:
     # One line per agent request would drown the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.log_file is not None:
+        # Made private before the first line: run messages and job ids are no one
+        # else's business on a shared host.
+        os.close(os.open(config.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         handlers.append(logging.FileHandler(config.log_file))
+    for handler in handlers:
+        handler.addFilter(_Redact())
     logging.basicConfig(
         level=config.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -223,7 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         state=args.state or config.state,
         log_file=args.log_file or config.log_file,
     )
+    refusal, warning = exposure(config)
+    if refusal is not None:
+        print(f"apsis-server: {refusal}", file=sys.stderr)
+        return 2
     _setup_logging(config)
+    if warning is not None:
+        for _ in range(3):  # hard to miss in a log
+            log.warning(warning)
     # IPPROTO_TCP explicitly: asyncio turns Nagle off only for sockets that say TCP,
     # and with Nagle on every two-part answer waits ~40 ms for a delayed ACK.
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET

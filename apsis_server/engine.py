@@ -29,7 +29,7 @@ from apsis_server.core.jobs import Job
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.planner import Horizon, Key
 from apsis_server.core.programs import BindError, bind
-from apsis_server.core.runs import Identity, LogEntry, Run, args_key
+from apsis_server.core.runs import Identity, LogEntry, Run, args_key, check_args
 from apsis_server.core.templates import Templates
 from apsis_server.dispatch import Command
 from apsis_server.planning import Planning
@@ -283,7 +283,11 @@ class Engine:
         missing = [p for p in job.params if p not in args]
         if missing:
             raise BadInput(f"job {job.job_id} needs arg(s): {', '.join(missing)}")
-        return {k: str(v) for k, v in args.items()}
+        try:
+            check_args(args)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        return dict(args)
 
     def create(
         self,

@@ -10,8 +10,9 @@ default). With tokens, every request under `/api/v1` (websockets included) and t
 - a read-only (`ro`) token on anything but GET/HEAD/OPTIONS → 403;
 - `/api/v1/alive` stays open, so load balancers and the test harness can probe
   liveness without a secret (it answers nothing but `{"alive": true}`);
-- browsers cannot set headers on websockets, so a websocket may give the token as
-  the `access_token` query parameter instead;
+- browsers cannot set headers on websockets, so a websocket may give the token in
+  its subprotocols instead: `apsis` and `apsis.token.<token as base64url>` (the
+  server picks `apsis`). A token never goes in a URL, which logs keep;
 - the agent webhook `/agent/v1/events` and the web UI's static files are not
   covered: the webhook has its own HMAC signatures.
 
@@ -22,34 +23,40 @@ token or how much of one matched.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from apsis_common.tls import CertPair, new_cert, write_private
-from apsis_server.core.fields import FieldError, Fields, Invalid, boolean, choice, string
+from apsis_server.core.fields import (
+    FieldError,
+    Fields,
+    Invalid,
+    boolean,
+    byte_size,
+    choice,
+    string,
+    strings,
+)
+from apsis_server.gate import ASGIApp, Receive, Scope, Send, refuse
 
 if TYPE_CHECKING:
     from apsis_server.config import Config
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
+# A websocket's subprotocols: the one the server accepts, and the token's carrier.
+WS_PROTOCOL = "apsis"
+TOKEN_PROTOCOL = "apsis.token."
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/api/v1/alive"})
 PROTECTED_PREFIX = "/api/v1"
@@ -65,11 +72,24 @@ class ApiToken:
     digest: bytes = field(repr=False)
 
 
+# Largest request body the API reads (413 past it, before any parsing).
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ApiSettings:
-    """The `api:` section of the config."""
+    """The `api:` section of the config (docs/security.md, "Web UI and API")."""
 
     tokens: tuple[ApiToken, ...] = ()
+    # Host names the server answers to besides its own (see `gate.allowed_hosts`);
+    # "*" for any.
+    hosts: tuple[str, ...] = ()
+    # Other origins whose pages may call the API (CORS is answered for these only).
+    origins: tuple[str, ...] = ()
+    # Serve an API without tokens on a non-loopback address: anyone who reaches it
+    # can run commands as the server's user.
+    allow_unauthenticated: bool = False
+    max_body: int = DEFAULT_MAX_BODY
 
 
 @dataclass(frozen=True)
@@ -101,15 +121,34 @@ def _token(value: Any, path: str, name: str, base: Path) -> ApiToken:
     return ApiToken(name, access, digest(secret))
 
 
+def _origin(value: Any, path: str) -> str:
+    text = string(value, path).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+        raise Invalid([FieldError(path, f"an origin is scheme://host[:port], got {text!r}")])
+    return text.lower()
+
+
 def parse_api(f: Fields, base: Path) -> ApiSettings:
-    """`api: {tokens: {NAME: {token_file: PATH, access: ro|rw}}}`; reads the token files."""
+    """`api: {tokens: {NAME: {token_file: PATH, access: ro|rw}}, hosts, origins,
+    allow_unauthenticated, max_body}`; reads the token files."""
     raw = f.raw("tokens") or {}
     path = f.at("tokens")
     if not isinstance(raw, dict):
         raise Invalid([FieldError(path, "expected a mapping of token names")])
     tokens = [_token(value, f"{path}.{name}", str(name), base) for name, value in raw.items()]
+    hosts = f.take("hosts", strings, ())
+    origins = f.take("origins", lambda v, p: tuple(_origin(o, p) for o in strings(v, p)), ())
+    allow = f.take("allow_unauthenticated", boolean, False)
+    max_body = f.take("max_body", byte_size, DEFAULT_MAX_BODY)
     f.done()
-    return ApiSettings(tuple(tokens))
+    return ApiSettings(
+        tuple(tokens),
+        tuple(h.lower().rstrip(".") for h in hosts),
+        origins,
+        allow,
+        max_body,
+    )
 
 
 def parse_tls(f: Fields, base: Path) -> TlsSettings:
@@ -141,11 +180,13 @@ def _bearer(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return str(token.strip())
             return None
-    if scope["type"] == "websocket":
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        values = query.get("access_token")
-        if values:
-            return str(values[0])
+    for offered in scope.get("subprotocols", ()):
+        if str(offered).startswith(TOKEN_PROTOCOL):
+            encoded = str(offered)[len(TOKEN_PROTOCOL) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return ""  # matches no token
     return None
 
 
@@ -177,29 +218,13 @@ class TokenGuard:
         token = match(self.tokens, given) if given is not None else None
         if token is None:
             why = "a valid API token is needed (Authorization: Bearer TOKEN)"
-            await _refuse(scope, send, 401, why if given is None else "unknown API token")
+            await refuse(scope, send, 401, why if given is None else "unknown API token")
             return
         method = scope.get("method", "GET")
         if token.access != "rw" and method not in READ_METHODS:
-            await _refuse(scope, send, 403, f"token {token.name} is read-only")
+            await refuse(scope, send, 403, f"token {token.name} is read-only")
             return
         await self.app(scope, receive, send)
-
-
-async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
-    if scope["type"] == "websocket":
-        # Before accept, a close makes the server answer the upgrade with 403.
-        await send({"type": "websocket.close", "code": 4000 + status, "reason": message})
-        return
-    body = json.dumps({"error": message}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="apsis"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # -- HTTPS ------------------------------------------------------------------------------

@@ -51,6 +51,34 @@ class LogEntry:
     state: State | None = None
 
 
+# What a run's args may hold (docs/jobs.md, "Args"): each value goes into a command
+# line or a process's environment, so it is Unicode text without NUL, and all of
+# them stay well within what exec takes (128 KiB an argument on Linux).
+MAX_ARG_BYTES = 64 * 1024
+MAX_ARGS_BYTES = 256 * 1024
+
+
+def check_args(args: Mapping[str, str]) -> None:
+    """ValueError, saying which arg and why, unless every name and value is text a
+    process can be given, within the limits above."""
+    total = 0
+    for name, value in args.items():
+        for what, text in (("name", name), ("value", value)):
+            if not isinstance(text, str):
+                raise ValueError(f"arg {name!r}: the {what} must be text")
+            try:
+                size = len(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ValueError(f"arg {name!r}: the {what} is not valid Unicode text") from None
+            if "\0" in text:
+                raise ValueError(f"arg {name!r}: the {what} holds a NUL character")
+            total += size
+        if len(value.encode()) > MAX_ARG_BYTES:
+            raise ValueError(f"arg {name!r} is over {MAX_ARG_BYTES // 1024} KiB")
+    if total > MAX_ARGS_BYTES:
+        raise ValueError(f"args are over {MAX_ARGS_BYTES // 1024} KiB in all")
+
+
 def run_number(run_id: str) -> int:
     """The integer in a run id (`r42` → 42)."""
     return int(run_id[1:])

@@ -15,6 +15,7 @@ from apsis_server.feeds.fanout import Feeds
 from apsis_server.feeds.run_updates import output_message
 from apsis_server.feeds.subscribers import Mark, RunSubscriber, Subscriber, dumps
 from apsis_server.store.base import RunStore
+from apsis_server.tokens import WS_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,17 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code, reason)
 
 
+async def _accept(websocket: WebSocket) -> None:
+    # A browser that offers subprotocols (its token rides in one) fails the
+    # connection unless the server picks one of them.
+    offered = websocket.scope.get("subprotocols", ())
+    await websocket.accept(subprotocol=WS_PROTOCOL if WS_PROTOCOL in offered else None)
+
+
 async def summary_feed(websocket: WebSocket) -> None:
     """`/api/v1/summary`: a snapshot, then one message per change."""
     feeds: Feeds = websocket.app.state.feeds
-    await websocket.accept()
+    await _accept(websocket)
     sub, snapshot = feeds.summary.subscribe()
     sub.push(dumps(snapshot))  # first in the queue, before any change after it
     try:
@@ -142,7 +150,7 @@ async def run_feed(websocket: WebSocket) -> None:
     if run_id.isdigit():
         run_id = "r" + run_id
     init = websocket.query_params.get("init", "true").lower() not in ("false", "0", "no")
-    await websocket.accept()
+    await _accept(websocket)
     try:
         offset = int(websocket.query_params.get("offset", "0"))
     except ValueError:

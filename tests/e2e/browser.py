@@ -19,6 +19,8 @@ ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # A name that resolves to this machine, as a rebinding DNS server would make it.
+    "--host-resolver-rules=MAP attacker.example 127.0.0.1",
 ]
 
 

@@ -192,3 +192,6 @@ def test_ui_asks_for_the_api_token(browser: Browser, tmp_path: Path) -> None:
             expect(tab.get_by_text("hello").first).to_be_visible()
             expect(tab.locator("#conn")).to_have_attribute("data-status", "connected")
             assert asked and "token" in asked[0]
+        # The feeds took the token in a subprotocol: no URL, so no log line, holds it.
+        assert "WebSocket /api/v1/summary" in server.log()
+        assert "s3cret-token-for-the-ui" not in server.log()

@@ -3,6 +3,7 @@ right one) and the API over HTTPS with `tls: {auto: true}`, against a real serve
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from apsis_common.tls import client_context
 from tests.harness import Server, running_server
@@ -118,8 +120,30 @@ def test_websockets(server: Server) -> None:
         pass
     with connect(ws, additional_headers=bearer(RO), open_timeout=5) as socket:
         assert json.loads(socket.recv(timeout=5))["type"] == "snapshot"
-    with connect(f"{ws}?access_token={RO}", open_timeout=5) as socket:
+    # A browser cannot set headers on a websocket: its token rides in a subprotocol.
+    carrier = "apsis.token." + base64.urlsafe_b64encode(RO.encode()).decode().rstrip("=")
+    with connect(ws, subprotocols=[Subprotocol("apsis"), Subprotocol(carrier)]) as socket:
+        assert socket.subprotocol == "apsis"
         assert json.loads(socket.recv(timeout=5))["type"] == "snapshot"
+    wrong = "apsis.token." + base64.urlsafe_b64encode(b"wrong-token-0123456789").decode().rstrip(
+        "="
+    )
+    with pytest.raises(InvalidStatus), connect(ws, subprotocols=[Subprotocol(wrong)]):
+        pass
+    # Never in a URL, where logs would keep it: the query parameter is refused.
+    with pytest.raises(InvalidStatus), connect(f"{ws}?access_token={RO}", open_timeout=5):
+        pass
+
+
+def test_tokens_are_in_no_log_line(server: Server) -> None:
+    """Tokens sent every way a client may (header, subprotocol, an old client's query
+    parameter) appear nowhere in the server's log."""
+    test_websockets(server)
+    request(server, "GET", "/api/v1/jobs", RW)
+    request(server, "GET", f"/api/v1/jobs?access_token={RW}", None)
+    log = server.log_file.read_text()
+    assert "WebSocket /api/v1/summary" in log  # the lines are there, redacted
+    assert RO not in log and RW not in log
 
 
 class HttpsServer(Server):

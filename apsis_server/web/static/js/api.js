@@ -8,7 +8,8 @@ export class ApiError extends Error {
 }
 
 // API tokens (when the server is configured with them): asked for once, kept in
-// this browser, sent as a bearer token and, for websockets, as access_token.
+// this browser, sent as a bearer token and, for websockets (which cannot carry
+// headers), in a subprotocol: never in a URL, which logs keep.
 const TOKEN_KEY = "apsis-token";
 
 function token() {
@@ -60,9 +61,17 @@ export async function getBytes(path) {
 
 export function wsUrl(path) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = `${scheme}//${location.host}/api/v1${path}`;
-  if (!token()) return url;
-  return `${url}${path.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(token())}`;
+  return `${scheme}//${location.host}/api/v1${path}`;
+}
+
+// The subprotocols a feed offers: "apsis", which the server picks, and the token.
+export function wsProtocols() {
+  const given = token();
+  if (!given) return ["apsis"];
+  const bytes = new TextEncoder().encode(given);
+  const base64url = btoa(String.fromCharCode(...bytes))
+    .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return ["apsis", `apsis.token.${base64url}`];
 }
 
 // A job id in a URL path: each segment encoded, the slashes kept.

@@ -1,6 +1,6 @@
 // The websocket feeds (docs/api.md "Websocket feeds"), reconnecting on their own.
 
-import { wsUrl } from "./api.js";
+import { wsProtocols, wsUrl } from "./api.js";
 import { parseTime } from "./format.js";
 
 const FINISHED = new Set(["success", "failure", "error", "skipped"]);
@@ -32,7 +32,7 @@ export class Summary extends EventTarget {
 
   start() {
     this._setStatus("connecting");
-    const socket = new WebSocket(wsUrl("/summary"));
+    const socket = new WebSocket(wsUrl("/summary"), wsProtocols());
     this._socket = socket;
     socket.onmessage = (event) => this._message(JSON.parse(event.data));
     socket.onclose = () => {
@@ -111,7 +111,7 @@ export class RunFeed {
   start() {
     if (this.closed) return;
     this.handlers.onStatus?.("connecting");
-    const socket = new WebSocket(wsUrl(`/runs/${this.runId}/updates?init=true&offset=${this.offset}`));
+    const socket = new WebSocket(wsUrl(`/runs/${this.runId}/updates?init=true&offset=${this.offset}`), wsProtocols());
     this._socket = socket;
     let fresh = { log: true, meta: true };
     socket.onopen = () => this.handlers.onStatus?.("connected");
