@@ -3,7 +3,10 @@
 Starts are batched: whatever the engine queued since the last request goes out
 in one `POST /procs`. Commands are retried with jittered backoff while the agent
 is unreachable; a run waits in `starting` meanwhile, and since the agent starts
-a proc id at most once, a repeated start is harmless.
+a proc id at most once, a repeated start is harmless. A start the agent can never
+take (it cannot be encoded, is over the agent's size limit, or is refused as
+malformed) is not retried: its batch is split until that start stands alone, it
+is refused, and the rest go on, so one bad run never holds up another.
 """
 
 from __future__ import annotations
@@ -48,7 +51,15 @@ class AgentClient:
         await self._http.close()
 
     async def request(self, method: str, target: str, message: Any = None) -> bytes:
-        body = b"" if message is None else p.encode(message)
+        try:
+            body = b"" if message is None else p.encode(message)
+        except (ValueError, TypeError, OverflowError) as exc:  # UnicodeEncodeError too
+            raise BadInput(f"cannot be sent: {exc}") from None
+        if len(body) > p.MAX_REQUEST_BYTES:
+            raise BadInput(
+                f"cannot be sent: {len(body)} bytes, over the agent's limit of "
+                f"{p.MAX_REQUEST_BYTES}"
+            )
         headers = sign(self._key, method, target, body)
         headers["content-type"] = p.MSGPACK
         try:
@@ -87,6 +98,20 @@ class AgentClient:
 
     async def delete(self, proc_id: str) -> None:
         await self.request("DELETE", f"/procs/{proc_id}")
+
+
+async def _start(client: AgentClient, batch: list[p.StartProc]) -> list[p.StartResult]:
+    """The agent's answers to a batch of starts. One it can never take (BadInput)
+    is answered `refused` alone: the batch is halved until it stands alone, so the
+    others cost a few more requests, never a retry loop."""
+    try:
+        return list(await client.start(batch))
+    except BadInput as exc:
+        if len(batch) == 1:
+            log.warning("agent refuses start %s: %s", batch[0].proc_id, exc)
+            return [p.StartResult(batch[0].proc_id, "refused", f"start refused: {exc}")]
+    half = len(batch) // 2
+    return await _start(client, batch[:half]) + await _start(client, batch[half:])
 
 
 @dataclass(frozen=True)
@@ -171,7 +196,7 @@ class Dispatcher:
             ids = [proc.proc_id for proc in batch]
             self._sending.update(ids)
             try:
-                results = await client.start(batch)
+                results = await _start(client, batch)
             finally:
                 self._sending.difference_update(ids)
             for proc_id in ids:
@@ -180,6 +205,11 @@ class Dispatcher:
                 if result.status == "refused":
                     self._on_refused(result.proc_id, result.error or "refused by the agent")
             self._on_accepted([r for r in results if r.status != "refused"])
+
+    def withdraw(self, proc_id: str) -> None:
+        """Drop a start not yet sent: its run has ended (one in flight goes on)."""
+        if proc_id not in self._sending:
+            self._starts.pop(proc_id, None)
 
     def _unsent_batch(self) -> list[p.StartProc]:
         """The oldest starts not in flight, up to a batch. Those in flight are the

@@ -55,6 +55,9 @@ class Agents(Protocol):
 
     def command(self, agent_id: str, command: Command) -> None: ...
 
+    def withdraw(self, agent_id: str, proc_id: str) -> None:
+        """Drop a start not yet sent: its run ended first."""
+
     async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes: ...
 
 
@@ -125,6 +128,10 @@ class Engine:
             self.planning.unscheduled(run)
         if state in FINISHED:
             self._finished_now.append(new)
+            if run.state == State.STARTING and run.agent_id and run.proc_id:
+                # Ended before its agent had it (an operator, a refusal): a start
+                # still queued must not go out after the run is over.
+                self.agents.withdraw(run.agent_id, run.proc_id)
         return self._put(new, message, state)
 
     def meta(self, run_id: str, **meta: Any) -> None:

@@ -19,6 +19,7 @@ from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.states import State
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
 from apsis_server.core.runs import Run
+from apsis_server.dispatch import Command
 from apsis_server.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ class Facts:
         proc_id = getattr(event, "proc_id", "")
         run = self._run(agent_id, proc_id)
         if run is None:
+            if isinstance(event, p.ProcStarted):
+                # Its run ended while the start was on its way (set to error by
+                # hand, or given up on): nothing may run that no run watches.
+                log.warning("agent %s: stopping %s, which no run owns", agent_id, proc_id)
+                engine.send(agent_id, Command("stop", proc_id, p.StopRequest()))
             return  # a late event of a run given up on; the agent cleans up once acked
         if isinstance(event, p.ProcStarted):
             self._started(agent_id, run, event)

@@ -27,6 +27,9 @@ class QuietAgents:
     def command(self, agent_id: str, command: Command) -> None:
         pass
 
+    def withdraw(self, agent_id: str, proc_id: str) -> None:
+        self.starts = [s for s in self.starts if s.proc_id != proc_id]
+
     async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
         return b""
 

@@ -213,6 +213,13 @@ class Registry:
             conn.pending[proc.proc_id] = proc
             self._want(conn)
 
+    def withdraw(self, agent_id: str, proc_id: str) -> None:
+        """Forget a start not yet sent to the agent: its run ended before it left."""
+        conn = self.agents.get(agent_id)
+        if conn is not None:
+            conn.pending.pop(proc_id, None)
+            conn.dispatcher.withdraw(proc_id)
+
     def command(self, agent_id: str, command: Command) -> None:
         conn = self._get(agent_id)
         if conn is not None:

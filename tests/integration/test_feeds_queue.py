@@ -28,6 +28,8 @@ class NoAgents:
 
     def command(self, agent_id: str, command: Command) -> None: ...
 
+    def withdraw(self, agent_id: str, proc_id: str) -> None: ...
+
     async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
         return b""
 

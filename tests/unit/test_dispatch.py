@@ -8,7 +8,7 @@ import pytest
 
 from apsis_common import protocol as p
 from apsis_common.auth import Key
-from apsis_common.errors import Unavailable
+from apsis_common.errors import BadInput, Unavailable
 from apsis_common.tls import new_ca
 from apsis_server.dispatch import AgentClient, Dispatcher
 from tests.harness import run_async
@@ -62,3 +62,83 @@ def test_a_closed_client_is_unavailable() -> None:
             await client.info()
 
     run_async(scenario)
+
+
+class PickyClient:
+    """An agent that cannot take one particular start: any batch holding it is
+    refused whole, as a 413 or an encoding failure would be."""
+
+    def __init__(self, bad: str) -> None:
+        self.bad = bad
+        self.batches: list[list[str]] = []
+
+    async def start(self, procs: list[p.StartProc]) -> tuple[p.StartResult, ...]:
+        ids = [proc.proc_id for proc in procs]
+        self.batches.append(ids)
+        if self.bad in ids:
+            raise BadInput("agent answered 413")
+        return tuple(p.StartResult(proc_id, "accepted") for proc_id in ids)
+
+
+def test_a_start_the_agent_cannot_take_is_refused_alone() -> None:
+    """One bad start in a batch of 100: it is refused with the reason, the other 99 are
+    accepted, in a few requests and no retry loop."""
+    accepted: list[str] = []
+    refused: dict[str, str] = {}
+    client = PickyClient("r37.1")
+
+    async def scenario() -> None:
+        dispatcher = Dispatcher(
+            "a",
+            lambda proc_id, error: refused.__setitem__(proc_id, error),
+            lambda rs: accepted.extend(r.proc_id for r in rs),
+        )
+        dispatcher.connected(client)  # type: ignore[arg-type]
+        for i in range(100):
+            dispatcher.start(p.StartProc(f"r{i}.1", p.ProcSpec(argv=("true",))))
+        task = asyncio.create_task(dispatcher.run())
+        for _ in range(200):
+            if len(accepted) + len(refused) == 100:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    run_async(scenario)
+    assert refused == {"r37.1": "start refused: agent answered 413"}
+    assert sorted(accepted) == sorted(f"r{i}.1" for i in range(100) if i != 37)
+    assert len(client.batches) <= 2 * 8, client.batches  # halving: ~2 log2(100)
+
+
+def test_a_start_that_cannot_be_encoded_never_reaches_the_agent() -> None:
+    async def scenario() -> None:
+        client = AgentClient("https://127.0.0.1:9", Key.generate(), new_ca().cert_pem)
+        try:
+            with pytest.raises(BadInput, match="cannot be sent"):
+                await client.start([p.StartProc("r1.1", p.ProcSpec(argv=("echo", "\ud800")))])
+            with pytest.raises(BadInput, match="over the agent's limit"):
+                big = "x" * p.MAX_REQUEST_BYTES
+                await client.start([p.StartProc("r1.1", p.ProcSpec(argv=("echo", big)))])
+        finally:
+            await client.close()
+
+    run_async(scenario)
+
+
+def test_a_withdrawn_start_is_never_sent() -> None:
+    client = PickyClient("none")
+
+    async def scenario() -> None:
+        dispatcher = Dispatcher("a", lambda proc_id, error: None)
+        dispatcher.start(p.StartProc("r1.1", p.ProcSpec(argv=("true",))))
+        dispatcher.start(p.StartProc("r2.1", p.ProcSpec(argv=("true",))))
+        dispatcher.withdraw("r1.1")
+        dispatcher.connected(client)  # type: ignore[arg-type]
+        task = asyncio.create_task(dispatcher.run())
+        for _ in range(100):
+            if client.batches:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    run_async(scenario)
+    assert client.batches == [["r2.1"]]
