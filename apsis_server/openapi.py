@@ -217,11 +217,13 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 ERRORS = {
-    "400": "bad input",
+    "400": "bad input, or a Host that is not a name of this server",
     "401": "no valid API token (when tokens are configured)",
-    "403": "a read-only token on an operation",
+    "403": "a browser request from another origin, or a read-only token on an operation",
     "404": "no such job or run",
     "409": "the run's state does not allow it",
+    "413": "a body over api.max_body",
+    "415": "a body that is not application/json",
     "422": "the job failed to load",
 }
 
@@ -243,7 +245,8 @@ def _op(
     status: str = "200",
     post: bool = False,
 ) -> Schema:
-    codes = sorted({*errors, "401", *(("403",) if post else ())})
+    # Any request may meet the gate (foreign Host or Origin) and the token guard.
+    codes = sorted({*errors, "400", "401", "403", *(("413", "415") if post else ())})
     responses: Schema = {status: ok}
     responses.update({c: _answer(_ref("Error"), ERRORS[c]) for c in codes})
     op: Schema = {"summary": summary, "responses": responses}
