@@ -4,7 +4,9 @@ a refused request creates nothing and runs nothing (spec 05: security, bad input
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -298,3 +300,23 @@ def _alive(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/api/v1/alive", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_an_odd_string_already_stored_hides_no_run(tmp_path: Path) -> None:
+    """A lone surrogate stored by an older version (args are JSON text in the real
+    SQLite file) is escaped in answers: the runs list keeps answering, restart or not."""
+    with running_server(tmp_path, JOBS) as server:
+        run_id = server.schedule("echo", {"name": "fine"})
+        server.wait_finished(run_id)
+        server.stop()
+        with contextlib.closing(sqlite3.connect(server.state / "apsis.db")) as db, db:
+            db.execute(
+                "UPDATE runs SET args = ? WHERE run_number = ?",
+                ('{"name": "\\ud800"}', int(run_id[1:])),
+            )
+        server.start()
+        response = server.api("GET", "/runs")
+        assert response.status_code == 200, response.text
+        assert "\\ud800" in response.text
+        assert server.run(run_id)["args"] == {"name": "\ud800"}
+        assert_still_works(server)
