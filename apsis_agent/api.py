@@ -10,7 +10,7 @@ encoding (msgpack by default).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,11 +18,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apsis_agent.procs import Procs
 from apsis_common import protocol
 from apsis_common.auth import Verifier
+from apsis_common.bodies import read_body, replay
 from apsis_common.errors import (
     ApsisError,
     AuthError,
@@ -229,7 +230,7 @@ class Guard:
         if declared > protocol.MAX_REQUEST_BYTES:
             await _bare(send, 413)
             return
-        body = await _read_body(receive, protocol.MAX_REQUEST_BYTES)
+        body = await read_body(receive, protocol.MAX_REQUEST_BYTES)
         if body is None:
             await _bare(send, 413)
             return
@@ -241,38 +242,7 @@ class Guard:
         except AuthError:
             await _bare(send, 401)
             return
-        await self._app(scope, _replay(body, receive), send)
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it exceeds `limit`."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(parts)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
-
-
-def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
-    """A receive that gives the body read by the guard, then the connection's own."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+        await self._app(scope, replay(body, receive), send)
 
 
 async def _bare(send: Send, status: int) -> None:

@@ -34,18 +34,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from apsis_common.bodies import read_body, replay
 
 if TYPE_CHECKING:
     from apsis_server.config import Config
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -181,8 +178,8 @@ class Gate:
         if scope["type"] == "http" and path.startswith(API_PREFIX):
             body = await self._body(scope, receive, send)
             if body is None:
-                return  # refused, or the client went away
-            receive = _replay(body, receive)
+                return  # refused
+            receive = replay(body, receive)
         await self.app(scope, receive, send)
 
     def _host_refused(self, scope: Scope, path: str) -> tuple[int, str] | None:
@@ -216,26 +213,15 @@ class Gate:
         )
 
     async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """The whole request body, or None once refused (413, 415) or disconnected."""
+        """The whole request body, or None once refused (413, 415)."""
         declared = _header(scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body:
             await refuse(scope, send, 413, self._too_large())
             return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = bytes(message.get("body", b""))
-            size += len(chunk)
-            if size > self.max_body:
-                await refuse(scope, send, 413, self._too_large())
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive, self.max_body)
+        if body is None:
+            await refuse(scope, send, 413, self._too_large())
+            return None
         kind = (_header(scope, b"content-type") or "").partition(";")[0].strip().lower()
         changing = scope.get("method", "GET") not in SAFE_METHODS
         if changing and (body or kind) and kind != "application/json":
@@ -250,17 +236,3 @@ class Gate:
 
     def _too_large(self) -> str:
         return f"request body over {self.max_body} bytes (api.max_body)"
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the body read already, then waits as the original does."""
-    given = False
-
-    async def replayed() -> Message:
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed

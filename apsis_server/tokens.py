@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apsis_common.tls import CertPair, new_cert, write_private
 from apsis_server.core.fields import (
@@ -47,7 +48,7 @@ from apsis_server.core.fields import (
     string,
     strings,
 )
-from apsis_server.gate import ASGIApp, Receive, Scope, Send, refuse
+from apsis_server.gate import refuse
 
 if TYPE_CHECKING:
     from apsis_server.config import Config

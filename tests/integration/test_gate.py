@@ -264,35 +264,30 @@ def test_an_open_api_on_the_network_refuses_to_start(tmp_path: Path) -> None:
 
 def test_an_open_api_by_choice_starts_and_says_so(tmp_path: Path) -> None:
     config = "agents: {local: {enabled: false}}\napi: {allow_unauthenticated: true}\n"
-    proc = start_server(tmp_path, config)
-    try:
-        port = _port(tmp_path)
-        assert wait_for(lambda: _alive(port), 20, "the server")
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-    assert "THE API ON 0.0.0.0:0 IS OPEN" in out
+    assert "THE API ON 0.0.0.0:0 IS OPEN" in serve_once(tmp_path, config)
 
 
 def test_tokens_make_a_network_bind_fine(tmp_path: Path) -> None:
     (tmp_path / "ops.token").write_text("rw-token-0123456789abcdef")
     config = "agents: {local: {enabled: false}}\napi: {tokens: {ops: {token_file: ops.token}}}\n"
-    proc = start_server(tmp_path, config)
+    assert "IS OPEN" not in serve_once(tmp_path, config)
+
+
+def serve_once(root: Path, config: str) -> str:
+    """Start a server bound to every address, see it answer, stop it; its output."""
+    proc = start_server(root, config)
     try:
-        port = _port(tmp_path)
-        assert wait_for(lambda: _alive(port), 20, "the server")
+
+        def port() -> str | None:
+            path = root / "port"
+            return path.read_text() if path.exists() else None
+
+        number = int(wait_for(port, 20, "the port file"))
+        assert wait_for(lambda: _alive(number), 20, "the server")
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-    assert "IS OPEN" not in out
-
-
-def _port(root: Path) -> int:
-    def read() -> str | None:
-        path = root / "port"
-        return path.read_text() if path.exists() else None
-
-    return int(wait_for(read, 20, "the port file"))
+    return out
 
 
 def _alive(port: int) -> bool:
