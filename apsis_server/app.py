@@ -28,27 +28,27 @@ from apsis_common import __version__
 from apsis_common import protocol as p
 from apsis_common.auth import Verifier
 from apsis_common.tls import ensure_ca, server_context
-from apsis_server import api
+from apsis_server.agents.events import PATH, webhook_route
+from apsis_server.agents.facts import Facts
+from apsis_server.agents.reconcile import reconcile
 from apsis_server.agents.registry import Registry
+from apsis_server.api import rest
+from apsis_server.api.feeds.fanout import Feeds
+from apsis_server.api.feeds.routes import feed_routes
+from apsis_server.api.gate import Gate, allowed_hosts, allowed_origins, exposure
+from apsis_server.api.metrics import Metrics, WebhookTiming, metrics_endpoint
+from apsis_server.api.tokens import TokenGuard, check_trusted, server_cert
 from apsis_server.config import Config, load_config
 from apsis_server.core.planner import Horizon
 from apsis_server.core.templates import Templates, default_helpers
-from apsis_server.engine import Engine
-from apsis_server.facts import Facts
-from apsis_server.feeds.fanout import Feeds
-from apsis_server.feeds.routes import feed_routes
-from apsis_server.gate import Gate, allowed_hosts, allowed_origins, exposure
-from apsis_server.housekeeping import Housekeeping
+from apsis_server.engine.engine import Engine
+from apsis_server.engine.housekeeping import Housekeeping
+from apsis_server.engine.operations import Operations
+from apsis_server.engine.restore import restore
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
-from apsis_server.metrics import Metrics, WebhookTiming, metrics_endpoint
-from apsis_server.operations import Operations
-from apsis_server.reconcile import reconcile
-from apsis_server.restore import restore
 from apsis_server.store.sqlite import SqliteStore
-from apsis_server.tokens import TokenGuard, check_trusted, server_cert
 from apsis_server.web import web_routes
 from apsis_server.web.headers import SecurityHeaders
-from apsis_server.webhooks import PATH, webhook_route
 
 log = logging.getLogger("apsis_server")
 # The summary feed sends the runs changed in this many seconds as one message.
@@ -155,7 +155,7 @@ def build_app(config: Config) -> Starlette:
 
     app = Starlette(
         routes=[
-            *api.routes(),
+            *rest.routes(),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             webhook_route(registry, facts, verifier),
             *feed_routes(),

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from apsis_server.actions.mail import SmtpSettings, parse_smtp
 from apsis_server.agents.settings import AgentSettings, parse_agents, parse_host_groups
+from apsis_server.api.tokens import ApiSettings, parse_api, parse_tls
 from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
 from apsis_server.core.fields import (
     Fields,
@@ -18,9 +20,7 @@ from apsis_server.core.fields import (
     string,
 )
 from apsis_server.core.jobs import load_yaml
-from apsis_server.mail import SmtpSettings, parse_smtp
 from apsis_server.store.archive import Retention
-from apsis_server.tokens import ApiSettings, parse_api, parse_tls
 
 
 @dataclass(frozen=True)

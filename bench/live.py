@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 
 from apsis_common.states import State
+from apsis_server.agents.events import PATH
 from apsis_server.agents.static import provision
-from apsis_server.webhooks import PATH
 from tests.harness import Server, free_port, wait_for
 
 # States a run passes through before its program runs.

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from apsis_common import protocol as p
 from apsis_server.agents.choice import Choice
+from apsis_server.agents.dispatch import Command
 from apsis_server.core.jobs import load_yaml, parse_job
 from apsis_server.core.templates import Templates
-from apsis_server.dispatch import Command
-from apsis_server.engine import Engine
+from apsis_server.engine.engine import Engine
 from apsis_server.store.sqlite import SqliteStore
 
 

@@ -1,4 +1,4 @@
-"""Checking real answers against the server's OpenAPI document (apsis_server/openapi.py)."""
+"""Checking real answers against the server's OpenAPI document (apsis_server/api/openapi.py)."""
 
 from __future__ import annotations
 

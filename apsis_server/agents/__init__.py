@@ -1,0 +1,1 @@
+"""Talking to agents: client, queues, events endpoint, facts, reconciling, registry."""

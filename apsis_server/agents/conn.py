@@ -8,9 +8,9 @@ from typing import Any
 
 from apsis_common import protocol as p
 from apsis_common.auth import Key
+from apsis_server.agents.dispatch import Dispatcher
 from apsis_server.agents.settings import StaticAgent
 from apsis_server.agents.targets import Target
-from apsis_server.dispatch import Dispatcher
 
 
 @dataclass

@@ -27,10 +27,10 @@ from apsis_common.errors import ApsisError
 from apsis_common.tls import CertPair
 from apsis_server.agents.bootstrap import BootstrapError, bootstrap
 from apsis_server.agents.conn import AgentConn
+from apsis_server.agents.dispatch import AgentClient
 from apsis_server.agents.settings import AgentSettings, StaticAgent
 from apsis_server.agents.ssh import explain
 from apsis_server.agents.targets import bootstrap_argv, remote_command
-from apsis_server.dispatch import AgentClient
 
 log = logging.getLogger(__name__)
 

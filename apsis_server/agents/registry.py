@@ -28,11 +28,11 @@ from apsis_common.errors import Unavailable
 from apsis_common.tls import CertPair, write_private
 from apsis_server.agents.choice import Choice
 from apsis_server.agents.conn import AgentConn
+from apsis_server.agents.dispatch import AgentClient, Command, Dispatcher
 from apsis_server.agents.groups import pick
 from apsis_server.agents.keeper import Accepted, Keeper, Lost, Reconcile, Refused
 from apsis_server.agents.settings import AgentSettings, StaticAgent, check_host, check_user
 from apsis_server.agents.targets import LOCAL, Target, parse_agent_id
-from apsis_server.dispatch import AgentClient, Command, Dispatcher
 
 log = logging.getLogger(__name__)
 

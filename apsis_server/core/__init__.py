@@ -1,0 +1,1 @@
+"""The pure core: jobs, schedules, programs, runs and their lifecycle; no I/O."""

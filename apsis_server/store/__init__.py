@@ -1,0 +1,1 @@
+"""Where runs are kept: the RunStore port and its memory and SQLite adapters, and the archive."""

@@ -177,7 +177,7 @@ def fuzz_ids(op: Operation) -> str:
 
 
 def all_operations() -> list[Operation]:
-    from apsis_server.openapi import document
+    from apsis_server.api.openapi import document
 
     return operations(document())
 

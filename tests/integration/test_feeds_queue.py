@@ -8,14 +8,14 @@ from typing import Any
 
 from apsis_common import protocol as p
 from apsis_server.agents.choice import Choice
+from apsis_server.agents.dispatch import Command
+from apsis_server.api.feeds.fanout import Feeds
+from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, Subscriber
 from apsis_server.core.jobs import Job
 from apsis_server.core.programs import parse_program
 from apsis_server.core.templates import Templates
-from apsis_server.dispatch import Command
-from apsis_server.engine import Engine
-from apsis_server.feeds.fanout import Feeds
-from apsis_server.feeds.subscribers import Mark, RunSubscriber, Subscriber
-from apsis_server.operations import Operations
+from apsis_server.engine.engine import Engine
+from apsis_server.engine.operations import Operations
 from apsis_server.store.memory import MemoryStore
 from tests.harness import run_async
 

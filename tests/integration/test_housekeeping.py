@@ -74,8 +74,8 @@ def test_retention_policy_keeps_the_newest_per_job(tmp_path: Path) -> None:
 
 def test_archive_steps_stay_short(tmp_path: Path) -> None:
     """Archiving 20,000 runs never holds the event loop for long in one step."""
-    from apsis_server.engine import Engine
-    from apsis_server.housekeeping import Housekeeping
+    from apsis_server.engine.engine import Engine
+    from apsis_server.engine.housekeeping import Housekeeping
 
     store = SqliteStore(tmp_path / "a.db")
     for base in range(0, 20_000, 5_000):

@@ -23,8 +23,8 @@ from cryptography.x509.oid import NameOID
 
 from apsis_agent.state import StateDir
 from apsis_common import tls
+from apsis_server.agents.events import PATH
 from apsis_server.agents.static import provision
-from apsis_server.webhooks import PATH
 from tests.harness import Server, free_port, wait_for
 from tests.sshd import SshWorld, agent_command, agent_pid, have_ssh, kill_agent, run_agent
 

@@ -13,9 +13,9 @@ from apsis_common.auth import Key
 from apsis_common.tls import new_ca
 from apsis_server.agents import keeper as keeper_module
 from apsis_server.agents.conn import AgentConn
+from apsis_server.agents.dispatch import Dispatcher
 from apsis_server.agents.keeper import Keeper
 from apsis_server.agents.settings import AgentSettings
-from apsis_server.dispatch import Dispatcher
 from tests.harness import run_async
 
 

@@ -10,8 +10,8 @@ from apsis_common.states import State
 from apsis_server.core.catchup import CatchUp
 from apsis_server.core.jobs import load_yaml, parse_job
 from apsis_server.core.runs import Run
-from apsis_server.engine import Engine
-from apsis_server.restore import restore
+from apsis_server.engine.engine import Engine
+from apsis_server.engine.restore import restore
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async

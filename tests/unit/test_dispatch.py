@@ -10,7 +10,7 @@ from apsis_common import protocol as p
 from apsis_common.auth import Key
 from apsis_common.errors import BadInput, Unavailable
 from apsis_common.tls import new_ca
-from apsis_server.dispatch import AgentClient, Dispatcher
+from apsis_server.agents.dispatch import AgentClient, Dispatcher
 from tests.harness import run_async
 
 

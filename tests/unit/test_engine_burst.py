@@ -8,9 +8,9 @@ from pathlib import Path
 
 from apsis_common import protocol as p
 from apsis_common.states import State
-from apsis_server.engine import Engine
+from apsis_server.engine.engine import Engine
+from apsis_server.engine.timers import FIRE_CHUNK
 from apsis_server.store.sqlite import SqliteStore
-from apsis_server.timers import FIRE_CHUNK
 from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
 

@@ -11,7 +11,7 @@ import pytest
 
 from apsis_common import protocol as p
 from apsis_common.states import State
-from apsis_server.facts import Facts
+from apsis_server.agents.facts import Facts
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async

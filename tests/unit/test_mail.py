@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from apsis_common.states import State
+from apsis_server.actions.mail import SmtpSettings, compose, send
 from apsis_server.config import parse_config
 from apsis_server.core.fields import Invalid
 from apsis_server.core.runs import Run
-from apsis_server.mail import SmtpSettings, compose, send
 from tests.smtp_sink import SmtpSink
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from apsis_common.states import State
 from apsis_server.core.catchup import CatchUp, CatchUpPolicy
-from apsis_server.restore import restore
+from apsis_server.engine.restore import restore
+from apsis_server.engine.timers import WATERMARK
 from apsis_server.store.base import Changes, RunFilter
 from apsis_server.store.sqlite import SqliteStore
-from apsis_server.timers import WATERMARK
 from tests.engine_kit import QuietAgents, new_engine
 
 

@@ -24,10 +24,10 @@ commit before it is in the snapshot, every commit after it is in its queue.
 from __future__ import annotations
 
 from apsis_server.agents.registry import Registry
-from apsis_server.engine import Engine
-from apsis_server.feeds.run_updates import RunUpdates
-from apsis_server.feeds.subscribers import RunSubscriber, Subscriber
-from apsis_server.feeds.summary import SummaryFeed
+from apsis_server.api.feeds.run_updates import RunUpdates
+from apsis_server.api.feeds.subscribers import RunSubscriber, Subscriber
+from apsis_server.api.feeds.summary import SummaryFeed
+from apsis_server.engine.engine import Engine
 from apsis_server.store.base import Changes
 
 

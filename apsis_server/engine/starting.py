@@ -17,10 +17,10 @@ from apsis_common.states import State
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.programs import BindError, bind
 from apsis_server.core.runs import Run
-from apsis_server.proc_table import DEFAULT_OUTPUT_MAX
+from apsis_server.engine.procs import DEFAULT_OUTPUT_MAX
 
 if TYPE_CHECKING:
-    from apsis_server.engine import Engine
+    from apsis_server.engine.engine import Engine
 
 
 class Starter:

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apsis_common.tls import CertPair, new_cert, write_private
+from apsis_server.api.gate import refuse
 from apsis_server.core.fields import (
     FieldError,
     Fields,
@@ -48,7 +49,6 @@ from apsis_server.core.fields import (
     string,
     strings,
 )
-from apsis_server.gate import refuse
 
 if TYPE_CHECKING:
     from apsis_server.config import Config

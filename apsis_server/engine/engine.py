@@ -21,9 +21,9 @@ from typing import Any, Protocol
 from apsis_common import protocol as p
 from apsis_common.errors import BadInput, NotFound, Unavailable
 from apsis_common.states import FINISHED, State
-from apsis_server.actions import ActionRunner
+from apsis_server.actions.runner import ActionRunner
 from apsis_server.agents.choice import Choice
-from apsis_server.answers import Answers
+from apsis_server.agents.dispatch import Command
 from apsis_server.core import lifecycle
 from apsis_server.core.jobs import Job
 from apsis_server.core.outcomes import StopContext
@@ -31,13 +31,13 @@ from apsis_server.core.planner import Horizon, Key
 from apsis_server.core.programs import BindError, bind
 from apsis_server.core.runs import Identity, LogEntry, Run, args_key, check_args
 from apsis_server.core.templates import Templates
-from apsis_server.dispatch import Command
-from apsis_server.planning import Planning
-from apsis_server.proc_table import ProcTable, is_noop, proc_spec
-from apsis_server.starter import Starter
+from apsis_server.engine.answers import Answers
+from apsis_server.engine.planning import Planning
+from apsis_server.engine.procs import ProcTable, is_noop, proc_spec
+from apsis_server.engine.starting import Starter
+from apsis_server.engine.timers import Timers
+from apsis_server.engine.waiting import Waiter
 from apsis_server.store.base import Changes, RunStore
-from apsis_server.timers import Timers
-from apsis_server.waiter import Waiter
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from apsis_server.core.planner import Horizon, Key, plan_job
 from apsis_server.core.runs import Run, args_key
 
 if TYPE_CHECKING:
-    from apsis_server.engine import Engine
+    from apsis_server.engine.engine import Engine
 
 
 class Planning:

@@ -24,7 +24,7 @@ from apsis_common import protocol as p
 from apsis_common.auth import Key, sign
 from apsis_common.errors import AuthError, BadInput, Conflict, NotFound, Unavailable
 from apsis_common.tls import client_context
-from apsis_server.http11 import Http11Client
+from apsis_server.agents.http11 import Http11Client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -6,9 +6,9 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from apsis_server.engine import Engine
-from apsis_server.feeds.subscribers import Mark, RunSubscriber, dumps
-from apsis_server.jsonview import log_json, run_json
+from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, dumps
+from apsis_server.api.views import log_json, run_json
+from apsis_server.engine.engine import Engine
 from apsis_server.store.base import Changes
 
 

@@ -11,11 +11,11 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from apsis_server.feeds.fanout import Feeds
-from apsis_server.feeds.run_updates import output_message
-from apsis_server.feeds.subscribers import Mark, RunSubscriber, Subscriber, dumps
+from apsis_server.api.feeds.fanout import Feeds
+from apsis_server.api.feeds.run_updates import output_message
+from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, Subscriber, dumps
+from apsis_server.api.tokens import WS_PROTOCOL
 from apsis_server.store.base import RunStore
-from apsis_server.tokens import WS_PROTOCOL
 
 log = logging.getLogger(__name__)
 

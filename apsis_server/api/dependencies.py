@@ -9,9 +9,9 @@ from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
 from apsis_server.core.waiting import dependency_args
-from apsis_server.engine import Engine
+from apsis_server.engine.engine import Engine
+from apsis_server.engine.waiting import EngineRuns
 from apsis_server.store.base import RunFilter
-from apsis_server.waiter import EngineRuns
 
 
 def _targets(engine: Engine, run: Run) -> list[tuple[DependencyCondition, str, dict[str, str]]]:

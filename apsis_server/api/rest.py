@@ -26,16 +26,16 @@ from apsis_common.errors import (
 )
 from apsis_common.states import State
 from apsis_common.times import parse_time
+from apsis_server.api.dependencies import dependencies
+from apsis_server.api.metrics import stats
+from apsis_server.api.openapi import openapi_json
+from apsis_server.api.views import agent_json, job_json, log_json, run_json
 from apsis_server.core.catchup import next_times
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import ADHOC_JOB, Job
 from apsis_server.core.programs import parse_program, signal_number
-from apsis_server.dependencies import dependencies
-from apsis_server.engine import Engine
-from apsis_server.jsonview import agent_json, job_json, log_json, run_json
-from apsis_server.metrics import stats
-from apsis_server.openapi import openapi_json
-from apsis_server.operations import Operations
+from apsis_server.engine.engine import Engine
+from apsis_server.engine.operations import Operations
 from apsis_server.store.base import RunFilter
 
 # The one table from error to status.

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 from apsis_common import protocol as p
 from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.states import State
+from apsis_server.agents.dispatch import Command
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
 from apsis_server.core.runs import Run
-from apsis_server.dispatch import Command
-from apsis_server.engine import Engine
+from apsis_server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 

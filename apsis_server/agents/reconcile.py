@@ -13,8 +13,8 @@ import logging
 from apsis_common import protocol as p
 from apsis_common.errors import ApsisError
 from apsis_common.states import State
-from apsis_server.dispatch import AgentClient, Command
-from apsis_server.engine import Engine
+from apsis_server.agents.dispatch import AgentClient, Command
+from apsis_server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 

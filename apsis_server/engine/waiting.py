@@ -19,7 +19,7 @@ from apsis_server.core.waiting import Verdict, check
 from apsis_server.store.base import RunFilter
 
 if TYPE_CHECKING:
-    from apsis_server.engine import Engine
+    from apsis_server.engine.engine import Engine
 
 
 class EngineRuns:

@@ -20,7 +20,7 @@ from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Run
 
 if TYPE_CHECKING:
-    from apsis_server.engine import Engine
+    from apsis_server.engine.engine import Engine
 
 # Output kept per run: the head and the tail, each half of this.
 DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024

@@ -19,7 +19,7 @@ from typing import Any
 
 from apsis_common.states import State
 from apsis_server.core.runs import Run
-from apsis_server.engine import Engine
+from apsis_server.engine.engine import Engine
 from apsis_server.store.archive import Retention
 from apsis_server.store.sqlite import SqliteStore
 

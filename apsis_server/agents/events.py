@@ -9,8 +9,8 @@ from starlette.routing import Route
 from apsis_common import protocol as p
 from apsis_common.auth import Verifier
 from apsis_common.errors import AuthError, ProtocolError, Unavailable
+from apsis_server.agents.facts import Facts
 from apsis_server.agents.registry import Registry
-from apsis_server.facts import Facts
 
 PATH = "/agent/v1/events"
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from apsis_common.errors import Unavailable
 
 if TYPE_CHECKING:
-    from apsis_server.engine import Engine
+    from apsis_server.engine.engine import Engine
 
 # The watermark is kept among the schedule cursors under this key.
 WATERMARK = ("", "watermark")

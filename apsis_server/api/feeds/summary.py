@@ -11,11 +11,11 @@ from apsis_common import __version__
 from apsis_common.states import State
 from apsis_common.times import format_time
 from apsis_server.agents.registry import Registry
+from apsis_server.api.feeds.subscribers import Subscriber, dumps
+from apsis_server.api.views import agent_json, job_json, run_json, upcoming
 from apsis_server.core.jobs import Job
 from apsis_server.core.runs import Run
-from apsis_server.engine import Engine
-from apsis_server.feeds.subscribers import Subscriber, dumps
-from apsis_server.jsonview import agent_json, job_json, run_json, upcoming
+from apsis_server.engine.engine import Engine
 from apsis_server.store.base import Changes, RunFilter
 
 RECENT_RUNS = 200

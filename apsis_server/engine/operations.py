@@ -12,11 +12,11 @@ import signal
 from apsis_common import protocol as p
 from apsis_common.errors import Conflict
 from apsis_common.states import FINISHED, State
+from apsis_server.agents.dispatch import Command
 from apsis_server.core.jobs import ADHOC_JOB
 from apsis_server.core.outcomes import signal_name
 from apsis_server.core.runs import Run
-from apsis_server.dispatch import Command
-from apsis_server.engine import Engine
+from apsis_server.engine.engine import Engine
 
 
 class Operations:

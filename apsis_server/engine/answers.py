@@ -16,7 +16,7 @@ from apsis_common.states import FINISHED, State
 from apsis_server.core.runs import Run
 
 if TYPE_CHECKING:
-    from apsis_server.engine import Engine
+    from apsis_server.engine.engine import Engine
 
 Futures = dict[str, list[asyncio.Future[Run]]]
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from apsis_server import mail
+from apsis_server.actions import mail
+from apsis_server.api.views import run_json
 from apsis_server.core.actions import (
     Action,
     EmailAction,
@@ -29,10 +30,9 @@ from apsis_server.core.actions import (
 )
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
-from apsis_server.jsonview import run_json
 
 if TYPE_CHECKING:
-    from apsis_server.engine import Engine
+    from apsis_server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
 

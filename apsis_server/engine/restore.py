@@ -16,13 +16,13 @@ import logging
 
 from apsis_common import protocol as p
 from apsis_common.states import State
+from apsis_server.agents.dispatch import Command
 from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Identity, Run, args_key
-from apsis_server.dispatch import Command
-from apsis_server.engine import Engine
-from apsis_server.proc_table import is_noop
-from apsis_server.timers import WATERMARK
+from apsis_server.engine.engine import Engine
+from apsis_server.engine.procs import is_noop
+from apsis_server.engine.timers import WATERMARK
 
 log = logging.getLogger(__name__)
 

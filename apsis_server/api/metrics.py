@@ -33,7 +33,7 @@ from apsis_common.states import UNFINISHED, State
 from apsis_common.times import format_time
 from apsis_server.agents.registry import Registry
 from apsis_server.core.runs import Run
-from apsis_server.engine import Engine
+from apsis_server.engine.engine import Engine
 from apsis_server.store.base import Changes
 
 LATENESS_BUCKETS = (

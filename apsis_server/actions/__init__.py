@@ -1,0 +1,1 @@
+"""Job actions fired when runs finish: schedule, retry, webhook, email."""

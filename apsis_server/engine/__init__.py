@@ -1,0 +1,1 @@
+"""The engine: owns the unfinished runs; applies their events, writes, publishes, acts."""
