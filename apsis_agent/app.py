@@ -1,4 +1,4 @@
-"""The `apsis-agent` command: serve | bootstrap | status | stop | drain.
+"""The `apsis-agent` command: serve | bootstrap | status | stop | drain | provision.
 
 Imports stay inside the commands: `serve` forks the spawner first, while the
 process is still small, and only then loads the daemon's dependencies.
@@ -14,6 +14,15 @@ from pathlib import Path
 
 EXIT_ERROR = 1
 EXIT_LOCKED = 3
+
+_PROVISION = """Make the state dir of a static agent: one that runs as a service
+(`apsis-agent serve --state-dir DIR --bind ADDR --port N`, e.g. under systemd)
+instead of being bootstrapped over ssh. Run it on the server's host: it writes in
+DIR the agent's key and a certificate for HOST issued by the server's CA (from
+SERVER_STATE/ca), a new secret (also written to the server-side secret file, mode
+0600; never printed), the server's CA and the webhook URL. Copy DIR to the agent's
+host (keep it mode 0700: it holds the agent's private key). Prints the
+`agents.static` entry for the server's config."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +51,26 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("status", parents=[common], help="print the running agent's info")
     commands.add_parser("stop", parents=[common], help="stop the daemon (programs keep running)")
     commands.add_parser("drain", parents=[common], help="no new starts; exit when idle")
+    provision = commands.add_parser(
+        "provision", help="make a static agent's state dir", description=_PROVISION
+    )
+    provision.add_argument("name", help="the agent's name in the server's config")
+    provision.add_argument("--host", required=True, help="the name the server reaches it by")
+    provision.add_argument(
+        "--port", type=int, default=5007, help="the port it will serve on (for the config)"
+    )
+    provision.add_argument(
+        "--server-state", type=Path, required=True, help="the server's state directory"
+    )
+    provision.add_argument(
+        "--webhook-url", required=True, help="the server's <public_url>/agent/v1/events"
+    )
+    provision.add_argument(
+        "--state-dir", type=Path, required=True, help="the agent's state directory to make"
+    )
+    provision.add_argument(
+        "--secret-file", type=Path, required=True, help="where the server reads the secret"
+    )
     return parser
 
 
@@ -96,6 +125,25 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
     return daemon.run(state, options, handle)
 
 
+def _provision(args: argparse.Namespace) -> int:
+    from apsis_agent.provision import config_entry, provision
+
+    try:
+        key = provision(
+            args.name,
+            args.host,
+            args.server_state,
+            args.webhook_url,
+            args.state_dir,
+            args.secret_file,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"apsis-agent provision: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(config_entry(args.name, args.host, args.port, key, args.secret_file))
+    return 0
+
+
 def _print(message: object) -> None:
     from apsis_common import protocol
 
@@ -105,6 +153,8 @@ def _print(message: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `apsis-agent`; the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "provision":
+        return _provision(args)
     from apsis_agent.state import StateDir, default_state_dir
     from apsis_common.errors import ApsisError
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from apsis_agent.provision import provision
 from apsis_common.states import State
 from apsis_server.agents.events import PATH
-from apsis_server.agents.static import provision
 from tests.harness import Server, free_port, wait_for
 
 # States a run passes through before its program runs.

@@ -11,7 +11,7 @@ import ipaddress
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from apsis_agent.provision import provision
 from apsis_agent.state import StateDir
 from apsis_common import tls
 from apsis_server.agents.events import PATH
-from apsis_server.agents.static import provision
 from tests.harness import Server, free_port, wait_for
 from tests.sshd import SshWorld, agent_command, agent_pid, have_ssh, kill_agent, run_agent
 
@@ -57,6 +57,67 @@ def test_static_agent_runs_a_job(tmp_path: Path) -> None:
             assert view["last_heartbeat"] is not None
     finally:
         server.cleanup()
+
+
+def test_provision_command_makes_an_agent_the_server_uses(tmp_path: Path) -> None:
+    """`apsis-agent provision` as an operator runs it: the state dir and the secret
+    file are private, the secret is in no output, and the entry it prints, pasted
+    into the server's config as it is, makes a server that runs jobs on the agent."""
+    port = free_port()
+    agent_dir, secret = tmp_path / "svc-agent", tmp_path / "svc.secret"
+    server = Server(tmp_path / "server", JOBS)
+    argv = [*agent_command(), "provision", "svc", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--server-state", str(server.state), "--webhook-url", server.url + PATH]
+    argv += ["--state-dir", str(agent_dir), "--secret-file", str(secret)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    hex_secret = secret.read_text().strip()
+    assert len(hex_secret) == 64
+    assert hex_secret not in done.stdout and hex_secret not in done.stderr
+    assert hex_secret in (agent_dir / "keys.json").read_text()
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert agent_dir.stat().st_mode & 0o777 == 0o700
+    for path in agent_dir.iterdir():
+        assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    with server.config_file.open("a") as config:
+        config.write(done.stdout)
+    try:
+        with _serving(agent_dir, port, tmp_path / "svc.log"):
+            server.start()
+            run = server.wait_finished(server.schedule("on service"), 15)
+            assert run["state"] == "success", server.get(f"/runs/{run['run_id']}/log")
+            assert server.output(run["run_id"]) == b"static root\n"
+            assert run_agent(server.state / "apsis.db", run["run_id"]) == "static:svc"
+    finally:
+        server.cleanup()
+
+
+def test_provision_command_refuses_a_bad_host(tmp_path: Path) -> None:
+    argv = [*agent_command(), "provision", "svc", "--host", "a b, port: 1"]
+    argv += ["--server-state", str(tmp_path / "state"), "--webhook-url", "http://x/"]
+    argv += ["--state-dir", str(tmp_path / "agent"), "--secret-file", str(tmp_path / "s")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "bad host name" in done.stderr, done
+    assert not (tmp_path / "agent").exists() and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "host", ["batch1.example.com", "127.0.0.1", "::1", "[::1]", "h_1", "-x", "a b", "", "a}b"]
+)
+def test_provision_accepts_the_hosts_the_server_config_does(host: str) -> None:
+    """The agent's host check is the server config's: nothing provisioned that the
+    server then refuses, nothing the server accepts refused."""
+    from apsis_agent.provision import check_host as agent_check
+    from apsis_server.agents.settings import check_host as server_check
+
+    def accepts(check: Callable[[str], str]) -> bool:
+        try:
+            check(host)
+        except ValueError:
+            return False
+        return True
+
+    assert accepts(agent_check) == accepts(server_check)
 
 
 @pytest.mark.parametrize("trust", ["another CA", "pinned", "wrong pin"])
