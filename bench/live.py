@@ -21,9 +21,10 @@ from pathlib import Path
 import httpx
 
 from apsis_agent.provision import provision
+from apsis_agent.state import StateDir
 from apsis_common.states import State
 from apsis_server.agents.events import PATH
-from tests.harness import Server, free_port, wait_for
+from tests.harness import Server, read_port, wait_for
 
 # States a run passes through before its program runs.
 NOT_STARTED = (State.NEW, State.SCHEDULED, State.WAITING, State.STARTING)
@@ -109,20 +110,25 @@ class LiveServer(Server):
         return self.proc.pid
 
     def launch(self, timeout: float = 60.0) -> float:
-        """Start the process; seconds from exec to the first answer of /api/v1/alive."""
-        port_file = self.root / "port"
-        port_file.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "apsis_server", "--config", str(self.config_file)]
-        argv += ["--bind", f"127.0.0.1:{self.port}", "--port-file", str(port_file)]
+        """Start the process; seconds from exec to the first answer of /api/v1/alive.
+
+        As `Server.start`: port 0 at the first launch, read from the port file; the
+        same port at a relaunch.
+        """
+        self.port_file.unlink(missing_ok=True)
+        argv = self.argv()
         with open(self.log_file, "ab") as log:
             self.started_at = time.monotonic()
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        while not self._alive():
-            if time.monotonic() - self.started_at > timeout:
-                raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
-            time.sleep(0.005)
+        try:
+            while not (self._listening() and self._alive()):
+                if time.monotonic() - self.started_at > timeout:
+                    raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
+                time.sleep(0.005)
+        finally:
+            self._release()
         return time.monotonic() - self.started_at
 
     def first_answer(self, path: str, timeout: float = 60.0) -> float:
@@ -190,19 +196,14 @@ def wait_drained(server: Server, timeout: float, query: str = "") -> None:
 
 @contextlib.contextmanager
 def static_agent(server: LiveServer, name: str) -> Iterator[int]:
-    """A separately started agent (`apsis-agent serve` on a provisioned state dir),
-    added to the server's config as static agent `name` (call before the server
-    starts); yields its pid, and kills it and its programs after."""
-    port = free_port()
+    """A separately started agent (`apsis-agent serve` on a provisioned state dir, on
+    port 0), added to the server's config as static agent `name` with the port it
+    got (call before the server starts); yields its pid, and kills it and its
+    programs after."""
     agent_dir, secret = server.root / f"{name}-agent", server.root / f"{name}.secret"
-    with open(server.config_file, "a") as config:
-        config.write(
-            f"agents:\n  static:\n    {name}:"
-            f" {{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}\n"
-        )
     provision(name, "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
     argv = [sys.executable, "-m", "apsis_agent", "serve", "--state-dir", str(agent_dir)]
-    argv += ["--bind", "127.0.0.1", "--port", str(port)]
+    argv += ["--bind", "127.0.0.1", "--port", "0"]
     with open(server.root / f"{name}-agent.log", "ab") as log:
         proc = subprocess.Popen(
             argv,
@@ -220,7 +221,15 @@ def static_agent(server: LiveServer, name: str) -> Iterator[int]:
                 return int((agent_dir / "daemon.pid").read_text().split()[0])
             return None
 
-        yield wait_for(daemon_pid, 30, "the static agent to listen")
+        pid = wait_for(daemon_pid, 30, "the static agent to listen")
+        port_file = StateDir(agent_dir).port_file  # written before daemon.pid
+        port = wait_for(lambda: read_port(port_file), 5, "the static agent's port")
+        with open(server.config_file, "a") as config:
+            config.write(
+                f"agents:\n  static:\n    {name}:"
+                f" {{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}\n"
+            )
+        yield pid
     finally:
         kill_session(proc.pid)
         proc.wait(10)

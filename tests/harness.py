@@ -1,9 +1,9 @@
 """Running the real server (and through it the real local agent) for tests.
 
-Everything is real: `python -m apsis_server` in a subprocess bound to a free
-port on 127.0.0.1, its SQLite file and state dir in a temporary directory, the
-local agent it bootstraps over verified HTTPS. Tests wait on conditions with
-`wait_for`, never on bare sleeps.
+Everything is real: `python -m apsis_server` in a subprocess bound to port 0 on
+127.0.0.1 (it writes the port it got to a file), its SQLite file and state dir in
+a temporary directory, the local agent it bootstraps over verified HTTPS. Tests
+wait on conditions with `wait_for`, never on bare sleeps.
 """
 
 from __future__ import annotations
@@ -51,10 +51,25 @@ def run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def reserve_port() -> socket.socket:
+    """A socket bound (not listening) to a new port of 127.0.0.1, with SO_REUSEADDR.
+
+    While it is open no other process gets that port from a bind to port 0 or for a
+    connection, yet a daemon that also sets SO_REUSEADDR (the server does) can bind
+    and listen on it: the port is known before the daemon starts, with no race.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def read_port(path: Path) -> int | None:
+    """The port a daemon wrote to `path` once listening; None until then."""
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None  # not yet written, or being written
 
 
 def pid_alive(pid: int) -> bool:
@@ -121,36 +136,65 @@ class Server:
             path.write_text(text)
         self.config_file = root / "config.yaml"
         self.config_file.write_text(f"jobs: jobs\nstate: state\n{config}")
-        self.port = free_port()
+        self.port_file = root / "port"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_file = root / "server.log"
+        self._port: int | None = None
+        self._reserved: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        """The server's port: the one it got binding port 0 at its first start, bound
+        again at every restart (agents were given URLs with it, as in a real restart).
+
+        Asked before the first start (to write it into a config or an agent's state),
+        a port is reserved (`reserve_port`) until the server listens on it.
+        """
+        if self._port is None:
+            self._reserved = reserve_port()
+            self._port = int(self._reserved.getsockname()[1])
+        return self._port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def argv(self) -> list[str]:
+        """The server's command line: its port, or port 0 if it has none yet."""
+        bind = f"127.0.0.1:{self._port or 0}"
+        config = ["--config", str(self.config_file), "--port-file", str(self.port_file)]
+        return [sys.executable, "-m", "apsis_server", *config, "--bind", bind]
+
     def start(self) -> Server:
-        port_file = self.root / "port"
-        port_file.unlink(missing_ok=True)
+        self.port_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "apsis_server",
-                    "--config",
-                    str(self.config_file),
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--port-file",
-                    str(port_file),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        wait_for(lambda: self._alive(), 20, "the server to answer")
+        try:
+            wait_for(self._listening, 20, "the server to listen")
+        finally:
+            self._release()
+        wait_for(self._alive, 20, "the server to answer")
         return self
+
+    def _listening(self) -> bool:
+        """Whether the server wrote its port file (noting the port at the first start)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()}")
+        port = read_port(self.port_file)
+        if port is None:
+            return False
+        if self._port is None:
+            self._port = port
+        assert port == self._port, f"the server listens on {port}, not {self._port}"
+        return True
+
+    def _release(self) -> None:
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
 
     def _alive(self) -> bool:
         assert self.proc is not None
@@ -243,6 +287,7 @@ class Server:
     def cleanup(self) -> None:
         """Stop the server, the local agent and anything the tests left running."""
         self.stop()
+        self._release()
         pid = self.agent_pid()
         if pid is not None and pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):

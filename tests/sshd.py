@@ -38,6 +38,12 @@ def agent_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "apsis_agent"]
 
 
+# sshd has no port file: it must be given a port number, and one from a bind to port 0
+# can be taken by another process before sshd binds it. A start that finds its
+# port in use is retried on another, this many times.
+_ATTEMPTS = 5
+
+
 def _free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
@@ -58,18 +64,21 @@ class Sshd:
     def __init__(self, world: SshWorld, address: str) -> None:
         self.world = world
         self.address = address
-        self.port = _free_port(address)
+        self.port = 0  # chosen by start()
         self.dir = world.root / f"sshd-{address}"
         self.dir.mkdir(exist_ok=True)
         self.config = self.dir / "sshd_config"
         self.log = self.dir / "sshd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
+
+    def _write_config(self) -> None:
         self.config.write_text(
             f"Port {self.port}\n"
-            f"ListenAddress {address}\n"
-            f"HostKey {world.host_key}\n"
+            f"ListenAddress {self.address}\n"
+            f"HostKey {self.world.host_key}\n"
             f"PidFile {self.dir / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {world.authorized_keys}\n"
+            f"AuthorizedKeysFile {self.world.authorized_keys}\n"
             "UsePAM no\n"
             "StrictModes no\n"
             "PasswordAuthentication no\n"
@@ -82,23 +91,44 @@ class Sshd:
         )
 
     def start(self) -> Sshd:
+        """Start sshd on a free port of its address (another if that one is taken)."""
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        wait_for(self._listening, 10, f"sshd on {self.address}:{self.port}")
-        return self
+        for _ in range(_ATTEMPTS):
+            self.port = _free_port(self.address)
+            self._write_config()
+            self._log_start = self.log.stat().st_size if self.log.exists() else 0
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [SSHD, "-D", "-e", "-f", str(self.config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            outcome = wait_for(self._started, 10, f"sshd on {self.address}:{self.port}")
+            if outcome == "listening":
+                return self
+        raise AssertionError(f"sshd found its port in use {_ATTEMPTS} times:\n{self._log()}")
 
-    def _listening(self) -> bool:
+    def _log(self) -> str:
+        """What sshd logged since its last start."""
+        with open(self.log, "rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
+
+    def _started(self) -> str | None:
+        """Whether sshd is "listening", exited finding its port "in use", or None yet.
+
+        Its own log line tells, not a connection: that could reach whoever took the port.
+        """
         assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"sshd exited: {self.log.read_text(errors='replace')}")
-        with socket.socket() as sock:
-            return sock.connect_ex((self.address, self.port)) == 0
+        text = self._log()
+        if f"Server listening on {self.address} port {self.port}." in text:
+            return "listening"
+        if self.proc.poll() is None:
+            return None
+        if "Address already in use" in text:
+            return "in use"
+        raise AssertionError(f"sshd exited {self.proc.returncode}: {text}")
 
     def stop(self) -> None:
         """Stop the listener (sessions already open end with their commands)."""

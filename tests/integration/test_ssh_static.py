@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,7 +26,7 @@ from apsis_agent.provision import provision
 from apsis_agent.state import StateDir
 from apsis_common import tls
 from apsis_server.agents.events import PATH
-from tests.harness import Server, free_port, wait_for
+from tests.harness import Server, read_port, wait_for
 from tests.sshd import SshWorld, agent_command, agent_pid, have_ssh, kill_agent, run_agent
 
 JOBS = {
@@ -35,18 +36,20 @@ JOBS = {
 }
 
 
+def _configure(server: Server, entry: str) -> None:
+    """Add static agent `svc` (its flow-style `entry`) to the server's config."""
+    with server.config_file.open("a") as config:
+        config.write(f"agents:\n  heartbeat: 0.5s\n  static:\n    svc: {entry}\n")
+
+
 def test_static_agent_runs_a_job(tmp_path: Path) -> None:
-    port = free_port()
     agent_dir, secret = tmp_path / "svc-agent", tmp_path / "svc.secret"
-    config = (
-        "agents:\n  heartbeat: 0.5s\n  static:\n"
-        f"    svc: {{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}\n"
-    )
-    server = Server(tmp_path / "server", JOBS, config)
+    server = Server(tmp_path / "server", JOBS)
     key = provision("svc", "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
     assert key.secret.hex() == secret.read_text().strip()
     try:
-        with _serving(agent_dir, port, tmp_path / "svc.log"):
+        with _serving(agent_dir, tmp_path / "svc.log") as port:
+            _configure(server, f"{{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}")
             server.start()
             run = server.wait_finished(server.schedule("on service"), 15)
             assert run["state"] == "success", server.get(f"/runs/{run['run_id']}/log")
@@ -61,12 +64,12 @@ def test_static_agent_runs_a_job(tmp_path: Path) -> None:
 
 def test_provision_command_makes_an_agent_the_server_uses(tmp_path: Path) -> None:
     """`apsis-agent provision` as an operator runs it: the state dir and the secret
-    file are private, the secret is in no output, and the entry it prints, pasted
-    into the server's config as it is, makes a server that runs jobs on the agent."""
-    port = free_port()
+    file are private, the secret is in no output, and the entry it prints, in the
+    server's config, makes a server that runs jobs on the agent (serving on the
+    port it got rather than the one given, as the test binds port 0)."""
     agent_dir, secret = tmp_path / "svc-agent", tmp_path / "svc.secret"
     server = Server(tmp_path / "server", JOBS)
-    argv = [*agent_command(), "provision", "svc", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [*agent_command(), "provision", "svc", "--host", "127.0.0.1", "--port", "5007"]
     argv += ["--server-state", str(server.state), "--webhook-url", server.url + PATH]
     argv += ["--state-dir", str(agent_dir), "--secret-file", str(secret)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -79,10 +82,24 @@ def test_provision_command_makes_an_agent_the_server_uses(tmp_path: Path) -> Non
     assert agent_dir.stat().st_mode & 0o777 == 0o700
     for path in agent_dir.iterdir():
         assert path.stat().st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
-    with server.config_file.open("a") as config:
-        config.write(done.stdout)
+    entry = yaml.safe_load(done.stdout)
+    assert entry == {
+        "agents": {
+            "static": {
+                "svc": {
+                    "host": "127.0.0.1",
+                    "port": 5007,
+                    "key_id": "svc",
+                    "secret_file": str(secret.resolve()),
+                }
+            }
+        }
+    }
     try:
-        with _serving(agent_dir, port, tmp_path / "svc.log"):
+        with _serving(agent_dir, tmp_path / "svc.log") as port:
+            entry["agents"]["static"]["svc"]["port"] = port
+            with server.config_file.open("a") as config:
+                config.write(yaml.safe_dump(entry))
             server.start()
             run = server.wait_finished(server.schedule("on service"), 15)
             assert run["state"] == "success", server.get(f"/runs/{run['run_id']}/log")
@@ -124,13 +141,8 @@ def test_provision_accepts_the_hosts_the_server_config_does(host: str) -> None:
 def test_static_agent_certificate_trusted_through_ca_file(tmp_path: Path, trust: str) -> None:
     """`ca_file` names the CA that issued the agent's certificate (a company's, say),
     or pins the agent's self-signed certificate; any other certificate is refused."""
-    port = free_port()
     agent_dir, secret, pem = tmp_path / "svc-agent", tmp_path / "svc.secret", tmp_path / "svc.pem"
-    config = (
-        "agents:\n  heartbeat: 0.5s\n  static:\n"
-        f"    svc: {{host: 127.0.0.1, port: {port}, secret_file: '{secret}', ca_file: '{pem}'}}\n"
-    )
-    server = Server(tmp_path / "server", JOBS, config)
+    server = Server(tmp_path / "server", JOBS)
     provision("svc", "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
     if trust == "another CA":
         company = tls.new_ca("Company CA")
@@ -143,7 +155,9 @@ def test_static_agent_certificate_trusted_through_ca_file(tmp_path: Path, trust:
     tls.write_private(state.key_file, cert.key_pem)
     tls.write_private(state.cert_file, cert.cert_pem)
     try:
-        with _serving(agent_dir, port, tmp_path / "svc.log"):
+        with _serving(agent_dir, tmp_path / "svc.log") as port:
+            entry = f"{{host: 127.0.0.1, port: {port}, secret_file: '{secret}', ca_file: '{pem}'}}"
+            _configure(server, entry)
             server.start()
             run_id = server.schedule("on service")
             if trust == "wrong pin":
@@ -191,15 +205,23 @@ def _wait_agent_error(server: Server, agent_id: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _serving(agent_dir: Path, port: int, log_path: Path) -> Iterator[None]:
-    """A static agent serving `agent_dir` on `port` (as its systemd unit would)."""
+def _serving(agent_dir: Path, log_path: Path) -> Iterator[int]:
+    """A static agent serving `agent_dir` (as its systemd unit would, but on port 0);
+    the port it listens on, read back from its state dir."""
+    port_file = StateDir(agent_dir).port_file
+    port_file.unlink(missing_ok=True)
     argv = [*agent_command(), "serve", "--state-dir", str(agent_dir)]
-    argv += ["--bind", "127.0.0.1", "--port", str(port), "--heartbeat", "0.5"]
+    argv += ["--bind", "127.0.0.1", "--port", "0", "--heartbeat", "0.5"]
     with log_path.open("wb") as log:
         agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+        def listening() -> int | None:
+            if agent.poll() is not None:
+                raise AssertionError(f"the static agent exited {agent.returncode}")
+            return read_port(port_file)
+
         try:
-            wait_for(lambda: agent_pid(agent_dir), 10, "the static agent to listen")
-            yield
+            yield wait_for(listening, 10, "the static agent to listen")
         finally:
             agent.kill()
             agent.wait(5)
