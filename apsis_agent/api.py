@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apsis_agent.procs import Procs
-from apsis_common import protocol
+from apsis_common import codec, protocol
 from apsis_common.auth import Verifier
 from apsis_common.bodies import read_body, replay
 from apsis_common.errors import (
@@ -78,8 +78,8 @@ def _wants_json(request: Request) -> bool:
 
 def _answer(request: Request, message: Any, status: int = 200) -> Response:
     if _wants_json(request):
-        return Response(protocol.encode_json(message), status, media_type=protocol.JSON)
-    return Response(protocol.encode(message), status, media_type=protocol.MSGPACK)
+        return Response(codec.encode_json(message), status, media_type=protocol.JSON)
+    return Response(codec.encode(message), status, media_type=protocol.MSGPACK)
 
 
 def _error(request: Request, exc: Exception) -> Response:
@@ -94,7 +94,7 @@ def _error(request: Request, exc: Exception) -> Response:
 
 async def _body(request: Request, cls: type[T]) -> T:
     content_type = request.headers.get("content-type", protocol.MSGPACK)
-    return protocol.decode(cls, await request.body(), content_type)
+    return codec.decode(cls, await request.body(), content_type)
 
 
 def _int_param(request: Request, name: str, default: int) -> int:

@@ -145,9 +145,9 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _print(message: object) -> None:
-    from apsis_common import protocol
+    from apsis_common import codec
 
-    print(protocol.encode_json(message).decode())
+    print(codec.encode_json(message).decode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from apsis_agent import control
 from apsis_agent.state import StateDir
-from apsis_common import protocol, tls
+from apsis_common import codec, tls
 from apsis_common.auth import Key
 from apsis_common.errors import BadInput, Unavailable
 from apsis_common.protocol import (
@@ -53,11 +53,11 @@ def _read_line(stdin: IO[str], cls: type[T]) -> T:
         plain = json.loads(line)
     except ValueError as exc:
         raise BadInput(f"expected a {cls.__name__} line of JSON: {exc}") from None
-    return protocol.from_plain(cls, plain)
+    return codec.from_plain(cls, plain)
 
 
 def _write_line(stdout: IO[str], message: Any) -> None:
-    stdout.write(protocol.encode_json(message).decode() + "\n")
+    stdout.write(codec.encode_json(message).decode() + "\n")
     stdout.flush()
 
 

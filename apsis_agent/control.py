@@ -16,7 +16,7 @@ from collections.abc import Callable
 import httpx
 
 from apsis_agent.state import StateDir
-from apsis_common import auth, protocol, tls
+from apsis_common import auth, codec, protocol, tls
 from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.protocol import AgentInfo
 
@@ -44,7 +44,7 @@ def agent_info(state: StateDir) -> AgentInfo:
     response = call(state, "GET", "/agent")
     if response.status_code != 200:
         raise Unavailable(f"GET /agent: status {response.status_code}")
-    return protocol.decode(AgentInfo, response.content)
+    return codec.decode(AgentInfo, response.content)
 
 
 def wait_ready(state: StateDir, timeout: float, alive: Callable[[], str | None]) -> AgentInfo:
@@ -83,4 +83,4 @@ def drain(state: StateDir) -> AgentInfo:
     response = call(state, "POST", "/drain")
     if response.status_code != 200:
         raise Unavailable(f"POST /drain: status {response.status_code}")
-    return protocol.decode(AgentInfo, response.content)
+    return codec.decode(AgentInfo, response.content)

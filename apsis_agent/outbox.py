@@ -26,9 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
-from apsis_common import protocol
+from apsis_common import codec
 from apsis_common.protocol import Event, ProcOutput
 
 _SCHEMA = """
@@ -133,7 +131,7 @@ class Outbox:
             raise TypeError("output events are added with add_output")
         proc_id = getattr(event, "proc_id", None)
         self.last_seq += 1
-        body = msgpack.packb(protocol.to_plain(event))
+        body = codec.encode(event)
         self._pending.append(_Pending(self.last_seq, proc_id, body, None, 0))
         if proc_id is not None and ledger:
             self._change(proc_id, **ledger)
@@ -149,7 +147,7 @@ class Outbox:
     def add_output(self, proc_id: str, path: Path, offset: int, length: int) -> int:
         """An output event for `length` bytes of `path` from `offset`, read when sent."""
         self.last_seq += 1
-        body = msgpack.packb(protocol.to_plain(ProcOutput(proc_id, 1, offset, b"")))
+        body = codec.encode(ProcOutput(proc_id, 1, offset, b""))
         self._pending.append(_Pending(self.last_seq, proc_id, body, str(path), length))
         self._track(self.last_seq, proc_id, length)
         self._change(proc_id, enqueued=offset + length)
@@ -194,7 +192,7 @@ class Outbox:
     # -- sending ---------------------------------------------------------------------
 
     def batch(self, max_events: int, max_bytes: int) -> tuple[list[dict[str, Any]], int]:
-        """Plain envelopes (as `to_plain(Envelope)`) of the oldest stored, unacked events.
+        """Plain envelopes (`Envelope`s as dicts) of the oldest stored, unacked events.
 
         Output bytes are read from the files now. Returns the envelopes and the
         last sequence number in them (acked_seq when empty).
@@ -210,7 +208,7 @@ class Outbox:
         for seq, body, path, length, data in rows:
             if envelopes and size + length > max_bytes:
                 break
-            event = msgpack.unpackb(body)
+            event = codec.decode_plain(body)
             if path is not None:
                 event["data"] = data if data is not None else _read_range(path, event, length)
                 size += length
@@ -259,7 +257,7 @@ class Outbox:
                 (proc_id,),
             ).fetchall()
             for seq, body, path, length in rows:
-                data = _read_range(path, msgpack.unpackb(body), length)
+                data = _read_range(path, codec.decode_plain(body), length)
                 self._db.execute("UPDATE events SET data = ? WHERE seq = ?", (data, seq))
             self._db.execute("DELETE FROM ledger WHERE proc_id = ?", (proc_id,))
         self._ledger.pop(proc_id, None)

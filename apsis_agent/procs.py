@@ -40,6 +40,7 @@ from apsis_agent.registry import PidFacts, Proc, Recovery, Status, StopFacts
 from apsis_agent.remover import Remover, remove_dir
 from apsis_agent.spares import Spares
 from apsis_agent.spawner import write_atomic
+from apsis_common.codec import spec_digest
 from apsis_common.errors import ApsisError, BadInput, Conflict, NotFound, Unavailable
 from apsis_common.protocol import (
     MAX_OUTPUT_CHUNK,
@@ -246,7 +247,7 @@ class Procs:
         check_spec(spec)
         known = self._procs.get(proc_id)
         if known is not None:
-            if known.digest == spec.digest():
+            if known.digest == spec_digest(spec):
                 return None
             raise Conflict(f"conflict: process {proc_id!r} exists with a different spec")
         try:

@@ -30,9 +30,9 @@ from typing import Any
 
 from apsis_agent.spares import Spares
 from apsis_agent.spawner import read_stat, write_atomic
-from apsis_common import protocol
+from apsis_common import codec
 from apsis_common.errors import BadInput
-from apsis_common.protocol import ExitInfo, ProcSpec, ProcSummary
+from apsis_common.protocol import JSON, ExitInfo, ProcSpec, ProcSummary
 
 # Process ids name directories: keep them to a safe alphabet.
 _PROC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}")
@@ -152,7 +152,7 @@ def create(root: Path, proc_id: str, spec: ProcSpec, spares: Spares | None = Non
     # A spare renamed onto an empty directory would replace it: mkdir says EEXIST.
     if spares is None or os.path.lexists(directory) or not spares.take(directory):
         os.mkdir(directory, 0o700)
-    text = protocol.encode_json(spec)
+    text = codec.encode_json(spec)
     # The directory is new and only recovery reads the spec, so no temp file and
     # rename: a spec cut short by a crash reads as malformed, as a missing one would.
     fd = os.open(directory / "spec", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -205,7 +205,7 @@ def parse_exit(data: Any) -> ExitInfo | None:
     if data is None:
         return None
     try:
-        return protocol.from_plain(ExitInfo, data)
+        return codec.from_plain(ExitInfo, data)
     except BadInput:
         return None
 
@@ -230,10 +230,10 @@ def read_stop(directory: Path) -> StopFacts | None:
 def load(directory: Path) -> Proc | None:
     """The process in `directory` from its spec, or None if it has none."""
     try:
-        spec = protocol.from_plain(ProcSpec, json.loads((directory / "spec").read_bytes()))
+        spec = codec.decode(ProcSpec, (directory / "spec").read_bytes(), JSON)
     except (FileNotFoundError, ValueError):
         return None
-    proc = Proc(directory.name, spec, spec.digest(), directory)
+    proc = Proc(directory.name, spec, codec.spec_digest(spec), directory)
     proc.facts = read_pid(directory)
     proc.exit = read_exit(directory)
     proc.error = read_failed(directory)

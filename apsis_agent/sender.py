@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
-import msgpack
 
 from apsis_agent.outbox import Outbox
 from apsis_agent.state import Keys, Settings
-from apsis_common import auth, protocol, tls
+from apsis_common import auth, codec, protocol, tls
 from apsis_common.errors import ProtocolError
 from apsis_common.protocol import Ack
 
@@ -98,9 +97,8 @@ class Sender:
         """Post one batch; True if it was accepted (and acked something, if not empty)."""
         settings, keys = self._config()
         envelopes, last = self._outbox.batch(self._delivery.max_events, self._delivery.max_bytes)
-        body = msgpack.packb(
-            {"agent_id": settings.agent_id, "epoch": self._epoch, "events": envelopes},
-            use_bin_type=True,
+        body = codec.encode(
+            {"agent_id": settings.agent_id, "epoch": self._epoch, "events": envelopes}
         )
         del envelopes  # the bytes live on in `body` only
         try:
@@ -135,7 +133,7 @@ class Sender:
         if response.status_code != 200:
             raise ValueError(f"status {response.status_code}: {response.text[:200]}")
         content_type = response.headers.get("content-type", protocol.MSGPACK)
-        return protocol.decode(Ack, response.content, content_type)
+        return codec.decode(Ack, response.content, content_type)
 
     async def _client_for(self, settings: Settings) -> httpx.AsyncClient:
         # A new CA (after a bootstrap) needs a new TLS context, so a new client.

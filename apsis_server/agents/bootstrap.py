@@ -12,6 +12,7 @@ import contextlib
 import json
 from typing import Any, TypeVar
 
+from apsis_common import codec
 from apsis_common import protocol as p
 from apsis_common.errors import ApsisError, ProtocolError
 from apsis_common.tls import CertPair, issue
@@ -49,7 +50,7 @@ async def _read(proc: asyncio.subprocess.Process, cls: type[T], timeout: float) 
         if isinstance(plain, dict) and "error" in plain:
             raise BootstrapError(str(plain["error"]))
         try:
-            return p.from_plain(cls, plain)
+            return codec.from_plain(cls, plain)
         except ProtocolError as exc:
             raise BootstrapError(f"unexpected bootstrap answer: {exc}") from None
 
@@ -59,7 +60,7 @@ def _write(proc: asyncio.subprocess.Process, message: Any) -> None:
     if proc.stdin.is_closing():  # ssh already exited: its stderr says why
         raise ConnectionResetError("the agent's side closed the exchange")
     try:
-        proc.stdin.write(p.encode_json(message) + b"\n")
+        proc.stdin.write(codec.encode_json(message) + b"\n")
     except RuntimeError as exc:  # uvloop's way of saying the same ("handler is closed")
         raise ConnectionResetError(str(exc)) from None
 

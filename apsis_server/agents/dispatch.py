@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+from apsis_common import codec
 from apsis_common import protocol as p
 from apsis_common.auth import Key, sign
 from apsis_common.errors import AuthError, BadInput, Conflict, NotFound, Unavailable
@@ -52,7 +53,7 @@ class AgentClient:
 
     async def request(self, method: str, target: str, message: Any = None) -> bytes:
         try:
-            body = b"" if message is None else p.encode(message)
+            body = b"" if message is None else codec.encode(message)
         except (ValueError, TypeError, OverflowError) as exc:  # UnicodeEncodeError too
             raise BadInput(f"cannot be sent: {exc}") from None
         if len(body) > p.MAX_REQUEST_BYTES:
@@ -74,7 +75,7 @@ class AgentClient:
         return answer.body
 
     async def call(self, cls: type[T], method: str, target: str, message: Any = None) -> T:
-        return p.decode(cls, await self.request(method, target, message))
+        return codec.decode(cls, await self.request(method, target, message))
 
     async def info(self) -> p.AgentInfo:
         return await self.call(p.AgentInfo, "GET", "/agent")

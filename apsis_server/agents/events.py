@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from apsis_common import codec
 from apsis_common import protocol as p
 from apsis_common.auth import Verifier
 from apsis_common.errors import AuthError, ProtocolError, Unavailable
@@ -40,7 +41,7 @@ def webhook_route(registry: Registry, facts: Facts, verifier: Verifier) -> Route
             return Response(status_code=401)
         agent_id = registry.agent_for_key(key_id)
         try:
-            batch = p.decode(p.EventBatch, body, request.headers.get("content-type", p.MSGPACK))
+            batch = codec.decode(p.EventBatch, body, request.headers.get("content-type", p.MSGPACK))
         except ProtocolError as exc:
             return Response(str(exc), status_code=400)
         if agent_id is None or batch.agent_id != agent_id:
@@ -51,6 +52,6 @@ def webhook_route(registry: Registry, facts: Facts, verifier: Verifier) -> Route
         except Unavailable as exc:
             # Not durable, so not acknowledged: the agent sends the batch again.
             return Response(str(exc), status_code=503, headers={"retry-after": "1"})
-        return Response(p.encode(p.Ack(acked)), media_type=p.MSGPACK)
+        return Response(codec.encode(p.Ack(acked)), media_type=p.MSGPACK)
 
     return Route(PATH, events, methods=["POST"])

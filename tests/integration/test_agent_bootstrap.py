@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from apsis_common import protocol, tls
+from apsis_common import codec, protocol, tls
 from apsis_common.auth import Key
 from apsis_common.protocol import AgentInfo, AgentStarted, ProcSpec, ProcStarted
 from tests.agent_harness import (
@@ -100,7 +100,7 @@ def test_status_stop_and_restart_keep_programs(tmp_path: Path) -> None:
     with running_agent(tmp_path) as (a, rx):
         status, info = _cli(a.state_dir, "status")
         assert status == 0
-        parsed = protocol.from_plain(AgentInfo, info)
+        parsed = codec.from_plain(AgentInfo, info)
         assert parsed.pid == a.pid and parsed.agent_id == "agent-1" and not parsed.draining
         a.start(("keeps", sh("sleep 30")))
         started = wait_for(lambda: rx.events("keeps", ProcStarted))[0]
@@ -125,9 +125,9 @@ def test_drain_refuses_starts_then_exits_when_idle(tmp_path: Path) -> None:
         wait_for(lambda: rx.events("last", ProcStarted))
         status, info = _cli(a.state_dir, "drain")
         assert status == 0 and info["draining"] is True
-        refused = a.request("PUT", "/procs/new", protocol.encode(ProcSpec(argv=("true",))))
+        refused = a.request("PUT", "/procs/new", codec.encode(ProcSpec(argv=("true",))))
         assert refused.status_code == 503 and refused.headers["retry-after"]
-        batch = a.request("POST", "/procs", protocol.encode(protocol.StartBatch(())))
+        batch = a.request("POST", "/procs", codec.encode(protocol.StartBatch(())))
         assert batch.status_code == 503
         wait_for(lambda: rx.exited("last"), what="the last run")
         wait_for(lambda: not pid_alive(a.pid), what="the drained agent to exit")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from apsis_agent import spares, spawner
-from apsis_common import protocol
+from apsis_common import codec, protocol
 from apsis_common.protocol import (
     AgentStarted,
     ProcExited,
@@ -89,7 +89,7 @@ def test_output_by_range(agent: tuple[Agent, Receiver]) -> None:
     wait_for(lambda: rx.output("ranged") == b"abcdefgh", 5, "output")
     response = a.request("GET", "/procs/ranged/output?start=1&stop=6")
     assert response.status_code == 200 and response.content == b"bcdef"
-    a.request("POST", "/procs/ranged/stop", protocol.encode(StopRequest(grace=1.0)))
+    a.request("POST", "/procs/ranged/stop", codec.encode(StopRequest(grace=1.0)))
     _exited(rx, "ranged")
 
 
@@ -119,7 +119,7 @@ def test_start_failures_have_clear_messages(agent: tuple[Agent, Receiver], tmp_p
     rx.held.add("nope2")
     a.start(("nope2", ProcSpec(argv=("/usr/bin/nope",))))
     wait_for(lambda: rx.events("nope2", ProcStartFailed), what="the failure")
-    summary = protocol.decode(ProcSummary, a.request("GET", "/procs/nope2").content)
+    summary = codec.decode(ProcSummary, a.request("GET", "/procs/nope2").content)
     assert summary.state == "failed" and summary.error == "no such file: /usr/bin/nope"
 
 
@@ -146,13 +146,13 @@ def test_idempotent_start_and_conflict(agent: tuple[Agent, Receiver]) -> None:
     assert a.start(("same", spec)).results[0].status == "exists"
     conflict = a.start(("same", sh("sleep 31"))).results[0]
     assert conflict.status == "refused" and "conflict" in (conflict.error or "")
-    response = a.request("PUT", "/procs/same", protocol.encode(sh("sleep 31")))
+    response = a.request("PUT", "/procs/same", codec.encode(sh("sleep 31")))
     assert response.status_code == 409
-    response = a.request("PUT", "/procs/same", protocol.encode(spec))
-    assert protocol.decode(StartResult, response.content).status == "exists"
-    response = a.request("PUT", "/procs/single", protocol.encode(ProcSpec(argv=("true",))))
+    response = a.request("PUT", "/procs/same", codec.encode(spec))
+    assert codec.decode(StartResult, response.content).status == "exists"
+    response = a.request("PUT", "/procs/single", codec.encode(ProcSpec(argv=("true",))))
     assert response.status_code == 201
-    assert protocol.decode(StartResult, response.content).status == "accepted"
+    assert codec.decode(StartResult, response.content).status == "accepted"
     _exited(rx, "single")
     wait_for(lambda: rx.events("same", ProcStarted))
     assert len(rx.events("same", ProcStarted)) == 1
@@ -163,7 +163,7 @@ def test_stop_kills_the_whole_group(agent: tuple[Agent, Receiver]) -> None:
     rx.held.add("sleepy")
     a.start(("sleepy", sh("sleep 600 & sleep 600; wait")))
     started = wait_for(lambda: rx.events("sleepy", ProcStarted), what="start")[0]
-    response = a.request("POST", "/procs/sleepy/stop", protocol.encode(StopRequest(grace=5)))
+    response = a.request("POST", "/procs/sleepy/stop", codec.encode(StopRequest(grace=5)))
     assert response.status_code == 200
     exited = _exited(rx, "sleepy")
     assert exited.exit.signal == signal.SIGTERM
@@ -171,7 +171,7 @@ def test_stop_kills_the_whole_group(agent: tuple[Agent, Receiver]) -> None:
     signaled = rx.events("sleepy", ProcSignaled)
     assert [(s.signal, s.reason) for s in signaled] == [(signal.SIGTERM, "stop")]
     # Stopping again is harmless.
-    again = a.request("POST", "/procs/sleepy/stop", protocol.encode(StopRequest()))
+    again = a.request("POST", "/procs/sleepy/stop", codec.encode(StopRequest()))
     assert again.status_code == 200
 
 
@@ -181,7 +181,7 @@ def test_sigterm_ignored_escalates_to_sigkill(agent: tuple[Agent, Receiver]) -> 
     a.start(("stubborn", sh(script, stop=StopSpec(grace=0.5))))
     started = wait_for(lambda: rx.events("stubborn", ProcStarted), what="start")[0]
     wait_for(lambda: rx.output("stubborn") == b"ready\n", what="the trap to be set")
-    a.request("POST", "/procs/stubborn/stop", protocol.encode(StopRequest()))
+    a.request("POST", "/procs/stubborn/stop", codec.encode(StopRequest()))
     exited = _exited(rx, "stubborn")
     assert exited.exit.signal == signal.SIGKILL
     reasons = [(s.signal, s.reason) for s in rx.events("stubborn", ProcSignaled)]
@@ -204,12 +204,12 @@ def test_signal_request(agent: tuple[Agent, Receiver]) -> None:
     rx.held.add("hup")
     a.start(("hup", sh("trap 'echo got hup; exit 3' HUP; echo ready; sleep 30 & wait")))
     wait_for(lambda: rx.output("hup") == b"ready\n", what="the trap to be set")
-    response = a.request("POST", "/procs/hup/signal", protocol.encode(SignalRequest(signal.SIGHUP)))
+    response = a.request("POST", "/procs/hup/signal", codec.encode(SignalRequest(signal.SIGHUP)))
     assert response.status_code == 200
     assert _exited(rx, "hup").exit.exit_code == 3
     assert rx.output("hup") == b"ready\ngot hup\n"
     assert rx.events("hup", ProcSignaled)[0].reason == "request"
-    bad = a.request("POST", "/procs/hup/signal", protocol.encode(SignalRequest(999)))
+    bad = a.request("POST", "/procs/hup/signal", codec.encode(SignalRequest(999)))
     assert bad.status_code == 400
 
 
@@ -220,10 +220,10 @@ def test_list_get_delete(agent: tuple[Agent, Receiver]) -> None:
     rx.held.add("done")  # kept until its exit is acknowledged
     a.start(("done", ProcSpec(argv=("true",), labels={"run": "r1"})))
     _exited(rx, "done")
-    listed = protocol.decode(ProcList, a.request("GET", "/procs").content)
+    listed = codec.decode(ProcList, a.request("GET", "/procs").content)
     states = {p.proc_id: p.state for p in listed.procs}
     assert states == {"done": "exited", "busy": "running"}
-    done = protocol.decode(ProcSummary, a.request("GET", "/procs/done").content)
+    done = codec.decode(ProcSummary, a.request("GET", "/procs/done").content)
     assert done.exit is not None and done.exit.exit_code == 0 and done.labels == {"run": "r1"}
     assert "utime" in done.exit.rusage
     assert a.request("DELETE", "/procs/busy").status_code == 409
@@ -235,7 +235,7 @@ def test_list_get_delete(agent: tuple[Agent, Receiver]) -> None:
 
 def test_json_is_accepted(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
-    body = protocol.encode_json(ProcSpec(argv=("true",)))
+    body = codec.encode_json(ProcSpec(argv=("true",)))
     response = a.request("PUT", "/procs/js", body, headers={"content-type": protocol.JSON})
     assert response.status_code == 201
     answer = response.json()
@@ -257,9 +257,9 @@ def test_a_start_batch_answer_carries_the_pids_of_started_programs(
             StartProc("bad", ProcSpec(argv=("/nonexistent",))),
         )
     )
-    response = a.request("POST", "/procs", protocol.encode(batch))
+    response = a.request("POST", "/procs", codec.encode(batch))
     assert response.status_code == 200
-    results = {r.proc_id: r for r in protocol.decode(StartResults, response.content).results}
+    results = {r.proc_id: r for r in codec.decode(StartResults, response.content).results}
     quick = results["quick"]
     assert quick.status == "accepted" and quick.pid is not None and quick.pgid == quick.pid
     assert quick.start_time is not None and abs(quick.start_time - time.time()) < 5
@@ -283,7 +283,7 @@ def test_process_dir_layout(agent: tuple[Agent, Receiver]) -> None:
 def test_stop_right_after_start_is_not_lost(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
     a.start(("early", sh("sleep 60", stop=StopSpec(grace=5))))
-    a.request("POST", "/procs/early/stop", protocol.encode(StopRequest()))
+    a.request("POST", "/procs/early/stop", codec.encode(StopRequest()))
     exited = _exited(rx, "early")
     assert exited.exit.signal == signal.SIGTERM
 
@@ -346,7 +346,7 @@ def test_an_exit_is_reported_while_programs_of_its_shim_run(
     wait_for(lambda: rx.output("slow"), what="the slow program's line")
     assert rx.output("slow") == rx.output("fast"), "one shim should run both"
     assert not rx.exited("slow")
-    a.request("POST", "/procs/slow/stop", protocol.encode(StopRequest()))
+    a.request("POST", "/procs/slow/stop", codec.encode(StopRequest()))
     assert _exited(rx, "slow").exit.signal == signal.SIGTERM
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from apsis_common import protocol
+from apsis_common import codec
 from apsis_common.protocol import (
     AgentStarted,
     ProcExited,
@@ -143,7 +143,7 @@ def test_readopted_exit_is_reported_while_its_shim_runs_another(
         exited = wait_for(lambda: rx.exited("short"), 10, "the short program's exit")
         assert exited.exit.exit_code == 6
         assert not rx.exited("long")
-        a.request("POST", "/procs/long/stop", protocol.encode(StopRequest()))
+        a.request("POST", "/procs/long/stop", codec.encode(StopRequest()))
         long = wait_for(lambda: rx.exited("long"), 10, "the long program's exit")
         assert long.exit.signal == signal.SIGTERM
         _contiguous(rx)
@@ -155,7 +155,7 @@ def test_crash_between_spec_and_spawn(agent: tuple[Agent, Receiver]) -> None:
     # What the agent leaves behind when it dies right after writing the spec.
     directory = a.state_dir / "procs" / "half"
     directory.mkdir(mode=0o700)
-    (directory / "spec").write_bytes(protocol.encode_json(ProcSpec(argv=("true",))))
+    (directory / "spec").write_bytes(codec.encode_json(ProcSpec(argv=("true",))))
     proc = serve(a.state_dir, "--heartbeat", "0.5")
     try:
         failed = wait_for(lambda: rx.events("half", ProcStartFailed), what="start_failed")
@@ -171,7 +171,7 @@ def test_stop_deadline_survives_restart(agent: tuple[Agent, Receiver]) -> None:
     script = "trap '' TERM; echo ready; sleep 60 & wait"
     a.start(("stubborn", sh(script, stop=StopSpec(grace=1.0))))
     wait_for(lambda: rx.output("stubborn") == b"ready\n", what="the trap")
-    a.request("POST", "/procs/stubborn/stop", protocol.encode(StopRequest()))
+    a.request("POST", "/procs/stubborn/stop", codec.encode(StopRequest()))
     wait_for(lambda: rx.events("stubborn", ProcSignaled), what="SIGTERM")
     with restarted(a):
         exited = wait_for(lambda: rx.exited("stubborn"), what="the SIGKILL after restart")

@@ -11,10 +11,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import pytest
 
-from apsis_common import auth, protocol
+from apsis_common import auth, codec, protocol
 from apsis_common.auth import Key
 from apsis_common.protocol import ProcList, ProcSpec, StartBatch, StartProc
 from tests.agent_harness import Agent, Receiver, running_agent, sh
@@ -28,14 +27,14 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Agent, Rec
 
 
 def _no_procs(a: Agent) -> None:
-    listed = protocol.decode(ProcList, a.request("GET", "/procs").content)
+    listed = codec.decode(ProcList, a.request("GET", "/procs").content)
     assert listed.procs == ()
     # A reported process's directory goes once starts pause; a refused one never had one.
     wait_for(lambda: not list((a.state_dir / "procs").iterdir()), 5, "no process directory")
 
 
 def _put(a: Agent, proc_id: str = "x") -> tuple[str, bytes]:
-    return f"/procs/{proc_id}", protocol.encode(ProcSpec(argv=("true",)))
+    return f"/procs/{proc_id}", codec.encode(ProcSpec(argv=("true",)))
 
 
 def _send(a: Agent, method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
@@ -83,7 +82,7 @@ def _removed(a: Agent, proc_id: str) -> bool:
 
 def test_replayed_request_is_refused(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
-    body = protocol.encode(StartBatch((StartProc("replay", sh("exit 0")),)))
+    body = codec.encode(StartBatch((StartProc("replay", sh("exit 0")),)))
     headers = auth.sign(a.key, "POST", "/procs", body)
     assert _send(a, "POST", "/procs", body, headers) == 200
     assert _send(a, "POST", "/procs", body, headers) == 401
@@ -95,7 +94,7 @@ def test_replayed_request_is_refused(agent: tuple[Agent, Receiver]) -> None:
 
 def test_malformed_bodies_are_400_and_the_agent_stays_up(agent: tuple[Agent, Receiver]) -> None:
     a, _ = agent
-    good = protocol.encode(StartBatch((StartProc("fuzz", ProcSpec(argv=("true",))),)))
+    good = codec.encode(StartBatch((StartProc("fuzz", ProcSpec(argv=("true",))),)))
     rng = random.Random(7)
     bodies = [good[:n] for n in range(len(good) - 1)]
     bodies += [rng.randbytes(rng.randint(0, 200)) for _ in range(60)]
@@ -110,17 +109,17 @@ def test_malformed_bodies_are_400_and_the_agent_stays_up(agent: tuple[Agent, Rec
         {"procs": [{"proc_id": "a", "spec": {"argv": []}}]},
         {"procs": [{"proc_id": "a", "spec": {"argv": [1, 2]}}]},
     )
-    bodies += [msgpack.packb(value) for value in values]
+    bodies += [codec.encode(value) for value in values]
     for body in bodies:
         response = a.request("POST", "/procs", body)
         if response.status_code == 200:
-            results = protocol.decode(protocol.StartResults, response.content).results
+            results = codec.decode(protocol.StartResults, response.content).results
             assert all(r.status == "refused" for r in results), body
             continue
         assert response.status_code == 400, (body, response.status_code)
-        assert "error" in msgpack.unpackb(response.content)
+        assert "error" in codec.decode_plain(response.content)
     assert a.request("PUT", "/procs/a", b"\xc1").status_code == 400
-    spec = protocol.encode(ProcSpec(argv=("true",)))
+    spec = codec.encode(ProcSpec(argv=("true",)))
     for path in ("/procs/..%2Fetc", "/procs/.hidden", "/procs/a%00b", "/procs/" + "x" * 200):
         assert a.request("PUT", path, spec).status_code in (400, 404), path
     assert a.request("GET", "/procs/x/output?start=-1").status_code in (400, 404)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from apsis_agent.outbox import Ledger, Outbox
-from apsis_common import protocol
+from apsis_common import codec
 from apsis_common.protocol import (
     AgentStarted,
     EventBatch,
@@ -23,8 +22,8 @@ EXIT = ExitInfo(0, 0, None, False, {}, 1.0)
 
 def _batch(outbox: Outbox, max_events: int = 100, max_bytes: int = 1 << 20) -> EventBatch:
     envelopes, _ = outbox.batch(max_events, max_bytes)
-    body = msgpack.packb({"agent_id": "a", "epoch": 1, "events": envelopes})
-    return protocol.decode(EventBatch, body)
+    body = codec.encode({"agent_id": "a", "epoch": 1, "events": envelopes})
+    return codec.decode(EventBatch, body)
 
 
 def test_sequence_numbers_are_contiguous_and_persisted(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 from apsis_agent import registry
 from apsis_agent.procs import check_spec
 from apsis_agent.registry import Observed, Recovery, check_proc_id, decide
-from apsis_common import protocol
+from apsis_common import codec
+from apsis_common.codec import spec_digest
 from apsis_common.errors import BadInput
 from apsis_common.protocol import ProcSpec, StopSpec, TimeoutSpec
 
@@ -61,11 +62,11 @@ def test_bad_proc_ids(proc_id: str) -> None:
 def test_digest_is_stable_and_sensitive() -> None:
     spec = ProcSpec(argv=("echo", "hi"), env={"B": "2", "A": "1"})
     same = ProcSpec(argv=("echo", "hi"), env={"A": "1", "B": "2"})
-    assert spec.digest() == same.digest()
-    assert spec.digest() != ProcSpec(argv=("echo", "ho")).digest()
-    assert spec.digest() != ProcSpec(argv=("echo", "hi"), stop=StopSpec(grace=1)).digest()
-    decoded = protocol.decode(ProcSpec, protocol.encode(spec))
-    assert decoded.digest() == spec.digest()
+    assert spec_digest(spec) == spec_digest(same)
+    assert spec_digest(spec) != spec_digest(ProcSpec(argv=("echo", "ho")))
+    assert spec_digest(spec) != spec_digest(ProcSpec(argv=("echo", "hi"), stop=StopSpec(grace=1)))
+    decoded = codec.decode(ProcSpec, codec.encode(spec))
+    assert spec_digest(decoded) == spec_digest(spec)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,7 @@ def test_load_reads_what_the_shim_wrote(tmp_path: Path) -> None:
     (proc.directory / "stop").write_text('{"signal": 15, "deadline": 2.0, "reason": "stop"}')
     loaded = registry.load(proc.directory)
     assert loaded is not None
-    assert loaded.digest == spec.digest()
+    assert loaded.digest == spec_digest(spec)
     assert loaded.facts == registry.PidFacts(5, 5, 10, 1.5, "b", 4, 9)
     assert loaded.stop == registry.StopFacts(15, 2.0, "stop")
     assert loaded.exit is None and loaded.error is None
