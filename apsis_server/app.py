@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import os
 import re
 import socket
 import sys
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,25 +23,26 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from apsis_common import __version__
-from apsis_common import protocol as p
 from apsis_common.auth import Verifier
 from apsis_common.tls import ensure_ca, server_context
 from apsis_server.agents.events import PATH, webhook_route
 from apsis_server.agents.facts import Facts
-from apsis_server.agents.reconcile import reconcile
 from apsis_server.agents.registry import Registry
 from apsis_server.api import rest
 from apsis_server.api.feeds.fanout import Feeds
 from apsis_server.api.feeds.routes import feed_routes
 from apsis_server.api.gate import Gate, allowed_hosts, allowed_origins, exposure
+from apsis_server.api.https import check_trusted, issue_cert
 from apsis_server.api.metrics import Metrics, WebhookTiming, metrics_endpoint
-from apsis_server.api.tokens import TokenGuard, check_trusted, server_cert
+from apsis_server.api.tokens import TokenGuard
 from apsis_server.config import Config, load_config
 from apsis_server.core.planner import Horizon
+from apsis_server.core.runs import Run
 from apsis_server.core.templates import Templates, default_helpers
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.housekeeping import Housekeeping
 from apsis_server.engine.operations import Operations
+from apsis_server.engine.ports import Settings as EngineSettings
 from apsis_server.engine.restore import restore
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
 from apsis_server.store.sqlite import SqliteStore
@@ -78,8 +77,11 @@ def build_app(config: Config) -> Starlette:
     """The whole server as an ASGI app; its lifespan runs the engine and agents."""
     config.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca = ensure_ca(config.state / "ca")
-    config = server_cert(config, ca)
-    check_trusted(config, ca)
+    if config.tls_auto:
+        cert, key = issue_cert(config.state, config.host, config.public_url, ca)
+        config = replace(config, tls_cert=cert, tls_key=key)
+    if config.tls_cert is not None and not config.public_url:
+        check_trusted(config.tls_cert, ca, config.state / "ca")
     store = SqliteStore(config.state / "apsis.db")
     registry = Registry(
         config.state,
@@ -87,29 +89,26 @@ def build_app(config: Config) -> Starlette:
         lambda: webhook_url(config),
         settings=config.agents,
     )
+    internal: asyncio.Queue[Run] = asyncio.Queue()
     engine = Engine(
-        store, registry, Templates(), Horizon(config.horizon, config.max_scheduled_per_schedule)
+        store,
+        registry,
+        Templates(),
+        EngineSettings(
+            horizon=Horizon(config.horizon, config.max_scheduled_per_schedule),
+            waiting_max_time=config.waiting_max_time,
+            output_max=config.output_max,
+            smtp=config.smtp,
+            public_url=config.public_url,
+        ),
+        internal=internal.put_nowait,
     )
-    engine.waiter.default_max_time = config.waiting_max_time
-    engine.starter.output_max = config.output_max
-    engine.actions.smtp = config.smtp
-    engine.actions.public_url = config.public_url
-    registry.on_refused = engine.refused
-    registry.on_lost = engine.agent_lost
-    registry.reconcile = functools.partial(reconcile, engine)
-    registry.busy = lambda: Counter(r.agent_id for r in engine.runs.values() if r.agent_id)
     facts = Facts(engine, registry.agent_started)
-
-    def accepted(agent_id: str, results: list[p.StartResult]) -> None:
-        facts.answered(agent_id, results)
-        engine.answers.handed_over([r.proc_id for r in results])
-
-    registry.on_accepted = accepted
     metrics = Metrics(engine, registry, config.state / "apsis.db")
-    engine.listeners.append(metrics.observe)
     housekeeping = Housekeeping(
         engine,
         store,
+        internal,
         config.archive or config.state / "archive.db",
         config.retention,
         config.retention_period,
@@ -118,7 +117,7 @@ def build_app(config: Config) -> Starlette:
     verifier = Verifier(registry.keys)
 
     def reload() -> dict[str, Any]:
-        engine.templates, loaded = load_jobs(config)
+        templates, loaded = load_jobs(config)
         app.state.job_errors = loaded.errors
         # A job whose file no longer loads keeps its last good definition (and its
         # scheduled runs) until the file is mended: a typo stops nothing.
@@ -126,16 +125,16 @@ def build_app(config: Config) -> Starlette:
             {e.job_id for e in loaded.errors if e.job_id in engine.jobs} - set(loaded.jobs)
         )
         jobs = {**{job_id: engine.jobs[job_id] for job_id in kept}, **loaded.jobs}
-        answer: dict[str, Any] = engine.planning.replace_jobs(jobs)
+        answer: dict[str, Any] = engine.replace_jobs(jobs, templates)
         answer["kept"] = kept
         answer["errors"] = [e.__dict__ for e in loaded.errors]
         return answer
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine.templates, loaded = load_jobs(config)
+        templates, loaded = load_jobs(config)
         app.state.job_errors = loaded.errors
-        engine.planning.set_jobs(loaded.jobs)
+        engine.set_jobs(loaded.jobs, templates)
         restore(engine, config.catch_up)
         registry.adopt({r.agent_id for r in engine.runs.values() if r.agent_id})
         log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
@@ -144,7 +143,7 @@ def build_app(config: Config) -> Starlette:
         # scans only what came later (~100k objects fewer with 2,000 jobs).
         gc.collect()
         gc.freeze()
-        task = asyncio.create_task(_background(engine, registry, housekeeping, metrics))
+        task = asyncio.create_task(_background(engine, registry, facts, housekeeping, metrics))
         try:
             yield
         finally:
@@ -166,8 +165,8 @@ def build_app(config: Config) -> Starlette:
             Middleware(SecurityHeaders),
             Middleware(
                 Gate,
-                hosts=allowed_hosts(config),
-                origins=allowed_origins(config),
+                hosts=allowed_hosts(config.host, config.public_url, config.api.hosts),
+                origins=allowed_origins(config.public_url, config.api.origins),
                 max_body=config.api.max_body,
             ),
             *_cors(config),
@@ -201,13 +200,11 @@ def _cors(config: Config) -> list[Middleware]:
 
 
 async def _background(
-    engine: Engine, registry: Registry, housekeeping: Housekeeping, metrics: Metrics
+    engine: Engine, registry: Registry, facts: Facts, housekeeping: Housekeeping, metrics: Metrics
 ) -> None:
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(engine.timers.run())
-        tasks.create_task(engine.planning.run())
-        tasks.create_task(registry.run())
-        tasks.create_task(engine.actions.run())
+        tasks.create_task(engine.run())
+        tasks.create_task(registry.run(facts))
         tasks.create_task(housekeeping.run())
         tasks.create_task(metrics.run())
 
@@ -268,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         state=args.state or config.state,
         log_file=args.log_file or config.log_file,
     )
-    refusal, warning = exposure(config)
+    refusal, warning = exposure(
+        config.host, config.port, bool(config.api.tokens), config.api.allow_unauthenticated
+    )
     if refusal is not None:
         print(f"apsis-server: {refusal}", file=sys.stderr)
         return 2

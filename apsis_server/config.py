@@ -8,7 +8,8 @@ from typing import Any
 
 from apsis_server.actions.mail import SmtpSettings, parse_smtp
 from apsis_server.agents.settings import AgentSettings, parse_agents, parse_host_groups
-from apsis_server.api.tokens import ApiSettings, parse_api, parse_tls
+from apsis_server.api.https import parse_tls
+from apsis_server.api.tokens import ApiSettings, parse_api
 from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
 from apsis_server.core.fields import (
     Fields,

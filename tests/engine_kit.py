@@ -3,6 +3,8 @@ of what the engine, and what drives it, do with runs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from apsis_common import protocol as p
 from apsis_server.agents.choice import Choice
 from apsis_server.agents.dispatch import Command
@@ -18,7 +20,9 @@ class QuietAgents:
     def __init__(self) -> None:
         self.starts: list[p.StartProc] = []
 
-    def choose(self, host: str | None, user: str | None) -> Choice:
+    def choose(
+        self, host: str | None, user: str | None, busy: Callable[[], Mapping[str, int]]
+    ) -> Choice:
         return Choice("local")
 
     def start(self, agent_id: str, proc: p.StartProc) -> None:
@@ -38,7 +42,8 @@ def new_engine(store: SqliteStore, jobs: dict[str, str], agents: QuietAgents) ->
     """An engine with `jobs` (job id → YAML text) loaded."""
     templates = Templates()
     engine = Engine(store, agents, templates)
-    engine.planning.set_jobs(
-        {job_id: parse_job(job_id, load_yaml(text), templates) for job_id, text in jobs.items()}
+    engine.set_jobs(
+        {job_id: parse_job(job_id, load_yaml(text), templates) for job_id, text in jobs.items()},
+        templates,
     )
     return engine

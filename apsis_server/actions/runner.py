@@ -1,7 +1,8 @@
 """Firing job actions when runs finish: schedule, retry, webhook, email.
 
 Actions fire once, on the transition into a finished state (not on a later
-mark), and each firing is written to the run log of both runs involved.
+mark), and each firing is written to the run log of both runs involved. Schedule
+and retry actions are decisions (`NewRun`, `Note`) that the engine applies.
 Webhooks and emails are delivered by a task of their own each, with retries, so
 a slow URL or mail server never holds up the engine (nor the other kind); each
 attempt's outcome is written to the run log.
@@ -15,7 +16,7 @@ import smtplib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -28,11 +29,51 @@ from apsis_server.core.actions import (
     ScheduleAction,
     WebhookAction,
 )
+from apsis_server.core.jobs import Job
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
 
-if TYPE_CHECKING:
-    from apsis_server.engine.engine import Engine
+
+class Engine(Protocol):
+    """What actions read, and how they write their outcomes to run logs."""
+
+    def clock(self) -> float: ...
+
+    def expand(self, text: str, scope: Mapping[str, Any]) -> str:
+        """A template expanded; TemplateError on failure."""
+
+    def job(self, job_id: str) -> Job | None: ...
+
+    def stored_meta(self, run_id: str) -> dict[str, Any]: ...
+
+    def note(self, run_id: str, message: str) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """Create a run of `job` (a schedule or retry action), and note it on `source`."""
+
+    source: str
+    job: Job
+    args: dict[str, str]
+    when: float
+    why: str
+    note: str  # for the source run's log; `{run_id}` is the new run's id
+    rerun_of: str | None = None
+    retry: int = 0
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for a run's log."""
+
+    run_id: str
+    message: str
+
+
+Decision = NewRun | Note
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +98,16 @@ def retry_delay(action: RetryAction, number: int) -> float:
 
 
 class ActionRunner:
-    """Decides and applies the actions of runs that just finished."""
+    """Decides the actions of runs that just finished, and delivers their webhooks
+    and emails."""
 
     def __init__(
-        self, engine: Engine, webhook_attempts: int = 5, webhook_delay: float = 0.5
+        self,
+        engine: Engine,
+        smtp: mail.SmtpSettings | None = None,
+        public_url: str | None = None,
+        webhook_attempts: int = 5,
+        webhook_delay: float = 0.5,
     ) -> None:
         self._engine = engine
         self._webhooks: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -69,50 +116,51 @@ class ActionRunner:
         self._attempts = webhook_attempts
         self._delay = webhook_delay
         # Where email goes (none: email actions are skipped), and the web UI's
-        # address for links to runs; set by whoever reads the config.
-        self.smtp: mail.SmtpSettings | None = None
-        self.public_url: str | None = None
+        # address for links to runs.
+        self._smtp = smtp
+        self._public_url = public_url
 
-    def fire(self, finished: list[Run], meta: Mapping[str, Mapping[str, Any]]) -> None:
-        for run in finished:
-            job = self._engine.job_of(run)
-            for action in job.actions if job is not None else ():
-                try:
-                    self._fire(run, action, meta.get(run.run_id, {}))
-                except (TemplateError, ValueError, LookupError) as exc:
-                    self._engine.note(run.run_id, f"{action.type} action failed: {exc}")
+    def fire(self, run: Run, job: Job | None, meta: Mapping[str, Any]) -> list[Decision]:
+        """The decisions of a just-finished run's actions (its job's, as bound);
+        webhooks and emails are queued for delivery."""
+        decisions: list[Decision] = []
+        for action in job.actions if job is not None else ():
+            try:
+                decisions += self._fire(run, action, meta)
+            except (TemplateError, ValueError, LookupError) as exc:
+                decisions.append(Note(run.run_id, f"{action.type} action failed: {exc}"))
+        return decisions
 
-    def _fire(self, run: Run, action: Action, meta: Mapping[str, Any]) -> None:
+    def _fire(self, run: Run, action: Action, meta: Mapping[str, Any]) -> list[Decision]:
         engine = self._engine
         scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
         scope["state"] = run.state.value
 
         def expand(text: str) -> str:
-            return engine.templates.expand(text, scope)
+            return engine.expand(text, scope)
 
         if isinstance(action, ScheduleAction):
             if action.states is not None and run.state not in action.states:
-                return
-            target = engine.jobs.get(expand(action.job_id))
+                return []
+            target = engine.job(expand(action.job_id))
             if target is None:
                 raise LookupError(f"no job {expand(action.job_id)!r}")
             args = {k: expand(v) for k, v in action.args.items()}
             args.update({p: run.args[p] for p in target.params if p not in args and p in run.args})
             args = {p: v for p, v in args.items() if p in target.params}
-            new = engine.create(
-                target, args, engine.clock(), message=f"scheduled by an action of {run.run_id}"
-            )
-            engine.note(run.run_id, f"schedule action: {new.run_id} of {target.job_id}")
-        elif isinstance(action, RetryAction):
-            self._retry(run, action, meta)
-        elif isinstance(action, WebhookAction):
+            why = f"scheduled by an action of {run.run_id}"
+            note = "schedule action: {run_id} of " + target.job_id
+            return [NewRun(run.run_id, target, args, engine.clock(), why, note)]
+        if isinstance(action, RetryAction):
+            return self._retry(run, action, meta)
+        if isinstance(action, WebhookAction):
             if run.state in action.states:
                 self._webhook(run, expand(action.url))
         elif isinstance(action, EmailAction) and run.state in action.states:
-            if self.smtp is None:
-                engine.note(run.run_id, "email action skipped: no SMTP server is configured")
-            else:
-                self._email(run, self.smtp, tuple(expand(to) for to in action.to))
+            if self._smtp is None:
+                return [Note(run.run_id, "email action skipped: no SMTP server is configured")]
+            self._email(run, self._smtp, tuple(expand(to) for to in action.to))
+        return []
 
     def _webhook(self, run: Run, url: str) -> None:
         payload = {"run": run_json(run, self._engine.clock())}
@@ -127,35 +175,39 @@ class ActionRunner:
         self._webhooks.put_nowait(Delivery(run.run_id, f"webhook to {url}", post))
 
     def _email(self, run: Run, smtp: mail.SmtpSettings, to: tuple[str, ...]) -> None:
-        message: EmailMessage = mail.compose(smtp, to, run, self.public_url)
+        message: EmailMessage = mail.compose(smtp, to, run, self._public_url)
 
         async def send() -> None:
             await asyncio.to_thread(mail.send, smtp, message)
 
         self._emails.put_nowait(Delivery(run.run_id, f"email to {', '.join(to)}", send))
 
-    def _retry(self, run: Run, action: RetryAction, meta: Mapping[str, Any]) -> None:
+    def _retry(self, run: Run, action: RetryAction, meta: Mapping[str, Any]) -> list[Decision]:
         if run.state not in action.states:
-            return
+            return []
         if action.exit_codes is not None:
-            code = meta.get("exit_code", self._engine.store.meta(run.run_id).get("exit_code"))
+            code = meta.get("exit_code", self._engine.stored_meta(run.run_id).get("exit_code"))
             if code not in action.exit_codes:
-                return
+                return []
         if run.retry >= action.max:
-            self._engine.note(run.run_id, f"retry action: no more retries ({action.max} made)")
-            return
-        job = self._engine.jobs[run.job_id]
+            return [Note(run.run_id, f"retry action: no more retries ({action.max} made)")]
+        job = self._engine.job(run.job_id)
+        if job is None:
+            raise LookupError(f"no job {run.job_id!r}")
         number = run.retry + 1
         delay = retry_delay(action, number)
-        new = self._engine.create(
-            job,
-            dict(run.args),
-            self._engine.clock() + delay,
-            rerun_of=run.run_id,
-            retry=number,
-            message=f"retry {number} of {action.max} of {run.run_id}",
-        )
-        self._engine.note(run.run_id, f"retry action: {new.run_id} in {delay:g}s")
+        return [
+            NewRun(
+                run.run_id,
+                job,
+                dict(run.args),
+                self._engine.clock() + delay,
+                f"retry {number} of {action.max} of {run.run_id}",
+                f"retry action: {{run_id}} in {delay:g}s",
+                rerun_of=run.run_id,
+                retry=number,
+            )
+        ]
 
     async def run(self) -> None:
         """Deliver webhooks and emails, forever."""

@@ -1,10 +1,11 @@
-"""Turning what agents report (facts about processes) into run transitions.
+"""Turning what agents report (facts about processes) into run events.
 
 The agent never decides success or failure: it says a process started, wrote
 bytes at an offset, was signalled, exited or was lost. Events are applied in
 sequence order, each once: a duplicate (seq ≤ acked) is ignored and nothing is
 applied past a gap. The new ack is committed in the same transaction as the
-changes it covers.
+changes it covers. `Facts` is also what the registry reports to (`Reports`):
+starts an agent accepted or refused, agents lost, agents to reconcile.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from apsis_common import protocol as p
 from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.states import State
-from apsis_server.agents.dispatch import Command
+from apsis_server.agents.dispatch import AgentClient, Command
+from apsis_server.agents.reconcile import reconcile
+from apsis_server.core import lifecycle
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
@@ -31,9 +34,10 @@ AGENT_STOPPED_DURING_START = "agent stopped during start"
 
 
 class Facts:
-    """Applies agents' event batches to the engine's runs."""
+    """Applies agents' event batches, and the registry's reports, to the engine's runs."""
 
-    def __init__(self, engine: Engine, on_agent_started: OnAgentStarted | None = None) -> None:
+    def __init__(self, engine: Engine, on_agent_started: OnAgentStarted) -> None:
+        """`on_agent_started(agent_id, epoch)`: an agent says it (re)started."""
         self.engine = engine
         self._on_agent_started = on_agent_started
         self._acks: dict[str, int] = {}
@@ -70,12 +74,29 @@ class Facts:
             self.engine.commit()
             self._acks[agent_id] = acked
         for epoch in started:
-            if self._on_agent_started is not None:
-                await self._on_agent_started(agent_id, epoch)
+            await self._on_agent_started(agent_id, epoch)
         return acked
 
+    # -- what the registry reports ---------------------------------------------------
+
+    def refused(self, proc_id: str, error: str) -> None:
+        self.engine.refused(proc_id, error)
+
+    def accepted(self, agent_id: str, results: list[p.StartResult]) -> None:
+        self.answered(agent_id, results)
+        self.engine.answers.handed_over([r.proc_id for r in results])
+
+    def lost(self, agent_id: str, silence: float) -> None:
+        self.engine.agent_lost(agent_id, silence)
+
+    async def reconcile(self, agent_id: str, client: AgentClient) -> None:
+        await reconcile(self.engine, agent_id, client)
+
+    def busy(self) -> Mapping[str, int]:
+        return self.engine.busy()
+
     def _run(self, agent_id: str, proc_id: str) -> Run | None:
-        run = self.engine.procs.run_for(proc_id)
+        run = self.engine.run_for(proc_id)
         if run is None:
             log.info("agent %s: event for %s, which no unfinished run owns", agent_id, proc_id)
         return run
@@ -103,15 +124,14 @@ class Facts:
                 # Not known to have started: start again, under a new proc id.
                 engine.restart_proc(run, event.error)
             else:
-                engine.transition(run, State.ERROR, event.error)
+                engine.error_run(run.run_id, lifecycle.StartRefused(event.error))
         elif isinstance(event, p.ProcSignaled):
             self._signaled(run, event)
         elif isinstance(event, p.ProcExited):
             await self._exited(agent_id, run, event)
         elif isinstance(event, p.ProcLost):
-            engine.transition(
-                run, State.ERROR, f"the process was lost ({event.reason.replace('_', ' ')})"
-            )
+            why = f"the process was lost ({event.reason.replace('_', ' ')})"
+            engine.error_run(run.run_id, lifecycle.ProcLost(why))
 
     def answered(self, agent_id: str, results: list[p.StartResult]) -> None:
         """An agent's answer to starts: those already started are running now, not
@@ -120,7 +140,7 @@ class Facts:
         for result in results:
             if result.pid is None or result.pgid is None or result.start_time is None:
                 continue
-            run = self.engine.procs.run_for(result.proc_id)
+            run = self.engine.run_for(result.proc_id)
             if run is not None:
                 event = p.ProcStarted(result.proc_id, result.pid, result.pgid, result.start_time)
                 self._started(agent_id, run, event)
@@ -132,7 +152,7 @@ class Facts:
     def _started(self, agent_id: str, run: Run, event: p.ProcStarted) -> None:
         if run.state != State.STARTING:
             return  # already running: the start answer or an earlier event said so
-        self.engine.transition(run, State.RUNNING, f"running as pid {event.pid}")
+        self.engine.apply(run, lifecycle.Started(f"running as pid {event.pid}"))
         self.engine.procs.started(run.run_id, event.start_time)
         self.engine.meta(
             run.run_id,
@@ -165,7 +185,7 @@ class Facts:
             )
             engine.meta(run.run_id, timed_out=True)
             if run.state == State.RUNNING:
-                engine.transition(run, State.STOPPING, "timed out", stop_time=engine.clock())
+                engine.apply(run, lifecycle.TimedOut())
         elif event.reason == "escalation":
             engine.procs.set_stop_context(
                 run.run_id,
@@ -177,7 +197,7 @@ class Facts:
         known = engine.procs.output_length(run.run_id)
         if event.output_length > known:
             try:
-                data = await engine.agents.output(
+                data = await engine.fetch_output(
                     agent_id, event.proc_id, known, event.output_length
                 )
                 self._output(run, known, data)
@@ -185,7 +205,7 @@ class Facts:
                 engine.note(run.run_id, f"could not fetch the rest of the output: {exc}")
         run = engine.runs.get(run.run_id, run)
         if run.state == State.STARTING:
-            run = engine.transition(run, State.RUNNING, "running")
+            run = engine.apply(run, lifecycle.Started("running"))
         state, message = outcome(event.exit, engine.procs.stop_context(run.run_id))
         exit = event.exit
         # Both ends by the agent's clock (the server's `running` time comes later).
@@ -205,4 +225,5 @@ class Facts:
             output_length=event.output_length,
         )
         if run.state in (State.RUNNING, State.STOPPING):
-            engine.transition(run, state, message)
+            ended = lifecycle.Succeeded if state == State.SUCCESS else lifecycle.Failed
+            engine.apply(run, ended(message))

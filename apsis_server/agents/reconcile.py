@@ -14,6 +14,7 @@ from apsis_common import protocol as p
 from apsis_common.errors import ApsisError
 from apsis_common.states import State
 from apsis_server.agents.dispatch import AgentClient, Command
+from apsis_server.core import lifecycle
 from apsis_server.engine.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,10 @@ async def reconcile(engine: Engine, agent_id: str, client: AgentClient) -> None:
         if run.state == State.STARTING:
             engine.resend_start(run)
         elif run.state in (State.RUNNING, State.STOPPING):
-            engine.transition(run, State.ERROR, f"agent {agent_id} has no process {run.proc_id}")
+            why = f"agent {agent_id} has no process {run.proc_id}"
+            engine.apply(run, lifecycle.ProcLost(why))
     for proc_id, summary in procs.items():
-        if engine.procs.run_for(proc_id) is not None:
+        if engine.run_for(proc_id) is not None:
             continue
         if summary.state in ("starting", "running"):
             log.warning("agent %s: stopping %s, which no run owns", agent_id, proc_id)

@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from apsis_common import __version__
 from apsis_common import protocol as p
@@ -30,13 +31,33 @@ from apsis_server.agents.choice import Choice
 from apsis_server.agents.conn import AgentConn
 from apsis_server.agents.dispatch import AgentClient, Command, Dispatcher
 from apsis_server.agents.groups import pick
-from apsis_server.agents.keeper import Accepted, Keeper, Lost, Reconcile, Refused
+from apsis_server.agents.keeper import Keeper
 from apsis_server.agents.settings import AgentSettings, StaticAgent, check_host, check_user
 from apsis_server.agents.targets import LOCAL, Target, parse_agent_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCAL", "Choice", "Registry"]
+__all__ = ["LOCAL", "Choice", "Registry", "Reports"]
+
+
+class Reports(Protocol):
+    """What the agents' tasks report, as they learn it, to whoever owns the runs."""
+
+    def refused(self, proc_id: str, error: str) -> None:
+        """An agent refused a start, or the start can never reach one."""
+
+    def accepted(self, agent_id: str, results: list[p.StartResult]) -> None:
+        """An agent holds these starts now; those that had started carry their pid."""
+
+    def lost(self, agent_id: str, silence: float) -> None:
+        """An agent has been unreachable past the lost timeout."""
+
+    async def reconcile(self, agent_id: str, client: AgentClient) -> None:
+        """Compare the runs on a (re)connected agent with its processes."""
+
+    def busy(self) -> Mapping[str, int]:
+        """The running runs per agent id."""
+
 
 # Not reachable now: a group skips these members.
 UNREACHABLE = ("disconnected", "failed")
@@ -56,14 +77,8 @@ class Registry:
     ) -> None:
         self.settings = settings or AgentSettings()
         self._state_dir = state_dir
-        # Set by whoever owns the runs: what to do when an agent refuses a start,
-        # and how to compare process lists when an agent (re)connects.
-        self.on_refused: Refused = lambda proc_id, error: None
-        self.on_accepted: Accepted = lambda agent_id, results: None
-        self.on_lost: Lost = lambda agent_id, silence: None
-        self.reconcile: Reconcile | None = None
-        # Running (starting, running, stopping) runs per agent id, for least-busy.
-        self.busy: Callable[[], Mapping[str, int]] = dict
+        # Whoever owns the runs, while `run` runs: what the agents' tasks report.
+        self._reports: Reports | None = None
         self._clock = clock
         self.agents: dict[str, AgentConn] = {}
         self._by_key: dict[str, str] = {}
@@ -71,7 +86,6 @@ class Registry:
         self._cursors: dict[str, int] = {}
         self._rng = random.Random()
         self._local_user = getpass.getuser()
-        # The hooks are set after construction: the keeper calls them through these.
         self._keeper = Keeper(
             self.settings,
             state_dir,
@@ -80,10 +94,10 @@ class Registry:
             version,
             clock=clock,
             rng=self._rng,
-            busy=lambda: self.busy(),
-            reconcile=self._reconcile,
-            refused=lambda proc_id, error: self.on_refused(proc_id, error),
-            lost=lambda agent_id, silence: self.on_lost(agent_id, silence),
+            busy=lambda: self._sink().busy(),
+            reconcile=lambda agent_id, client: self._sink().reconcile(agent_id, client),
+            refused=lambda proc_id, error: self._sink().refused(proc_id, error),
+            lost=lambda agent_id, silence: self._sink().lost(agent_id, silence),
         )
         if self.settings.local_enabled:
             self._want(self._add(Target("local", "127.0.0.1")))
@@ -113,8 +127,8 @@ class Registry:
         key = self._load_key(agent_id, static)
         dispatcher = Dispatcher(
             agent_id,
-            lambda proc_id, error: self.on_refused(proc_id, error),
-            lambda results: self.on_accepted(agent_id, results),
+            lambda proc_id, error: self._sink().refused(proc_id, error),
+            lambda results: self._sink().accepted(agent_id, results),
         )
         conn = AgentConn(agent_id, target.host, target.user, key, dispatcher, state="new")
         conn.target, conn.static = target, static
@@ -163,9 +177,12 @@ class Registry:
     def agent_for_key(self, key_id: str) -> str | None:
         return self._by_key.get(key_id)
 
-    def choose(self, host: str | None, user: str | None) -> Choice:
+    def choose(
+        self, host: str | None, user: str | None, busy: Callable[[], Mapping[str, int]]
+    ) -> Choice:
         """The agent to run a program on `host` (a host, alias or group) as `user`, with
-        notes for the run log; LookupError or ValueError if there is none (says why)."""
+        notes for the run log; LookupError or ValueError if there is none (says why).
+        `busy`: the running runs per agent id, for least-busy groups."""
         if user is not None:
             check_user(user)
         if host is None:
@@ -187,8 +204,8 @@ class Registry:
             for h, c in members.items()
             if c.state in UNREACHABLE
         }
-        busy = self.busy()
-        load = {h: busy.get(c.agent_id, 0) for h, c in members.items()}
+        running = busy()
+        load = {h: running.get(c.agent_id, 0) for h, c in members.items()}
         chosen = pick(group, unusable, load, self._cursors.get(group.name, 0), self._rng)
         self._cursors[group.name] = chosen.cursor
         return Choice(members[chosen.host].agent_id, chosen.notes)
@@ -203,10 +220,11 @@ class Registry:
         return self.agents.get(target.agent_id) or self._add(target)
 
     def start(self, agent_id: str, proc: p.StartProc) -> None:
+        """Send a start to an agent, once it is connected; LookupError if there is no
+        such agent."""
         conn = self._get(agent_id)
         if conn is None:
-            self.on_refused(proc.proc_id, f"no agent {agent_id}")
-            return
+            raise LookupError(f"no agent {agent_id}")
         if conn.state == "connected":
             conn.dispatcher.start(proc)
         else:
@@ -244,8 +262,10 @@ class Registry:
 
     # -- connections -------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Connect agents as they are wanted and run their dispatchers, until cancelled."""
+    async def run(self, reports: Reports) -> None:
+        """Connect agents as they are wanted and run their dispatchers, until
+        cancelled; what their tasks learn goes to `reports`."""
+        self._reports = reports
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -254,6 +274,7 @@ class Registry:
                 await asyncio.Event().wait()
         finally:
             self._tasks = None
+            self._reports = None
             for conn in self.agents.values():
                 conn.spawned = False
                 if conn.dispatcher.client is not None:
@@ -274,5 +295,9 @@ class Registry:
         await self._reconcile(agent_id, conn.dispatcher.client)
 
     async def _reconcile(self, agent_id: str, client: AgentClient) -> None:
-        if self.reconcile is not None:
-            await self.reconcile(agent_id, client)
+        await self._sink().reconcile(agent_id, client)
+
+    def _sink(self) -> Reports:
+        # Only the tasks of `run` report, and only while it runs.
+        assert self._reports is not None, "the registry reports only while it runs"
+        return self._reports

@@ -10,7 +10,7 @@ from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
 from apsis_server.core.waiting import dependency_args
 from apsis_server.engine.engine import Engine
-from apsis_server.engine.waiting import EngineRuns
+from apsis_server.engine.waiting import RunsView
 from apsis_server.store.base import RunFilter
 
 
@@ -24,9 +24,9 @@ def _targets(engine: Engine, run: Run) -> list[tuple[DependencyCondition, str, d
         try:
 
             def expand(text: str) -> str:
-                return engine.templates.expand(text, scope)
+                return engine.expand(text, scope)
 
-            args = dependency_args(cond, run, EngineRuns(engine), expand)
+            args = dependency_args(cond, run, RunsView(engine), expand)
             out.append((cond, expand(cond.job_id), args))
         except (TemplateError, ValueError):
             continue

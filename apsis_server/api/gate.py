@@ -34,15 +34,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apsis_common.bodies import read_body, replay
-
-if TYPE_CHECKING:
-    from apsis_server.config import Config
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -63,36 +59,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def allowed_hosts(config: Config) -> frozenset[str] | None:
+def allowed_hosts(
+    bind_host: str, public_url: str | None, extra: tuple[str, ...]
+) -> frozenset[str] | None:
     """The host names the server answers to (loopback ones always), or None for any:
     its bind address, the host of `public_url`, the machine's names when bound to
-    every address, and `api.hosts`."""
-    if "*" in config.api.hosts:
+    every address, and `extra` (`api.hosts`; "*" for any)."""
+    if "*" in extra:
         return None
-    names = {"localhost", *config.api.hosts}
-    if config.host in WILDCARD_BINDS:
+    names = {"localhost", *extra}
+    if bind_host in WILDCARD_BINDS:
         names |= {socket.gethostname(), socket.getfqdn()}
     else:
-        names.add(config.host)
-    if config.public_url:
-        names.add(urlsplit(config.public_url).hostname or "")
+        names.add(bind_host)
+    if public_url:
+        names.add(urlsplit(public_url).hostname or "")
     return frozenset(_name(n) for n in names if n)
 
 
-def allowed_origins(config: Config) -> frozenset[str]:
-    """Origins besides a request's own whose pages may call the API."""
-    origins = set(config.api.origins)
-    if config.public_url:
-        origins.add(config.public_url)
+def allowed_origins(public_url: str | None, extra: tuple[str, ...]) -> frozenset[str]:
+    """Origins besides a request's own whose pages may call the API: `public_url`'s
+    and `extra` (`api.origins`)."""
+    origins = {*extra, *([public_url] if public_url else [])}
     return frozenset(o for o in (_origin(o) for o in origins) if o)
 
 
-def exposure(config: Config) -> tuple[str | None, str | None]:
-    """(why the server must not start as configured, a warning to log loudly)."""
-    if is_loopback(config.host) or config.api.tokens:
+def exposure(
+    host: str, port: int, tokens: bool, allow_unauthenticated: bool
+) -> tuple[str | None, str | None]:
+    """(why the server must not start listening on `host`, a warning to log loudly)."""
+    if is_loopback(host) or tokens:
         return None, None
-    where = f"{config.host or '*'}:{config.port}"
-    if not config.api.allow_unauthenticated:
+    where = f"{host or '*'}:{port}"
+    if not allow_unauthenticated:
         return (
             f"refusing to serve the API on {where} without API tokens: anyone who can "
             "reach it could run commands as this user. Configure api.tokens (see "

@@ -143,6 +143,7 @@ class Metrics:
         self.event_lag = Histogram(LAG_BUCKETS)
         self.webhook_time = Histogram(LAG_BUCKETS)
         self.webhook_requests: collections.Counter[str] = collections.Counter()
+        engine.subscribe(self.observe)
 
     # -- what moves the counters --------------------------------------------------
 

@@ -30,9 +30,8 @@ from apsis_server.api.dependencies import dependencies
 from apsis_server.api.metrics import stats
 from apsis_server.api.openapi import openapi_json
 from apsis_server.api.views import agent_json, job_json, log_json, run_json
-from apsis_server.core.catchup import next_times
 from apsis_server.core.fields import Invalid
-from apsis_server.core.jobs import ADHOC_JOB, Job
+from apsis_server.core.jobs import ADHOC_JOB, Job, next_times
 from apsis_server.core.programs import parse_program, signal_number
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.operations import Operations

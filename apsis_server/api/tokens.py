@@ -1,4 +1,4 @@
-"""API access: bearer tokens for `/api/v1` and `/metrics`, and the API's own HTTPS certificate.
+"""API access: bearer tokens for `/api/v1` and `/metrics`.
 
 Policy
 ------
@@ -26,18 +26,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from apsis_common.tls import CertPair, new_cert, write_private
 from apsis_server.api.gate import refuse
 from apsis_server.core.fields import (
     FieldError,
@@ -49,9 +45,6 @@ from apsis_server.core.fields import (
     string,
     strings,
 )
-
-if TYPE_CHECKING:
-    from apsis_server.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +84,6 @@ class ApiSettings:
     # can run commands as the server's user.
     allow_unauthenticated: bool = False
     max_body: int = DEFAULT_MAX_BODY
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """The `tls:` section: a certificate and key on disk, or `auto` (issued by the state CA)."""
-
-    cert: Path | None = None
-    key: Path | None = None
-    auto: bool = False
 
 
 def digest(token: str) -> bytes:
@@ -150,19 +134,6 @@ def parse_api(f: Fields, base: Path) -> ApiSettings:
         allow,
         max_body,
     )
-
-
-def parse_tls(f: Fields, base: Path) -> TlsSettings:
-    """`tls: {cert: PATH, key: PATH}` or `tls: {auto: true}`."""
-    cert = f.take("cert", lambda v, p: base / string(v, p), None)
-    key = f.take("key", lambda v, p: base / string(v, p), None)
-    auto = f.take("auto", boolean, False)
-    f.done()
-    if (cert is None) != (key is None):
-        raise Invalid([FieldError(f.path, "give both cert and key")])
-    if auto and cert is not None:
-        raise Invalid([FieldError(f.at("auto"), "auto issues its own cert; drop cert and key")])
-    return TlsSettings(cert, key, auto)
 
 
 # -- the middleware -------------------------------------------------------------------
@@ -226,67 +197,3 @@ class TokenGuard:
             await refuse(scope, send, 403, f"token {token.name} is read-only")
             return
         await self.app(scope, receive, send)
-
-
-# -- HTTPS ------------------------------------------------------------------------------
-
-
-def _hosts(config: Config) -> list[str]:
-    hosts = [config.host, "127.0.0.1", "localhost"]
-    if config.public_url:
-        name = urlsplit(config.public_url).hostname
-        if name:
-            hosts.append(name)
-    return [h for h in dict.fromkeys(hosts) if h not in ("0.0.0.0", "::", "")]
-
-
-def _covers(cert_pem: str, hosts: list[str]) -> bool:
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    names = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
-    names |= set(san.get_values_for_type(x509.DNSName))
-    return all(_normal(h) in names for h in hosts)
-
-
-def _normal(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host
-
-
-def server_cert(config: Config, ca: CertPair) -> Config:
-    """With `tls: {auto: true}`, the config pointing at a certificate for the API issued
-    by the state's CA (made, or remade when the host names change); agents already
-    trust that CA, so the webhook can be `https`. Other configs come back unchanged."""
-    if not config.tls_auto:
-        return config
-    directory = config.state / "tls"
-    cert_path, key_path = directory / "server.pem", directory / "server.key"
-    hosts = _hosts(config)
-    fresh = cert_path.exists() and key_path.exists()
-    if not fresh or not _covers(cert_path.read_text(), hosts):
-        pair = new_cert(ca, hosts, common_name=hosts[0])
-        write_private(key_path, pair.key_pem)
-        write_private(cert_path, pair.cert_pem)
-        log.info("issued the API certificate for %s in %s", ", ".join(hosts), directory)
-    return replace(config, tls_cert=cert_path, tls_key=key_path)
-
-
-def check_trusted(config: Config, ca: CertPair) -> None:
-    """Warn when the API certificate is not issued by the state CA: the local agent
-    verifies the `https` webhook against that CA only, and would refuse it."""
-    if config.tls_cert is None or config.public_url:
-        return
-    try:
-        cert = x509.load_pem_x509_certificate(config.tls_cert.read_bytes())
-        ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
-        cert.verify_directly_issued_by(ca_cert)
-    except (OSError, ValueError, TypeError, InvalidSignature) as exc:
-        log.warning(
-            "the API certificate %s is not issued by the CA in %s (%s): agents will "
-            "refuse the https webhook; use tls: {auto: true} or a certificate from that CA",
-            config.tls_cert,
-            config.state / "ca",
-            str(exc) or type(exc).__name__,
-        )

@@ -7,8 +7,7 @@ from typing import Any
 
 from apsis_common.times import format_time
 from apsis_server.agents.conn import AgentConn, view
-from apsis_server.core.catchup import next_times
-from apsis_server.core.jobs import Job
+from apsis_server.core.jobs import Job, next_times
 from apsis_server.core.runs import LogEntry, Run
 from apsis_server.web.markdown import description_html
 

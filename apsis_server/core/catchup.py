@@ -9,12 +9,10 @@ enumeration `limit`, the count of what was not listed is returned.
 from __future__ import annotations
 
 import enum
-import heapq
-import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apsis_server.core.fields import (
     Collector,
@@ -26,9 +24,6 @@ from apsis_server.core.fields import (
     integer,
 )
 from apsis_server.core.schedules import Due, Schedule
-
-if TYPE_CHECKING:
-    from apsis_server.core.jobs import Job
 
 SKIP_REASON = "missed while the server was down"
 
@@ -158,12 +153,6 @@ def catch_up(
         for due in missed:
             (plan.run if id(due) in chosen else plan.skip).append(Missed(schedule.key, due))
     return CatchUpPlan(plan.run, plan.skip, not_listed)
-
-
-def next_times(job: Job, start: float, n: int) -> list[Due]:
-    """The next `n` due times of a job's enabled schedules at or after `start`, in order."""
-    streams = [itertools.islice(s.due(start, job.params), n) for s in job.schedules if s.enabled]
-    return list(itertools.islice(heapq.merge(*streams, key=lambda d: d.time), n))
 
 
 def describe(policy: CatchUp) -> str:

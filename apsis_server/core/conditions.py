@@ -27,7 +27,7 @@ from apsis_server.core.fields import (
     string_map,
     typed,
 )
-from apsis_server.core.lifecycle import TRANSITIONS
+from apsis_server.core.lifecycle import SOURCES
 
 _STATE_NAMES = ", ".join(s.value for s in State)
 
@@ -67,7 +67,7 @@ def can_reach(targets: tuple[State, ...]) -> tuple[State, ...]:
     """Every state from which a run can still end up in one of `targets`."""
     reached = set(targets)
     while True:
-        more = {src for dst in reached for src in TRANSITIONS[dst]} - reached
+        more = {src for dst in reached for src in SOURCES[dst]} - reached
         if not more:
             return tuple(s for s in State if s in reached)
         reached |= more
@@ -180,9 +180,14 @@ def _max_running(f: Fields, c: Collector) -> Condition:
 def _skip_duplicate(f: Fields, c: Collector) -> Condition:
     default = SkipDuplicateCondition()
     target = c(lambda: f.take("target_state", state, State.SKIPPED), State.SKIPPED)
-    if target not in FINISHED:
+    if target not in (State.SKIPPED, State.ERROR):
+        # A run that never started can only be skipped or in error (spec/02-runs.md).
         c.errors.append(
-            FieldError(f.at("target_state"), f"expected a finished state, got {target}")
+            FieldError(
+                f.at("target_state"),
+                f"expected a finished state a run that never started can take (skipped or "
+                f"error), got {target}",
+            )
         )
     return SkipDuplicateCondition(
         check_states=c(lambda: f.take("check_states", states, default.check_states), ()),

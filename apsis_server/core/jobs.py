@@ -6,6 +6,8 @@ a file's errors together, each with its key path.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,7 +28,14 @@ from apsis_server.core.fields import (
     strings,
 )
 from apsis_server.core.programs import Program, parse_program
-from apsis_server.core.schedules import Schedule, ScheduleContext, parse_schedule, supplied_args
+from apsis_server.core.runs import check_args
+from apsis_server.core.schedules import (
+    Due,
+    Schedule,
+    ScheduleContext,
+    parse_schedule,
+    supplied_args,
+)
 from apsis_server.core.templates import Templates, check_template
 from apsis_server.core.yamlfile import load_yaml as load_yaml  # job files are read with it
 
@@ -196,3 +205,22 @@ def _check_schedule_args(
 
 def job_error(job_id: str, path: str, exc: Invalid) -> list[JobError]:
     return [JobError(job_id, path, e.key_path, e.message) for e in exc.errors]
+
+
+def next_times(job: Job, start: float, n: int) -> list[Due]:
+    """The next `n` due times of a job's enabled schedules at or after `start`, in order."""
+    streams = [itertools.islice(s.due(start, job.params), n) for s in job.schedules if s.enabled]
+    return list(itertools.islice(heapq.merge(*streams, key=lambda d: d.time), n))
+
+
+def args_for(job: Job, args: Mapping[str, str]) -> dict[str, str]:
+    """The args of a run of `job` made by hand; ValueError unless they are exactly
+    its params, each text a process can be given (`runs.check_args`)."""
+    unknown = set(args) - set(job.params)
+    if unknown:
+        raise ValueError(f"job {job.job_id} has no param(s): {', '.join(sorted(unknown))}")
+    missing = [p for p in job.params if p not in args]
+    if missing:
+        raise ValueError(f"job {job.job_id} needs arg(s): {', '.join(missing)}")
+    check_args(args)
+    return dict(args)

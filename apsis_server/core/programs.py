@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal as _signal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,6 @@ from apsis_server.core.fields import (
     string_map,
     strings,
 )
-from apsis_server.core.templates import TemplateError, Templates
 
 
 def signal_number(value: Any, path: str) -> int:
@@ -262,62 +261,3 @@ def _process(f: Fields, kind: str, compat: bool, c: Collector) -> Program:
         env=env,
         cwd=c(lambda: f.take("cwd", string, None), None),
     )
-
-
-class BindError(ValueError):
-    """The program could not be bound to the run (a template failed)."""
-
-
-def _bound_timeout(timeout: Timeout | None, expand: Callable[[str], str]) -> dict[str, Any] | None:
-    if timeout is None:
-        return None
-    seconds = timeout.duration
-    if isinstance(seconds, str):
-        try:
-            seconds = positive_duration(expand(seconds), "program.timeout.duration")
-        except Invalid as exc:
-            raise BindError(str(exc)) from None
-    return {"duration": seconds, "signal": timeout.signal}
-
-
-def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> dict[str, Any]:
-    """The program for one run, every template expanded, as plain values.
-
-    A process program becomes `{"type": "process", "argv", "env", "env_inherit",
-    "cwd", "host", "user", "timeout", "stop"}`; a no-op stays `{"type": "no-op", ...}`;
-    an internal program is `{"type": "internal.archive", ...its options}`.
-    """
-    if program.type == "no-op":
-        return program.to_plain()
-
-    def expand(text: str) -> str:
-        try:
-            return templates.expand(text, scope)
-        except TemplateError as exc:
-            raise BindError(str(exc)) from None
-
-    if program.type in INTERNAL_TYPES:
-        return {
-            "type": program.type,
-            **{k: expand(v) if isinstance(v, str) else v for k, v in program.options.items()},
-        }
-    if program.command is not None:
-        argv = ["/bin/bash", "-c", expand(program.command)]
-    else:
-        argv = [expand(a) for a in program.argv]
-    env = {k: expand(v) for k, v in program.env.items()}
-    env["APSIS_RUN_ID"] = str(scope.get("run_id", ""))
-    env["APSIS_JOB_ID"] = str(scope.get("job_id", ""))
-    for name, value in scope.get("args", {}).items():
-        env[f"APSIS_ARG_{name.upper()}"] = value
-    return {
-        "type": "process",
-        "argv": argv,
-        "env": env,
-        "env_inherit": program.env_inherit,
-        "cwd": expand(program.cwd) if program.cwd is not None else None,
-        "host": expand(program.host) if program.host is not None else None,
-        "user": expand(program.user) if program.user is not None else None,
-        "timeout": _bound_timeout(program.timeout, expand),
-        "stop": {"signal": program.stop.signal, "grace": program.stop.grace_period},
-    }

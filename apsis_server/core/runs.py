@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from apsis_common.states import State
+from apsis_server.core.bound import BoundProgram
 
 
 @dataclass(frozen=True)
 class Run:
-    """A run as the server knows it. Only `lifecycle` makes one in a new state."""
+    """A run as the server knows it: a value. Only `lifecycle` makes one in a new state."""
 
     run_id: str
     job_id: str
@@ -28,17 +27,14 @@ class Run:
     # Identity of a scheduled run: (schedule key, schedule time) within the job.
     schedule_key: str | None = None
     stop_time: float | None = None
-    # The bound program, once the run has left `scheduled` (plain JSON values).
-    program: Mapping[str, Any] | None = None
+    # The bound program, once the run has left `scheduled`.
+    program: BoundProgram | None = None
     # The process id the server chose, recorded before the agent is asked.
     proc_id: str | None = None
     agent_id: str | None = None
     attempt: int = 0
     # How many retries (by a retry action) came before this run.
     retry: int = 0
-
-    def replace(self, **changes: Any) -> Run:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ more than its count.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,13 +42,19 @@ class RunsView(Protocol):
         """The params of a job, or None if there is no such job."""
 
 
+class VerdictKind(enum.StrEnum):
+    READY = "ready"
+    WAIT = "wait"
+    SKIP = "skip"
+    ERROR = "error"
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """`ready`, `wait` (with what is awaited), `finish` (in `state`) or `error`."""
+    """`ready`, `wait` (with what is awaited), `skip` or `error` (with why)."""
 
-    kind: str
+    kind: VerdictKind
     message: str = ""
-    state: State | None = None
     watch: tuple[str, ...] = ()  # job ids whose changes may change the verdict
 
 
@@ -75,16 +82,16 @@ def _dependency(
 ) -> Verdict | None:
     job_id = expand(cond.job_id)
     if view.params(job_id) is None:
-        return Verdict("error", f"dependency on unknown job {job_id}")
+        return Verdict(VerdictKind.ERROR, f"dependency on unknown job {job_id}")
     args = dependency_args(cond, run, view, expand)
     if view.exists(job_id, args, cond.states, run.run_id):
         return None
     what = _describe(job_id, args)
     if cond.exist is not None and not view.exists(job_id, args, cond.exist, run.run_id):
         states = "/".join(s.value for s in cond.exist)
-        return Verdict("error", f"no run of {what} is {states}")
+        return Verdict(VerdictKind.ERROR, f"no run of {what} is {states}")
     states = "/".join(s.value for s in cond.states)
-    return Verdict("wait", f"waiting for {what} to be {states}", watch=(job_id,))
+    return Verdict(VerdictKind.WAIT, f"waiting for {what} to be {states}", watch=(job_id,))
 
 
 def _max_running(
@@ -101,7 +108,7 @@ def _max_running(
         args = dict(run.args)
     if view.count(job_id, args, ACTIVE) >= count:
         message = f"at most {count} run(s) of {job_id} at a time: waiting for one to end"
-        return Verdict("wait", message, watch=(job_id,))
+        return Verdict(VerdictKind.WAIT, message, watch=(job_id,))
     return None
 
 
@@ -109,7 +116,8 @@ def _skip_duplicate(cond: SkipDuplicateCondition, run: Run, view: RunsView) -> V
     if not view.exists(run.job_id, run.args, cond.check_states, run.run_id):
         return None
     states = "/".join(s.value for s in cond.check_states)
-    return Verdict("finish", f"a run with the same args is already {states}", cond.target_state)
+    kind = VerdictKind.ERROR if cond.target_state == State.ERROR else VerdictKind.SKIP
+    return Verdict(kind, f"a run with the same args is already {states}")
 
 
 def check(run: Run, conditions: Sequence[Condition], view: RunsView, expand: Expand) -> Verdict:
@@ -120,7 +128,7 @@ def check(run: Run, conditions: Sequence[Condition], view: RunsView, expand: Exp
     for cond in conditions:
         verdict: Verdict | None
         if isinstance(cond, ConstCondition):
-            verdict = None if cond.value else Verdict("wait", "const condition is false")
+            verdict = None if cond.value else Verdict(VerdictKind.WAIT, "const condition is false")
         elif isinstance(cond, DependencyCondition):
             verdict = _dependency(cond, run, view, expand)
         elif isinstance(cond, MaxRunningCondition):
@@ -129,4 +137,4 @@ def check(run: Run, conditions: Sequence[Condition], view: RunsView, expand: Exp
             verdict = _skip_duplicate(cond, run, view)
         if verdict is not None:
             return verdict
-    return Verdict("ready")
+    return Verdict(VerdictKind.READY)

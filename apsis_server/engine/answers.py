@@ -10,28 +10,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from apsis_common.states import FINISHED, State
 from apsis_server.core.runs import Run
 
-if TYPE_CHECKING:
-    from apsis_server.engine.engine import Engine
-
 Futures = dict[str, list[asyncio.Future[Run]]]
+
+
+class Runs(Protocol):
+    """What answering reads: runs by id, and the run that owns a proc id."""
+
+    def get(self, run_id: str) -> Run: ...
+
+    def run_for(self, proc_id: str) -> Run | None: ...
 
 
 class Answers:
     """The futures of the callers waiting on runs, by run id."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, runs: Runs) -> None:
+        self._runs = runs
         self._finished: Futures = {}
         self._started: Futures = {}
 
     async def finished(self, run_id: str, timeout: float) -> Run:
         """The run once finished, or as it is when `timeout` runs out."""
-        run = self._engine.get(run_id)
+        run = self._runs.get(run_id)
         if run.state in FINISHED or timeout <= 0:
             return run
         return await self._await(self._finished, run_id, timeout)
@@ -39,7 +44,7 @@ class Answers:
     async def started(self, run_id: str, timeout: float) -> Run:
         """The run once in its agent's hands (the agent accepted its start), or past
         `starting`, or as it is when `timeout` runs out."""
-        run = self._engine.get(run_id)
+        run = self._runs.get(run_id)
         if run.state != State.STARTING or timeout <= 0:
             return run
         return await self._await(self._started, run_id, timeout)
@@ -47,7 +52,7 @@ class Answers:
     def handed_over(self, proc_ids: list[str]) -> None:
         """The agent has accepted these starts: it holds their specs now."""
         for proc_id in proc_ids:
-            run = self._engine.procs.run_for(proc_id)
+            run = self._runs.run_for(proc_id)
             if run is not None:
                 _answer(self._started.pop(run.run_id, []), run)
 
@@ -72,7 +77,7 @@ class Answers:
                 futures.remove(future)
                 if not futures:
                     del waiting[run_id]
-            return self._engine.get(run_id)
+            return self._runs.get(run_id)
 
 
 def _answer(futures: list[asyncio.Future[Run]], run: Run) -> None:

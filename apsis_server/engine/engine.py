@@ -1,13 +1,20 @@
-"""The engine: the one place that applies run transitions, writes the store,
-publishes changes and asks agents to act.
+"""The engine: the one place that applies run events, writes the store, publishes
+changes and asks agents to act.
 
-Every decision comes from the pure core (`lifecycle`, `planner`, `outcomes`);
-the engine applies them. Changes gather in one `Changes` batch and `commit`
-writes them in one transaction, then releases what must wait for durability:
-agent starts (a proc id is recorded before any agent hears of it), waiters and
-listeners. The parts it owns each keep one concern and act through its methods:
-`planning` (schedules planned ahead), `waiter` (conditions), `starter` (a run's
-program to where it runs), `procs` (which run owns each proc id), `timers`.
+Theory of operation
+-------------------
+Every run moves by an event (`core.lifecycle`): `apply` runs it through the
+lifecycle table and carries out the effects it returns. The engine's parts decide,
+and the engine applies what they decide: `planning` which runs to create ahead,
+`waiter` whether a waiting run may start, `starter` where and how a run starts,
+`actions` what a finished run's actions create. Each part sees the engine through
+a narrow `Protocol` of what it may read, never the engine itself. `procs` keeps
+which run owns each proc id; `timers` when each run next needs the engine.
+
+Changes gather in one `Changes` batch and `commit` writes them in one transaction,
+then releases what must wait for durability: agent starts and commands (a proc id
+is recorded before any agent hears of it), API waiters, listeners (feeds,
+metrics), and the actions of runs that finished.
 """
 
 from __future__ import annotations
@@ -16,52 +23,42 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from apsis_common import protocol as p
 from apsis_common.errors import BadInput, NotFound, Unavailable
-from apsis_common.states import FINISHED, State
-from apsis_server.actions.runner import ActionRunner
-from apsis_server.agents.choice import Choice
+from apsis_common.states import State
+from apsis_server.actions.runner import ActionRunner, NewRun, Note
 from apsis_server.agents.dispatch import Command
 from apsis_server.core import lifecycle
-from apsis_server.core.jobs import Job
+from apsis_server.core.bound import (
+    BindError,
+    BoundNoOp,
+    BoundProcess,
+    BoundProgram,
+    bind,
+)
+from apsis_server.core.jobs import Job, args_for
 from apsis_server.core.outcomes import StopContext
-from apsis_server.core.planner import Horizon, Key
-from apsis_server.core.programs import BindError, bind
-from apsis_server.core.runs import Identity, LogEntry, Run, args_key, check_args
+from apsis_server.core.planner import Key
+from apsis_server.core.runs import Identity, Run, args_key
 from apsis_server.core.templates import Templates
 from apsis_server.engine.answers import Answers
-from apsis_server.engine.planning import Planning
-from apsis_server.engine.procs import ProcTable, is_noop, proc_spec
-from apsis_server.engine.starting import Starter
-from apsis_server.engine.timers import Timers
-from apsis_server.engine.waiting import Waiter
-from apsis_server.store.base import Changes, RunStore
+from apsis_server.engine.journal import Written
+from apsis_server.engine.planning import Planning, plan_ahead
+from apsis_server.engine.ports import Agents, Listener, Settings
+from apsis_server.engine.procs import is_noop, proc_spec
+from apsis_server.engine.starting import InServer, Refused, Starter, ToAgent
+from apsis_server.engine.timers import TimerKind, Timers
+from apsis_server.engine.unfinished import ACTIVE
+from apsis_server.engine.view import EngineView
+from apsis_server.engine.waiting import Ready, Wait, Waiter
+from apsis_server.store.base import RunStore
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[Changes], None]
 
-
-class Agents(Protocol):
-    """What the engine needs of the agent registry."""
-
-    def choose(self, host: str | None, user: str | None) -> Choice:
-        """The agent to run on `host` as `user`, with notes for the run log;
-        LookupError or ValueError (saying why) if there is none."""
-
-    def start(self, agent_id: str, proc: p.StartProc) -> None: ...
-
-    def command(self, agent_id: str, command: Command) -> None: ...
-
-    def withdraw(self, agent_id: str, proc_id: str) -> None:
-        """Drop a start not yet sent: its run ended first."""
-
-    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes: ...
-
-
-class Engine:
+class Engine(EngineView):
     """Owns the unfinished runs; applies every change to them."""
 
     def __init__(
@@ -69,136 +66,114 @@ class Engine:
         store: RunStore,
         agents: Agents,
         templates: Templates,
-        horizon: Horizon | None = None,
+        settings: Settings | None = None,
+        *,
         clock: Callable[[], float] = time.time,
+        internal: Callable[[Run], None] | None = None,
     ) -> None:
-        self.store = store
-        self.agents = agents
-        self.templates = templates
-        self.clock = clock
-        self.jobs: dict[str, Job] = {}
-        self.runs: dict[str, Run] = {}
-        self.listeners: list[Listener] = []
-        self._changes = Changes()
-        self._outgoing: list[tuple[str, p.StartProc | Command]] = []
-        self._next_number = store.max_run_number() + 1
-        self.by_job: dict[str, set[str]] = {}
-        # The job definition each run left `scheduled` under: its conditions and
-        # actions are those, whatever a reload does meanwhile (kept in memory only:
-        # after a restart a run follows its job's current definition).
-        self.bound_jobs: dict[str, Job] = {}
-        self._finished_now: list[Run] = []
+        """`internal` takes the runs of internal (housekeeping) programs; without
+        it, such runs error ("needs the SQLite store")."""
+        super().__init__(store, templates, clock)
+        settings = settings or Settings()
+        self._agents = agents
+        self._internal = internal
+        self._listeners: list[Listener] = []
         self._committing = False
         self._group: asyncio.Future[None] | None = None
-        self.store_error: str | None = None
-        self.waiter = Waiter(self)
+        self._next_number = store.max_run_number() + 1
+        self._planning = Planning(settings.horizon)
+        self._timers = Timers(self)
+        self._waiter = Waiter(self, self.expand, settings.waiting_max_time)
+        self._starter = Starter(self, agents, self.busy, settings.output_max, internal is not None)
         self.answers = Answers(self)
-        self.planning = Planning(self, horizon or Horizon())
-        self.procs = ProcTable(self)
-        self.timers = Timers(self)
-        self.starter = Starter(self)
-        self.actions = ActionRunner(self)
+        self.actions = ActionRunner(self, settings.smtp, settings.public_url)
 
-    # -- applying changes -----------------------------------------------------
+    async def run(self) -> None:
+        """The engine's own tasks, until cancelled: timers, planning ahead, and the
+        delivery of webhooks and emails."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._timers.run())
+            tasks.create_task(plan_ahead(self))
+            tasks.create_task(self.actions.run())
 
-    def _put(self, run: Run, message: str | None = None, state: State | None = None) -> Run:
-        if run.state in FINISHED:
-            self.runs.pop(run.run_id, None)
-            self.procs.forget(run)
-            same_job = self.by_job.get(run.job_id)
-            if same_job is not None:
-                same_job.discard(run.run_id)
-                if not same_job:
-                    del self.by_job[run.job_id]
-            self.waiter.forget(run.run_id)
+    async def fetch_output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+        """Bytes of a process's output from its agent (not stored by this call)."""
+        return await self._agents.output(agent_id, proc_id, start, stop)
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener` with every committed batch of changes."""
+        self._listeners.append(listener)
+
+    # -- applying events -----------------------------------------------------------
+
+    def apply(self, run: Run, event: lifecycle.Event) -> Run:
+        """Run `event` through the lifecycle and carry out its effects; the new run.
+        IllegalTransition (409) if the run's state does not take it."""
+        transition = lifecycle.apply(run, event, self.clock())
+        new = transition.run
+        if new.state.finished:
+            self._runs.drop(new)
+            self.procs.forget(new)
+            self._waiter.forget(new.run_id)
         else:
-            self.runs[run.run_id] = run
-            self.by_job.setdefault(run.job_id, set()).add(run.run_id)
-        self._changes.runs[run.run_id] = run
-        if message is not None:
-            self.note(run.run_id, message, state)
-        return run
+            self._runs.put(new)
+        self._journal.run(new)
+        # A transition is logged with the state entered; a new attempt in the same
+        # state is a plain line (metrics count transitions from the log).
+        self.note(new.run_id, new.message or "", new.state if new.state != run.state else None)
+        for effect in transition.effects:
+            self._effect(new, effect)
+        return new
+
+    def _effect(self, run: Run, effect: lifecycle.Effect) -> None:
+        if isinstance(effect, lifecycle.EnteredScheduled):
+            self._planning.scheduled(run)
+            self._timers.add(run.schedule_time or 0.0, run.run_id, TimerKind.DUE)
+            if run.stop_time is not None:
+                self._timers.add(run.stop_time, run.run_id, TimerKind.STOP_TIME)
+        elif isinstance(effect, lifecycle.LeftScheduled):
+            self._planning.unscheduled(run)
+        elif isinstance(effect, lifecycle.CheckConditions):
+            self.wait(run)
+        elif isinstance(effect, lifecycle.SendStop):
+            self._stop(run)
+        elif isinstance(effect, lifecycle.WithdrawStart):
+            self._agents.withdraw(effect.agent_id, effect.proc_id)
+        elif isinstance(effect, lifecycle.Finished):
+            self._journal.finished(run)
 
     def note(self, run_id: str, message: str, state: State | None = None) -> None:
-        self._changes.log.append(LogEntry(run_id, self.clock(), message, state))
-
-    def transition(self, run: Run, state: State, message: str, **changes: Any) -> Run:
-        new = lifecycle.transition(run, state, self.clock(), message, **changes)
-        if run.state == State.SCHEDULED:
-            self.planning.unscheduled(run)
-        if state in FINISHED:
-            self._finished_now.append(new)
-            if run.state == State.STARTING and run.agent_id and run.proc_id:
-                # Ended before its agent had it (an operator, a refusal): a start
-                # still queued must not go out after the run is over.
-                self.agents.withdraw(run.agent_id, run.proc_id)
-        return self._put(new, message, state)
+        """A line for the run's log, written with the current changes."""
+        self._journal.note(run_id, message, state)
 
     def meta(self, run_id: str, **meta: Any) -> None:
-        self._changes.meta.setdefault(run_id, {}).update(meta)
+        self._journal.meta(run_id, meta)
 
     def move_cursors(self, cursors: Mapping[Key, float]) -> None:
         """Record schedule cursors moved by planning (or the watermark), written with
         the current changes."""
-        self._changes.cursors.update(cursors)
-
-    def scheduled_identities(self, job_id: str, since: float) -> set[Identity]:
-        """Identities (schedule time, args) of the job's runs planned from schedules
-        for `since` or later, in any state: in the store, or changed and not yet
-        written; withdrawn ones are free again."""
-        found = {
-            run_id: ident
-            for run_id, ident in self.store.scheduled_identities(job_id, since).items()
-            if run_id not in self._changes.deleted
-        }
-        # Unfinished runs are in memory; finished ones not yet written are the round's.
-        unfinished = [self.runs[run_id] for run_id in self.by_job.get(job_id, ())]
-        for run in (*self._finished_now, *unfinished):
-            if (
-                run.job_id == job_id
-                and run.schedule_key is not None
-                and run.schedule_time is not None
-                and run.schedule_time >= since
-            ):
-                found[run.run_id] = (run.schedule_time, args_key(run.args))
-        return set(found.values())
-
-    def job_of(self, run: Run) -> Job | None:
-        """The definition `run` follows: as bound when it left `scheduled`, else the
-        job's current one; None if its job is gone."""
-        return self.bound_jobs.get(run.run_id) or self.jobs.get(run.job_id)
-
-    def withdraw(self, run: Run) -> None:
-        """Take back a scheduled run that planning no longer wants: deleted from the
-        store as if never planned."""
-        self.runs.pop(run.run_id, None)
-        same_job = self.by_job.get(run.job_id)
-        if same_job is not None:
-            same_job.discard(run.run_id)
-        self.planning.unscheduled(run)
-        self._changes.runs.pop(run.run_id, None)
-        self._changes.deleted.add(run.run_id)
-
-    # -- what agents' facts and housekeeping change ----------------------------------
+        self._journal.cursors(cursors)
 
     def add_output(self, run_id: str, offset: int, data: bytes) -> None:
         """Store a run's output from `offset`, written with the current changes."""
-        self._changes.output.append((run_id, offset, data))
+        self._journal.output(run_id, offset, data)
         self.procs.set_output_length(run_id, offset + len(data))
 
     def ack(self, agent_id: str, seq: int) -> None:
         """Record an agent's events up to `seq` as applied, with the current changes."""
-        self._changes.acks[agent_id] = seq
-
-    def resend_start(self, run: Run) -> None:
-        """Ask the run's agent again to start its proc (starts are idempotent)."""
-        if run.agent_id and run.proc_id and run.program:
-            start = p.StartProc(run.proc_id, proc_spec(run, run.program))
-            self._outgoing.append((run.agent_id, start))
+        self._journal.ack(agent_id, seq)
 
     def send(self, agent_id: str, command: Command) -> None:
         """Ask an agent to act once the current changes are committed."""
-        self._outgoing.append((agent_id, command))
+        self._journal.request(agent_id, command)
+
+    def resend_start(self, run: Run) -> None:
+        """Ask the run's agent again to start its proc (starts are idempotent)."""
+        if run.agent_id and run.proc_id and isinstance(run.program, BoundProcess):
+            start = p.StartProc(run.proc_id, proc_spec(run, run.program))
+            self._journal.request(run.agent_id, start)
+
+    # -- committing ------------------------------------------------------------------
 
     def commit(self) -> None:
         """Write the gathered changes in one transaction, then release what waited on it.
@@ -211,172 +186,49 @@ class Engine:
             return  # the round under way picks these changes up
         self._committing = True
         try:
-            while self._changes or self._outgoing:
-                self._commit_round()
+            while self._journal:
+                self._release(self._journal.write())
         finally:
             self._committing = False
 
-    def _commit_round(self) -> None:
-        changes, self._changes = self._changes, Changes()
-        outgoing, self._outgoing = self._outgoing, []
-        finished, self._finished_now = self._finished_now, []
-        if changes:
-            try:
-                self.store.write(changes)
-            except Unavailable as exc:
-                # Keep everything for the next try: memory stays ahead of the store,
-                # never apart from it, and nothing waiting on durability is released.
-                self._changes = changes.merged(self._changes)
-                self._outgoing = outgoing + self._outgoing
-                self._finished_now = finished + self._finished_now
-                if self.store_error is None:
-                    log.error("store write failed; retrying: %s", exc)
-                self.store_error = str(exc)
-                raise Unavailable(f"{exc}; kept, and written once the store is writable") from exc
-            if self.store_error is not None:
-                log.info("store writable again")
-                self.store_error = None
-        for agent_id, item in outgoing:
+    def _release(self, written: Written) -> None:
+        """After a write: what waited on it goes, and what follows is decided."""
+        changes = written.changes
+        for agent_id, item in written.requests:
             if isinstance(item, p.StartProc):
-                self.agents.start(agent_id, item)
+                try:
+                    self._agents.start(agent_id, item)
+                except LookupError as exc:
+                    self.refused(item.proc_id, str(exc))
             else:
-                self.agents.command(agent_id, item)
-        self.answers.release(finished, changes.runs)
+                self._agents.command(agent_id, item)
+        self.answers.release(written.finished, changes.runs)
         if changes:
-            for listener in self.listeners:
+            for listener in self._listeners:
                 listener(changes)
-        self.actions.fire(finished, changes.meta)
-        for run in finished:
-            self.bound_jobs.pop(run.run_id, None)
-        self.waiter.changed({run.job_id for run in changes.runs.values()})
+        for run in written.finished:
+            self._fire_actions(run, changes.meta.get(run.run_id, {}))
+            self._runs.unbind(run.run_id)
+        for run in self._waiter.changed({r.job_id for r in changes.runs.values()}, self._runs):
+            self._check(run)
 
-    # -- timers -------------------------------------------------------------
+    def _fire_actions(self, run: Run, meta: Mapping[str, Any]) -> None:
+        for decision in self.actions.fire(run, self.job_of(run), meta):
+            if isinstance(decision, Note):
+                self.note(decision.run_id, decision.message)
+            elif isinstance(decision, NewRun):
+                self._new_run(decision)
 
-    def fire(self, run_id: str, kind: str) -> None:
-        """Apply a timer come due: what `kind` means for the run as it is now."""
-        run = self.runs.get(run_id)
-        if run is None:
-            return
-        try:
-            if kind == "due" and run.state == State.SCHEDULED:
-                self._due(run)
-            elif kind == "waiting-limit":
-                self.waiter.expire(run)
-            elif kind == "stop-time" and run.state == State.RUNNING:
-                run = self.transition(
-                    run, State.STOPPING, "stop time reached", stop_time=self.clock()
-                )
-                self.request_stop(run)
-            elif kind == "no-op" and run.state in (State.RUNNING, State.STOPPING):
-                ok = bool((run.program or {}).get("success", True))
-                self.transition(run, State.SUCCESS if ok else State.FAILURE, "no-op finished")
-        except Unavailable:
-            raise
-        except Exception:
-            log.exception("run %s: timer %s failed", run_id, kind)
-            self.error_run(run_id, "internal error; see the server log")
-
-    # -- creating runs -----------------------------------------------------------
-
-    def _allocate(self) -> str:
-        run_id = f"r{self._next_number}"
-        self._next_number += 1
-        return run_id
-
-    def _check_args(self, job: Job, args: Mapping[str, str]) -> dict[str, str]:
-        unknown = set(args) - set(job.params)
-        if unknown:
-            raise BadInput(f"job {job.job_id} has no param(s): {', '.join(sorted(unknown))}")
-        missing = [p for p in job.params if p not in args]
-        if missing:
-            raise BadInput(f"job {job.job_id} needs arg(s): {', '.join(missing)}")
-        try:
-            check_args(args)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
-        return dict(args)
-
-    def create(
-        self,
-        job: Job,
-        args: dict[str, str],
-        when: float,
-        *,
-        schedule_key: str | None = None,
-        stop_time: float | None = None,
-        ad_hoc: bool = False,
-        rerun_of: str | None = None,
-        program: Mapping[str, Any] | None = None,
-        retry: int = 0,
-        message: str | None = None,
-    ) -> Run:
-        """A new run in `scheduled`, due at `when`."""
-        run = Run(
-            run_id=self._allocate(),
-            job_id=job.job_id,
-            args=args,
-            state=State.NEW,
-            schedule_time=when,
-            ad_hoc=ad_hoc,
-            rerun_of=rerun_of,
-            labels=job.labels,
-            schedule_key=schedule_key,
-            stop_time=stop_time,
-            program=program,
-            retry=retry,
+    def _new_run(self, decision: NewRun) -> None:
+        new = self.create(
+            decision.job,
+            decision.args,
+            decision.when,
+            rerun_of=decision.rerun_of,
+            retry=decision.retry,
+            why=decision.why,
         )
-        why = message or (
-            "rerun of " + rerun_of if rerun_of else ("scheduled by hand" if ad_hoc else "scheduled")
-        )
-        run = self.transition(run, State.SCHEDULED, why)
-        self.planning.scheduled(run)
-        self.timers.add(when, run.run_id, "due")
-        if stop_time is not None:
-            self.timers.add(stop_time, run.run_id, "stop-time")
-        return run
-
-    def schedule(
-        self,
-        job_id: str,
-        args: Mapping[str, str],
-        when: float | None = None,
-        rerun_of: str | None = None,
-        commit: bool = True,
-    ) -> Run:
-        """Create a run of a job by hand, due at `when` (now if None); with
-        `commit=False` the caller awaits `committed()` before relying on it."""
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id!r}")
-        now = self.clock()
-        run = self.create(
-            job,
-            self._check_args(job, args),
-            now if when is None else when,
-            ad_hoc=True,
-            rerun_of=rerun_of,
-        )
-        if run.schedule_time is not None and run.schedule_time <= now:
-            self._due(run)
-        if commit:
-            self.commit()
-        return self.get(run.run_id)
-
-    def schedule_program(self, program: Job, when: float | None = None) -> Run:
-        """An ad-hoc run of a program given directly (its own one-off job, `ADHOC_JOB`)."""
-        now = self.clock()
-        # Bound now, with the id `create` is about to allocate.
-        scope = {"args": {}, "run_id": f"r{self._next_number}", "job_id": program.job_id}
-        try:
-            bound = bind(program.program, self.templates, scope)
-        except BindError as exc:
-            raise BadInput(str(exc)) from None
-        run = self.create(program, {}, now if when is None else when, ad_hoc=True, program=bound)
-        self.bound_jobs[run.run_id] = program
-        if run.schedule_time is not None and run.schedule_time <= now:
-            self._due(run)
-        self.commit()
-        return self.get(run.run_id)
+        self.note(decision.source, decision.note.replace("{run_id}", new.run_id))
 
     def committed(self) -> asyncio.Future[None]:
         """Done once every change made so far is committed (or failed with
@@ -398,84 +250,316 @@ class Engine:
             return
         group.set_result(None)
 
+    # -- timers -------------------------------------------------------------
+
+    def fire(self, run_id: str, kind: TimerKind) -> None:
+        """Apply a timer come due: what `kind` means for the run as it is now."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        try:
+            if kind == TimerKind.DUE and run.state == State.SCHEDULED:
+                self._due(run)
+            elif kind == TimerKind.WAITING_LIMIT and run.state == State.WAITING:
+                self._waiter.forget(run.run_id)
+                waited = self.clock() - run.times.get(State.WAITING.value, 0.0)
+                self.apply(run, lifecycle.WaitedTooLong(waited))
+            elif kind == TimerKind.STOP_TIME and run.state == State.RUNNING:
+                self.apply(run, lifecycle.StopTimeReached())
+            elif kind == TimerKind.NO_OP and run.state in (State.RUNNING, State.STOPPING):
+                ok = not isinstance(run.program, BoundNoOp) or run.program.success
+                ended = lifecycle.Succeeded if ok else lifecycle.Failed
+                self.apply(run, ended("no-op finished"))
+        except Unavailable:
+            raise
+        except Exception:
+            log.exception("run %s: timer %s failed", run_id, kind)
+            self.error_run(run_id, lifecycle.InternalError())
+
+    # -- creating runs -----------------------------------------------------------
+
+    def _allocate(self) -> str:
+        run_id = f"r{self._next_number}"
+        self._next_number += 1
+        return run_id
+
+    def create(
+        self,
+        job: Job,
+        args: dict[str, str],
+        when: float,
+        *,
+        schedule_key: str | None = None,
+        stop_time: float | None = None,
+        ad_hoc: bool = False,
+        rerun_of: str | None = None,
+        program: BoundProgram | None = None,
+        retry: int = 0,
+        why: str | None = None,
+    ) -> Run:
+        """A new run in `scheduled`, due at `when`."""
+        run = Run(
+            run_id=self._allocate(),
+            job_id=job.job_id,
+            args=args,
+            state=State.NEW,
+            schedule_time=when,
+            ad_hoc=ad_hoc,
+            rerun_of=rerun_of,
+            labels=job.labels,
+            schedule_key=schedule_key,
+            stop_time=stop_time,
+            program=program,
+            retry=retry,
+        )
+        why = why or (
+            "rerun of " + rerun_of if rerun_of else ("scheduled by hand" if ad_hoc else "scheduled")
+        )
+        return self.apply(run, lifecycle.Scheduled(why))
+
+    def schedule(
+        self,
+        job_id: str,
+        args: Mapping[str, str],
+        when: float | None = None,
+        rerun_of: str | None = None,
+        commit: bool = True,
+    ) -> Run:
+        """Create a run of a job by hand, due at `when` (now if None); with
+        `commit=False` the caller awaits `committed()` before relying on it."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        try:
+            args = args_for(job, args)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        now = self.clock()
+        run = self.create(
+            job,
+            dict(args),
+            now if when is None else when,
+            ad_hoc=True,
+            rerun_of=rerun_of,
+        )
+        if run.schedule_time is not None and run.schedule_time <= now:
+            self._due(run)
+        if commit:
+            self.commit()
+        return self.get(run.run_id)
+
+    def schedule_program(self, program: Job, when: float | None = None) -> Run:
+        """An ad-hoc run of a program given directly (its own one-off job, `ADHOC_JOB`)."""
+        now = self.clock()
+        # Bound now, with the id `create` is about to allocate.
+        scope = {"args": {}, "run_id": f"r{self._next_number}", "job_id": program.job_id}
+        try:
+            bound = bind(program.program, self._templates, scope)
+        except BindError as exc:
+            raise BadInput(str(exc)) from None
+        run = self.create(program, {}, now if when is None else when, ad_hoc=True, program=bound)
+        self._runs.bind(run.run_id, program)
+        if run.schedule_time is not None and run.schedule_time <= now:
+            self._due(run)
+        self.commit()
+        return self.get(run.run_id)
+
     def _due(self, run: Run) -> None:
         # The program is bound as the run leaves `scheduled`: a template that fails
         # errors the run now, not after it has waited for its conditions.
         try:
-            program = self.starter.bind(run)
+            bound = self._starter.bind(run)
         except BindError as exc:
-            run = self.transition(run, State.ERROR, str(exc))
+            self.apply(run, lifecycle.Invalid(str(exc)))
         else:
-            run = self.transition(run, State.WAITING, "schedule time reached", program=program)
+            if bound.job is not None:
+                self._runs.bind(run.run_id, bound.job)
+            self.apply(run, lifecycle.Due(bound.program))
         if run.schedule_key is not None:
-            self.planning.plan([run.job_id])
-        if run.state == State.WAITING:
-            self.waiter.enter(run)
+            self.plan([run.job_id])
 
-    # -- what operations and timers need ---------------------------------------
+    # -- jobs and planning ---------------------------------------------------------------
 
-    def get(self, run_id: str) -> Run:
-        """The run as it is now: unfinished, finished but not yet written (the store
-        still has its previous state), or from the store; NotFound if there is none."""
-        run = self.runs.get(run_id) or self._changes.runs.get(run_id) or self.store.get(run_id)
-        if run is None:
-            raise NotFound(f"no run {run_id!r}")
-        return run
+    def set_jobs(self, jobs: Mapping[str, Job], templates: Templates) -> None:
+        """Take the job definitions at startup (planned by `plan_ahead`, not here)."""
+        self._jobs, self._templates = dict(jobs), templates
 
-    def request_stop(self, run: Run) -> None:
-        """Ask a stopping run's process to stop (a no-op just succeeds)."""
-        self.procs.stop_requested(run.run_id)
-        self.meta(run.run_id, stop_requested=True)
-        if is_noop(run):
-            self.transition(run, State.SUCCESS, "stopped")
-        elif run.agent_id is not None and run.proc_id is not None:
-            self.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
+    def replace_jobs(self, jobs: Mapping[str, Job], templates: Templates) -> dict[str, list[str]]:
+        """Take new job definitions: withdraw and replan the scheduled runs of changed
+        and removed jobs (runs scheduled by hand stay); answer what changed."""
+        now = self.clock()
+        replan = self._planning.replan(self._jobs, jobs, self.unfinished_of, now)
+        self._jobs, self._templates = dict(jobs), templates
+        for run in replan.withdraw:
+            self.withdraw(run)
+        self.move_cursors(replan.cursors)
+        self._plan(replan.plan, again=True)
+        self.commit()
+        return {"added": replan.added, "changed": replan.changed, "removed": replan.removed}
 
-    def mark_run(self, run: Run, state: State, message: str | None = None) -> Run:
-        """Set a run's state by hand, as `lifecycle.mark` allows; returns it."""
-        new = lifecycle.mark(run, state, self.clock(), message or f"marked {state} by hand")
-        return self._put(new, new.message, state)
+    def plan(self, job_ids: list[str]) -> int:
+        """Create the scheduled runs planning asks for, for these jobs; how many."""
+        return self._plan(job_ids)
+
+    def _plan(self, job_ids: list[str], again: bool = False) -> int:
+        now = self.clock()
+        jobs = [self._jobs[j] for j in job_ids if j in self._jobs]
+        taken = (lambda job_id: self.scheduled_identities(job_id, now)) if again else None
+        plan = self._planning.plan(jobs, now, taken)
+        for item in plan.runs:
+            run = self.create(
+                self._jobs[item.job_id],
+                dict(item.due.args),
+                item.due.time,
+                schedule_key=item.schedule_key,
+                stop_time=item.due.stop_time,
+            )
+            if item.due.error is not None:
+                self.apply(run, lifecycle.Invalid(item.due.error))
+        self.move_cursors(plan.cursors)
+        return len(plan.runs)
+
+    def scheduled_identities(self, job_id: str, since: float) -> set[Identity]:
+        """Identities (schedule time, args) of the job's runs planned from schedules
+        for `since` or later, in any state: in the store, or changed and not yet
+        written; withdrawn ones are free again."""
+        found = {
+            run_id: ident
+            for run_id, ident in self.store.scheduled_identities(job_id, since).items()
+            if run_id not in self._journal.changes.deleted
+        }
+        # Unfinished runs are in memory; finished ones not yet written are the round's.
+        for run in (*self._journal.finishing, *self.unfinished_of(job_id)):
+            if (
+                run.job_id == job_id
+                and run.schedule_key is not None
+                and run.schedule_time is not None
+                and run.schedule_time >= since
+            ):
+                found[run.run_id] = (run.schedule_time, args_key(run.args))
+        return set(found.values())
+
+    def withdraw(self, run: Run) -> None:
+        """Take back a scheduled run that planning no longer wants: deleted from the
+        store as if never planned."""
+        self._runs.drop(run)
+        self._planning.unscheduled(run)
+        self._journal.withdraw(run.run_id)
+
+    # -- waiting and starting ---------------------------------------------------------------
+
+    def wait(self, run: Run) -> None:
+        """A run has just become waiting (or is waiting after a restart): arm its
+        waiting limit and check its conditions."""
+        limit = self._waiter.limit(run)
+        if limit is not None:
+            since = run.times.get(State.WAITING.value, self.clock())
+            self._timers.add(since + limit, run.run_id, TimerKind.WAITING_LIMIT)
+        self._check(run)
+
+    def _check(self, run: Run) -> None:
+        decision = self._waiter.check(run)
+        if isinstance(decision, Wait):
+            if decision.note is not None:
+                self.note(run.run_id, decision.note)
+        elif isinstance(decision, Ready):
+            self.start(run, decision.why)
+        else:
+            self.apply(run, decision)
+
+    def start(self, run: Run, why: str) -> None:
+        """Start a scheduled or waiting run now: hand its program to where it runs."""
+        self._waiter.forget(run.run_id)
+        decision = self._starter.start(run, why)
+        if decision.job is not None:
+            self._runs.bind(run.run_id, decision.job)  # its conditions and actions, too
+        if isinstance(decision, Refused):
+            self.apply(run, decision.event)
+        elif isinstance(decision, InServer):
+            run = self.apply(run, decision.event)
+            if decision.noop:
+                run = self.apply(run, lifecycle.Started("no-op running"))
+                self._timers.add(self.clock() + decision.duration, run.run_id, TimerKind.NO_OP)
+            else:
+                run = self.apply(run, lifecycle.Started("running in the server"))
+                assert self._internal is not None  # the starter refuses them otherwise
+                self._internal(run)
+        elif isinstance(decision, ToAgent):
+            self._to_agent(run, decision)
+
+    def _to_agent(self, run: Run, decision: ToAgent) -> None:
+        run = self.apply(run, decision.event)
+        for note in decision.notes:
+            self.note(run.run_id, note)
+        assert run.proc_id is not None and isinstance(run.program, BoundProcess)
+        stop = StopContext(stop_signal=run.program.stop_signal)
+        self.procs.add(run.run_id, run.proc_id, stop=stop)
+        self.resend_start(run)
 
     def restart_proc(self, run: Run, why: str) -> None:
         """Ask the agent again, under the next attempt's proc id (the state stays)."""
-        program, agent_id = run.program, run.agent_id
-        if program is None or agent_id is None:
+        if run.program is None or run.agent_id is None:
             return
         attempt = run.attempt + 1
         proc_id = f"{run.run_id}.{attempt}"
         self.procs.moved(run.run_id, run.proc_id, proc_id)
-        run = self._put(run.replace(proc_id=proc_id, attempt=attempt), f"{why}; starting again")
-        self.resend_start(run)
+        self.resend_start(self.apply(run, lifecycle.Restarted(proc_id, attempt, why)))
+
+    # -- stopping and ending ---------------------------------------------------------------
+
+    def _stop(self, run: Run) -> None:
+        """Ask a stopping run's process to stop (a no-op just succeeds)."""
+        self.procs.stop_requested(run.run_id)
+        self.meta(run.run_id, stop_requested=True)
+        if is_noop(run):
+            self.apply(run, lifecycle.Succeeded("stopped"))
+        elif run.agent_id is not None and run.proc_id is not None:
+            self.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
+
+    def error_run(self, run_id: str, event: lifecycle.Event) -> None:
+        """Apply an event that ends an unfinished run in error, if it is still one."""
+        run = self._runs.get(run_id)
+        if run is not None and not run.state.finished:
+            self.apply(run, event)
 
     def agent_lost(self, agent_id: str, silence: float) -> None:
         """An agent has been unreachable past the lost timeout: its runs error."""
-        active = (State.STARTING, State.RUNNING, State.STOPPING)
-        lost = [r for r in self.runs.values() if r.agent_id == agent_id and r.state in active]
+        lost = [r for r in self._runs.values() if r.agent_id == agent_id and r.state in ACTIVE]
         for run in lost:
-            self.transition(run, State.ERROR, f"agent {agent_id} unreachable for {silence:.0f}s")
+            self.apply(run, lifecycle.AgentLost(agent_id, silence))
         if lost:
             self.commit()
 
     def refused(self, proc_id: str, error: str) -> None:
         """An agent refused to start a process."""
-        run = self.procs.run_for(proc_id)
+        run = self.run_for(proc_id)
         if run is not None:
-            self.error_run(run.run_id, error)
+            self.error_run(run.run_id, lifecycle.StartRefused(error))
             self.commit()
-
-    def error_run(self, run_id: str, message: str) -> None:
-        run = self.runs.get(run_id)
-        if run is not None and run.state not in FINISHED:
-            self.transition(run, State.ERROR, message)
 
     # -- restore ----------------------------------------------------------------
 
     def adopt(self, run: Run, output_length: int = 0, stop: StopContext | None = None) -> None:
         """Take an unfinished run read back from the store as one of ours; its
         process's output length and stop context count if it has a proc id."""
-        self.runs[run.run_id] = run
-        self.by_job.setdefault(run.job_id, set()).add(run.run_id)
+        self._runs.put(run)
         if run.proc_id is not None:
             self.procs.add(run.run_id, run.proc_id, output_length, stop)
         if run.state == State.SCHEDULED:
-            self.planning.scheduled(run)
+            self._planning.scheduled(run)
+
+    def arm(self, run_id: str, when: float, kind: TimerKind) -> None:
+        """A timer for an adopted run."""
+        self._timers.add(when, run_id, kind)
+
+    def load_cursors(self, cursors: Mapping[Key, float]) -> None:
+        """Take the schedule cursors read back from the store (not written again)."""
+        self._planning.load_cursors(cursors)
+
+    def cursor(self, key: Key) -> float | None:
+        """How far a schedule is planned: its last planned time, if any."""
+        return self._planning.cursor(key)
+
+    def set_cursor(self, key: Key, value: float) -> None:
+        """Move a schedule's cursor, written with the current changes."""
+        self.move_cursors(self._planning.set_cursor(key, value))

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from apsis_common.states import State
+from apsis_server.core import lifecycle
+from apsis_server.core.bound import BoundInternal, InternalKind
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
 from apsis_server.store.archive import Retention
-from apsis_server.store.sqlite import SqliteStore
+from apsis_server.store.base import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ class Housekeeping:
     def __init__(
         self,
         engine: Engine,
-        store: SqliteStore,
+        store: RunStore,
+        queue: asyncio.Queue[Run],
         archive_path: Path,
         retention: Retention | None = None,
         period: float = 600.0,
@@ -47,9 +50,8 @@ class Housekeeping:
         self._chunk_size = chunk_size
         # Relative paths in internal programs are relative to the state directory.
         self._base = state_dir or archive_path.parent
-        self._queue: asyncio.Queue[Run] = asyncio.Queue()
+        self._queue = queue
         self.longest_step = 0.0
-        engine.starter.internal = self._queue.put_nowait
 
     async def run(self) -> None:
         """Work through internal runs as they come, and retention on its period."""
@@ -61,11 +63,13 @@ class Housekeeping:
     async def _internal_runs(self) -> None:
         while True:
             run = await self._queue.get()
-            program = dict(run.program or {})
+            program = run.program
+            if not isinstance(program, BoundInternal):
+                continue  # the engine hands over internal programs only
             try:
-                message, report = await self._do(program)
+                message, report = await self._do(program.kind, program.options)
             except (OSError, sqlite3.Error, ValueError) as exc:
-                self._finish(run, State.FAILURE, f"{program.get('type')} failed: {exc}", None)
+                self._finish(run, State.FAILURE, f"{program.kind} failed: {exc}", None)
             else:
                 self._finish(run, State.SUCCESS, message, report)
 
@@ -79,9 +83,10 @@ class Housekeeping:
                 log.error("retention failed: %s", exc)
             await asyncio.sleep(self._period)
 
-    async def _do(self, program: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        kind = program["type"]
-        if kind == "internal.archive":
+    async def _do(
+        self, kind: InternalKind, program: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        if kind == InternalKind.ARCHIVE:
             path = self._base / program["path"] if program.get("path") else self._archive_path
             retention = Retention(age=float(program["age"]))
             moved = await self.archive(
@@ -92,7 +97,7 @@ class Housekeeping:
                 most=program.get("count"),
             )
             return f"archived {moved} runs to {path}", {"archived": moved, "path": str(path)}
-        if kind == "internal.vacuum":
+        if kind == InternalKind.VACUUM:
             before = self._store.size()
             await self.vacuum()
             after = self._store.size()
@@ -167,5 +172,6 @@ class Housekeeping:
             data = (json.dumps(report, indent=2) + "\n").encode()
             engine.add_output(run.run_id, 0, data)
             engine.meta(run.run_id, output_length=len(data))
-        engine.transition(current, state, message)
+        ended = lifecycle.Succeeded if state == State.SUCCESS else lifecycle.Failed
+        engine.apply(current, ended(message))
         engine.commit()

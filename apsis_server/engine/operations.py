@@ -13,6 +13,7 @@ from apsis_common import protocol as p
 from apsis_common.errors import Conflict
 from apsis_common.states import FINISHED, State
 from apsis_server.agents.dispatch import Command
+from apsis_server.core import lifecycle
 from apsis_server.core.jobs import ADHOC_JOB
 from apsis_server.core.outcomes import signal_name
 from apsis_server.core.runs import Run
@@ -36,15 +37,14 @@ class Operations:
         """Start now, ignoring the schedule time and conditions."""
         engine = self.engine
         run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
-        engine.waiter.forget(run_id)
-        engine.starter.start(run, "started by hand")
+        engine.start(run, "started by hand")
         engine.commit()
         return engine.get(run_id)
 
     def skip(self, run_id: str) -> Run:
         """Skip a scheduled or waiting run: it finishes as `skipped`."""
         run = self._unfinished(run_id, State.SCHEDULED, State.WAITING)
-        self.engine.transition(run, State.SKIPPED, "skipped by hand")
+        self.engine.apply(run, lifecycle.Skipped("skipped by hand"))
         self.engine.commit()
         return self.engine.get(run_id)
 
@@ -52,8 +52,7 @@ class Operations:
         """Stop a running run: the stop signal, the grace period, then SIGKILL."""
         engine = self.engine
         run = self._unfinished(run_id, State.RUNNING)
-        run = engine.transition(run, State.STOPPING, "stop requested", stop_time=engine.clock())
-        engine.request_stop(run)
+        engine.apply(run, lifecycle.StopRequested())
         engine.commit()
         return engine.get(run_id)
 
@@ -73,7 +72,7 @@ class Operations:
 
     def mark(self, run_id: str, state: State, message: str | None = None) -> Run:
         """Set a run's state by hand, as the lifecycle allows marking."""
-        run = self.engine.mark_run(self.engine.get(run_id), state, message)
+        run = self.engine.apply(self.engine.get(run_id), lifecycle.marked(state, message))
         self.engine.commit()
         return run
 
@@ -101,6 +100,6 @@ class Operations:
             engine.note(run_id, "killing its process (SIGKILL), as the run is put in error")
             stop = p.StopRequest(signal=int(signal.SIGKILL), grace=0.0)
             engine.send(run.agent_id, Command("stop", run.proc_id, stop))
-        engine.error_run(run_id, message)
+        engine.error_run(run_id, lifecycle.ErrorByHand(message))
         engine.commit()
         return engine.get(run_id)

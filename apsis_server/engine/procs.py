@@ -12,35 +12,25 @@ forgets it when the run finishes, and still writes the output itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
 from apsis_common import protocol as p
+from apsis_server.core.bound import BoundNoOp, BoundProcess
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Run
-
-if TYPE_CHECKING:
-    from apsis_server.engine.engine import Engine
-
-# Output kept per run: the head and the tail, each half of this.
-DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
 
 
 class ProcTable:
     """Owns, per unfinished run: its proc id, its stored output length, its stop
     context, and when its process started by the agent's clock."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self) -> None:
         self._by_proc: dict[str, str] = {}
         self._output_len: dict[str, int] = {}
         self._stop: dict[str, StopContext] = {}
         self._started: dict[str, float] = {}
 
-    def run_for(self, proc_id: str) -> Run | None:
-        """The unfinished run that owns a proc id."""
-        run_id = self._by_proc.get(proc_id)
-        return self._engine.runs.get(run_id) if run_id is not None else None
+    def run_for(self, proc_id: str) -> str | None:
+        """The id of the unfinished run that owns a proc id."""
+        return self._by_proc.get(proc_id)
 
     # -- what the engine tells -------------------------------------------------
 
@@ -102,21 +92,19 @@ class ProcTable:
 
 def is_noop(run: Run) -> bool:
     """Whether a run's program is a no-op: it has no process."""
-    return run.program is not None and run.program["type"] == "no-op"
+    return isinstance(run.program, BoundNoOp)
 
 
-def proc_spec(run: Run, program: Mapping[str, Any]) -> p.ProcSpec:
+def proc_spec(run: Run, program: BoundProcess) -> p.ProcSpec:
     """The agent's view of a bound process program."""
-    timeout = program.get("timeout")
+    timeout = program.timeout
     return p.ProcSpec(
-        argv=tuple(program["argv"]),
-        cwd=program.get("cwd"),
-        env_inherit=bool(program.get("env_inherit", True)),
-        env=dict(program.get("env", {})),
-        stop=p.StopSpec(int(program["stop"]["signal"]), float(program["stop"]["grace"])),
-        timeout=p.TimeoutSpec(float(timeout["duration"]), int(timeout["signal"]))
-        if timeout
-        else None,
-        output_max=int(program.get("output_max", DEFAULT_OUTPUT_MAX)),
+        argv=program.argv,
+        cwd=program.cwd,
+        env_inherit=program.env_inherit,
+        env=dict(program.env),
+        stop=p.StopSpec(program.stop_signal, program.stop_grace),
+        timeout=p.TimeoutSpec(timeout.duration, timeout.signal) if timeout else None,
+        output_max=program.output_max,
         labels={"run_id": run.run_id, "job_id": run.job_id},
     )

@@ -17,12 +17,14 @@ import logging
 from apsis_common import protocol as p
 from apsis_common.states import State
 from apsis_server.agents.dispatch import Command
+from apsis_server.core import lifecycle
+from apsis_server.core.bound import BoundProcess
 from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Identity, Run, args_key
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.procs import is_noop
-from apsis_server.engine.timers import WATERMARK
+from apsis_server.engine.timers import WATERMARK, TimerKind
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def restore(engine: Engine, default: CatchUp) -> None:
     """Load unfinished runs, re-arm them, and apply catch-up; commits."""
     cursors = engine.store.cursors()
     watermark = cursors.pop(WATERMARK, None)
-    engine.planning.load_cursors(cursors)
+    engine.load_cursors(cursors)
     withdrawn = 0
     for run in engine.store.unfinished():
         if _unplanned(engine, run):
@@ -61,23 +63,23 @@ def _rearm(engine: Engine, run: Run) -> None:
         engine.adopt(run)
     else:
         meta = engine.store.meta(run.run_id)
-        stop = (run.program or {}).get("stop", {})
+        process = run.program if isinstance(run.program, BoundProcess) else None
         ctx = StopContext(
             stop_requested=bool(meta.get("stop_requested")),
-            stop_signal=int(stop.get("signal", 15)),
+            stop_signal=process.stop_signal if process is not None else 15,
             timed_out=bool(meta.get("timed_out")),
         )
         engine.adopt(run, engine.store.output_length(run.run_id), ctx)
     if run.stop_time is not None:
-        engine.timers.add(run.stop_time, run.run_id, "stop-time")
+        engine.arm(run.run_id, run.stop_time, TimerKind.STOP_TIME)
     if run.state == State.SCHEDULED:
-        engine.timers.add(run.schedule_time or 0.0, run.run_id, "due")
+        engine.arm(run.run_id, run.schedule_time or 0.0, TimerKind.DUE)
     elif run.state == State.WAITING:
-        engine.waiter.enter(run)
+        engine.wait(run)
     elif run.state == State.STARTING:
         engine.resend_start(run)
     elif run.state in (State.RUNNING, State.STOPPING) and is_noop(run):
-        engine.timers.add(engine.clock(), run.run_id, "no-op")
+        engine.arm(run.run_id, engine.clock(), TimerKind.NO_OP)
     elif run.state == State.STOPPING and run.agent_id and run.proc_id:
         # The stop may not have reached the agent before the restart; it is idempotent.
         engine.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
@@ -99,7 +101,7 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
             due = missed.due
             run = planned.get((job.job_id, missed.schedule_key, due.time))
             key = (job.job_id, missed.schedule_key)
-            cursor = engine.planning.cursor(key)
+            cursor = engine.cursor(key)
             if run is None:
                 if cursor is not None and due.time <= cursor:
                     continue  # planned once already, and has run or been handled since
@@ -115,9 +117,9 @@ def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) ->
                     stop_time=due.stop_time,
                 )
                 taken.add((due.time, args_key(due.args)))
-            engine.planning.set_cursor(key, due.time if cursor is None else max(cursor, due.time))
+            engine.set_cursor(key, due.time if cursor is None else max(cursor, due.time))
             if decision == "skip":
-                run = engine.transition(run, State.SKIPPED, SKIP_REASON)
+                run = engine.apply(run, lifecycle.Skipped(SKIP_REASON))
             if oldest is None or due.time < (oldest.schedule_time or 0.0):
                 oldest = run
         if plan.not_listed:

@@ -1,95 +1,136 @@
-"""Starting runs: binding a run's program and handing it to where it runs.
+"""Starting runs: binding a run's program and deciding where it runs.
 
 A process program goes to the agent the registry chooses for its host and user,
 under the proc id `<run id>.<attempt>`; the engine sends the start once the
 change is committed, so the proc id is recorded before any agent hears of it. An
 internal program runs in the server (housekeeping); a no-op runs nowhere and
 finishes on a timer. A run whose job is gone, whose program does not bind or
-which no agent can take, errors with the reason.
+which no agent can take, errors with the reason. The starter decides; the engine
+applies what it decides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from apsis_common.states import State
-from apsis_server.core.outcomes import StopContext
-from apsis_server.core.programs import BindError, bind
+from apsis_server.agents.choice import Choice
+from apsis_server.core import lifecycle
+from apsis_server.core.bound import BindError, BoundInternal, BoundNoOp, BoundProgram, bind
+from apsis_server.core.jobs import Job
 from apsis_server.core.runs import Run
-from apsis_server.engine.procs import DEFAULT_OUTPUT_MAX
+from apsis_server.core.templates import Templates
 
-if TYPE_CHECKING:
-    from apsis_server.engine.engine import Engine
+
+class Jobs(Protocol):
+    """What binding reads: the definition a run follows, and the templates."""
+
+    def job_of(self, run: Run) -> Job | None: ...
+
+    @property
+    def templates(self) -> Templates: ...
+
+
+class Chooser(Protocol):
+    """Where a process program runs: the agent for its host and user."""
+
+    def choose(
+        self, host: str | None, user: str | None, busy: Callable[[], Mapping[str, int]]
+    ) -> Choice:
+        """The agent, with notes for the run log; LookupError or ValueError if none."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A run's program, bound, and the job whose conditions and actions it keeps
+    (None when it was bound before, when it left `scheduled`)."""
+
+    program: BoundProgram
+    job: Job | None
+
+
+@dataclass(frozen=True)
+class ToAgent:
+    """Hand the start to an agent (`event`), with notes for the run log."""
+
+    event: lifecycle.StartHanded
+    notes: tuple[str, ...] = ()
+    job: Job | None = None
+
+
+@dataclass(frozen=True)
+class InServer:
+    """Run it in the server: a no-op (finished by a timer) or an internal program."""
+
+    event: lifecycle.StartHanded
+    noop: bool
+    job: Job | None = None
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class Refused:
+    """It cannot start: the event says why."""
+
+    event: lifecycle.Invalid
+    job: Job | None = field(default=None)
+
+
+Decision = ToAgent | InServer | Refused
 
 
 class Starter:
-    """Starts the runs the waiter or an operator hands it."""
+    """Decides how runs start."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.output_max = DEFAULT_OUTPUT_MAX
-        # Runs internal (housekeeping) programs; set by whoever owns the store.
-        self.internal: Callable[[Run], None] | None = None
+    def __init__(
+        self,
+        jobs: Jobs,
+        agents: Chooser,
+        busy: Callable[[], Mapping[str, int]],
+        output_max: int,
+        internal: bool,
+    ) -> None:
+        self._jobs = jobs
+        self._agents = agents
+        self._busy = busy
+        self._output_max = output_max
+        # Whether internal (housekeeping) programs can run here: they need the store.
+        self._internal = internal
 
-    def bind(self, run: Run) -> dict[str, Any]:
+    def bind(self, run: Run) -> Bound:
         """The run's program: as bound when it left `scheduled`, or bound now from its
-        job (whose conditions and actions the run then keeps); BindError says why it
-        cannot be."""
+        job; BindError says why it cannot be."""
         if run.program is not None:
-            return dict(run.program)
-        engine = self._engine
-        job = engine.job_of(run)
+            return Bound(run.program, None)
+        job = self._jobs.job_of(run)
         if job is None:
             raise BindError(f"job {run.job_id} no longer exists")
         scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
-        program = bind(job.program, engine.templates, scope)
-        engine.bound_jobs[run.run_id] = job  # its conditions and actions, too
-        return program
+        return Bound(bind(job.program, self._jobs.templates, scope), job)
 
-    def start(self, run: Run, message: str = "starting") -> None:
-        """Bind the run's program and hand it to an agent (or run a no-op)."""
-        engine = self._engine
+    def start(self, run: Run, why: str) -> Decision:
+        """How `run` starts, for the reason `why`."""
         try:
-            program = self.bind(run)
+            bound = self.bind(run)
         except BindError as exc:
-            engine.transition(run, State.ERROR, str(exc))
-            return
-        if str(program["type"]).startswith("internal."):
-            if self.internal is None:
-                engine.transition(run, State.ERROR, f"{program['type']} needs the SQLite store")
-                return
-            run = engine.transition(run, State.STARTING, message, program=program)
-            run = engine.transition(run, State.RUNNING, "running in the server")
-            self.internal(run)
-            return
-        if program["type"] == "no-op":
-            run = engine.transition(run, State.STARTING, message, program=program)
-            run = engine.transition(run, State.RUNNING, "no-op running")
-            engine.timers.add(
-                engine.clock() + float(program.get("duration", 0.0)), run.run_id, "no-op"
-            )
-            return
+            return Refused(lifecycle.Invalid(str(exc)))
+        program, job = bound.program, bound.job
+        if isinstance(program, BoundInternal):
+            if not self._internal:
+                return Refused(lifecycle.Invalid(f"{program.kind} needs the SQLite store"), job)
+            return InServer(lifecycle.StartHanded(program, why), noop=False, job=job)
+        if isinstance(program, BoundNoOp):
+            return InServer(lifecycle.StartHanded(program, why), True, job, program.duration)
         # Part of the bound program, so a start repeated after a restart is the same.
-        program = {"output_max": self.output_max, **program}
+        program = dataclasses.replace(program, output_max=self._output_max)
         try:
-            choice = engine.agents.choose(program.get("host"), program.get("user"))
+            choice = self._agents.choose(program.host, program.user, self._busy)
         except (LookupError, ValueError) as exc:
-            engine.transition(run, State.ERROR, str(exc), program=program)
-            return
+            return Refused(lifecycle.Invalid(str(exc), program), job)
         attempt = run.attempt + 1
-        proc_id = f"{run.run_id}.{attempt}"
-        run = engine.transition(
-            run,
-            State.STARTING,
-            message,
-            program=program,
-            proc_id=proc_id,
-            agent_id=choice.agent_id,
-            attempt=attempt,
+        event = lifecycle.StartHanded(
+            program, why, choice.agent_id, f"{run.run_id}.{attempt}", attempt
         )
-        for note in choice.notes:
-            engine.note(run.run_id, note)
-        stop = StopContext(stop_signal=int(program["stop"]["signal"]))
-        engine.procs.add(run.run_id, proc_id, stop=stop)
-        engine.resend_start(run)
+        return ToAgent(event, tuple(choice.notes), job)

@@ -1,24 +1,22 @@
 """Timers: when each unfinished run next needs the engine, and the loop that fires them.
 
-A timer is a time, a run id and a kind ("due", "stop-time", "waiting-limit",
-"no-op"). The loop takes timers off as they come due and the engine decides what
-each means for the run as it is then (`Engine.fire`); a run that has moved on
-ignores its stale timers, so none is ever cancelled. The loop commits after each
-slice of timers and keeps the watermark current: how far the server got, from
-which catch-up starts after downtime.
+A timer is a time, a run id and a kind (`TimerKind`). The loop takes timers off
+as they come due and the engine decides what each means for the run as it is then
+(`Engine.fire`); a run that has moved on ignores its stale timers, so none is ever
+cancelled. The loop commits after each slice of timers and keeps the watermark
+current: how far the server got, from which catch-up starts after downtime.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import heapq
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from apsis_common.errors import Unavailable
-
-if TYPE_CHECKING:
-    from apsis_server.engine.engine import Engine
 
 # The watermark is kept among the schedule cursors under this key.
 WATERMARK = ("", "watermark")
@@ -29,16 +27,37 @@ STORE_RETRY = 1.0
 FIRE_CHUNK = 100
 
 
+class TimerKind(enum.StrEnum):
+    """What a timer is for; the engine decides what it means when it fires."""
+
+    DUE = "due"
+    STOP_TIME = "stop-time"
+    WAITING_LIMIT = "waiting-limit"
+    NO_OP = "no-op"
+
+
+class Target(Protocol):
+    """What the timer loop does: fire timers, commit, and record the watermark."""
+
+    def clock(self) -> float: ...
+
+    def fire(self, run_id: str, kind: TimerKind) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def move_cursors(self, cursors: Mapping[tuple[str, str], float]) -> None: ...
+
+
 class Timers:
     """Owns the pending timers, earliest first."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._heap: list[tuple[float, int, str, str]] = []
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._heap: list[tuple[float, int, str, TimerKind]] = []
         self._seq = 0
         self._wake = asyncio.Event()
 
-    def add(self, t: float, run_id: str, kind: str) -> None:
+    def add(self, t: float, run_id: str, kind: TimerKind) -> None:
         """Fire `kind` for the run at time `t`."""
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, run_id, kind))
@@ -47,7 +66,7 @@ class Timers:
 
     async def run(self) -> None:
         """Fire timers as they come due, forever; keep the watermark current."""
-        engine = self._engine
+        engine = self._target
         next_mark = 0.0
         while True:
             now = engine.clock()

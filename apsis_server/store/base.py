@@ -3,12 +3,15 @@
 Writes arrive as one `Changes` batch applied in one transaction, so a batch of
 transitions, log lines, output and an agent's new ack is durable together or
 not at all. Reads serve the API; history never has to fit in memory.
+Housekeeping moves finished runs to an archive through an `Archive`, in chunks it
+paces itself, and gives free space back with `vacuum_step`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from apsis_common.states import State
@@ -70,6 +73,25 @@ class RunFilter:
     limit: int = 100
 
 
+class Archive(Protocol):
+    """Finished runs on their way from the store to an archive file, moved in
+    chunks: each move is durable in the archive before the runs leave the store."""
+
+    def thresholds(self, keep_per_job: int) -> list[tuple[str, int]]:
+        """Per job, the run number at and below which its runs exceed `keep_per_job`."""
+
+    def candidates_by_age(self, before: float, limit: int) -> list[int]:
+        """Run numbers of finished runs whose time is before `before`, oldest first."""
+
+    def candidates_by_count(self, job_id: str, at_most: int, limit: int) -> list[int]:
+        """Run numbers of the job's finished runs numbered `at_most` or less."""
+
+    def move(self, numbers: list[int]) -> int:
+        """Move these runs with their log, metadata and output; how many moved."""
+
+    def close(self) -> None: ...
+
+
 class RunStore(Protocol):
     """Storage for runs, their logs, metadata and output, and agent bookkeeping."""
 
@@ -106,5 +128,17 @@ class RunStore(Protocol):
     def scheduled_identities(self, job_id: str, since: float) -> dict[str, Identity]:
         """Run id → identity (schedule time, args) of the job's runs planned from its
         schedules for `since` or later, in any state."""
+
+    def archiver(self, path: Path) -> Archive:
+        """Moves finished runs from this store to the archive at `path`."""
+
+    def vacuum_step(self, pages: int) -> int:
+        """Give back up to `pages` free pages of space; how many are left."""
+
+    def counts(self) -> dict[str, int]:
+        """Runs by state."""
+
+    def size(self) -> int:
+        """Bytes the store takes."""
 
     def close(self) -> None: ...

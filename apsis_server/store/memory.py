@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from apsis_common.states import FINISHED
 from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
 from apsis_server.store.base import Changes, RunFilter
-from apsis_server.store.query import matches
+from apsis_server.store.query import matches, run_time
 
 
 class MemoryStore:
@@ -20,6 +21,8 @@ class MemoryStore:
         self._output: dict[str, dict[int, bytes]] = {}
         self._acks: dict[str, int] = {}
         self._cursors: dict[tuple[str, str], float] = {}
+        # Archive "files" by path: stores of their own.
+        self.archives: dict[Path, MemoryStore] = {}
 
     def max_run_number(self) -> int:
         return max((run_number(r) for r in self._runs), default=0)
@@ -82,6 +85,68 @@ class MemoryStore:
             and r.schedule_time is not None
             and r.schedule_time >= since
         }
+
+    def archiver(self, path: Path) -> MemoryArchive:
+        return MemoryArchive(self, self.archives.setdefault(path, MemoryStore()))
+
+    def vacuum_step(self, pages: int) -> int:
+        return 0
+
+    def counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for run in self._runs.values():
+            found[run.state.value] = found.get(run.state.value, 0) + 1
+        return found
+
+    def size(self) -> int:
+        return sum(len(d) for chunks in self._output.values() for d in chunks.values())
+
+    def take(self, run_id: str, into: MemoryStore) -> None:
+        """Move a run with its log, metadata and output to another store."""
+        into._runs[run_id] = self._runs.pop(run_id)
+        into._log[run_id] = self._log.pop(run_id, [])
+        into._meta[run_id] = self._meta.pop(run_id, {})
+        into._output[run_id] = self._output.pop(run_id, {})
+
+    def finished(self) -> list[Run]:
+        """Finished runs, oldest first."""
+        runs = (r for r in self._runs.values() if r.state in FINISHED)
+        return sorted(runs, key=lambda r: run_number(r.run_id))
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryArchive:
+    """The `Archive` of a memory store: runs move to another memory store."""
+
+    def __init__(self, store: MemoryStore, archive: MemoryStore) -> None:
+        self._store = store
+        self._archive = archive
+
+    def thresholds(self, keep_per_job: int) -> list[tuple[str, int]]:
+        numbers: dict[str, list[int]] = {}
+        for run in self._store.query(RunFilter(limit=2**62)):
+            numbers.setdefault(run.job_id, []).append(run_number(run.run_id))
+        return [
+            (job_id, found[keep_per_job])
+            for job_id, found in sorted(numbers.items())
+            if len(found) > keep_per_job
+        ]
+
+    def candidates_by_age(self, before: float, limit: int) -> list[int]:
+        runs = [r for r in self._store.finished() if run_time(r) < before]
+        return [run_number(r.run_id) for r in runs[:limit]]
+
+    def candidates_by_count(self, job_id: str, at_most: int, limit: int) -> list[int]:
+        runs = (r for r in self._store.finished() if r.job_id == job_id)
+        numbers = [n for r in runs if (n := run_number(r.run_id)) <= at_most]
+        return numbers[:limit]
+
+    def move(self, numbers: list[int]) -> int:
+        for number in numbers:
+            self._store.take(f"r{number}", self._archive)
+        return len(numbers)
 
     def close(self) -> None:
         pass

@@ -1,4 +1,4 @@
-"""What a `RunFilter` means, for stores that filter in Python."""
+"""What a `RunFilter` means, for stores that filter in Python, and the time a run is filed under."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from apsis_server.store.base import RunFilter
 
 def matches(run: Run, f: RunFilter) -> bool:
     """Whether `run` passes every field of the filter."""
-    t = run.schedule_time if run.schedule_time is not None else min(run.times.values(), default=0.0)
+    t = run_time(run)
     return (
         (f.job_id is None or run.job_id == f.job_id)
         and (not f.states or run.state in f.states)
@@ -18,3 +18,10 @@ def matches(run: Run, f: RunFilter) -> bool:
         and (f.until is None or t < f.until)
         and (f.before is None or run_number(run.run_id) < run_number(f.before))
     )
+
+
+def run_time(run: Run) -> float:
+    """The time a run is filed under (for retention by age): its schedule time."""
+    if run.schedule_time is not None:
+        return run.schedule_time
+    return min(run.times.values(), default=0.0)

@@ -16,10 +16,12 @@ from typing import Any
 
 from apsis_common.errors import Unavailable
 from apsis_common.states import FINISHED, State
+from apsis_server.core.bound import from_plain, to_plain
 from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
 from apsis_server.store.archive import Archiver
 from apsis_server.store.base import Changes, RunFilter
 from apsis_server.store.checkpoint import Checkpointer
+from apsis_server.store.query import run_time
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ def _summary(run: Run) -> str:
             "ad_hoc": run.ad_hoc,
             "rerun_of": run.rerun_of,
             "stop_time": run.stop_time,
-            "program": run.program,
+            "program": to_plain(run.program) if run.program is not None else None,
             "proc_id": run.proc_id,
             "agent_id": run.agent_id,
             "attempt": run.attempt,
@@ -121,18 +123,12 @@ def _run(row: tuple[Any, ...]) -> Run:
         labels=tuple(json.loads(labels)),
         schedule_key=schedule_key,
         stop_time=s["stop_time"],
-        program=s["program"],
+        program=from_plain(s["program"]) if s["program"] is not None else None,
         proc_id=s["proc_id"],
         agent_id=s["agent_id"],
         attempt=s["attempt"],
         retry=s.get("retry", 0),
     )
-
-
-def _time(run: Run) -> float:
-    if run.schedule_time is not None:
-        return run.schedule_time
-    return min(run.times.values(), default=0.0)
 
 
 class SqliteStore:
@@ -211,7 +207,7 @@ class SqliteStore:
                         r.job_id,
                         args_key(r.args),
                         r.state.value,
-                        _time(r),
+                        run_time(r),
                         r.schedule_key,
                         json.dumps(list(r.labels)),
                         _summary(r),

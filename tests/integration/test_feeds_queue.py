@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from apsis_common import protocol as p
@@ -21,7 +22,9 @@ from tests.harness import run_async
 
 
 class NoAgents:
-    def choose(self, host: str | None, user: str | None) -> Choice:
+    def choose(
+        self, host: str | None, user: str | None, busy: Callable[[], Mapping[str, int]]
+    ) -> Choice:
         raise LookupError("no agents here")
 
     def start(self, agent_id: str, proc: p.StartProc) -> None: ...
@@ -37,7 +40,7 @@ class NoAgents:
 def engine() -> Engine:
     engine = Engine(MemoryStore(), NoAgents(), Templates(), clock=lambda: 1_800_000_000.0)
     noop = parse_program({"type": "no-op", "duration": 60})
-    engine.planning.set_jobs({"tick": Job(job_id="tick", params=(), program=noop)})
+    engine.set_jobs({"tick": Job(job_id="tick", params=(), program=noop)}, Templates())
     return engine
 
 
@@ -94,8 +97,8 @@ def test_run_subscriber_queues_output_markers_not_bytes() -> None:
     sub = feeds.runs.subscribe(run.run_id, True, 0)
     assert isinstance(sub, RunSubscriber)
     assert [m["type"] for m in queued(sub)] == ["run", "log", "meta", "output"]
-    eng._changes.output.append((run.run_id, 0, b"x" * 100_000))
-    eng._changes.output.append((run.run_id, 100_000, b"y" * 10))
+    eng.add_output(run.run_id, 0, b"x" * 100_000)
+    eng.add_output(run.run_id, 100_000, b"y" * 10)
     eng.commit()
     assert queued(sub) == [Mark.OUTPUT]  # one marker for both chunks
     assert sub.end == 100_010 and sub.sent == 0

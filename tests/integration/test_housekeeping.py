@@ -94,7 +94,8 @@ def test_archive_steps_stay_short(tmp_path: Path) -> None:
 
     async def archive() -> tuple[int, float, float]:
         engine = Engine(store, None, None)  # type: ignore[arg-type]
-        housekeeping = Housekeeping(engine, store, tmp_path / "archive.db", chunk_size=500)
+        queue: asyncio.Queue[Run] = asyncio.Queue()
+        housekeeping = Housekeeping(engine, store, queue, tmp_path / "archive.db", chunk_size=500)
         worst = 0.0
         done = False
 

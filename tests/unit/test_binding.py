@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from apsis_common.states import State
+from apsis_server.core import lifecycle
+from apsis_server.core.bound import BoundProcess
 from apsis_server.core.catchup import CatchUp
 from apsis_server.core.jobs import load_yaml, parse_job
 from apsis_server.core.runs import Run
@@ -47,14 +49,16 @@ def test_a_waiting_run_keeps_the_program_bound_when_it_left_scheduled(tmp_path: 
     async def scenario() -> None:
         store, engine, run = _scheduled(tmp_path, "2026-11-27")
         assert run.state == State.WAITING
-        assert run.program is not None and run.program["argv"] == ["echo", "2026-11-28"]
+        assert isinstance(run.program, BoundProcess)
+        assert run.program.argv == ("echo", "2026-11-28")
         changed = WAITS.replace("echo", "printf")
-        engine.planning.replace_jobs(
-            {**engine.jobs, "waits": parse_job("waits", load_yaml(changed), engine.templates)}
+        engine.replace_jobs(
+            {**engine.jobs, "waits": parse_job("waits", load_yaml(changed), engine.templates)},
+            engine.templates,
         )
         run = engine.get(run.run_id)
-        assert run.state == State.WAITING and run.program is not None
-        assert run.program["argv"] == ["echo", "2026-11-28"]
+        assert run.state == State.WAITING and isinstance(run.program, BoundProcess)
+        assert run.program.argv == ("echo", "2026-11-28")
         store.close()
 
     run_async(scenario)
@@ -70,11 +74,12 @@ def test_a_waiting_run_keeps_its_conditions_when_its_job_goes(tmp_path: Path) ->
         agents = QuietAgents()
         engine = new_engine(store, JOBS, agents)
         waiting = engine.schedule("waits", {"day": "2026-11-27"}).run_id
-        engine.planning.replace_jobs({"other": engine.jobs["other"]})  # "waits" removed
+        engine.replace_jobs({"other": engine.jobs["other"]}, engine.templates)  # "waits" removed
         assert engine.get(waiting).state == State.WAITING
         for outcome in (State.FAILURE, State.SUCCESS):
             other = engine.schedule("other", {})
-            engine.transition(engine.get(other.run_id), outcome, "done")
+            ended = lifecycle.Succeeded if outcome == State.SUCCESS else lifecycle.Failed
+            engine.apply(engine.get(other.run_id), ended("done"))
             engine.commit()
             if outcome == State.FAILURE:  # not what it waits for: it still waits
                 assert engine.get(waiting).state == State.WAITING

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from apsis_common import protocol as p
 from apsis_common.states import State
+from apsis_server.core import lifecycle
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.timers import FIRE_CHUNK
 from apsis_server.store.sqlite import SqliteStore
@@ -44,7 +45,7 @@ def test_a_burst_of_due_runs_is_started_in_slices(tmp_path: Path) -> None:
         due = time.time() + 0.2
         for _ in range(count):
             engine.schedule("j", {}, when=due)
-        loop = asyncio.create_task(engine.timers.run())
+        loop = asyncio.create_task(engine.run())
         await asyncio.wait_for(agents.all_started.wait(), 30)
         loop.cancel()
         # The first slice went out while most of the burst was still to fire, and
@@ -66,7 +67,7 @@ def test_a_run_finished_but_not_yet_written_reads_as_finished(tmp_path: Path) ->
         engine = new_engine(store, {"j": "program: {type: no-op}"}, QuietAgents())
         run = engine.schedule("j", {}, when=time.time() + 60)
         assert store.get(run.run_id) is not None  # written, scheduled
-        engine.transition(engine.get(run.run_id), State.SKIPPED, "skipped by hand")
+        engine.apply(engine.get(run.run_id), lifecycle.Skipped("skipped by hand"))
         assert store.get(run.run_id).state == State.SCHEDULED  # type: ignore[union-attr]
         assert engine.get(run.run_id).state == State.SKIPPED
         engine.commit()

@@ -17,17 +17,21 @@ from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
 
 
+async def no_restarts(agent_id: str, epoch: int) -> None:
+    raise AssertionError(f"agent {agent_id} restarted ({epoch}): no agent does here")
+
+
 def test_running_from_the_start_answer_or_else_from_the_event(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = SqliteStore(tmp_path / "apsis.db")
         agents = QuietAgents()
         engine = new_engine(store, {"j": "program: {type: program, argv: [/bin/true]}"}, agents)
-        facts = Facts(engine)
+        facts = Facts(engine, no_restarts)
         answered, evented = engine.schedule("j", {}), engine.schedule("j", {})
         assert [engine.get(r.run_id).state for r in (answered, evented)] == [State.STARTING] * 2
         procs: dict[str, str] = {}  # run id -> proc id
         for start in agents.starts:
-            run = engine.procs.run_for(start.proc_id)
+            run = engine.run_for(start.proc_id)
             assert run is not None
             procs[run.run_id] = start.proc_id
         now = time.time()
@@ -67,7 +71,7 @@ def test_elapsed_is_measured_by_the_agent_clock(tmp_path: Path) -> None:
         store = SqliteStore(tmp_path / "apsis.db")
         agents = QuietAgents()
         engine = new_engine(store, {"j": "program: {type: program, argv: [/bin/true]}"}, agents)
-        facts = Facts(engine)
+        facts = Facts(engine, no_restarts)
         run = engine.schedule("j", {})
         proc_id = agents.starts[-1].proc_id
         started = time.time() - 5.0  # the answer comes late, well after the start

@@ -10,9 +10,8 @@ from apsis_server.core.catchup import (
     CatchUp,
     CatchUpPolicy,
     catch_up,
-    next_times,
 )
-from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.jobs import load_yaml, next_times, parse_job
 from apsis_server.core.schedules import parse_schedule
 from apsis_server.core.templates import Templates
 

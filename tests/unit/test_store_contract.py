@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from apsis_common.states import State
+from apsis_server.core.bound import BoundProcess
 from apsis_server.core.runs import LogEntry, Run
 from apsis_server.store.base import Changes, RunFilter, RunStore
 from apsis_server.store.memory import MemoryStore
@@ -36,7 +37,7 @@ def _run(n: int, job: str = "a", state: State = State.SUCCESS, **kw: object) -> 
 
 
 def test_write_and_read_back(store: RunStore) -> None:
-    run = _run(1, program={"type": "process", "argv": ["x"]}, proc_id="r1.1", agent_id="local")
+    run = _run(1, program=BoundProcess(("x",)), proc_id="r1.1", agent_id="local")
     store.write(
         Changes(
             runs={"r1": run},
@@ -135,3 +136,32 @@ def test_a_withdrawn_run_leaves_its_identity_to_its_replacement(store: RunStore)
     store.write(Changes(runs={"r2": again}, deleted={"r1"}))
     assert store.scheduled_identities("a", 0.0) == {"r2": (1.0, "{}")}
     assert store.get("r1") is None
+
+
+def test_archive_moves_finished_runs_in_chunks(store: RunStore, tmp_path: Path) -> None:
+    """Housekeeping's path through the port: candidates by age and by count per job,
+    then a move that takes a run's log, metadata and output with it."""
+    runs = {f"r{n}": _run(n, job="a" if n % 2 else "b") for n in range(1, 11)}
+    runs["r11"] = _run(11, job="a", state=State.RUNNING)
+    store.write(
+        Changes(
+            runs=runs,
+            log=[LogEntry(r, 1.0, "done") for r in runs],
+            meta={"r1": {"pid": 5}},
+            output=[("r1", 0, b"hello")],
+        )
+    )
+    archive = store.archiver(tmp_path / "archive.db")
+    try:
+        assert archive.candidates_by_age(5.5, 100) == [1, 2, 3, 4, 5]
+        assert archive.candidates_by_age(100.0, 3) == [1, 2, 3]
+        assert sorted(archive.thresholds(2)) == [("a", 7), ("b", 6)]
+        assert archive.candidates_by_count("a", 7, 10) == [1, 3, 5, 7]
+        assert archive.move([1, 2]) == 2
+    finally:
+        archive.close()
+    assert store.get("r1") is None and store.log("r1") == [] and store.meta("r1") == {}
+    assert store.output_length("r1") == 0
+    assert store.get("r3") is not None
+    assert store.counts() == {"success": 8, "running": 1}
+    assert store.vacuum_step(16) >= 0 and store.size() >= 0

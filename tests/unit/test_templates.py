@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from apsis_server.core.bound import BindError, bind, to_plain
 from apsis_server.core.calendars import parse_calendar_data
-from apsis_server.core.programs import BindError, bind, parse_program
+from apsis_server.core.programs import parse_program
 from apsis_server.core.templates import (
     TemplateError,
     Templates,
@@ -87,7 +88,7 @@ def test_bind_process_program_sets_env() -> None:
     program = parse_program(
         {"type": "shell", "command": "load {{ date }}", "env": {"vars": {"D": "{{ date }}"}}}
     )
-    bound = bind(program, Templates(), SCOPE)
+    bound = to_plain(bind(program, Templates(), SCOPE))
     assert bound["argv"] == ["/bin/bash", "-c", "load 2024-03-01"]
     assert bound["env"] == {
         "D": "2024-03-01",
@@ -115,7 +116,7 @@ def test_bind_error_carries_the_message() -> None:
     ],
 )
 def test_bind_other_programs(form: dict[str, Any], expected: dict[str, Any]) -> None:
-    assert bind(parse_program(form), Templates(), SCOPE) == expected
+    assert to_plain(bind(parse_program(form), Templates(), SCOPE)) == expected
 
 
 def test_bind_expands_every_text_field_of_a_process_program() -> None:
@@ -130,7 +131,7 @@ def test_bind_expands_every_text_field_of_a_process_program() -> None:
             "timeout": {"duration": "{{ 2 * 30 }} min", "signal": "INT"},
         }
     )
-    bound = bind(program, Templates(), SCOPE)
+    bound = to_plain(bind(program, Templates(), SCOPE))
     assert bound["argv"] == ["load", "2024-03-01"]
     assert (bound["host"], bound["user"], bound["cwd"]) == (
         "h-2024-03-01",

@@ -49,7 +49,7 @@ class Feeds:
         self.send_timeout = send_timeout
         self.summary = SummaryFeed(engine, registry, max_messages, max_bytes, poll_period, gather)
         self.runs = RunUpdates(engine, max_messages, max_bytes)
-        engine.listeners.append(self)
+        engine.subscribe(self)
 
     def __call__(self, changes: Changes) -> None:
         """Called by the engine after each commit: enqueue only."""
