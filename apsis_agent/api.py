@@ -39,6 +39,7 @@ from apsis_common.protocol import (
     SignalRequest,
     StartBatch,
     StartResults,
+    StartStatus,
     StopRequest,
 )
 
@@ -131,7 +132,7 @@ class _Handlers:
     async def start_one(self, request: Request) -> Response:
         spec = await _body(request, ProcSpec)
         result = self._procs.start_one(request.path_params["proc_id"], spec)
-        return _answer(request, result, 201 if result.status == "accepted" else 200)
+        return _answer(request, result, 201 if result.status is StartStatus.ACCEPTED else 200)
 
     async def list_procs(self, request: Request) -> Response:
         return _answer(request, ProcList(tuple(self._procs.summaries())))

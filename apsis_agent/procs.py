@@ -36,7 +36,7 @@ from typing import Any
 
 from apsis_agent import registry
 from apsis_agent.outbox import Outbox
-from apsis_agent.registry import PidFacts, Proc, Recovery, Status, StopFacts
+from apsis_agent.registry import PidFacts, Proc, Recovery, StopFacts
 from apsis_agent.remover import Remover, remove_dir
 from apsis_agent.spares import Spares
 from apsis_agent.spawner import write_atomic
@@ -46,15 +46,19 @@ from apsis_common.protocol import (
     MAX_OUTPUT_CHUNK,
     AgentStarted,
     Event,
+    LostReason,
     ProcExited,
     ProcLost,
     ProcSignaled,
     ProcSpec,
     ProcStarted,
     ProcStartFailed,
+    ProcState,
     ProcSummary,
+    SignalReason,
     StartProc,
     StartResult,
+    StartStatus,
 )
 
 log = logging.getLogger(__name__)
@@ -188,9 +192,10 @@ class Procs:
             try:
                 request = self._prepare(item)
             except ApsisError as exc:
-                results.append(StartResult(item.proc_id, "refused", str(exc)))
+                results.append(StartResult(item.proc_id, StartStatus.REFUSED, str(exc)))
                 continue
-            results.append(StartResult(item.proc_id, "exists" if request is None else "accepted"))
+            status = StartStatus.EXISTS if request is None else StartStatus.ACCEPTED
+            results.append(StartResult(item.proc_id, status))
             if request is not None:
                 requests.append(request)
         if requests:
@@ -204,7 +209,7 @@ class Procs:
         waiting = {}
         for result in results:
             proc = self._procs.get(result.proc_id)
-            if result.status == "accepted" and proc is not None and proc.facts is None:
+            if result.status is StartStatus.ACCEPTED and proc is not None and proc.facts is None:
                 future = self._loop.create_future()
                 self._start_waiters[result.proc_id] = waiting[result.proc_id] = future
         if waiting:
@@ -215,7 +220,11 @@ class Procs:
         out = []
         for result in results:
             proc = self._procs.get(result.proc_id)
-            facts = proc.facts if proc is not None and result.status != "refused" else None
+            facts = (
+                proc.facts
+                if proc is not None and result.status is not StartStatus.REFUSED
+                else None
+            )
             if facts is not None:
                 result = replace(
                     result, pid=facts.pid, pgid=facts.pgid, start_time=facts.start_time
@@ -236,9 +245,9 @@ class Procs:
             raise Unavailable(f"process limit reached ({self.limits.max_procs})")
         request = self._prepare(StartProc(proc_id, spec))
         if request is None:
-            return StartResult(proc_id, "exists")
+            return StartResult(proc_id, StartStatus.EXISTS)
         self._spawn(json.dumps([request]).encode() + b"\n")
-        return StartResult(proc_id, "accepted")
+        return StartResult(proc_id, StartStatus.ACCEPTED)
 
     def _prepare(self, item: StartProc) -> dict[str, Any] | None:
         """The spawn request for a new process, None for a known one with the same spec."""
@@ -275,7 +284,7 @@ class Procs:
         if "exit" in message:
             self._shim_exited(proc, message["exit"])  # the shim lives on, for the next program
             return
-        if proc.status is not Status.STARTING:
+        if proc.status is not ProcState.STARTING:
             return
         error = message.get("error")
         if error is not None:
@@ -296,7 +305,7 @@ class Procs:
     def _running(self, proc: Proc) -> None:
         assert proc.facts is not None
         self._started_or_failed(proc.proc_id)
-        proc.status = Status.RUNNING
+        proc.status = ProcState.RUNNING
         self._live.add(proc.proc_id)
         if not self._outbox.ledger(proc.proc_id).started:
             self._report_started(proc)
@@ -309,7 +318,7 @@ class Procs:
         if proc.stop is not None:
             self._at(proc, proc.stop.deadline, self._escalate)
         elif proc.pending_stop is not None:
-            self._begin_stop(proc, *proc.pending_stop, "stop")
+            self._begin_stop(proc, *proc.pending_stop, SignalReason.STOP)
 
     def _report_started(self, proc: Proc) -> None:
         facts = proc.facts
@@ -319,7 +328,7 @@ class Procs:
 
     def _start_failed(self, proc: Proc, error: str) -> None:
         self._started_or_failed(proc.proc_id)
-        proc.status = Status.FAILED
+        proc.status = ProcState.FAILED
         proc.error = error
         self._live.discard(proc.proc_id)
         if not self._outbox.ledger(proc.proc_id).final:
@@ -347,23 +356,27 @@ class Procs:
         """The program exited: its shim says so with the `exit` record it wrote, or
         the shim itself is gone (then the file tells, if it was written)."""
         self._unwatch(proc)
-        if proc.status is not Status.RUNNING:
+        if proc.status is not ProcState.RUNNING:
             return
         self._live.discard(proc.proc_id)
         proc.exit = registry.parse_exit(exit_record) or registry.read_exit(proc.directory)
         if proc.exit is not None:
-            proc.status = Status.EXITED
+            proc.status = ProcState.EXITED
         else:
             log.warning("shim of %s vanished without an exit record", proc.proc_id)
-            self._lost(proc, "shim_vanished")
+            self._lost(proc, LostReason.SHIM_VANISHED)
         proc.final_pending = True
         self._active[proc.proc_id] = proc
         self._send_output(proc)
 
-    def _lost(self, proc: Proc, reason: str) -> None:
-        proc.status = Status.LOST
+    def _lost(self, proc: Proc, reason: LostReason) -> None:
+        proc.status, proc.lost = ProcState.LOST, reason
         proc.error = f"process lost: {reason.replace('_', ' ')}"
-        if reason != "reboot" and proc.facts is not None and registry.group_alive(proc.facts):
+        if (
+            reason is not LostReason.REBOOT
+            and proc.facts is not None
+            and registry.group_alive(proc.facts)
+        ):
             registry.kill_group(proc.facts, signal.SIGKILL)
 
     # -- output ------------------------------------------------------------------------
@@ -383,7 +396,7 @@ class Procs:
     def _check_adopted(self, proc: Proc) -> None:
         """A re-adopted program's shim may run others and outlive it (a shim leaves
         once all its programs have ended): its `exit` file tells when it ended."""
-        if proc.status is not Status.RUNNING:
+        if proc.status is not ProcState.RUNNING:
             del self._adopted[proc.proc_id]
         elif os.path.exists(proc.directory / "exit"):
             del self._adopted[proc.proc_id]
@@ -409,12 +422,12 @@ class Procs:
     def _report_final(self, proc: Proc, size: int) -> None:
         proc.final_pending = False
         del self._active[proc.proc_id]
-        if proc.status is Status.EXITED:
+        if proc.status is ProcState.EXITED:
             assert proc.exit is not None
             self._report(ProcExited(proc.proc_id, proc.exit, size), final=True)
         else:
-            reason = (proc.error or "").removeprefix("process lost: ").replace(" ", "_")
-            self._report(ProcLost(proc.proc_id, reason), final=True)
+            assert proc.lost is not None
+            self._report(ProcLost(proc.proc_id, proc.lost), final=True)
 
     # -- signals and timers ------------------------------------------------------------
 
@@ -427,10 +440,10 @@ class Procs:
         """Send `number` to the process's group (reason: request)."""
         proc = self.get(proc_id)
         check_signal(number)
-        if proc.status is not Status.RUNNING or proc.facts is None:
+        if proc.status is not ProcState.RUNNING or proc.facts is None:
             raise Conflict(f"process {proc_id!r} is {proc.status.value}")
         registry.kill_group(proc.facts, number)
-        self._report(ProcSignaled(proc_id, number, "request"))
+        self._report(ProcSignaled(proc_id, number, SignalReason.REQUEST))
         return proc.summary()
 
     def stop(self, proc_id: str, number: int | None, grace: float | None) -> ProcSummary:
@@ -440,14 +453,14 @@ class Procs:
         grace = proc.spec.stop.grace if grace is None else grace
         if grace < 0:
             raise BadInput("grace must be >= 0")
-        if proc.status is Status.STARTING:
+        if proc.status is ProcState.STARTING:
             # Not spawned yet: stop it as soon as it is (a stop must never be lost).
             proc.pending_stop = (number, grace)
-        elif proc.status is Status.RUNNING and proc.stop is None:
-            self._begin_stop(proc, number, grace, "stop")
+        elif proc.status is ProcState.RUNNING and proc.stop is None:
+            self._begin_stop(proc, number, grace, SignalReason.STOP)
         return proc.summary()
 
-    def _begin_stop(self, proc: Proc, number: int, grace: float, reason: str) -> None:
+    def _begin_stop(self, proc: Proc, number: int, grace: float, reason: SignalReason) -> None:
         assert proc.facts is not None
         stop = StopFacts(number, time.time() + grace, reason)
         try:
@@ -461,10 +474,10 @@ class Procs:
         self._at(proc, stop.deadline, self._escalate)
 
     def _timed_out(self, proc: Proc) -> None:
-        if proc.status is Status.RUNNING and proc.stop is None:
+        if proc.status is ProcState.RUNNING and proc.stop is None:
             timeout = proc.spec.timeout
             assert timeout is not None
-            self._begin_stop(proc, timeout.signal, proc.spec.stop.grace, "timeout")
+            self._begin_stop(proc, timeout.signal, proc.spec.stop.grace, SignalReason.TIMEOUT)
 
     def _escalate(self, proc: Proc) -> None:
         facts = proc.facts
@@ -472,7 +485,7 @@ class Procs:
             return
         registry.kill_group(facts, signal.SIGKILL)
         if not self._outbox.ledger(proc.proc_id).final and not proc.status.final:
-            self._report(ProcSignaled(proc.proc_id, int(signal.SIGKILL), "escalation"))
+            self._report(ProcSignaled(proc.proc_id, int(signal.SIGKILL), SignalReason.ESCALATION))
 
     # -- removal -----------------------------------------------------------------------
 
@@ -572,12 +585,12 @@ class Procs:
             self._start_failed(proc, INTERRUPTED)
             return
         if action is Recovery.EXITED:
-            proc.status = Status.EXITED
+            proc.status = ProcState.EXITED
         else:
             reason = {
-                Recovery.LOST_REBOOT: "reboot",
-                Recovery.LOST_VANISHED: "shim_vanished",
-                Recovery.LOST_PID_REUSED: "pid_reused",
+                Recovery.LOST_REBOOT: LostReason.REBOOT,
+                Recovery.LOST_VANISHED: LostReason.SHIM_VANISHED,
+                Recovery.LOST_PID_REUSED: LostReason.PID_REUSED,
             }[action]
             self._lost(proc, reason)
         if proc.stop is not None:

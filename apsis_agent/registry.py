@@ -32,7 +32,15 @@ from apsis_agent.spares import Spares
 from apsis_agent.spawner import read_stat, write_atomic
 from apsis_common import codec
 from apsis_common.errors import BadInput
-from apsis_common.protocol import JSON, ExitInfo, ProcSpec, ProcSummary
+from apsis_common.protocol import (
+    JSON,
+    ExitInfo,
+    LostReason,
+    ProcSpec,
+    ProcState,
+    ProcSummary,
+    SignalReason,
+)
 
 # Process ids name directories: keep them to a safe alphabet.
 _PROC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,127}")
@@ -43,20 +51,6 @@ def check_proc_id(proc_id: str) -> str:
     if not _PROC_ID.fullmatch(proc_id):
         raise BadInput(f"bad process id {proc_id[:140]!r}: use letters, digits and _.:@+-")
     return proc_id
-
-
-class Status(enum.StrEnum):
-    """Where a process is, as the agent sees it (ProcSummary.state)."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    EXITED = "exited"
-    FAILED = "failed"
-    LOST = "lost"
-
-    @property
-    def final(self) -> bool:
-        return self in (Status.EXITED, Status.FAILED, Status.LOST)
 
 
 @dataclass(frozen=True)
@@ -78,7 +72,7 @@ class StopFacts:
 
     signal: int
     deadline: float
-    reason: str
+    reason: SignalReason
 
 
 @dataclass
@@ -89,10 +83,11 @@ class Proc:
     spec: ProcSpec
     digest: str
     directory: Path
-    status: Status = Status.STARTING
+    status: ProcState = ProcState.STARTING
     facts: PidFacts | None = None
     exit: ExitInfo | None = None
     error: str | None = None
+    lost: LostReason | None = None  # why, once the status is LOST
     stop: StopFacts | None = None
     # Bytes of output already turned into events.
     enqueued: int = 0
@@ -133,7 +128,7 @@ class Proc:
     def summary(self) -> ProcSummary:
         return ProcSummary(
             proc_id=self.proc_id,
-            state=self.status.value,
+            state=self.status,
             pid=self.facts.pid if self.facts else None,
             output_length=self.output_size(),
             exit=self.exit,
@@ -222,7 +217,7 @@ def read_stop(directory: Path) -> StopFacts | None:
     if not isinstance(data, dict):
         return None
     try:
-        return StopFacts(int(data["signal"]), float(data["deadline"]), str(data["reason"]))
+        return StopFacts(int(data["signal"]), float(data["deadline"]), SignalReason(data["reason"]))
     except (KeyError, TypeError, ValueError):
         return None
 

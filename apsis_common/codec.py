@@ -16,6 +16,7 @@ from apsis_common.protocol import (
     Envelope,
     Event,
     EventBatch,
+    EventType,
     ProcSpec,
 )
 
@@ -126,10 +127,11 @@ def _with_events(value: Any) -> Any:
 
 
 def _event(plain: dict[str, Any]) -> Event:
-    tag = plain.get("type")
-    cls = EVENT_TYPES.get(tag) if isinstance(tag, str) else None
-    if cls is None:
-        raise ProtocolError(f"unknown event type {tag!r}"[:200])
+    tag: Any = plain.get("type")
+    try:
+        cls = EVENT_TYPES[EventType(tag)]
+    except ValueError:
+        raise ProtocolError(f"unknown event type {tag!r}"[:200]) from None
     try:
         event: Event = msgspec.convert(plain, cls)
     except _Undecodable as exc:

@@ -5,16 +5,17 @@ turns them into bytes and back, checking every field's type, so handlers only
 ever see well-formed values. This module holds the shapes alone and imports no
 codec, so the server's pure core may use them.
 
-Events from agent to server form a union (`Event`) tagged by their `TYPE` (the
-`type` key on the wire), each carried in an `Envelope` with the agent's sequence
-number.
+Every name with a fixed set of values on the wire is a `StrEnum`. Events from
+agent to server form a union (`Event`) tagged by their `TYPE` (the `type` key on
+the wire), each carried in an `Envelope` with the agent's sequence number.
 """
 
 from __future__ import annotations
 
+import enum
 import signal as _signal
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
@@ -73,6 +74,14 @@ class StartBatch:
     procs: tuple[StartProc, ...]
 
 
+class StartStatus(enum.StrEnum):
+    """What became of one start."""
+
+    ACCEPTED = "accepted"  # new: the process is starting
+    EXISTS = "exists"  # the same spec under this proc id is already known
+    REFUSED = "refused"  # never started; `error` says why
+
+
 @dataclass(frozen=True)
 class StartResult:
     """`accepted` (new), `exists` (same spec, already known), or `refused` with `error`.
@@ -83,7 +92,7 @@ class StartResult:
     """
 
     proc_id: str
-    status: str
+    status: StartStatus
     error: str | None = None
     pid: int | None = None
     pgid: int | None = None
@@ -118,12 +127,27 @@ class ExitInfo:
     end_time: float
 
 
+class ProcState(enum.StrEnum):
+    """Where a process is, as the agent sees it."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    FAILED = "failed"  # could not be started
+    LOST = "lost"
+
+    @property
+    def final(self) -> bool:
+        """The process will not change any more."""
+        return self in (ProcState.EXITED, ProcState.FAILED, ProcState.LOST)
+
+
 @dataclass(frozen=True)
 class ProcSummary:
-    """One process as the agent knows it; `state` is starting|running|exited|failed|lost."""
+    """One process as the agent knows it."""
 
     proc_id: str
-    state: str
+    state: ProcState
     pid: int | None
     output_length: int
     exit: ExitInfo | None = None
@@ -155,16 +179,45 @@ class AgentInfo:
 # -- agent → server (webhook) ---------------------------------------------------
 
 
+class EventType(enum.StrEnum):
+    """The tag of each event (its `type` key on the wire)."""
+
+    AGENT_STARTED = "agent.started"
+    PROC_STARTED = "proc.started"
+    PROC_START_FAILED = "proc.start_failed"
+    PROC_OUTPUT = "proc.output"
+    PROC_SIGNALED = "proc.signaled"
+    PROC_EXITED = "proc.exited"
+    PROC_LOST = "proc.lost"
+
+
+class SignalReason(enum.StrEnum):
+    """Why the agent signalled a process's group."""
+
+    STOP = "stop"  # a stop request
+    ESCALATION = "escalation"  # SIGKILL: the grace period of a stop or timeout ran out
+    TIMEOUT = "timeout"  # the spec's timeout
+    REQUEST = "request"  # a signal request
+
+
+class LostReason(enum.StrEnum):
+    """Why the agent lost track of a process."""
+
+    REBOOT = "reboot"  # the host rebooted
+    SHIM_VANISHED = "shim_vanished"  # its shim died without recording an exit
+    PID_REUSED = "pid_reused"  # its shim's pid belongs to another process now
+
+
 @dataclass(frozen=True)
 class AgentStarted:
-    TYPE: ClassVar[str] = "agent.started"
+    TYPE: ClassVar[EventType] = EventType.AGENT_STARTED
     epoch: int
     recovered: int
 
 
 @dataclass(frozen=True)
 class ProcStarted:
-    TYPE: ClassVar[str] = "proc.started"
+    TYPE: ClassVar[EventType] = EventType.PROC_STARTED
     proc_id: str
     pid: int
     pgid: int
@@ -173,14 +226,14 @@ class ProcStarted:
 
 @dataclass(frozen=True)
 class ProcStartFailed:
-    TYPE: ClassVar[str] = "proc.start_failed"
+    TYPE: ClassVar[EventType] = EventType.PROC_START_FAILED
     proc_id: str
     error: str
 
 
 @dataclass(frozen=True)
 class ProcOutput:
-    TYPE: ClassVar[str] = "proc.output"
+    TYPE: ClassVar[EventType] = EventType.PROC_OUTPUT
     proc_id: str
     fd: int
     offset: int
@@ -189,17 +242,15 @@ class ProcOutput:
 
 @dataclass(frozen=True)
 class ProcSignaled:
-    """`reason` is stop|escalation|timeout|request."""
-
-    TYPE: ClassVar[str] = "proc.signaled"
+    TYPE: ClassVar[EventType] = EventType.PROC_SIGNALED
     proc_id: str
     signal: int
-    reason: str
+    reason: SignalReason
 
 
 @dataclass(frozen=True)
 class ProcExited:
-    TYPE: ClassVar[str] = "proc.exited"
+    TYPE: ClassVar[EventType] = EventType.PROC_EXITED
     proc_id: str
     exit: ExitInfo
     output_length: int
@@ -207,17 +258,15 @@ class ProcExited:
 
 @dataclass(frozen=True)
 class ProcLost:
-    """`reason` is reboot|shim_vanished|pid_reused."""
-
-    TYPE: ClassVar[str] = "proc.lost"
+    TYPE: ClassVar[EventType] = EventType.PROC_LOST
     proc_id: str
-    reason: str
+    reason: LostReason
 
 
 Event = (
     AgentStarted | ProcStarted | ProcStartFailed | ProcOutput | ProcSignaled | ProcExited | ProcLost
 )
-EVENT_TYPES: dict[str, type[Any]] = {
+EVENT_TYPES: dict[EventType, type[Event]] = {
     cls.TYPE: cls
     for cls in (
         AgentStarted,

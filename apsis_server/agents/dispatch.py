@@ -110,7 +110,7 @@ async def _start(client: AgentClient, batch: list[p.StartProc]) -> list[p.StartR
     except BadInput as exc:
         if len(batch) == 1:
             log.warning("agent refuses start %s: %s", batch[0].proc_id, exc)
-            return [p.StartResult(batch[0].proc_id, "refused", f"start refused: {exc}")]
+            return [p.StartResult(batch[0].proc_id, p.StartStatus.REFUSED, f"start refused: {exc}")]
     half = len(batch) // 2
     return await _start(client, batch[:half]) + await _start(client, batch[half:])
 
@@ -203,9 +203,9 @@ class Dispatcher:
             for proc_id in ids:
                 self._starts.pop(proc_id, None)
             for result in results:
-                if result.status == "refused":
+                if result.status == p.StartStatus.REFUSED:
                     self._on_refused(result.proc_id, result.error or "refused by the agent")
-            self._on_accepted([r for r in results if r.status != "refused"])
+            self._on_accepted([r for r in results if r.status != p.StartStatus.REFUSED])
 
     def withdraw(self, proc_id: str) -> None:
         """Drop a start not yet sent: its run has ended (one in flight goes on)."""

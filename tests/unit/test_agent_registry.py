@@ -13,7 +13,7 @@ from apsis_agent.registry import Observed, Recovery, check_proc_id, decide
 from apsis_common import codec
 from apsis_common.codec import spec_digest
 from apsis_common.errors import BadInput
-from apsis_common.protocol import ProcSpec, StopSpec, TimeoutSpec
+from apsis_common.protocol import ProcSpec, SignalReason, StopSpec, TimeoutSpec
 
 
 def _seen(**kw: bool) -> Observed:
@@ -105,7 +105,7 @@ def test_load_reads_what_the_shim_wrote(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.digest == spec_digest(spec)
     assert loaded.facts == registry.PidFacts(5, 5, 10, 1.5, "b", 4, 9)
-    assert loaded.stop == registry.StopFacts(15, 2.0, "stop")
+    assert loaded.stop == registry.StopFacts(15, 2.0, SignalReason.STOP)
     assert loaded.exit is None and loaded.error is None
     seen = registry.observe(loaded, "other-boot")
     assert decide(seen) is Recovery.LOST_REBOOT

@@ -19,9 +19,9 @@ EVENTS: list[p.Event] = [
     p.ProcStarted("r1.1", 10, 10, 1.5),
     p.ProcStartFailed("r1.1", "no such file: /x"),
     p.ProcOutput("r1.1", 1, 0, b"\x00\xff"),
-    p.ProcSignaled("r1.1", 15, "stop"),
+    p.ProcSignaled("r1.1", 15, p.SignalReason.STOP),
     p.ProcExited("r1.1", EXIT, 2),
-    p.ProcLost("r1.1", "reboot"),
+    p.ProcLost("r1.1", p.LostReason.REBOOT),
 ]
 BATCH = p.EventBatch("local", 3, tuple(p.Envelope(i + 1, e) for i, e in enumerate(EVENTS)))
 # The batch as agents have always sent it: each event a map tagged by `type`.
@@ -115,6 +115,17 @@ def test_spec_round_trip_and_digest() -> None:
     )
 
 
+def test_names_decode_as_their_enums() -> None:
+    results = p.StartResults((p.StartResult("a", p.StartStatus.REFUSED, "no"),))
+    assert codec.decode_plain(codec.encode(results))["results"][0]["status"] == "refused"
+    again = codec.decode(p.StartResults, codec.encode(results)).results[0]
+    assert again.status is p.StartStatus.REFUSED
+    summary = p.ProcSummary("a", p.ProcState.EXITED, 5, 0, EXIT)
+    assert codec.decode(p.ProcSummary, codec.encode(summary)).state is p.ProcState.EXITED
+    lost = codec.decode(p.EventBatch, codec.encode(BATCH)).events[-1].event
+    assert isinstance(lost, p.ProcLost) and lost.reason is p.LostReason.REBOOT
+
+
 def test_plain_values_are_checked_too() -> None:
     assert codec.from_plain(p.ExitInfo, codec.decode_plain(codec.encode(EXIT))) == EXIT
     with pytest.raises(ProtocolError):
@@ -142,6 +153,7 @@ def _event(**event: Any) -> bytes:
         _event(type="x"),
         _event(type=["proc.lost"], proc_id="a", reason="reboot"),
         _event(proc_id="a", reason="reboot"),
+        _event(type="proc.lost", proc_id="a", reason="tired"),
         _event(type="proc.lost", proc_id="a"),
         _event(type="proc.signaled", proc_id="a", signal="15", reason="stop"),
         _event(type="proc.output", proc_id="a", fd=1, offset=0, data=1),
@@ -157,6 +169,8 @@ def test_malformed(body: bytes) -> None:
 @pytest.mark.parametrize(
     ("cls", "plain"),
     [
+        (p.StartResult, {"proc_id": "a", "status": "maybe"}),
+        (p.ProcSummary, {"proc_id": "a", "state": "asleep", "pid": None, "output_length": 0}),
         (p.StartBatch, {"procs": [{"proc_id": "a", "spec": {"argv": "true"}}]}),
         (p.StartBatch, {"procs": [{"proc_id": "a", "spec": {"argv": [1]}}]}),
         (p.StartBatch, {"procs": [{"proc_id": "a", "spec": {"argv": ["a"], "env": {"A": 1}}}]}),
