@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from apsis_agent.state import StateDir
 from apsis_common import tls
 from apsis_common.auth import Key
+from apsis_common.names import check_host
+
 
 # The host names the server's config accepts for a static agent (its `check_host`):
 # a provisioned agent the server then refuses to configure is of no use.
-_HOST = re.compile(r"[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}")
-
-
-def check_host(host: str) -> str:
-    """`host` if it is a plain host name or address; ValueError otherwise."""
-    if not _HOST.fullmatch(host):
-        raise ValueError(f"bad host name {host!r}")
-    return host
-
-
 def provision(
     name: str,
     host: str,

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from apsis_common import auth, protocol, tls
+from apsis_common import auth, codec, protocol, tls
 from apsis_common.auth import Key, Verifier
 from apsis_common.errors import AuthError
 from apsis_common.protocol import (
@@ -135,7 +135,7 @@ class Receiver:
             return Response(status_code=401)
         if self.refuse:
             return Response(status_code=503)
-        batch = protocol.decode(EventBatch, body)
+        batch = codec.decode(EventBatch, body)
         with self.lock:
             state = self.state
             state.batches += 1
@@ -159,7 +159,7 @@ class Receiver:
                 else:
                     break  # never apply past a gap
             acked = state.acked
-        return Response(protocol.encode(Ack(acked)), media_type=protocol.MSGPACK)
+        return Response(codec.encode(Ack(acked)), media_type=protocol.MSGPACK)
 
     # -- queries -------------------------------------------------------------------
 
@@ -224,9 +224,9 @@ class Agent:
 
     def start(self, *procs: tuple[str, ProcSpec]) -> StartResults:
         batch = StartBatch(tuple(StartProc(proc_id, spec) for proc_id, spec in procs))
-        response = self.request("POST", "/procs", protocol.encode(batch))
+        response = self.request("POST", "/procs", codec.encode(batch))
         assert response.status_code == 200, response.text
-        return protocol.decode(StartResults, response.content)
+        return codec.decode(StartResults, response.content)
 
     def close(self) -> None:
         self.client.close()
@@ -252,14 +252,14 @@ def run_bootstrap(
     assert proc.stdin is not None and proc.stdout is not None
     lines: list[dict[str, Any]] = []
     try:
-        proc.stdin.write(protocol.encode_json(message).decode() + "\n")
+        proc.stdin.write(codec.encode_json(message).decode() + "\n")
         proc.stdin.flush()
         first = json.loads(proc.stdout.readline() or "{}")
         lines.append(first)
         if "csr_pem" in first:
-            csr = protocol.from_plain(BootstrapCsr, first)
+            csr = codec.from_plain(BootstrapCsr, first)
             cert = tls.issue(ca, csr.csr_pem, message.hosts)
-            proc.stdin.write(protocol.encode_json(BootstrapCert(cert)).decode() + "\n")
+            proc.stdin.write(codec.encode_json(BootstrapCert(cert)).decode() + "\n")
             proc.stdin.flush()
             lines.extend(json.loads(line) for line in proc.stdout if line.strip())
         proc.stdin.close()
@@ -278,7 +278,7 @@ def bootstrap(
     """Bootstrap an agent reporting to `receiver`; fails the test on error."""
     status, lines = run_bootstrap(state_dir, hello("agent-1", key, receiver.url, ca), ca, *extra)
     assert status == 0, lines
-    ready = protocol.from_plain(BootstrapReady, lines[-1])
+    ready = codec.from_plain(BootstrapReady, lines[-1])
     client = httpx.Client(
         base_url=f"https://127.0.0.1:{ready.port}",
         verify=tls.client_context(ca.cert_pem),

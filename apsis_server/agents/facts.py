@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from apsis_common import protocol as p
 from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.states import State
-from apsis_server.agents.dispatch import AgentClient, Command
+from apsis_server.agents.client import AgentClient
+from apsis_server.agents.dispatch import Command, CommandKind
 from apsis_server.agents.reconcile import reconcile
 from apsis_server.core import lifecycle
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
@@ -115,7 +116,7 @@ class Facts:
                 # Its run ended while the start was on its way (set to error by
                 # hand, or given up on): nothing may run that no run watches.
                 log.warning("agent %s: stopping %s, which no run owns", agent_id, proc_id)
-                engine.send(agent_id, Command("stop", proc_id, p.StopRequest()))
+                engine.send(agent_id, Command(CommandKind.STOP, proc_id, p.StopRequest()))
             return  # a late event of a run given up on; the agent cleans up once acked
         if isinstance(event, p.ProcStarted):
             self._started(agent_id, run, event)

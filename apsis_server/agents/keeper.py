@@ -19,28 +19,21 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from apsis_common import protocol as p
 from apsis_common.errors import ApsisError
 from apsis_common.tls import CertPair
 from apsis_server.agents.bootstrap import BootstrapError, bootstrap
+from apsis_server.agents.client import AgentClient
 from apsis_server.agents.conn import AgentConn
-from apsis_server.agents.dispatch import AgentClient
+from apsis_server.agents.reports import Reports
 from apsis_server.agents.settings import AgentSettings, StaticAgent
 from apsis_server.agents.ssh import explain
 from apsis_server.agents.targets import bootstrap_argv, remote_command
 
 log = logging.getLogger(__name__)
-
-# What the keeper calls back: compare process lists with a (re)connected agent,
-# refuse a held start, give up the runs of an agent silent past the lost timeout.
-Reconcile = Callable[[str, AgentClient], Awaitable[None]]
-Refused = Callable[[str, str], None]
-# An agent accepted these starts; those that had started carry their pid facts.
-Accepted = Callable[[str, list[p.StartResult]], None]
-Lost = Callable[[str, float], None]
 
 
 class Keeper:
@@ -56,10 +49,6 @@ class Keeper:
         *,
         clock: Callable[[], float],
         rng: random.Random,
-        busy: Callable[[], Mapping[str, int]],
-        reconcile: Reconcile,
-        refused: Refused,
-        lost: Lost,
     ) -> None:
         self.settings = settings
         self.silence_limit = 3 * settings.heartbeat
@@ -69,30 +58,27 @@ class Keeper:
         self._version = version
         self._clock = clock
         self._rng = rng
-        self._busy = busy
-        self._reconcile = reconcile
-        self._refused = refused
-        self._lost = lost
 
-    async def keep(self, conn: AgentConn) -> None:
+    async def keep(self, conn: AgentConn, reports: Reports) -> None:
         """Connect once wanted, then watch the agent: a silent agent is shown
         disconnected and bootstrapped again (start-or-attach); one silent past the
-        lost timeout has its runs given up; one of another version is replaced."""
+        lost timeout has its runs given up; one of another version is replaced.
+        What it learns goes to `reports`."""
         await conn.wanted.wait()
         delay = self.settings.retry_delay
         while True:
             now = self._clock()
             silence = now - (conn.last_heartbeat or now)
             pause = self.settings.heartbeat
-            if silence > self.silence_limit and self._idle(conn):
+            if silence > self.silence_limit and self._idle(conn, reports):
                 await self._stopped(conn)
                 continue
             if await self._needs_connect(conn, silence):
                 try:
-                    await self._connect_guarded(conn)
+                    await self._connect_guarded(conn, reports)
                     conn.failures, delay = 0, self.settings.retry_delay
                 except BootstrapError as exc:
-                    if not self._failed(conn, exc):
+                    if not self._failed(conn, exc, reports):
                         conn.failures = 0
                         conn.wanted.clear()  # nothing needs it now: wait for the next use
                         await conn.wanted.wait()
@@ -102,28 +88,28 @@ class Keeper:
             else:
                 await self._poll(conn)
             if conn.last_heartbeat is not None and silence > self.settings.lost_timeout:
-                self._lost(conn.agent_id, silence)
+                reports.lost(conn.agent_id, silence)
             await asyncio.sleep(pause)
 
-    async def _connect_guarded(self, conn: AgentConn) -> None:
+    async def _connect_guarded(self, conn: AgentConn, reports: Reports) -> None:
         """Connect; a failure nobody foresaw is a failed attempt too, logged with its
         traceback, and never the end of this task (nor of the server's others)."""
         try:
-            await self._connect(conn)
+            await self._connect(conn, reports)
         except (BootstrapError, asyncio.CancelledError):
             raise
         except Exception as exc:
             log.exception("agent %s: connecting failed", conn.agent_id)
             raise BootstrapError(f"internal error while connecting: {exc!r}") from exc
 
-    def _idle(self, conn: AgentConn) -> bool:
+    def _idle(self, conn: AgentConn, reports: Reports) -> bool:
         """Whether a silent agent may have stopped itself (`idle_stop`) with nothing lost."""
         return (
             self.settings.idle_stop is not None
             and conn.static is None
             and conn.state == "connected"
             and not conn.pending
-            and self._busy().get(conn.agent_id, 0) == 0
+            and reports.busy().get(conn.agent_id, 0) == 0
         )
 
     async def _stopped(self, conn: AgentConn) -> None:
@@ -156,7 +142,7 @@ class Keeper:
             return False
         return True
 
-    def _failed(self, conn: AgentConn, exc: BootstrapError) -> bool:
+    def _failed(self, conn: AgentConn, exc: BootstrapError, reports: Reports) -> bool:
         """Record a failed bootstrap; refuse held starts when retrying is pointless.
 
         Whether to keep trying in the background: yes while the agent has runs or
@@ -170,7 +156,7 @@ class Keeper:
         if permanent or conn.failures >= self.settings.attempts:
             pending, conn.pending = conn.pending, {}
             for proc_id in pending:
-                self._refused(proc_id, reason)
+                reports.refused(proc_id, reason)
         return bool(conn.pending) or conn.in_group or conn.dispatcher.client is not None
 
     def _explain(self, conn: AgentConn, exc: BootstrapError) -> tuple[str, bool]:
@@ -182,7 +168,7 @@ class Keeper:
             return f"cannot start the agent of user {target.user} with sudo: {exc}", True
         return str(exc), False
 
-    async def _connect(self, conn: AgentConn) -> None:
+    async def _connect(self, conn: AgentConn, reports: Reports) -> None:
         if conn.static is not None:
             ready = await self._reach_static(conn, conn.static)
         else:
@@ -210,7 +196,7 @@ class Keeper:
             ready.epoch,
             ready.version,
         )
-        await self._reconcile(conn.agent_id, client)
+        await reports.reconcile(conn.agent_id, client)
         conn.dispatcher.connected(client)
         if await self._upgrade(conn, client):
             return

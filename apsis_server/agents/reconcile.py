@@ -13,7 +13,8 @@ import logging
 from apsis_common import protocol as p
 from apsis_common.errors import ApsisError
 from apsis_common.states import State
-from apsis_server.agents.dispatch import AgentClient, Command
+from apsis_server.agents.client import AgentClient
+from apsis_server.agents.dispatch import Command, CommandKind
 from apsis_server.core import lifecycle
 from apsis_server.engine.engine import Engine
 
@@ -40,7 +41,7 @@ async def reconcile(engine: Engine, agent_id: str, client: AgentClient) -> None:
             continue
         if summary.state in ("starting", "running"):
             log.warning("agent %s: stopping %s, which no run owns", agent_id, proc_id)
-            engine.send(agent_id, Command("stop", proc_id, p.StopRequest()))
+            engine.send(agent_id, Command(CommandKind.STOP, proc_id, p.StopRequest()))
         else:
-            engine.send(agent_id, Command("delete", proc_id))
+            engine.send(agent_id, Command(CommandKind.DELETE, proc_id))
     engine.commit()

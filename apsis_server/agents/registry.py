@@ -20,43 +20,25 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
 
 from apsis_common import __version__
 from apsis_common import protocol as p
 from apsis_common.auth import Key
 from apsis_common.errors import Unavailable
+from apsis_common.names import check_host, check_user
 from apsis_common.tls import CertPair, write_private
 from apsis_server.agents.choice import Choice
 from apsis_server.agents.conn import AgentConn
-from apsis_server.agents.dispatch import AgentClient, Command, Dispatcher
+from apsis_server.agents.dispatch import Command, Dispatcher
 from apsis_server.agents.groups import pick
 from apsis_server.agents.keeper import Keeper
-from apsis_server.agents.settings import AgentSettings, StaticAgent, check_host, check_user
+from apsis_server.agents.reports import Reports
+from apsis_server.agents.settings import AgentSettings, StaticAgent
 from apsis_server.agents.targets import LOCAL, Target, parse_agent_id
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LOCAL", "Choice", "Registry", "Reports"]
-
-
-class Reports(Protocol):
-    """What the agents' tasks report, as they learn it, to whoever owns the runs."""
-
-    def refused(self, proc_id: str, error: str) -> None:
-        """An agent refused a start, or the start can never reach one."""
-
-    def accepted(self, agent_id: str, results: list[p.StartResult]) -> None:
-        """An agent holds these starts now; those that had started carry their pid."""
-
-    def lost(self, agent_id: str, silence: float) -> None:
-        """An agent has been unreachable past the lost timeout."""
-
-    async def reconcile(self, agent_id: str, client: AgentClient) -> None:
-        """Compare the runs on a (re)connected agent with its processes."""
-
-    def busy(self) -> Mapping[str, int]:
-        """The running runs per agent id."""
 
 
 # Not reachable now: a group skips these members.
@@ -94,10 +76,6 @@ class Registry:
             version,
             clock=clock,
             rng=self._rng,
-            busy=lambda: self._sink().busy(),
-            reconcile=lambda agent_id, client: self._sink().reconcile(agent_id, client),
-            refused=lambda proc_id, error: self._sink().refused(proc_id, error),
-            lost=lambda agent_id, silence: self._sink().lost(agent_id, silence),
         )
         if self.settings.local_enabled:
             self._want(self._add(Target("local", "127.0.0.1")))
@@ -125,11 +103,7 @@ class Registry:
     def _add(self, target: Target, static: StaticAgent | None = None) -> AgentConn:
         agent_id = target.agent_id
         key = self._load_key(agent_id, static)
-        dispatcher = Dispatcher(
-            agent_id,
-            lambda proc_id, error: self._sink().refused(proc_id, error),
-            lambda results: self._sink().accepted(agent_id, results),
-        )
+        dispatcher = Dispatcher(agent_id)
         conn = AgentConn(agent_id, target.host, target.user, key, dispatcher, state="new")
         conn.target, conn.static = target, static
         self.agents[agent_id] = conn
@@ -281,10 +255,11 @@ class Registry:
                     await conn.dispatcher.client.close()
 
     def _spawn(self, conn: AgentConn) -> None:
-        if self._tasks is not None and not conn.spawned:
+        # Agents added while `run` runs get their tasks at once; others when it starts.
+        if self._tasks is not None and self._reports is not None and not conn.spawned:
             conn.spawned = True
-            self._tasks.create_task(conn.dispatcher.run())
-            self._tasks.create_task(self._keeper.keep(conn))
+            self._tasks.create_task(conn.dispatcher.run(self._reports))
+            self._tasks.create_task(self._keeper.keep(conn, self._reports))
 
     async def agent_started(self, agent_id: str, epoch: int) -> None:
         """An agent (re)started: compare process lists again."""
@@ -292,12 +267,5 @@ class Registry:
         if conn is None or conn.dispatcher.client is None:
             return
         conn.epoch = epoch
-        await self._reconcile(agent_id, conn.dispatcher.client)
-
-    async def _reconcile(self, agent_id: str, client: AgentClient) -> None:
-        await self._sink().reconcile(agent_id, client)
-
-    def _sink(self) -> Reports:
-        # Only the tasks of `run` report, and only while it runs.
-        assert self._reports is not None, "the registry reports only while it runs"
-        return self._reports
+        if self._reports is not None:
+            await self._reports.reconcile(agent_id, conn.dispatcher.client)

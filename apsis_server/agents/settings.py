@@ -25,13 +25,13 @@ host_groups:
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apsis_common.names import check_host, check_user
 from apsis_server.core.fields import (
     FieldError,
     Fields,
@@ -48,24 +48,6 @@ from apsis_server.core.fields import (
 )
 
 POLICIES = ("round-robin", "random", "first-available", "least-busy")
-
-# Host and user names go on the ssh command line: nothing that could read as an option.
-_HOST = re.compile(r"[A-Za-z0-9_.:%\[\]][A-Za-z0-9_.:%\[\]-]{0,252}")
-_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}")
-
-
-def check_host(host: str) -> str:
-    """`host` if it is a plain host name or address; ValueError otherwise."""
-    if not _HOST.fullmatch(host):
-        raise ValueError(f"bad host name {host!r}")
-    return host
-
-
-def check_user(user: str) -> str:
-    """`user` if it is a plain user name; ValueError otherwise."""
-    if not _USER.fullmatch(user):
-        raise ValueError(f"bad user name {user!r}")
-    return user
 
 
 @dataclass(frozen=True)

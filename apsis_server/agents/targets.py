@@ -16,7 +16,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from apsis_server.agents.settings import AgentSettings, HostSettings, check_host, check_user
+from apsis_common.names import check_host, check_user
+from apsis_server.agents.settings import AgentSettings, HostSettings
 from apsis_server.agents.ssh import ssh_argv
 
 LOCAL = "local"

@@ -29,7 +29,7 @@ from apsis_common import protocol as p
 from apsis_common.errors import BadInput, NotFound, Unavailable
 from apsis_common.states import State
 from apsis_server.actions.runner import ActionRunner, NewRun, Note
-from apsis_server.agents.dispatch import Command
+from apsis_server.agents.dispatch import Command, CommandKind
 from apsis_server.core import lifecycle
 from apsis_server.core.bound import (
     BindError,
@@ -514,7 +514,7 @@ class Engine(EngineView):
         if is_noop(run):
             self.apply(run, lifecycle.Succeeded("stopped"))
         elif run.agent_id is not None and run.proc_id is not None:
-            self.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
+            self.send(run.agent_id, Command(CommandKind.STOP, run.proc_id, p.StopRequest()))
 
     def error_run(self, run_id: str, event: lifecycle.Event) -> None:
         """Apply an event that ends an unfinished run in error, if it is still one."""

@@ -12,7 +12,7 @@ import signal
 from apsis_common import protocol as p
 from apsis_common.errors import Conflict
 from apsis_common.states import FINISHED, State
-from apsis_server.agents.dispatch import Command
+from apsis_server.agents.dispatch import Command, CommandKind
 from apsis_server.core import lifecycle
 from apsis_server.core.jobs import ADHOC_JOB
 from apsis_server.core.outcomes import signal_name
@@ -62,7 +62,7 @@ class Operations:
         run = self._unfinished(run_id, State.RUNNING, State.STOPPING)
         engine.note(run_id, f"sending {signal_name(signal)} by hand")
         if run.agent_id is not None and run.proc_id is not None:
-            engine.send(run.agent_id, Command("signal", run.proc_id, signal=signal))
+            engine.send(run.agent_id, Command(CommandKind.SIGNAL, run.proc_id, signal=signal))
         engine.commit()
         return run
 
@@ -99,7 +99,7 @@ class Operations:
         if started and run.agent_id is not None and run.proc_id is not None:
             engine.note(run_id, "killing its process (SIGKILL), as the run is put in error")
             stop = p.StopRequest(signal=int(signal.SIGKILL), grace=0.0)
-            engine.send(run.agent_id, Command("stop", run.proc_id, stop))
+            engine.send(run.agent_id, Command(CommandKind.STOP, run.proc_id, stop))
         engine.error_run(run_id, lifecycle.ErrorByHand(message))
         engine.commit()
         return engine.get(run_id)

@@ -16,7 +16,7 @@ import logging
 
 from apsis_common import protocol as p
 from apsis_common.states import State
-from apsis_server.agents.dispatch import Command
+from apsis_server.agents.dispatch import Command, CommandKind
 from apsis_server.core import lifecycle
 from apsis_server.core.bound import BoundProcess
 from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
@@ -82,7 +82,7 @@ def _rearm(engine: Engine, run: Run) -> None:
         engine.arm(run.run_id, engine.clock(), TimerKind.NO_OP)
     elif run.state == State.STOPPING and run.agent_id and run.proc_id:
         # The stop may not have reached the agent before the restart; it is idempotent.
-        engine.send(run.agent_id, Command("stop", run.proc_id, p.StopRequest()))
+        engine.send(run.agent_id, Command(CommandKind.STOP, run.proc_id, p.StopRequest()))
 
 
 def _catch_up(engine: Engine, watermark: float, now: float, default: CatchUp) -> None:

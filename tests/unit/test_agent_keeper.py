@@ -17,6 +17,7 @@ from apsis_server.agents.dispatch import Dispatcher
 from apsis_server.agents.keeper import Keeper
 from apsis_server.agents.settings import AgentSettings
 from tests.harness import run_async
+from tests.reports import RecordedReports
 
 
 def test_an_unforeseen_error_while_connecting_is_a_failed_attempt(
@@ -30,7 +31,8 @@ def test_an_unforeseen_error_while_connecting_is_a_failed_attempt(
         raise RuntimeError("handler is closed")  # what uvloop raised when ssh had gone
 
     monkeypatch.setattr(keeper_module, "bootstrap", broken_bootstrap)
-    refused: list[tuple[str, str]] = []
+    reports = RecordedReports()
+    refused = reports.refusals
 
     async def scenario() -> None:
         settings = AgentSettings(attempts=2, retry_delay=0.01)
@@ -42,15 +44,11 @@ def test_an_unforeseen_error_while_connecting_is_a_failed_attempt(
             "test",
             clock=lambda: 0.0,
             rng=random.Random(1),
-            busy=dict,
-            reconcile=lambda *a: asyncio.sleep(0),
-            refused=lambda proc_id, reason: refused.append((proc_id, reason)),
-            lost=lambda *a: None,
         )
-        conn = AgentConn("local", "127.0.0.1", None, Key.generate(), Dispatcher("local", print))
+        conn = AgentConn("local", "127.0.0.1", None, Key.generate(), Dispatcher("local"))
         conn.pending["r1.1"] = p.StartProc("r1.1", p.ProcSpec(argv=("true",)))
         conn.wanted.set()
-        task = asyncio.create_task(keeper.keep(conn))
+        task = asyncio.create_task(keeper.keep(conn, reports))
         for _ in range(200):
             if refused:
                 break

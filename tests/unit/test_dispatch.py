@@ -10,8 +10,10 @@ from apsis_common import protocol as p
 from apsis_common.auth import Key
 from apsis_common.errors import BadInput, Unavailable
 from apsis_common.tls import new_ca
-from apsis_server.agents.dispatch import AgentClient, Dispatcher
+from apsis_server.agents.client import AgentClient
+from apsis_server.agents.dispatch import Dispatcher
 from tests.harness import run_async
+from tests.reports import RecordedReports
 
 
 class FlakyClient:
@@ -26,19 +28,18 @@ class FlakyClient:
         if self.calls == 1:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         self.started += [proc.proc_id for proc in procs]
-        return tuple(p.StartResult(proc.proc_id, "accepted") for proc in procs)
+        return tuple(p.StartResult(proc.proc_id, p.StartStatus.ACCEPTED) for proc in procs)
 
 
 def test_an_unexpected_error_is_retried_not_the_end_of_the_dispatcher() -> None:
-    accepted: list[str] = []
+    reports = RecordedReports()
+    accepted = reports.acceptances
 
     async def scenario() -> None:
-        dispatcher = Dispatcher(
-            "a", lambda proc_id, error: None, lambda rs: accepted.extend(r.proc_id for r in rs)
-        )
+        dispatcher = Dispatcher("a")
         client = FlakyClient()
         dispatcher.connected(client)  # type: ignore[arg-type]
-        task = asyncio.create_task(dispatcher.run())
+        task = asyncio.create_task(dispatcher.run(reports))
         dispatcher.start(p.StartProc("r1.1", p.ProcSpec(argv=("true",))))
         for _ in range(200):
             if accepted:
@@ -77,34 +78,30 @@ class PickyClient:
         self.batches.append(ids)
         if self.bad in ids:
             raise BadInput("agent answered 413")
-        return tuple(p.StartResult(proc_id, "accepted") for proc_id in ids)
+        return tuple(p.StartResult(proc_id, p.StartStatus.ACCEPTED) for proc_id in ids)
 
 
 def test_a_start_the_agent_cannot_take_is_refused_alone() -> None:
     """One bad start in a batch of 100: it is refused with the reason, the other 99 are
     accepted, in a few requests and no retry loop."""
-    accepted: list[str] = []
-    refused: dict[str, str] = {}
+    reports = RecordedReports()
+    accepted = reports.acceptances
     client = PickyClient("r37.1")
 
     async def scenario() -> None:
-        dispatcher = Dispatcher(
-            "a",
-            lambda proc_id, error: refused.__setitem__(proc_id, error),
-            lambda rs: accepted.extend(r.proc_id for r in rs),
-        )
+        dispatcher = Dispatcher("a")
         dispatcher.connected(client)  # type: ignore[arg-type]
         for i in range(100):
             dispatcher.start(p.StartProc(f"r{i}.1", p.ProcSpec(argv=("true",))))
-        task = asyncio.create_task(dispatcher.run())
+        task = asyncio.create_task(dispatcher.run(reports))
         for _ in range(200):
-            if len(accepted) + len(refused) == 100:
+            if len(accepted) + len(reports.refusals) == 100:
                 break
             await asyncio.sleep(0.01)
         task.cancel()
 
     run_async(scenario)
-    assert refused == {"r37.1": "start refused: agent answered 413"}
+    assert dict(reports.refusals) == {"r37.1": "start refused: agent answered 413"}
     assert sorted(accepted) == sorted(f"r{i}.1" for i in range(100) if i != 37)
     assert len(client.batches) <= 2 * 8, client.batches  # halving: ~2 log2(100)
 
@@ -128,12 +125,12 @@ def test_a_withdrawn_start_is_never_sent() -> None:
     client = PickyClient("none")
 
     async def scenario() -> None:
-        dispatcher = Dispatcher("a", lambda proc_id, error: None)
+        dispatcher = Dispatcher("a")
         dispatcher.start(p.StartProc("r1.1", p.ProcSpec(argv=("true",))))
         dispatcher.start(p.StartProc("r2.1", p.ProcSpec(argv=("true",))))
         dispatcher.withdraw("r1.1")
         dispatcher.connected(client)  # type: ignore[arg-type]
-        task = asyncio.create_task(dispatcher.run())
+        task = asyncio.create_task(dispatcher.run(RecordedReports()))
         for _ in range(100):
             if client.batches:
                 break

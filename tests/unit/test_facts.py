@@ -38,8 +38,10 @@ def test_running_from_the_start_answer_or_else_from_the_event(tmp_path: Path) ->
         facts.answered(
             "local",
             [
-                p.StartResult(procs[answered.run_id], "accepted", pid=10, pgid=10, start_time=now),
-                p.StartResult(procs[evented.run_id], "accepted"),  # still starting
+                p.StartResult(
+                    procs[answered.run_id], p.StartStatus.ACCEPTED, pid=10, pgid=10, start_time=now
+                ),
+                p.StartResult(procs[evented.run_id], p.StartStatus.ACCEPTED),  # still starting
             ],
         )
         assert engine.get(answered.run_id).state == State.RUNNING
@@ -75,7 +77,7 @@ def test_elapsed_is_measured_by_the_agent_clock(tmp_path: Path) -> None:
         run = engine.schedule("j", {})
         proc_id = agents.starts[-1].proc_id
         started = time.time() - 5.0  # the answer comes late, well after the start
-        answer = p.StartResult(proc_id, "accepted", pid=7, pgid=7, start_time=started)
+        answer = p.StartResult(proc_id, p.StartStatus.ACCEPTED, pid=7, pgid=7, start_time=started)
         facts.answered("local", [answer])
         exit = p.ExitInfo(0, 0, None, False, {}, started + 0.002)
         batch = p.EventBatch("local", 1, (p.Envelope(1, p.ProcExited(proc_id, exit, 0)),))

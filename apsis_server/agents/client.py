@@ -1,0 +1,86 @@
+"""The signed HTTPS client of one agent: msgpack requests, errors by status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from apsis_common import codec
+from apsis_common import protocol as p
+from apsis_common.auth import Key, sign
+from apsis_common.errors import AuthError, BadInput, Conflict, NotFound, Unavailable
+from apsis_common.tls import client_context
+from apsis_server.agents.http11 import Http11Client
+
+T = TypeVar("T")
+
+_STATUS_ERRORS: dict[int, type[Exception]] = {
+    400: BadInput,
+    401: AuthError,
+    404: NotFound,
+    409: Conflict,
+    413: BadInput,
+    503: Unavailable,
+}
+
+
+class AgentClient:
+    """Signed msgpack requests to one agent over verified HTTPS."""
+
+    def __init__(self, base_url: str, key: Key, ca_pem: str, timeout: float = 30.0) -> None:
+        self.base_url = base_url
+        self._key = key
+        self._http = Http11Client(base_url, client_context(ca_pem), timeout)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def request(self, method: str, target: str, message: Any = None) -> bytes:
+        try:
+            body = b"" if message is None else codec.encode(message)
+        except (ValueError, TypeError, OverflowError) as exc:  # UnicodeEncodeError too
+            raise BadInput(f"cannot be sent: {exc}") from None
+        if len(body) > p.MAX_REQUEST_BYTES:
+            raise BadInput(
+                f"cannot be sent: {len(body)} bytes, over the agent's limit of "
+                f"{p.MAX_REQUEST_BYTES}"
+            )
+        headers = sign(self._key, method, target, body)
+        headers["content-type"] = p.MSGPACK
+        try:
+            answer = await self._http.request(method, target, headers, body)
+        except (OSError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
+            raise Unavailable(f"agent at {self.base_url} unreachable: {exc!r}") from exc
+        except RuntimeError as exc:  # this client was closed: the agent was reconnected
+            raise Unavailable(f"agent at {self.base_url}: {exc}") from exc
+        if answer.status >= 400:
+            error = _STATUS_ERRORS.get(answer.status, Unavailable)
+            raise error(f"agent answered {answer.status}: {answer.text[:200]}")
+        return answer.body
+
+    async def call(self, cls: type[T], method: str, target: str, message: Any = None) -> T:
+        return codec.decode(cls, await self.request(method, target, message))
+
+    async def info(self) -> p.AgentInfo:
+        return await self.call(p.AgentInfo, "GET", "/agent")
+
+    async def start(self, procs: list[p.StartProc]) -> tuple[p.StartResult, ...]:
+        answer = await self.call(p.StartResults, "POST", "/procs", p.StartBatch(tuple(procs)))
+        return answer.results
+
+    async def procs(self) -> tuple[p.ProcSummary, ...]:
+        return (await self.call(p.ProcList, "GET", "/procs")).procs
+
+    async def output(self, proc_id: str, start: int, stop: int) -> bytes:
+        query = urlencode({"start": start, "stop": stop})
+        return await self.request("GET", f"/procs/{proc_id}/output?{query}")
+
+    async def stop(self, proc_id: str, request: p.StopRequest) -> None:
+        await self.request("POST", f"/procs/{proc_id}/stop", request)
+
+    async def signal(self, proc_id: str, signal: int) -> None:
+        await self.request("POST", f"/procs/{proc_id}/signal", p.SignalRequest(signal))
+
+    async def delete(self, proc_id: str) -> None:
+        await self.request("DELETE", f"/procs/{proc_id}")
