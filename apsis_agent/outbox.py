@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import os
+import secrets
 import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +76,12 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "instance" not in meta:
+            # Names this sequence: made with the outbox, so a new outbox (a wiped
+            # state dir) is a new sequence the server can tell from this one.
+            meta["instance"] = secrets.randbits(62)
+            self._db.execute("INSERT INTO meta VALUES ('instance', ?)", (meta["instance"],))
+        self.instance = f"{meta['instance']:016x}"
         self.acked_seq: int = meta.get("acked_seq", 0)
         # The last sequence number given out (persisted or buffered).
         self.last_seq: int = meta.get("next_seq", 1) - 1

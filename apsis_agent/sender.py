@@ -97,8 +97,15 @@ class Sender:
         """Post one batch; True if it was accepted (and acked something, if not empty)."""
         settings, keys = self._config()
         envelopes, last = self._outbox.batch(self._delivery.max_events, self._delivery.max_bytes)
+        outbox = self._outbox
         body = codec.encode(
-            {"agent_id": settings.agent_id, "epoch": self._epoch, "events": envelopes}
+            {
+                "agent_id": settings.agent_id,
+                "epoch": self._epoch,
+                "events": envelopes,
+                "instance": outbox.instance,
+                "acked": outbox.acked_seq,
+            }
         )
         del envelopes  # the bytes live on in `body` only
         try:

@@ -101,6 +101,8 @@ class _EventBatch(msgspec.Struct, frozen=True):
     agent_id: str
     epoch: int
     events: tuple[_Envelope, ...]
+    instance: str = ""
+    acked: int = 0
 
 
 _SHAPES: dict[type[Any], type[Any]] = {EventBatch: _EventBatch, Envelope: _Envelope}
@@ -120,7 +122,7 @@ def _with_events(value: Any) -> Any:
                 events.append(Envelope(envelope.seq, _event(envelope.event)))
             except ProtocolError as exc:
                 raise ProtocolError(f"EventBatch events[{i}]: {exc}") from None
-        return EventBatch(value.agent_id, value.epoch, tuple(events))
+        return EventBatch(value.agent_id, value.epoch, tuple(events), value.instance, value.acked)
     if isinstance(value, _Envelope):
         return Envelope(value.seq, _event(value.event))
     return value

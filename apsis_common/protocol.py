@@ -288,11 +288,19 @@ class Envelope:
 
 @dataclass(frozen=True)
 class EventBatch:
-    """`POST /agent/v1/events`; an empty batch is a heartbeat."""
+    """`POST /agent/v1/events`; an empty batch is a heartbeat.
+
+    `instance` names the agent's event sequence (made with its outbox: a wiped
+    state dir starts a new one at 1) and `acked` is the highest sequence number the
+    agent holds as acknowledged: together they let the server tell a sequence that
+    restarted, or its own ack left behind by a restore, from a lost acknowledgement.
+    """
 
     agent_id: str
     epoch: int
     events: tuple[Envelope, ...]
+    instance: str = ""
+    acked: int = 0
 
 
 @dataclass(frozen=True)

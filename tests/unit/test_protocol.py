@@ -84,10 +84,15 @@ def test_event_batch_round_trip() -> None:
 
 
 def test_event_batch_wire_format_is_unchanged() -> None:
-    assert codec.decode_plain(codec.encode(BATCH)) == WIRE
+    """The events as agents have always sent them; a batch now also names its
+    sequence (`instance`) and the agent's ack, which a batch from an older agent
+    lacks and still decodes without."""
+    assert codec.decode_plain(codec.encode(BATCH)) == {**WIRE, "instance": "", "acked": 0}
     decoded = codec.decode(p.EventBatch, codec.encode(WIRE))
     assert decoded == BATCH
     assert [type(e.event) for e in decoded.events] == [type(e) for e in EVENTS]
+    named = p.EventBatch("local", 3, (), instance="00ab", acked=7)
+    assert codec.decode(p.EventBatch, codec.encode(named)) == named
 
 
 def test_event_batch_json_round_trip() -> None:
