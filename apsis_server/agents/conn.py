@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,22 +14,32 @@ from apsis_server.agents.settings import StaticAgent
 from apsis_server.agents.targets import Target
 
 
+class AgentState(enum.StrEnum):
+    """Where an agent's connection is: new (known, never wanted), connecting,
+    connected, disconnected (was connected; silent or failing to re-bootstrap),
+    failed (could not be bootstrapped), draining (being replaced by an agent of the
+    server's version), stopped (known from an earlier server run and not connected
+    now, or taken as stopped when idle)."""
+
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
 @dataclass
 class AgentConn:
-    """One agent as the server sees it.
-
-    `state`: new (known, never wanted), connecting, connected, disconnected (was
-    connected; silent or failing to re-bootstrap), failed (could not be
-    bootstrapped), draining (being replaced by an agent of the server's version),
-    stopped (known from an earlier server run, not connected now).
-    """
+    """One agent as the server sees it; `state` says where its connection is."""
 
     agent_id: str
     host: str
     user: str | None
     key: Key
     dispatcher: Dispatcher
-    state: str = "connecting"
+    state: AgentState = AgentState.CONNECTING
     epoch: int = 0
     version: str = ""
     pid: int = 0

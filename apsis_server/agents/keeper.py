@@ -27,7 +27,7 @@ from apsis_common.errors import ApsisError
 from apsis_common.tls import CertPair
 from apsis_server.agents.bootstrap import BootstrapError, bootstrap
 from apsis_server.agents.client import AgentClient
-from apsis_server.agents.conn import AgentConn
+from apsis_server.agents.conn import AgentConn, AgentState
 from apsis_server.agents.reports import Reports
 from apsis_server.agents.settings import AgentSettings, StaticAgent
 from apsis_server.agents.ssh import explain
@@ -107,7 +107,7 @@ class Keeper:
         return (
             self.settings.idle_stop is not None
             and conn.static is None
-            and conn.state == "connected"
+            and conn.state == AgentState.CONNECTED
             and not conn.pending
             and reports.busy().get(conn.agent_id, 0) == 0
         )
@@ -115,7 +115,7 @@ class Keeper:
     async def _stopped(self, conn: AgentConn) -> None:
         """Forget the connection of an agent that stopped when idle, until it is needed."""
         log.info("agent %s: silent and idle: taken as stopped (idle_stop)", conn.agent_id)
-        conn.state, conn.last_heartbeat = "stopped", None
+        conn.state, conn.last_heartbeat = AgentState.STOPPED, None
         conn.wanted.clear()
         conn.connected.clear()
         client, conn.dispatcher.client = conn.dispatcher.client, None
@@ -126,12 +126,12 @@ class Keeper:
     async def _needs_connect(self, conn: AgentConn, silence: float) -> bool:
         if conn.dispatcher.client is None:
             return True
-        if conn.state == "draining":
+        if conn.state == AgentState.DRAINING:
             return not await self._answers(conn.dispatcher.client)
         if silence > self.silence_limit:
-            if conn.state == "connected":
+            if conn.state == AgentState.CONNECTED:
                 log.warning("agent %s: silent for %.0fs", conn.agent_id, silence)
-            conn.state = "disconnected"
+            conn.state = AgentState.DISCONNECTED
             return True
         return False
 
@@ -151,7 +151,9 @@ class Keeper:
         conn.failures += 1
         reason, permanent = self._explain(conn, exc)
         conn.error = reason
-        conn.state = "disconnected" if conn.dispatcher.client is not None else "failed"
+        conn.state = (
+            AgentState.DISCONNECTED if conn.dispatcher.client is not None else AgentState.FAILED
+        )
         log.error("agent %s: bootstrap failed (%d): %s", conn.agent_id, conn.failures, reason)
         if permanent or conn.failures >= self.settings.attempts:
             pending, conn.pending = conn.pending, {}
@@ -200,7 +202,7 @@ class Keeper:
         conn.dispatcher.connected(client)
         if await self._upgrade(conn, client):
             return
-        conn.state = "connected"
+        conn.state = AgentState.CONNECTED
         pending, conn.pending = conn.pending, {}
         for proc in pending.values():
             conn.dispatcher.start(proc)
@@ -229,7 +231,7 @@ class Keeper:
             self._version,
         )
         conn.drained_version = conn.version
-        conn.state = "draining"
+        conn.state = AgentState.DRAINING
         conn.connected.clear()
         return True
 
@@ -281,5 +283,5 @@ class Keeper:
             conn.running, conn.outbox_pending = info.running, info.outbox_pending
             if info.epoch != conn.epoch or info.version != conn.version:
                 conn.epoch, conn.version, conn.pid = info.epoch, info.version, info.pid
-                if conn.state == "connected":
+                if conn.state == AgentState.CONNECTED:
                     await self._upgrade(conn, client)

@@ -28,7 +28,7 @@ from apsis_common.errors import Unavailable
 from apsis_common.names import check_host, check_user
 from apsis_common.tls import CertPair, write_private
 from apsis_server.agents.choice import Choice
-from apsis_server.agents.conn import AgentConn
+from apsis_server.agents.conn import AgentConn, AgentState
 from apsis_server.agents.dispatch import Command, Dispatcher
 from apsis_server.agents.groups import pick
 from apsis_server.agents.keeper import Keeper
@@ -42,7 +42,7 @@ __all__ = ["LOCAL", "Choice", "Registry", "Reports"]
 
 
 # Not reachable now: a group skips these members.
-UNREACHABLE = ("disconnected", "failed")
+UNREACHABLE = (AgentState.DISCONNECTED, AgentState.FAILED)
 
 
 class Registry:
@@ -104,7 +104,7 @@ class Registry:
         agent_id = target.agent_id
         key = self._load_key(agent_id, static)
         dispatcher = Dispatcher(agent_id)
-        conn = AgentConn(agent_id, target.host, target.user, key, dispatcher, state="new")
+        conn = AgentConn(agent_id, target.host, target.user, key, dispatcher, state=AgentState.NEW)
         conn.target, conn.static = target, static
         self.agents[agent_id] = conn
         self._by_key[key.key_id] = agent_id
@@ -116,7 +116,7 @@ class Registry:
         for path in sorted((self._state_dir / "agents").glob("*.json")):
             target = parse_agent_id(path.stem)
             if target is not None and target.kind != "local" and path.stem not in self.agents:
-                self._add(target).state = "stopped"
+                self._add(target).state = AgentState.STOPPED
 
     def _get(self, agent_id: str) -> AgentConn | None:
         conn = self.agents.get(agent_id)
@@ -129,8 +129,8 @@ class Registry:
 
     def _want(self, conn: AgentConn) -> AgentConn:
         if not conn.wanted.is_set():
-            if conn.state in ("new", "stopped"):
-                conn.state = "connecting"
+            if conn.state in (AgentState.NEW, AgentState.STOPPED):
+                conn.state = AgentState.CONNECTING
             conn.wanted.set()
         return conn
 
@@ -199,7 +199,7 @@ class Registry:
         conn = self._get(agent_id)
         if conn is None:
             raise LookupError(f"no agent {agent_id}")
-        if conn.state == "connected":
+        if conn.state == AgentState.CONNECTED:
             conn.dispatcher.start(proc)
         else:
             conn.pending[proc.proc_id] = proc
@@ -230,8 +230,8 @@ class Registry:
         if conn is not None:
             conn.last_heartbeat = now
             self._want(conn)
-            if conn.state == "disconnected" and conn.dispatcher.client is not None:
-                conn.state = "connected"
+            if conn.state == AgentState.DISCONNECTED and conn.dispatcher.client is not None:
+                conn.state = AgentState.CONNECTED
                 log.info("agent %s: heard from again", agent_id)
 
     # -- connections -------------------------------------------------------------
