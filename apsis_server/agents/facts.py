@@ -6,6 +6,16 @@ sequence order, each once: a duplicate (seq ≤ acked) is ignored and nothing is
 applied past a gap. The new ack is committed in the same transaction as the
 changes it covers. `Facts` is also what the registry reports to (`Reports`):
 starts an agent accepted or refused, agents lost, agents to reconcile.
+
+Both sides' counts are checked on every batch. A batch names the agent's sequence
+(`instance`, made with its outbox) and the agent's own ack. A new sequence (its
+state dir was wiped or replaced) restarts from the agent's ack; an agent that holds
+a higher ack than the server (the server restored from a backup, or started on a
+fresh state dir) skips the server forward to it, since the agent no longer has
+those events. Either way the runs on that agent are reconciled with its process
+list, so those it cannot vouch for end in `error` with the reason: never an event
+dropped as a duplicate, never a gap waited on forever. An agent that holds a lower
+ack in the same sequence only missed an acknowledgement, and resends.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ class Facts:
         self.engine = engine
         self._on_agent_started = on_agent_started
         self._acks: dict[str, int] = {}
+        self._instances: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.last_seen: dict[str, float] = {}
 
@@ -56,6 +67,10 @@ class Facts:
         async with lock:
             self.last_seen[agent_id] = self.engine.clock()
             acked = start = self.acked(agent_id)
+            resync = self._resync(agent_id, batch, acked)
+            if resync is not None:
+                acked = start = resync
+                self.engine.ack(agent_id, acked)
             started: list[int] = []
             for envelope in batch.events:
                 if envelope.seq <= acked:
@@ -74,9 +89,46 @@ class Facts:
                 self.engine.ack(agent_id, acked)
             self.engine.commit()
             self._acks[agent_id] = acked
+            if batch.instance:
+                self._instances[agent_id] = batch.instance
+        if resync is not None and not started:
+            await self._on_agent_started(agent_id, batch.epoch)  # compares process lists
         for epoch in started:
             await self._on_agent_started(agent_id, epoch)
         return acked
+
+    def _resync(self, agent_id: str, batch: p.EventBatch, acked: int) -> int | None:
+        """The ack to go on from when the two sides' counts disagree (see the module
+        docstring), recording the agent's sequence; None when they agree."""
+        if not batch.instance:
+            return None  # an agent older than sequence names: as before
+        known = self._instances.get(agent_id)
+        if known is None:
+            known = self._instances[agent_id] = self.engine.store.instance(agent_id)
+        if known != batch.instance:
+            self.engine.agent_instance(agent_id, batch.instance)
+        if known and known != batch.instance:
+            log.warning(
+                "agent %s: a new event sequence (%s, was %s: its state was reset); "
+                "going on from its seq %d and reconciling its runs",
+                agent_id,
+                batch.instance,
+                known,
+                batch.acked,
+            )
+            return batch.acked
+        if batch.acked > acked:
+            log.warning(
+                "agent %s: the server is behind the agent (acked %d, the agent holds %d: "
+                "a store restored from a backup?); events up to %d are gone; "
+                "reconciling its runs",
+                agent_id,
+                acked,
+                batch.acked,
+                batch.acked,
+            )
+            return batch.acked
+        return None
 
     # -- what the registry reports ---------------------------------------------------
 

@@ -163,6 +163,10 @@ class Engine(EngineView):
         """Record an agent's events up to `seq` as applied, with the current changes."""
         self._journal.ack(agent_id, seq)
 
+    def agent_instance(self, agent_id: str, instance: str) -> None:
+        """Record the event sequence an agent now reports in, with the current changes."""
+        self._journal.instance(agent_id, instance)
+
     def send(self, agent_id: str, command: Command) -> None:
         """Ask an agent to act once the current changes are committed."""
         self._journal.request(agent_id, command)

@@ -76,6 +76,9 @@ class Journal:
     def ack(self, agent_id: str, seq: int) -> None:
         self._pending.changes.acks[agent_id] = seq
 
+    def instance(self, agent_id: str, instance: str) -> None:
+        self._pending.changes.instances[agent_id] = instance
+
     def cursors(self, cursors: Mapping[Key, float]) -> None:
         self._pending.changes.cursors.update(cursors)
 

@@ -28,6 +28,8 @@ class Changes:
     # (run_id, offset, data): output bytes at a byte offset.
     output: list[tuple[str, int, bytes]] = field(default_factory=list)
     acks: dict[str, int] = field(default_factory=dict)
+    # The event sequence each agent reports in (see agents/facts.py).
+    instances: dict[str, str] = field(default_factory=dict)
     cursors: dict[tuple[str, str], float] = field(default_factory=dict)
     # Scheduled runs withdrawn before they ever ran (their job changed).
     deleted: set[str] = field(default_factory=set)
@@ -43,6 +45,7 @@ class Changes:
             meta=meta,
             output=self.output + later.output,
             acks={**self.acks, **later.acks},
+            instances={**self.instances, **later.instances},
             cursors={**self.cursors, **later.cursors},
             deleted=self.deleted | later.deleted,
         )
@@ -54,6 +57,7 @@ class Changes:
             or self.meta
             or self.output
             or self.acks
+            or self.instances
             or self.cursors
             or self.deleted
         )
@@ -121,6 +125,9 @@ class RunStore(Protocol):
 
     def ack(self, agent_id: str) -> int:
         """The highest event sequence number applied for the agent (0 if none)."""
+
+    def instance(self, agent_id: str) -> str:
+        """The event sequence the agent last reported in ("" if none is known)."""
 
     def cursors(self) -> dict[tuple[str, str], float]:
         """Per (job id, schedule key): the last schedule time planned."""

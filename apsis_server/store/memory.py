@@ -20,6 +20,7 @@ class MemoryStore:
         self._meta: dict[str, dict[str, Any]] = {}
         self._output: dict[str, dict[int, bytes]] = {}
         self._acks: dict[str, int] = {}
+        self._instances: dict[str, str] = {}
         self._cursors: dict[tuple[str, str], float] = {}
         # Archive "files" by path: stores of their own.
         self.archives: dict[Path, MemoryStore] = {}
@@ -39,6 +40,7 @@ class MemoryStore:
             self._runs.pop(run_id, None)
             self._log.pop(run_id, None)
         self._acks.update(changes.acks)
+        self._instances.update(changes.instances)
         self._cursors.update(changes.cursors)
 
     def unfinished(self) -> list[Run]:
@@ -72,6 +74,9 @@ class MemoryStore:
 
     def ack(self, agent_id: str) -> int:
         return self._acks.get(agent_id, 0)
+
+    def instance(self, agent_id: str) -> str:
+        return self._instances.get(agent_id, "")
 
     def cursors(self) -> dict[tuple[str, str], float]:
         return dict(self._cursors)

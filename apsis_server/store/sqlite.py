@@ -73,6 +73,10 @@ MIGRATIONS.append(
     # Output that does not compress (already compressed, random) is stored as is.
     "ALTER TABLE run_output ADD COLUMN codec TEXT NOT NULL DEFAULT 'zlib'"
 )
+MIGRATIONS.append(
+    # The event sequence each agent reports in (agents/facts.py): a new one restarts.
+    "CREATE TABLE agent_sequences (agent_id TEXT PRIMARY KEY, instance TEXT NOT NULL)"
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -241,6 +245,10 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO agent_acks VALUES (?, ?)", list(changes.acks.items())
             )
             db.executemany(
+                "INSERT OR REPLACE INTO agent_sequences VALUES (?, ?)",
+                list(changes.instances.items()),
+            )
+            db.executemany(
                 "INSERT OR REPLACE INTO schedule_cursors VALUES (?, ?, ?)",
                 [(j, k, t) for (j, k), t in changes.cursors.items()],
             )
@@ -328,6 +336,12 @@ class SqliteStore:
             "SELECT acked_seq FROM agent_acks WHERE agent_id = ?", (agent_id,)
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def instance(self, agent_id: str) -> str:
+        row = self._db.execute(
+            "SELECT instance FROM agent_sequences WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        return str(row[0]) if row else ""
 
     def cursors(self) -> dict[tuple[str, str], float]:
         rows = self._db.execute("SELECT job_id, schedule_key, time FROM schedule_cursors")

@@ -12,6 +12,7 @@ import pytest
 from apsis_common import protocol as p
 from apsis_common.states import State
 from apsis_server.agents.facts import Facts
+from apsis_server.store.base import Changes
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
@@ -87,3 +88,57 @@ def test_elapsed_is_measured_by_the_agent_clock(tmp_path: Path) -> None:
         store.close()
 
     run_async(scenario)
+
+
+@pytest.mark.parametrize(
+    ("stored_ack", "stored", "batch_instance", "batch_acked", "events", "ack", "reconciled"),
+    [
+        # The same sequence; the agent missed the last ack and resends: duplicates.
+        (5, "aa", "aa", 2, (3, 4, 5), 5, False),
+        # A new sequence (its state was wiped): numbered from 1 again, followed.
+        (5, "aa", "bb", 0, (1, 2), 2, True),
+        # The agent holds a higher ack (the server's store was restored): skip forward.
+        (5, "aa", "aa", 9, (10, 11), 11, True),
+        # ... or the server's state is new, the agent's not.
+        (0, "", "aa", 9, (10,), 10, True),
+        # A first batch from a new agent: taken as it is.
+        (0, "", "aa", 0, (1,), 1, False),
+        # An agent older than sequence names: as before (a gap is waited on).
+        (5, "", "", 9, (10,), 5, False),
+    ],
+)
+def test_both_sides_counts_are_checked_on_every_batch(
+    tmp_path: Path,
+    stored_ack: int,
+    stored: str,
+    batch_instance: str,
+    batch_acked: int,
+    events: tuple[int, ...],
+    ack: int,
+    reconciled: bool,
+) -> None:
+    restarts: list[int] = []
+
+    async def on_started(agent_id: str, epoch: int) -> None:
+        restarts.append(epoch)
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        instances = {"local": stored} if stored else {}
+        store.write(Changes(acks={"local": stored_ack}, instances=instances))
+        engine = new_engine(store, {}, QuietAgents())
+        facts = Facts(engine, on_started)
+        batch = p.EventBatch(
+            "local",
+            3,
+            tuple(p.Envelope(seq, p.ProcOutput(f"r{seq}.1", 1, 0, b"x")) for seq in events),
+            instance=batch_instance,
+            acked=batch_acked,
+        )
+        assert await facts.apply("local", batch) == ack
+        assert store.ack("local") == ack
+        assert store.instance("local") == (batch_instance or stored)
+        store.close()
+
+    run_async(scenario)
+    assert bool(restarts) == reconciled
