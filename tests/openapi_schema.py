@@ -29,6 +29,16 @@ def schema_of(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "components": doc["components"]}
 
 
+def refs(value: Any) -> set[str]:
+    """Every `$ref` anywhere in `value`."""
+    if isinstance(value, dict):
+        found = {value["$ref"]} if isinstance(value.get("$ref"), str) else set()
+        return found.union(*(refs(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(refs(v) for v in value))
+    return set()
+
+
 def check_answer(doc: dict[str, Any], template: str, method: str, response: httpx.Response) -> None:
     """The status is one the operation documents, and a JSON body matches its schema."""
     op = doc["paths"][template][method.lower()]

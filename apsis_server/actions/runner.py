@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx
 
 from apsis_server.actions import mail
-from apsis_server.api.views import run_json
+from apsis_server.api.views import RunAnswer, encode, run_view
 from apsis_server.core.actions import (
     Action,
     EmailAction,
@@ -32,6 +32,8 @@ from apsis_server.core.actions import (
 from apsis_server.core.jobs import Job
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
+
+JSON_BODY = {"content-type": "application/json"}
 
 
 class Engine(Protocol):
@@ -163,12 +165,13 @@ class ActionRunner:
         return []
 
     def _webhook(self, run: Run, url: str) -> None:
-        payload = {"run": run_json(run, self._engine.clock())}
+        # The run as `GET /api/v1/runs/{run_id}` answers it.
+        payload = encode(RunAnswer(run_view(run, self._engine.clock())))
 
         async def post() -> None:
             if self._client is None:
                 raise Refused("the server is shutting down")
-            response = await self._client.post(url, json=payload)
+            response = await self._client.post(url, content=payload, headers=JSON_BODY)
             if response.status_code >= 400:
                 raise Refused(f"HTTP {response.status_code}")
 

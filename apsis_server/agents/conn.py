@@ -1,11 +1,10 @@
-"""One agent as the server sees it: its connection record and its API view."""
+"""One agent as the server sees it: its connection record and the states it goes through."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 from apsis_common import protocol as p
 from apsis_common.auth import Key
@@ -57,25 +56,3 @@ class AgentConn:
     drained_version: str | None = None
     spawned: bool = False
     in_group: bool = False
-
-
-def view(conn: AgentConn, running: int) -> dict[str, Any]:
-    """An agent as `GET /api/v1/agents` shows it (times as epoch seconds)."""
-    kind = conn.target.kind
-    return {
-        "agent_id": conn.agent_id,
-        "kind": kind,
-        "host": conn.host,
-        "user": conn.user,
-        "state": conn.state,
-        "version": conn.version,
-        "epoch": conn.epoch,
-        "pid": conn.pid,
-        "port": conn.port,
-        "running": running,
-        "agent_running": conn.running,
-        "outbox_pending": conn.outbox_pending,
-        "pending_starts": len(conn.pending),
-        "last_heartbeat": conn.last_heartbeat,
-        "error": conn.error,
-    }

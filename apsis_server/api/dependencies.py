@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from apsis_common.states import State
+from apsis_server.api.views import Dependencies, Dependency, DependencyRun
 from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
@@ -33,20 +32,20 @@ def _targets(engine: Engine, run: Run) -> list[tuple[DependencyCondition, str, d
     return out
 
 
-def dependencies(engine: Engine, run: Run) -> dict[str, Any]:
-    """`{"waits_for": [...], "waited_by": [run ids]}` for the API."""
+def dependencies(engine: Engine, run: Run) -> Dependencies:
+    """What `run` waits for, and which waiting runs wait for it."""
     waits_for = []
     for cond, job_id, args in _targets(engine, run):
         found = engine.store.query(RunFilter(job_id=job_id, args=args, limit=5))
         runs = [engine.runs.get(r.run_id, r) for r in found]
         waits_for.append(
-            {
-                "job_id": job_id,
-                "args": args,
-                "states": [s.value for s in cond.states],
-                "satisfied": any(r.state in cond.states for r in runs),
-                "runs": [{"run_id": r.run_id, "state": r.state.value} for r in runs],
-            }
+            Dependency(
+                job_id=job_id,
+                args=args,
+                states=list(cond.states),
+                satisfied=any(r.state in cond.states for r in runs),
+                runs=[DependencyRun(r.run_id, r.state) for r in runs],
+            )
         )
     waited_by = []
     for other in engine.runs.values():
@@ -56,4 +55,4 @@ def dependencies(engine: Engine, run: Run) -> dict[str, Any]:
             if job_id == run.job_id and all(run.args.get(k) == v for k, v in args.items()):
                 waited_by.append(other.run_id)
                 break
-    return {"waits_for": waits_for, "waited_by": sorted(waited_by, key=lambda r: int(r[1:]))}
+    return Dependencies(waits_for, sorted(waited_by, key=lambda r: int(r[1:])))

@@ -1,4 +1,4 @@
-"""Server metrics: Prometheus text at `GET /metrics` and a JSON summary at `GET /api/v1/stats`.
+"""Server metrics: Prometheus text at `GET /metrics` and the `Stats` of `GET /api/v1/stats`.
 
 Counters and histograms move as the engine commits: `Metrics.observe` is an
 engine listener, so it sees each committed `Changes` batch once. Gauges (runs by
@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apsis_common import __version__
 from apsis_common.states import UNFINISHED, State
-from apsis_common.times import format_time
+from apsis_server.agents.conn import AgentState
 from apsis_server.agents.registry import Registry
+from apsis_server.api.views import LoopLatency, ScheduleLateness, Stats, time_text
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
 from apsis_server.store.base import Changes
@@ -53,7 +54,12 @@ LATENESS_BUCKETS = (
     300.0,
 )
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-AGENT_STATES = ("connecting", "connected", "disconnected", "stopped")
+AGENT_STATES = (
+    AgentState.CONNECTING,
+    AgentState.CONNECTED,
+    AgentState.DISCONNECTED,
+    AgentState.STOPPED,
+)
 # Unfinished states in lifecycle order, for stable output.
 RUN_STATES = tuple(s for s in State if s in UNFINISHED and s != State.NEW)
 LOOP_INTERVAL = 0.25
@@ -196,7 +202,7 @@ class Metrics:
             counts[run.state.value] = counts.get(run.state.value, 0) + 1
         return counts
 
-    def agents_by_state(self) -> dict[str, int]:
+    def agents_by_state(self) -> dict[AgentState, int]:
         counts = dict.fromkeys(AGENT_STATES, 0)
         for conn in self.registry.agents.values():
             counts[conn.state] = counts.get(conn.state, 0) + 1
@@ -322,31 +328,31 @@ class Metrics:
                 lines.append(f"{labels} {_number(max(0.0, now - conn.last_heartbeat))}")
         return lines
 
-    def stats(self) -> dict[str, Any]:
-        """The JSON of `GET /api/v1/stats`."""
+    def stats(self) -> Stats:
+        """The answer of `GET /api/v1/stats`."""
         now = self.clock()
         recent = list(self.recent_lag)
-        return {
-            "version": __version__,
-            "start_time": format_time(self.start_time),
-            "uptime": now - self.start_time,
-            "jobs": len(self.engine.jobs),
-            "runs": self.runs_by_state(),
-            "runs_total": self.engine.store.max_run_number(),
-            "transitions": sum(self.transitions.values()),
-            "agents": self.agents_by_state(),
-            "loop_latency": {
-                "last": recent[-1] if recent else None,
-                "max": max(recent) if recent else None,
-                "mean": sum(recent) / len(recent) if recent else None,
-            },
-            "schedule_lateness": {
-                "count": self.lateness.count,
-                "mean": self.lateness.sum / self.lateness.count if self.lateness.count else None,
-            },
-            "store_bytes": self.store_bytes(),
-            "store_error": self.engine.store_error,
-        }
+        return Stats(
+            version=__version__,
+            start_time=time_text(self.start_time),
+            uptime=now - self.start_time,
+            jobs=len(self.engine.jobs),
+            runs=self.runs_by_state(),
+            runs_total=self.engine.store.max_run_number(),
+            transitions=sum(self.transitions.values()),
+            agents=self.agents_by_state(),
+            loop_latency=LoopLatency(
+                last=recent[-1] if recent else None,
+                max=max(recent) if recent else None,
+                mean=sum(recent) / len(recent) if recent else None,
+            ),
+            schedule_lateness=ScheduleLateness(
+                count=self.lateness.count,
+                mean=self.lateness.sum / self.lateness.count if self.lateness.count else None,
+            ),
+            store_bytes=self.store_bytes(),
+            store_error=self.engine.store_error,
+        )
 
 
 class WebhookTiming:
@@ -381,8 +387,3 @@ async def metrics_endpoint(request: Request) -> Response:
     return PlainTextResponse(
         _metrics(request).text(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )
-
-
-async def stats(request: Request) -> Response:
-    """`GET /api/v1/stats`."""
-    return JSONResponse(_metrics(request).stats())

@@ -1,8 +1,12 @@
 """The OpenAPI 3.1 document of the REST API, served at `GET /api/v1/openapi.json`.
 
-Written by hand to match docs/api.md and the handlers in `api.py`;
-tests/integration/test_openapi.py checks it lists exactly the app's routes and that
-real answers validate against its schemas. The websocket feeds (`/api/v1/summary`,
+Its schemas are generated from the answer types in `views.py` (msgspec writes JSON
+Schema 2020-12, which OpenAPI 3.1 uses), so they are the shapes the server
+encodes. The operations table (paths, parameters, request bodies, the statuses
+each operation may answer) is written here by hand and names those types.
+tests/integration/test_openapi.py checks it lists exactly the app's routes and
+that real answers validate against it; the CLI's test double is held to it too
+(tests/cli_fixture.py). The websocket feeds (`/api/v1/summary`,
 `/api/v1/runs/{run_id}/updates`) are described in docs/api.md, not here.
 """
 
@@ -10,211 +14,51 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+import msgspec
 
 from apsis_common import __version__
-from apsis_common.states import State
+from apsis_server.api.views import (
+    ANSWERS,
+    AgentList,
+    Alive,
+    Dependencies,
+    Error,
+    JobAnswer,
+    JobList,
+    Reload,
+    RunAnswer,
+    RunLog,
+    RunMeta,
+    RunPage,
+    Stats,
+    Version,
+)
 
 JSON = "application/json"
+REF = "#/components/schemas/{name}"
 Schema = dict[str, Any]
 
 
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _ref(answer: type) -> Schema:
+    return {"$ref": REF.format(name=answer.__name__)}
 
 
 def _nullable(kind: str, **extra: Any) -> Schema:
     return {"type": [kind, "null"], **extra}
 
 
-TIME = {"type": "string", "description": "ISO 8601 in UTC, e.g. 2026-11-26T21:00:00.000000Z"}
-STRINGS = {"type": "array", "items": {"type": "string"}}
+def schemas() -> dict[str, Schema]:
+    """`components/schemas`: the answer types and every type they hold.
 
-SCHEMAS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {"type": "string"},
-            "errors": {"type": "array", "items": _ref("JobError")},
-        },
-    },
-    "Run": {
-        "type": "object",
-        "required": [
-            "run_id",
-            "job_id",
-            "args",
-            "state",
-            "schedule_time",
-            "stop_time",
-            "times",
-            "message",
-            "ad_hoc",
-            "rerun_of",
-            "labels",
-            "elapsed",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "run_id": {"type": "string", "pattern": "^r[0-9]+$"},
-            "job_id": {"type": "string"},
-            "args": {"type": "object", "additionalProperties": {"type": "string"}},
-            "state": {"enum": [s.value for s in State if s != State.NEW]},
-            "schedule_time": _nullable("string"),
-            "stop_time": _nullable(
-                "string", description="when a stop schedule, or a stop by hand, stops it"
-            ),
-            "times": {"type": "object", "additionalProperties": TIME},
-            "message": _nullable("string"),
-            "ad_hoc": {"type": "boolean"},
-            "rerun_of": _nullable("string"),
-            "labels": STRINGS,
-            "elapsed": _nullable("number", description="seconds running, null if it never ran"),
-        },
-    },
-    "Job": {
-        "type": "object",
-        "required": [
-            "job_id",
-            "params",
-            "program",
-            "schedules",
-            "conditions",
-            "actions",
-            "metadata",
-            "description_html",
-            "labels",
-            "next_times",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "job_id": {"type": "string"},
-            "params": STRINGS,
-            "program": {"type": "object", "required": ["type"]},
-            "schedules": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["type", "enabled", "text"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "enabled": {"type": "boolean"},
-                        "text": {"type": "string"},
-                    },
-                },
-            },
-            "conditions": {"type": "array"},
-            "actions": {"type": "array"},
-            "metadata": {"type": "object"},
-            "description_html": {
-                "type": "string",
-                "description": (
-                    "metadata.description rendered from Markdown (CommonMark, raw HTML off)"
-                    " and sanitized: only p, br, hr, h3-h6, lists, blockquote, pre, code,"
-                    " strong, em, tables and links to http(s), mailto or relative URLs"
-                    ' (rel="noopener noreferrer"); "" for no description'
-                ),
-            },
-            "labels": STRINGS,
-            "next_times": {"type": "array", "items": TIME},
-        },
-    },
-    "JobError": {
-        "type": "object",
-        "required": ["job_id", "path", "key_path", "message"],
-        "properties": {
-            "job_id": {"type": "string"},
-            "path": {"type": "string"},
-            "key_path": {"type": "string"},
-            "message": {"type": "string"},
-        },
-    },
-    "LogEntry": {
-        "type": "object",
-        "required": ["time", "state", "message"],
-        "additionalProperties": False,
-        "properties": {
-            "time": TIME,
-            "state": {"enum": [*(s.value for s in State), None]},
-            "message": {"type": "string"},
-        },
-    },
-    "Agent": {
-        "type": "object",
-        "required": ["agent_id", "host", "user", "state", "version", "running", "last_heartbeat"],
-        "properties": {
-            "agent_id": {"type": "string"},
-            "host": {"type": "string"},
-            "user": _nullable("string"),
-            "state": {"type": "string", "description": "connecting, connected, disconnected…"},
-            "version": {"type": "string"},
-            "epoch": {"type": "integer"},
-            "pid": {"type": "integer"},
-            "port": {"type": "integer"},
-            "running": {"type": "integer", "minimum": 0},
-            "last_heartbeat": _nullable("string"),
-            "error": _nullable("string"),
-        },
-    },
-    "RunPage": {
-        "type": "object",
-        "required": ["runs", "next"],
-        "properties": {
-            "runs": {"type": "array", "items": _ref("Run")},
-            "next": _nullable("string", description="pass as `before` for the next page"),
-        },
-    },
-    "RunAnswer": {"type": "object", "required": ["run"], "properties": {"run": _ref("Run")}},
-    "Stats": {
-        "type": "object",
-        "required": [
-            "version",
-            "start_time",
-            "uptime",
-            "jobs",
-            "runs",
-            "runs_total",
-            "transitions",
-            "agents",
-            "loop_latency",
-            "schedule_lateness",
-            "store_bytes",
-            "store_error",
-        ],
-        "properties": {
-            "version": {"type": "string"},
-            "start_time": TIME,
-            "uptime": {"type": "number", "minimum": 0},
-            "jobs": {"type": "integer", "minimum": 0},
-            "runs": {
-                "type": "object",
-                "description": "unfinished runs by state",
-                "additionalProperties": {"type": "integer", "minimum": 0},
-            },
-            "runs_total": {"type": "integer", "minimum": 0},
-            "transitions": {"type": "integer", "minimum": 0},
-            "agents": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "loop_latency": {
-                "type": "object",
-                "description": "event-loop lag over the last minute, seconds",
-                "required": ["last", "max", "mean"],
-                "properties": {k: _nullable("number") for k in ("last", "max", "mean")},
-            },
-            "schedule_lateness": {
-                "type": "object",
-                "required": ["count", "mean"],
-                "properties": {"count": {"type": "integer"}, "mean": _nullable("number")},
-            },
-            "store_bytes": {"type": "integer", "minimum": 0},
-            "store_error": {
-                **_nullable("string"),
-                "description": "why changes wait in memory, unwritten; null when written",
-            },
-        },
-    },
-}
+    Answers hold exactly their type's fields, so each object is closed
+    (`additionalProperties: false`): a client or a test double that adds a field
+    the server would not send is caught."""
+    _, components = msgspec.json.schema_components(ANSWERS, ref_template=REF)
+    for schema in components.values():
+        if schema.get("type") == "object" and "properties" in schema:
+            schema["additionalProperties"] = False
+    return components
+
 
 ERRORS = {
     "400": "bad input, or a Host that is not a name of this server",
@@ -232,10 +76,6 @@ def _answer(schema: Schema, description: str = "OK") -> Schema:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
-def _object(required: list[str], **properties: Schema) -> Schema:
-    return {"type": "object", "required": required, "properties": properties}
-
-
 def _op(
     summary: str,
     ok: Schema,
@@ -248,7 +88,7 @@ def _op(
     # Any request may meet the gate (foreign Host or Origin) and the token guard.
     codes = sorted({*errors, "400", "401", "403", *(("413", "415") if post else ())})
     responses: Schema = {status: ok}
-    responses.update({c: _answer(_ref("Error"), ERRORS[c]) for c in codes})
+    responses.update({c: _answer(_ref(Error), ERRORS[c]) for c in codes})
     op: Schema = {"summary": summary, "responses": responses}
     if params:
         op["parameters"] = params
@@ -288,8 +128,8 @@ RUN_QUERY = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (100)"),
     _query("before", {"type": "string", "pattern": "^r[0-9]+$"}, "keyset cursor: `next`"),
 ]
-RUN_OK = _answer(_ref("RunAnswer"))
-PAGE_OK = _answer(_ref("RunPage"))
+RUN_OK = _answer(_ref(RunAnswer))
+PAGE_OK = _answer(_ref(RunPage))
 MESSAGE_BODY = {"type": "object", "properties": {"message": {"type": "string"}}}
 SCHEDULE_BODY = {
     "oneOf": [
@@ -319,28 +159,18 @@ def _operations() -> dict[str, Schema]:
         "/api/v1/alive": {
             "get": _op(
                 "liveness (open even with tokens)",
-                _answer(_object(["alive"], alive={"const": True})),
+                _answer(_ref(Alive)),
             )
         },
-        "/api/v1/version": {
-            "get": _op(
-                "the server version", _answer(_object(["version"], version={"type": "string"}))
-            )
-        },
+        "/api/v1/version": {"get": _op("the server version", _answer(_ref(Version)))},
         "/api/v1/stats": {
-            "get": _op("counts, loop latency, uptime, store size", _answer(_ref("Stats")))
+            "get": _op("counts, loop latency, uptime, store size", _answer(_ref(Stats)))
         },
         "/api/v1/openapi.json": {"get": _op("this document", _answer({"type": "object"}))},
         "/api/v1/jobs": {
             "get": _op(
                 "jobs, and the files that failed to load",
-                _answer(
-                    _object(
-                        ["jobs", "errors"],
-                        jobs={"type": "array", "items": _ref("Job")},
-                        errors={"type": "array", "items": _ref("JobError")},
-                    )
-                ),
+                _answer(_ref(JobList)),
                 params=[
                     _query("label", {"type": "string"}, "jobs with this label"),
                     _query("q", {"type": "string"}, "text in the job id or description"),
@@ -350,16 +180,7 @@ def _operations() -> dict[str, Schema]:
         "/api/v1/jobs/reload": {
             "post": _op(
                 "reload the jobs directory",
-                _answer(
-                    _object(
-                        ["added", "changed", "removed", "kept", "errors"],
-                        added=STRINGS,
-                        changed=STRINGS,
-                        removed=STRINGS,
-                        kept=STRINGS,
-                        errors={"type": "array", "items": _ref("JobError")},
-                    )
-                ),
+                _answer(_ref(Reload)),
                 post=True,
             )
         },
@@ -367,13 +188,7 @@ def _operations() -> dict[str, Schema]:
             "get": _op(
                 "one job (with `errors` if its file no longer loads and the last good"
                 " definition is in use)",
-                _answer(
-                    _object(
-                        ["job"],
-                        job=_ref("Job"),
-                        errors={"type": "array", "items": _ref("JobError")},
-                    )
-                ),
+                _answer(_ref(JobAnswer)),
                 ("404", "422"),
                 [JOB_ID],
             )
@@ -392,7 +207,7 @@ def _operations() -> dict[str, Schema]:
             ),
             "post": _op(
                 "schedule a run of a job, or of an ad-hoc program",
-                _answer(_ref("RunAnswer"), "created"),
+                _answer(_ref(RunAnswer), "created"),
                 ("400", "404", "422"),
                 [
                     _query(
@@ -410,7 +225,7 @@ def _operations() -> dict[str, Schema]:
         "/api/v1/runs/{run_id}/log": {
             "get": _op(
                 "the run log",
-                _answer(_object(["log"], log={"type": "array", "items": _ref("LogEntry")})),
+                _answer(_ref(RunLog)),
                 ("404",),
                 [RUN_ID],
             )
@@ -418,7 +233,7 @@ def _operations() -> dict[str, Schema]:
         "/api/v1/runs/{run_id}/meta": {
             "get": _op(
                 "the run's metadata",
-                _answer(_object(["meta"], meta={"type": "object"})),
+                _answer(_ref(RunMeta)),
                 ("404",),
                 [RUN_ID],
             )
@@ -426,13 +241,7 @@ def _operations() -> dict[str, Schema]:
         "/api/v1/runs/{run_id}/dependencies": {
             "get": _op(
                 "what the run waits for, and which waiting runs wait for it",
-                _answer(
-                    _object(
-                        ["waits_for", "waited_by"],
-                        waits_for={"type": "array", "items": {"type": "object"}},
-                        waited_by={"type": "array", "items": {"type": "string"}},
-                    )
-                ),
+                _answer(_ref(Dependencies)),
                 ("404",),
                 [RUN_ID],
             )
@@ -498,7 +307,7 @@ def _operations() -> dict[str, Schema]:
         "/api/v1/agents": {
             "get": _op(
                 "agents and their state",
-                _answer(_object(["agents"], agents={"type": "array", "items": _ref("Agent")})),
+                _answer(_ref(AgentList)),
             )
         },
         "/metrics": {
@@ -509,7 +318,7 @@ def _operations() -> dict[str, Schema]:
                         "description": "metrics",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    "401": _answer(_ref("Error"), ERRORS["401"]),
+                    "401": _answer(_ref(Error), ERRORS["401"]),
                 },
             }
         },
@@ -534,14 +343,9 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
         "paths": _operations(),
     }
-
-
-async def openapi_json(request: Request) -> Response:
-    """`GET /api/v1/openapi.json`."""
-    return JSONResponse(document())

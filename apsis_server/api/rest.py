@@ -1,4 +1,5 @@
-"""The REST API under /api/v1 (docs/api.md); errors map to statuses in one table."""
+"""The REST API under /api/v1 (docs/api.md): each handler answers a typed value of
+`views`; errors map to statuses in one table."""
 
 from __future__ import annotations
 
@@ -27,11 +28,28 @@ from apsis_common.errors import (
 from apsis_common.states import State
 from apsis_common.times import parse_time
 from apsis_server.api.dependencies import dependencies
-from apsis_server.api.metrics import stats
-from apsis_server.api.openapi import openapi_json
-from apsis_server.api.views import agent_json, job_json, log_json, run_json
+from apsis_server.api.metrics import Metrics
+from apsis_server.api.openapi import document
+from apsis_server.api.views import (
+    AgentList,
+    Alive,
+    Error,
+    JobAnswer,
+    JobList,
+    Reload,
+    RunAnswer,
+    RunLog,
+    RunMeta,
+    RunPage,
+    Version,
+    agent_view,
+    encode,
+    job_view,
+    log_view,
+    run_view,
+)
 from apsis_server.core.fields import Invalid
-from apsis_server.core.jobs import ADHOC_JOB, Job, next_times
+from apsis_server.core.jobs import ADHOC_JOB, Job, JobError, next_times
 from apsis_server.core.programs import parse_program, signal_number
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.operations import Operations
@@ -56,8 +74,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 def error_response(exc: Exception) -> JSONResponse:
     for cls, status in STATUS:
         if isinstance(exc, cls):
-            return JSONResponse({"error": str(exc)}, status_code=status)
-    return JSONResponse({"error": "internal error"}, status_code=500)
+            return JSONResponse(Error(str(exc)), status_code=status)
+    return JSONResponse(Error("internal error"), status_code=500)
 
 
 def _handled(handler: Handler) -> Handler:
@@ -81,11 +99,12 @@ def _operations(request: Request) -> Operations:
 
 
 class JSONResponse(StarletteJSON):
-    """Answers as ASCII JSON: text that is not valid Unicode (a lone surrogate kept
-    from an older version) is escaped, never an error that hides every run."""
+    """An answer, a value of `views`, as JSON (`views.encode`): text that is not valid
+    Unicode (a lone surrogate kept from an older version) is escaped, never an error
+    that hides every run."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+        return encode(content)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -153,9 +172,15 @@ def _float(request: Request, name: str) -> float | None:
 _EARLIEST, _LATEST = -62135596800.0, 253402300799.0
 
 
-def _job_errors(request: Request, job_id: str) -> list[dict[str, Any]]:
+def _all_job_errors(request: Request) -> list[JobError]:
+    """Why job files did not load at the last (re)load."""
+    errors: list[JobError] = request.app.state.job_errors
+    return errors
+
+
+def _job_errors(request: Request, job_id: str) -> list[JobError]:
     """Why the file of `job_id` did not load at the last (re)load, if it did not."""
-    return [e.__dict__ for e in request.app.state.job_errors if e.job_id == job_id]
+    return [e for e in _all_job_errors(request) if e.job_id == job_id]
 
 
 def _args(value: Any) -> dict[str, str]:
@@ -185,7 +210,7 @@ def _runs_page(engine: Engine, run_filter: RunFilter) -> JSONResponse:
     runs = [engine.runs.get(r.run_id, r) for r in runs]
     more = len(runs) == run_filter.limit
     return JSONResponse(
-        {"runs": [run_json(r, now) for r in runs], "next": runs[-1].run_id if more else None}
+        RunPage([run_view(r, now) for r in runs], runs[-1].run_id if more else None)
     )
 
 
@@ -238,11 +263,20 @@ def _run_id(request: Request) -> str:
 
 
 async def alive(request: Request) -> Response:
-    return JSONResponse({"alive": True})
+    return JSONResponse(Alive())
 
 
 async def version(request: Request) -> Response:
-    return JSONResponse({"version": __version__})
+    return JSONResponse(Version(__version__))
+
+
+async def stats(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return JSONResponse(metrics.stats())
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(document())
 
 
 def _next_times(engine: Engine, job: Job, count: int = 5) -> list[float]:
@@ -259,9 +293,8 @@ async def jobs(request: Request) -> Response:
             continue
         if text and text not in f"{job.job_id} {job.description}".lower():
             continue
-        out.append(job_json(job, _next_times(engine, job)))
-    errors = [e.__dict__ for e in request.app.state.job_errors]
-    return JSONResponse({"jobs": out, "errors": errors})
+        out.append(job_view(job, _next_times(engine, job)))
+    return JSONResponse(JobList(out, _all_job_errors(request)))
 
 
 async def job(request: Request) -> Response:
@@ -271,11 +304,11 @@ async def job(request: Request) -> Response:
     errors = _job_errors(request, job_id)
     if found is None:
         if errors:
-            return JSONResponse({"error": f"job {job_id} is invalid", "errors": errors}, 422)
+            return JSONResponse(Error(f"job {job_id} is invalid", errors), 422)
         raise NotFound(f"no job {job_id!r}")
     # With errors, the file no longer loads and the last good definition is in use.
-    answer = {"job": job_json(found, _next_times(engine, found, 10))}
-    return JSONResponse({**answer, "errors": errors} if errors else answer)
+    view = job_view(found, _next_times(engine, found, 10))
+    return JSONResponse(JobAnswer(view, errors) if errors else JobAnswer(view))
 
 
 async def job_runs(request: Request) -> Response:
@@ -311,7 +344,7 @@ async def schedule(request: Request) -> Response:
         job_id = body["job_id"]
         errors = _job_errors(request, job_id)
         if job_id not in engine.jobs and errors:
-            return JSONResponse({"error": f"job {job_id} is invalid", "errors": errors}, 422)
+            return JSONResponse(Error(f"job {job_id} is invalid", errors), 422)
         run = engine.schedule(job_id, args, when, commit=False)
         await engine.committed()  # one transaction for the requests of one loop turn
     else:
@@ -323,18 +356,18 @@ async def schedule(request: Request) -> Response:
         # left `starting`): a client submitting in a loop goes at the pace agents
         # take runs, instead of piling up runs in `starting` behind them.
         run = await engine.answers.started(run.run_id, START_WAIT)
-    return JSONResponse({"run": run_json(run, engine.clock())}, status_code=201)
+    return JSONResponse(RunAnswer(run_view(run, engine.clock())), status_code=201)
 
 
 async def run(request: Request) -> Response:
     engine = _engine(request)
-    return JSONResponse({"run": run_json(engine.get(_run_id(request)), engine.clock())})
+    return JSONResponse(RunAnswer(run_view(engine.get(_run_id(request)), engine.clock())))
 
 
 async def run_log(request: Request) -> Response:
     engine = _engine(request)
     run_id = engine.get(_run_id(request)).run_id
-    return JSONResponse({"log": [log_json(e) for e in engine.store.log(run_id)]})
+    return JSONResponse(RunLog([log_view(e) for e in engine.store.log(run_id)]))
 
 
 async def run_dependencies(request: Request) -> Response:
@@ -345,7 +378,7 @@ async def run_dependencies(request: Request) -> Response:
 async def run_meta(request: Request) -> Response:
     engine = _engine(request)
     run_id = engine.get(_run_id(request)).run_id
-    return JSONResponse({"meta": engine.store.meta(run_id)})
+    return JSONResponse(RunMeta(engine.store.meta(run_id)))
 
 
 async def run_output(request: Request) -> Response:
@@ -366,7 +399,7 @@ def _operation(name: str) -> Handler:
         engine = _engine(request)
         run_id = _run_id(request)
         operation: Callable[[str], Any] = getattr(_operations(request), name)
-        return JSONResponse({"run": run_json(operation(run_id), engine.clock())})
+        return JSONResponse(RunAnswer(run_view(operation(run_id), engine.clock())))
 
     return handler
 
@@ -378,7 +411,7 @@ async def signal(request: Request) -> Response:
     except Invalid as exc:
         raise BadInput(str(exc)) from None
     new = _operations(request).signal(_run_id(request), number)
-    return JSONResponse({"run": run_json(new, engine.clock())})
+    return JSONResponse(RunAnswer(run_view(new, engine.clock())))
 
 
 async def mark(request: Request) -> Response:
@@ -390,7 +423,7 @@ async def mark(request: Request) -> Response:
     body = await _body(request)
     message = body.get("message")
     new = _operations(request).mark(_run_id(request), state, str(message) if message else None)
-    return JSONResponse({"run": run_json(new, engine.clock())})
+    return JSONResponse(RunAnswer(run_view(new, engine.clock())))
 
 
 async def force_error(request: Request) -> Response:
@@ -398,11 +431,20 @@ async def force_error(request: Request) -> Response:
     body = await _body(request)
     message = str(body.get("message") or "set to error by hand")
     new = _operations(request).force_error(_run_id(request), message)
-    return JSONResponse({"run": run_json(new, engine.clock())})
+    return JSONResponse(RunAnswer(run_view(new, engine.clock())))
 
 
 async def reload(request: Request) -> Response:
-    return JSONResponse(request.app.state.reload())
+    answer = request.app.state.reload()
+    return JSONResponse(
+        Reload(
+            added=list(answer["added"]),
+            changed=list(answer["changed"]),
+            removed=list(answer["removed"]),
+            kept=list(answer["kept"]),
+            errors=_all_job_errors(request),  # as the reload just left them
+        )
+    )
 
 
 async def agents(request: Request) -> Response:
@@ -410,8 +452,8 @@ async def agents(request: Request) -> Response:
     registry = request.app.state.registry
     active = (State.STARTING, State.RUNNING, State.STOPPING)
     running = Counter(r.agent_id for r in engine.runs.values() if r.state in active)
-    out = [agent_json(c, running.get(c.agent_id, 0)) for c in registry.agents.values()]
-    return JSONResponse({"agents": out})
+    out = [agent_view(c, running.get(c.agent_id, 0)) for c in registry.agents.values()]
+    return JSONResponse(AgentList(out))
 
 
 def routes() -> list[Route]:

@@ -1,5 +1,6 @@
 """The OpenAPI document: it lists exactly the app's routes, its schemas are valid
-JSON Schema, and real answers of a real server validate against it."""
+JSON Schema generated from the answer types, and real answers of a real server
+validate against it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import pytest
 from jsonschema import Draft202012Validator
 from starlette.routing import Route
 
+from apsis_server.api.openapi import schemas
 from apsis_server.app import build_app
 from apsis_server.config import Config
 from tests.harness import Server, running_server, wait_for
-from tests.openapi_schema import check_answer, operations, path_params
+from tests.openapi_schema import check_answer, operations, path_params, refs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,6 +72,19 @@ def test_document_is_well_formed(doc: dict[str, Any]) -> None:
             assert status.isdigit(), f"{method} {path} {status}"
             for media in answer.get("content", {}).values():
                 Draft202012Validator.check_schema(media["schema"])
+    components = {f"#/components/schemas/{name}" for name in doc["components"]["schemas"]}
+    assert refs(doc) <= components
+
+
+def test_schemas_are_the_answer_types(doc: dict[str, Any]) -> None:
+    """The served schemas are those generated from `views.py`, every object closed:
+    an answer holds exactly its type's fields."""
+    assert doc["components"]["schemas"] == schemas()
+    for name in ("Run", "Job", "LogEntry", "Agent", "JobError", "Error", "Stats"):
+        schema = doc["components"]["schemas"][name]
+        assert schema["type"] == "object" and schema["additionalProperties"] is False, name
+    run = doc["components"]["schemas"]["Run"]
+    assert set(run["required"]) == set(run["properties"])  # nothing left out, even a null
 
 
 def call(

@@ -12,7 +12,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from apsis_server.api.feeds.fanout import Feeds
-from apsis_server.api.feeds.run_updates import output_message
+from apsis_server.api.feeds.messages import output_message
 from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, Subscriber, dumps
 from apsis_server.api.tokens import WS_PROTOCOL
 from apsis_server.store.base import RunStore

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping
-from typing import Any
-
+from apsis_server.api.feeds.messages import Log, Meta, RunChanged, output_message
 from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, dumps
-from apsis_server.api.views import log_json, run_json
+from apsis_server.api.views import LogEntry, log_view, run_view
 from apsis_server.engine.engine import Engine
 from apsis_server.store.base import Changes
 
@@ -26,27 +23,27 @@ class RunUpdates:
 
     def publish(self, changes: Changes) -> None:
         """Queue what changed in each subscribed run; end the feeds of finished runs."""
-        logs: dict[str, list[dict[str, Any]]] = {}
+        logs: dict[str, list[LogEntry]] = {}
         for entry in changes.log:
             if entry.run_id in self._subscribers:
-                logs.setdefault(entry.run_id, []).append(log_json(entry))
+                logs.setdefault(entry.run_id, []).append(log_view(entry))
         for run_id, entries in logs.items():
-            self._send(run_id, {"type": "log", "entries": entries})
+            self._send(run_id, Log(entries=entries))
         for run_id, meta in changes.meta.items():
             if run_id in self._subscribers:
-                self._send(run_id, {"type": "meta", "meta": meta})
+                self._send(run_id, Meta(meta=meta))
         for run_id, offset, data in changes.output:
             for sub in self._subscribers.get(run_id, ()):
                 sub.more_output(offset + len(data))
         now = self.engine.clock()
         for run in changes.runs.values():
             if run.run_id in self._subscribers:
-                self._send(run.run_id, {"type": "run", "run": run_json(run, now)})
+                self._send(run.run_id, RunChanged(run=run_view(run, now)))
                 if run.state.finished:
                     for sub in self._subscribers.pop(run.run_id):
                         sub.push(Mark.END)
 
-    def _send(self, run_id: str, message: Mapping[str, Any]) -> None:
+    def _send(self, run_id: str, message: object) -> None:
         text = dumps(message)
         for sub in self._subscribers.get(run_id, ()):
             sub.push(text)
@@ -68,10 +65,9 @@ class RunUpdates:
         sub.sent = sub.end = start
         if init:
             store = engine.store
-            sub.push(dumps({"type": "run", "run": run_json(run, engine.clock())}))
-            entries = [log_json(e) for e in store.log(run_id)]
-            sub.push(dumps({"type": "log", "entries": entries}))
-            sub.push(dumps({"type": "meta", "meta": store.meta(run_id)}))
+            sub.push(dumps(RunChanged(run=run_view(run, engine.clock()))))
+            sub.push(dumps(Log(entries=[log_view(e) for e in store.log(run_id)])))
+            sub.push(dumps(Meta(meta=store.meta(run_id))))
             if start == length:
                 sub.push(dumps(output_message(start, b"")))
         sub.more_output(length)
@@ -96,8 +92,3 @@ class RunUpdates:
     @property
     def subscribers(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
-
-
-def output_message(offset: int, data: bytes) -> dict[str, Any]:
-    """An `output` message: `data` from `offset` on, base64-encoded."""
-    return {"type": "output", "offset": offset, "data": base64.b64encode(data).decode("ascii")}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 from collections import deque
-from collections.abc import Mapping
-from typing import Any
+
+from apsis_server.api.views import encode
 
 
 class Mark(enum.Enum):
@@ -17,9 +16,10 @@ class Mark(enum.Enum):
     END = "end"  # the feed is over: close normally
 
 
-def dumps(message: Mapping[str, Any]) -> str:
-    """A feed message as compact JSON: serialised once, queued for every subscriber."""
-    return json.dumps(message, separators=(",", ":"))
+def dumps(message: object) -> str:
+    """A feed message (`messages.py`) as compact JSON text, encoded as the REST API's
+    answers are (`views.encode`): serialised once, queued for every subscriber."""
+    return encode(message).decode()
 
 
 class Subscriber:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from apsis_common import __version__
 from apsis_common.states import State
-from apsis_common.times import format_time
 from apsis_server.agents.registry import Registry
+from apsis_server.api.feeds.messages import AgentChanged, JobChanged, JobRemoved, Runs, Snapshot
 from apsis_server.api.feeds.subscribers import Subscriber, dumps
-from apsis_server.api.views import agent_json, job_json, run_json, upcoming
+from apsis_server.api.views import Agent, agent_view, job_view, run_view, time_text, upcoming
 from apsis_server.core.jobs import Job
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
@@ -43,7 +46,7 @@ class SummaryFeed:
         self.poll_period = poll_period
         self._subscribers: set[Subscriber] = set()
         self._jobs_seen: Mapping[str, Job] = engine.jobs
-        self._agents_seen: dict[str, tuple[Any, ...]] = {}
+        self._agents_seen: dict[str, Agent] = {}
         self._last_poll = 0.0
         self._gathered: dict[str, Run] = {}
         self._flush: asyncio.TimerHandle | None = None
@@ -70,10 +73,9 @@ class SummaryFeed:
         gathered, self._gathered = self._gathered, {}
         if gathered and self._subscribers:
             now = self.engine.clock()
-            runs = [run_json(run, now) for run in gathered.values()]
-            self._broadcast({"type": "runs", "runs": runs})
+            self._broadcast(Runs(runs=[run_view(run, now) for run in gathered.values()]))
 
-    def _broadcast(self, message: Mapping[str, Any]) -> None:
+    def _broadcast(self, message: object) -> None:
         text = dumps(message)
         for sub in self._subscribers:
             sub.push(text)
@@ -89,11 +91,11 @@ class SummaryFeed:
         for job_id, job in jobs.items():
             before = old.get(job_id)
             if before is None or (before is not job and before != job):
-                self._broadcast({"type": "job", "job": job_json(job, upcoming(job, now))})
+                self._broadcast(JobChanged(job=job_view(job, upcoming(job, now))))
         for job_id in old.keys() - jobs.keys():
-            self._broadcast({"type": "job_removed", "job_id": job_id})
+            self._broadcast(JobRemoved(job_id=job_id))
 
-    def agents(self) -> list[dict[str, Any]]:
+    def agents(self) -> list[Agent]:
         """Every agent, as `GET /api/v1/agents` shows them."""
         if self.registry is None:
             return []
@@ -101,7 +103,7 @@ class SummaryFeed:
         for run in self.engine.runs.values():
             if run.state in ACTIVE:
                 running[run.agent_id] = running.get(run.agent_id, 0) + 1
-        return [agent_json(c, running.get(c.agent_id, 0)) for c in self.registry.agents.values()]
+        return [agent_view(c, running.get(c.agent_id, 0)) for c in self.registry.agents.values()]
 
     def poll(self) -> None:
         """Announce job and agent changes; cheap to call often (rate limited)."""
@@ -111,34 +113,36 @@ class SummaryFeed:
         self._last_poll = now
         self._check_jobs()
         for agent in self.agents():
-            if self._agents_seen.get(agent["agent_id"]) != _agent_key(agent):
-                self._agents_seen[agent["agent_id"]] = _agent_key(agent)
-                self._broadcast({"type": "agent", "agent": agent})
+            key = _agent_key(agent)
+            if self._agents_seen.get(agent.agent_id) != key:
+                self._agents_seen[agent.agent_id] = key
+                self._broadcast(AgentChanged(agent=agent))
 
     # -- subscribing: register and read the snapshot in one synchronous step ---
 
     def subscribe(self) -> tuple[Subscriber, dict[str, Any]]:
-        """A new summary subscriber and its snapshot message."""
+        """A new summary subscriber and its snapshot message (a `Snapshot` as plain
+        values, ready for `dumps`)."""
         sub = Subscriber(self.max_messages, self.max_bytes)
         engine = self.engine
         now = engine.clock()
         self._check_jobs()  # earlier subscribers hear of job changes before this snapshot
-        jobs = [job_json(j, upcoming(j, now)) for j in sorted(engine.jobs.values(), key=_job_id)]
+        jobs = [job_view(j, upcoming(j, now)) for j in sorted(engine.jobs.values(), key=_job_id)]
         recent = {r.run_id: r for r in engine.store.query(RunFilter(limit=RECENT_RUNS))}
         recent.update(engine.runs)
         agents = self.agents()
         for agent in agents:
-            self._agents_seen.setdefault(agent["agent_id"], _agent_key(agent))
+            self._agents_seen.setdefault(agent.agent_id, _agent_key(agent))
         self._subscribers.add(sub)
-        snapshot = {
-            "type": "snapshot",
-            "version": __version__,
-            "time": format_time(now),
-            "jobs": jobs,
-            "runs": [run_json(r, now) for r in recent.values()],
-            "agents": agents,
-        }
-        return sub, snapshot
+        snapshot = Snapshot(
+            version=__version__,
+            time=time_text(now),
+            jobs=jobs,
+            runs=[run_view(r, now) for r in recent.values()],
+            agents=agents,
+        )
+        plain: dict[str, Any] = msgspec.to_builtins(snapshot)
+        return sub, plain
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
@@ -157,6 +161,6 @@ def _job_id(job: Job) -> str:
     return job.job_id
 
 
-def _agent_key(agent: Mapping[str, Any]) -> tuple[Any, ...]:
+def _agent_key(agent: Agent) -> Agent:
     # A heartbeat alone is not news; a state, version or load change is.
-    return tuple(v for k, v in agent.items() if k != "last_heartbeat")
+    return dataclasses.replace(agent, last_heartbeat=None)
