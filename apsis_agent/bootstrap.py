@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -99,6 +100,19 @@ def check_cert(cert_pem: str, key_pem: str, ca_pem: str) -> None:
         raise BadInput("the certificate is not issued by the server's CA") from exc
 
 
+# What a login over ssh adds that is about that session, not the host: a daemon that
+# outlives the session must not hand it to every program it runs.
+_SESSION_VARIABLES = frozenset(
+    {"SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "SSH_AUTH_SOCK", "SSH_ORIGINAL_COMMAND"}
+)
+
+
+def daemon_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the daemon (and, through it, programs) starts with: the
+    bootstrap's, less the ssh session's own variables."""
+    return {k: v for k, v in environ.items() if k not in _SESSION_VARIABLES}
+
+
 def _launch(state: StateDir, serve_args: list[str]) -> int:
     """Start `serve` detached: own session, stdin /dev/null, stdio to the log; its pid."""
     package_root = str(Path(__file__).resolve().parent.parent)
@@ -112,7 +126,7 @@ def _launch(state: StateDir, serve_args: list[str]) -> int:
         return os.posix_spawn(
             sys.executable,
             argv,
-            dict(os.environ),
+            daemon_environment(os.environ),
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, log_fd, 1),

@@ -11,7 +11,7 @@ from apsis_common import protocol as p
 from apsis_common.auth import Key, sign
 from apsis_common.errors import AuthError, BadInput, Conflict, NotFound, Unavailable
 from apsis_common.tls import client_context
-from apsis_server.agents.http11 import Http11Client
+from apsis_server.agents.http11 import Answer, Http11Client
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ class AgentClient:
             raise Unavailable(f"agent at {self.base_url}: {exc}") from exc
         if answer.status >= 400:
             error = _STATUS_ERRORS.get(answer.status, Unavailable)
-            raise error(f"agent answered {answer.status}: {answer.text[:200]}")
+            raise error(f"agent answered {answer.status}: {reason(answer)}")
         return answer.body
 
     async def call(self, cls: type[T], method: str, target: str, message: Any = None) -> T:
@@ -84,3 +84,15 @@ class AgentClient:
 
     async def delete(self, proc_id: str) -> None:
         await self.request("DELETE", f"/procs/{proc_id}")
+
+
+def reason(answer: Answer) -> str:
+    """What an agent's error answer says: its `{"error": ...}` (msgpack or JSON), or
+    the start of its text, never raw bytes."""
+    try:
+        plain = codec.decode_plain(answer.body) if answer.body else None
+    except ValueError:
+        plain = None
+    if isinstance(plain, dict) and isinstance(plain.get("error"), str):
+        return str(plain["error"])[:500]
+    return answer.text[:200]

@@ -188,7 +188,10 @@ class Registry:
         for static in self.settings.static.values():
             if host in (static.host, static.name) and user in (None, static.user):
                 return self.agents[f"static:{static.name}"]
-        return self._ensure(Target("ssh", check_host(host), user))
+        # ssh logs in as this user when none is named: naming it is the same account,
+        # so the same agent (one state dir, one daemon, one event sequence).
+        account = None if user == self._local_user else user
+        return self._ensure(Target("ssh", check_host(host), account))
 
     def _ensure(self, target: Target) -> AgentConn:
         return self.agents.get(target.agent_id) or self._add(target)

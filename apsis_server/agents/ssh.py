@@ -63,11 +63,11 @@ def explain(
             return f"host key mismatch for {host}: the host key changed ({_last(stderr)})", True
         if all(s in stderr for s in _HOST_KEY_UNKNOWN):
             return (
-                f"host key mismatch for {host}: no known host key (strict host key checking; "
-                f"add it to known_hosts)",
+                f"unknown host key for {host}: none is in known_hosts and host keys are "
+                f"checked strictly (add it, e.g. with ssh-keyscan, after checking it)",
                 True,
             )
-        return f"host key mismatch for {host}: {_last(stderr)}", True
+        return f"host key verification failed for {host}: {_last(stderr)}", True
     if "Permission denied" in stderr:
         return f"permission denied: ssh to {where}: {_last(stderr)}", True
     if returncode == NOT_FOUND:

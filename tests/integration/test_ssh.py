@@ -24,6 +24,7 @@ JOBS = {
     "hello": "program: {type: shell, host: 127.0.0.1, command: 'echo hello from $(whoami)'}\n",
     "slow": "program: {type: shell, host: 127.0.0.1, command: 'echo a; sleep 2; echo b'}\n",
     "true": "program: {type: program, host: 127.0.0.1, argv: [/bin/true]}\n",
+    "env": "program: {type: shell, host: 127.0.0.1, command: 'env | grep ^SSH_ | sort'}\n",
 }
 
 
@@ -63,6 +64,10 @@ def test_bootstrap_attach_and_recover(tmp_path: Path, world: SshWorld) -> None:
             third = server.wait_finished(server.schedule("hello"), 20)
             assert third["state"] == "success"
             assert agent_pid(state) not in (None, pid)
+            # Programs get the host's environment, not the ssh session's that
+            # started their agent (grep finds nothing: exit 1, a failure).
+            env = server.wait_finished(server.schedule("env"), 20)
+            assert server.output(env["run_id"]) == b"", server.output(env["run_id"])
         finally:
             kill_agent(state)
 

@@ -6,12 +6,14 @@ import asyncio
 
 import pytest
 
+from apsis_common import codec
 from apsis_common import protocol as p
 from apsis_common.auth import Key
 from apsis_common.errors import BadInput, Unavailable
 from apsis_common.tls import new_ca
-from apsis_server.agents.client import AgentClient
+from apsis_server.agents.client import AgentClient, reason
 from apsis_server.agents.dispatch import Dispatcher
+from apsis_server.agents.http11 import Answer
 from tests.harness import run_async
 from tests.reports import RecordedReports
 
@@ -139,3 +141,11 @@ def test_a_withdrawn_start_is_never_sent() -> None:
 
     run_async(scenario)
     assert client.batches == [["r2.1"]]
+
+
+def test_an_agents_error_answer_is_read_not_shown_as_bytes() -> None:
+    """The agent answers errors as msgpack `{"error": ...}`: the log and the run say
+    the message, not the bytes."""
+    body = codec.encode({"error": "no such process: r1.1"})
+    assert reason(Answer(404, {"content-type": p.MSGPACK}, body)) == "no such process: r1.1"
+    assert reason(Answer(502, {}, b"bad gateway")) == "bad gateway"

@@ -144,7 +144,14 @@ def test_ssh_argv_quotes_and_terminates_options() -> None:
 @pytest.mark.parametrize(
     ("code", "stderr", "start", "permanent"),
     [
-        (255, "Host key verification failed.", "host key mismatch for h", True),
+        (255, "Host key verification failed.", "host key verification failed for h", True),
+        (
+            255,
+            "No ED25519 host key is known for h and you have requested strict checking.\n"
+            "Host key verification failed.",
+            "unknown host key for h",
+            True,
+        ),
         (
             255,
             "@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @\nHost key verification failed.",
