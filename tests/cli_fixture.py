@@ -6,6 +6,12 @@ few polls of `GET /runs/{id}`, so `wait` and `--follow` have something to wait f
 It serves no websockets (uvicorn `ws="none"`): the live commands cannot open a
 feed here and fall back to polling, which is what these tests exercise; the feeds
 themselves are tested against the real server (tests/integration/test_cli_live.py).
+
+Every answer it gives is checked against the OpenAPI document the real server
+serves (`apsis_server.api.openapi.document()`): its status, content type and
+JSON schema for that operation. An answer the real API could not give is
+recorded, and `serving` fails when its block ends, so a CLI test cannot pass on
+a shape the server does not have.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from apsis_server.api.openapi import document
+from apsis_server.core.jobs import ADHOC_JOB
+from tests.openapi_schema import answer_problems, operation_for
+
 Json = dict[str, Any]
 
 T0 = "2026-11-26T21:00:00.000000Z"
@@ -40,18 +50,21 @@ def make_job(job_id: str, labels: tuple[str, ...] = (), command: str = "echo hel
         "conditions": [],
         "actions": [],
         "metadata": {"description": f"The {job_id} job.", "labels": list(labels)},
+        "description_html": f"<p>The {job_id} job.</p>\n",
         "labels": list(labels),
         "next_times": ["2026-11-26T21:00:10.000000Z"],
     }
 
 
 def make_run(run_id: str, job_id: str | None, state: str, args: Json | None = None) -> Json:
+    """A run; `job_id` None for an ad-hoc run (the server files those under `adhoc`)."""
     return {
         "run_id": run_id,
-        "job_id": job_id,
+        "job_id": ADHOC_JOB if job_id is None else job_id,
         "args": args or {},
         "state": state,
         "schedule_time": T0,
+        "stop_time": None,
         "times": {"scheduled": T0, state: T0},
         "message": f"now {state}",
         "ad_hoc": job_id is None,
@@ -81,6 +94,9 @@ class FakeApi:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     created: list[Json] = field(default_factory=list)
     url: str = ""
+    # Answers the real API could not give (see the module's docstring).
+    wrong: list[str] = field(default_factory=list)
+    openapi: Json = field(default_factory=document)
 
     def add_run(
         self, run: Json, output: bytes = b"", finish: tuple[int, str] | None = None
@@ -143,7 +159,13 @@ class FakeApi:
 
     async def reload(self, request: Request) -> Response:
         return JSONResponse(
-            {"added": ["demo/new"], "changed": [], "removed": [], "errors": self.job_errors}
+            {
+                "added": ["demo/new"],
+                "changed": [],
+                "removed": [],
+                "kept": [],
+                "errors": self.job_errors,
+            }
         )
 
     async def list_runs(self, request: Request) -> Response:
@@ -276,9 +298,22 @@ class FakeApi:
             if self.token is not None and auth != f"Bearer {self.token}":
                 return error(401, "missing or wrong token")
             response: Response = await endpoint(request)
+            self._check(request, response)
             return response
 
         return guarded
+
+    def _check(self, request: Request, response: Response) -> None:
+        """Record an answer the real API could not give for this request."""
+        method, path = request.method, request.url.path
+        template = operation_for(self.openapi, method, path)
+        if template is None:
+            self.wrong.append(f"{method} {path}: not an operation of the API")
+            return
+        media = (response.media_type or "").split(";")[0].strip()
+        self.wrong += answer_problems(
+            self.openapi, template, method, response.status_code, media, bytes(response.body)
+        )
 
 
 def sample() -> FakeApi:
@@ -301,12 +336,21 @@ def sample() -> FakeApi:
         ],
         agents=[
             {
+                "agent_id": "ssh:apsis@localhost",
+                "kind": "ssh",
                 "host": "localhost",
                 "user": "apsis",
                 "state": "connected",
                 "version": "0.1.0",
+                "epoch": 1,
+                "pid": 4242,
+                "port": 40123,
                 "running": 1,
+                "agent_running": 1,
+                "outbox_pending": 0,
+                "pending_starts": 0,
                 "last_heartbeat": T0,
+                "error": None,
             }
         ],
     )
@@ -342,3 +386,6 @@ def serving(api: FakeApi) -> Iterator[FakeApi]:
         server.should_exit = True
         thread.join(5.0)
         sock.close()
+    assert not api.wrong, "the stand-in API answered what the real one would not:\n" + "\n".join(
+        api.wrong
+    )

@@ -1,6 +1,6 @@
 """The OpenAPI document: it lists exactly the app's routes, its schemas are valid
-JSON Schema generated from the answer types, and real answers of a real server
-validate against it."""
+JSON Schema generated from the answer types, real answers of a real server validate
+against it, and so must the CLI's test double's."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from starlette.routing import Route
 from apsis_server.api.openapi import schemas
 from apsis_server.app import build_app
 from apsis_server.config import Config
+from tests.cli_fixture import sample, serving
 from tests.harness import Server, running_server, wait_for
 from tests.openapi_schema import check_answer, operations, path_params, refs
 
@@ -85,6 +86,20 @@ def test_schemas_are_the_answer_types(doc: dict[str, Any]) -> None:
         assert schema["type"] == "object" and schema["additionalProperties"] is False, name
     run = doc["components"]["schemas"]["Run"]
     assert set(run["required"]) == set(run["properties"])  # nothing left out, even a null
+
+
+def test_the_cli_double_answers_only_what_the_api_would() -> None:
+    api = sample()
+    del api.runs["r1"]["stop_time"]  # the real API always says it, null or not
+    api.agents[0]["colour"] = "green"  # and never adds a field
+    with pytest.raises(AssertionError) as failed, serving(api):
+        assert httpx.get(api.url + "/api/v1/runs/r1", timeout=10).status_code == 200
+        assert httpx.get(api.url + "/api/v1/agents", timeout=10).status_code == 200
+        assert httpx.get(api.url + "/api/v1/runs/r2", timeout=10).status_code == 200
+    message = str(failed.value)
+    assert "'stop_time' is a required property" in message
+    assert "'colour' was unexpected" in message
+    assert len(api.wrong) == 2  # the good answer (r2) passed
 
 
 def call(
