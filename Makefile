@@ -27,11 +27,14 @@ check: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# PostgreSQL: only its binaries (tests/postgres.py runs its own clusters); the
+# package's own cluster and service are not used.
 system-deps:
-	@if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v sudo >/dev/null; then \
+	@if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v sudo >/dev/null \
+			|| ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-			chromium openssh-server openssh-client sudo; \
+			chromium openssh-server openssh-client sudo postgresql; \
 	fi
 
 ## test: check, then the whole suite (soak and benchmark runs excluded)

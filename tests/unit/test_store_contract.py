@@ -1,4 +1,4 @@
-"""One contract, run against every RunStore: memory and SQLite behave the same."""
+"""One contract, run against every RunStore: memory, SQLite and PostgreSQL behave the same."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ from apsis_server.core.bound import BoundProcess
 from apsis_server.core.runs import LogEntry, Run
 from apsis_server.store.base import Changes, RunFilter, RunStore
 from apsis_server.store.memory import MemoryStore
+from apsis_server.store.postgres import PostgresStore
 from apsis_server.store.sqlite import SqliteStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
-    s: RunStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "a.db")
+    s: RunStore
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "a.db")
+    else:  # a fresh database of the session's cluster (tests/conftest.py)
+        s = PostgresStore(request.getfixturevalue("postgres_url"))
     yield s
     s.close()
 
@@ -165,3 +172,14 @@ def test_archive_moves_finished_runs_in_chunks(store: RunStore, tmp_path: Path) 
     assert store.get("r3") is not None
     assert store.counts() == {"success": 8, "running": 1}
     assert store.vacuum_step(16) >= 0 and store.size() >= 0
+
+
+def test_agent_sequences(store: RunStore) -> None:
+    """The event sequence an agent reports in is kept beside its ack."""
+    assert store.instance("local") == ""
+    store.write(Changes(acks={"local": 4}, instances={"local": "00ab"}))
+    store.write(Changes(acks={"local": 9}))
+    assert (store.ack("local"), store.instance("local")) == (9, "00ab")
+    store.write(Changes(acks={"local": 0}, instances={"local": "00cd"}))
+    assert (store.ack("local"), store.instance("local")) == (0, "00cd")
+    assert store.instance("other") == ""
