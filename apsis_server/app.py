@@ -45,6 +45,8 @@ from apsis_server.engine.operations import Operations
 from apsis_server.engine.ports import Settings as EngineSettings
 from apsis_server.engine.restore import restore
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
+from apsis_server.store.base import RunStore
+from apsis_server.store.postgres import PostgresStore
 from apsis_server.store.sqlite import SqliteStore
 from apsis_server.web import web_routes
 from apsis_server.web.headers import SecurityHeaders
@@ -82,7 +84,11 @@ def build_app(config: Config) -> Starlette:
         config = replace(config, tls_cert=cert, tls_key=key)
     if config.tls_cert is not None and not config.public_url:
         check_trusted(config.tls_cert, ca, config.state / "ca")
-    store = SqliteStore(config.state / "apsis.db")
+    store: RunStore = (
+        PostgresStore(config.store_url)
+        if config.store_url
+        else SqliteStore(config.state / "apsis.db")
+    )
     registry = Registry(
         config.state,
         ca,

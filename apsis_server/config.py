@@ -12,6 +12,7 @@ from apsis_server.api.https import parse_tls
 from apsis_server.api.tokens import ApiSettings, parse_api
 from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
 from apsis_server.core.fields import (
+    FieldError,
     Fields,
     Invalid,
     byte_size,
@@ -28,6 +29,8 @@ from apsis_server.store.archive import Retention
 class Config:
     jobs: Path = Path("jobs")
     state: Path = Path("apsis-state")
+    # `store: {url: postgresql://...}`: runs in PostgreSQL; None: SQLite in the state dir.
+    store_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 5005
     public_url: str | None = None
@@ -68,6 +71,13 @@ def _section(f: Fields, key: str) -> Fields:
     return Fields(f.raw(key) or {}, f.at(key))
 
 
+def _store_url(value: Any, path: str) -> str:
+    url = string(value, path)
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise Invalid([FieldError(path, "expected a postgresql:// URL")])
+    return url
+
+
 def _retention(f: Fields) -> tuple[Retention | None, Path | None, float]:
     """`retention: {age, keep_per_job, archive, period}`; no section means keep everything."""
     if f.raw("retention") is None:
@@ -91,6 +101,9 @@ def parse_config(data: Any, base: Path) -> Config:
 
     jobs = f.take("jobs", path, base / "jobs")
     state = f.take("state", path, base / "apsis-state")
+    store = _section(f, "store")
+    store_url = store.take("url", _store_url, None)
+    store.done()
     host, port = f.take("bind", _bind, (cfg.host, cfg.port))
     public_url = f.take("public_url", string, None)
     tls = parse_tls(_section(f, "tls"), base)
@@ -124,6 +137,7 @@ def parse_config(data: Any, base: Path) -> Config:
     return Config(
         jobs=jobs,
         state=state,
+        store_url=store_url,
         host=host,
         port=port,
         public_url=public_url,
