@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,10 @@ from apsis_server.engine.operations import Operations
 from apsis_server.engine.ports import Settings as EngineSettings
 from apsis_server.engine.restore import restore
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
+from apsis_server.leadership import Gate as LeaderGate
+from apsis_server.leadership import Leadership
 from apsis_server.store.base import RunStore
+from apsis_server.store.lease import PostgresLease
 from apsis_server.store.postgres import PostgresStore
 from apsis_server.store.sqlite import SqliteStore
 from apsis_server.web import web_routes
@@ -84,8 +87,14 @@ def build_app(config: Config) -> Starlette:
         config = replace(config, tls_cert=cert, tls_key=key)
     if config.tls_cert is not None and not config.public_url:
         check_trusted(config.tls_cert, ca, config.state / "ca")
+    server_id = config.server_id or f"{socket.gethostname()}:{config.port}"
+    leadership = Leadership(
+        PostgresLease(config.store_url) if config.store_url else None,
+        server_id,
+        config.public_url or webhook_url(config).removesuffix(PATH),
+    )
     store: RunStore = (
-        PostgresStore(config.store_url)
+        PostgresStore(config.store_url, fence=leadership.fence)
         if config.store_url
         else SqliteStore(config.state / "apsis.db")
     )
@@ -136,20 +145,43 @@ def build_app(config: Config) -> Starlette:
         answer["errors"] = [e.__dict__ for e in loaded.errors]
         return answer
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        templates, loaded = load_jobs(config)
-        app.state.job_errors = loaded.errors
-        engine.set_jobs(loaded.jobs, templates)
+    def take_over() -> None:
+        """Start leading from what the store holds: unfinished runs, their agents."""
+        engine.reset()
+        registry.reset()
+        facts.reset()
         restore(engine, config.catch_up)
         registry.adopt({r.agent_id for r in engine.runs.values() if r.agent_id})
-        log.info("loaded %d jobs, %d unfinished runs", len(loaded.jobs), len(engine.runs))
+        log.info("%d unfinished runs restored", len(engine.runs))
         # What startup built (modules, jobs, restored runs) lives as long as the server:
         # out of the cycle collector's way, a full collection in a burst of starts
         # scans only what came later (~100k objects fewer with 2,000 jobs).
         gc.collect()
         gc.freeze()
-        task = asyncio.create_task(_background(engine, registry, facts, housekeeping, metrics))
+        leadership.ready = True
+
+    async def lead(epoch: int) -> None:
+        if not leadership.ready:
+            take_over()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(engine.run())
+                tasks.create_task(registry.run(facts))
+                tasks.create_task(housekeeping.run())
+        finally:  # stepping down: nothing of this leadership is acted on any more
+            engine.reset()
+            registry.reset()
+            facts.reset()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        templates, loaded = load_jobs(config)
+        app.state.job_errors = loaded.errors
+        engine.set_jobs(loaded.jobs, templates)
+        log.info("loaded %d jobs", len(loaded.jobs))
+        if not config.store_url:
+            take_over()  # the only server: it leads before it answers
+        task = asyncio.create_task(_background(leadership.run(lead), metrics))
         try:
             yield
         finally:
@@ -177,6 +209,7 @@ def build_app(config: Config) -> Starlette:
             ),
             *_cors(config),
             Middleware(TokenGuard, tokens=config.api.tokens),
+            Middleware(LeaderGate, leadership=leadership),
             Middleware(WebhookTiming, metrics=metrics, path=PATH),
         ],
     )
@@ -185,6 +218,7 @@ def build_app(config: Config) -> Starlette:
     app.state.operations = Operations(engine)
     app.state.reload = reload
     app.state.registry = registry
+    app.state.leadership = leadership
     app.state.config = config
     app.state.metrics = metrics
     app.state.job_errors = []
@@ -205,13 +239,9 @@ def _cors(config: Config) -> list[Middleware]:
     ]
 
 
-async def _background(
-    engine: Engine, registry: Registry, facts: Facts, housekeeping: Housekeeping, metrics: Metrics
-) -> None:
+async def _background(leading: Coroutine[None, None, None], metrics: Metrics) -> None:
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(engine.run())
-        tasks.create_task(registry.run(facts))
-        tasks.create_task(housekeeping.run())
+        tasks.create_task(leading)
         tasks.create_task(metrics.run())
 
 

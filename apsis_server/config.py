@@ -31,6 +31,8 @@ class Config:
     state: Path = Path("apsis-state")
     # `store: {url: postgresql://...}`: runs in PostgreSQL; None: SQLite in the state dir.
     store_url: str | None = None
+    # This server's name among servers sharing a PostgreSQL store (default HOST:PORT).
+    server_id: str | None = None
     host: str = "127.0.0.1"
     port: int = 5005
     public_url: str | None = None
@@ -104,6 +106,9 @@ def parse_config(data: Any, base: Path) -> Config:
     store = _section(f, "store")
     store_url = store.take("url", _store_url, None)
     store.done()
+    server = _section(f, "server")
+    server_id = server.take("id", string, None)
+    server.done()
     host, port = f.take("bind", _bind, (cfg.host, cfg.port))
     public_url = f.take("public_url", string, None)
     tls = parse_tls(_section(f, "tls"), base)
@@ -138,6 +143,7 @@ def parse_config(data: Any, base: Path) -> Config:
         jobs=jobs,
         state=state,
         store_url=store_url,
+        server_id=server_id,
         host=host,
         port=port,
         public_url=public_url,

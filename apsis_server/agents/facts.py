@@ -56,6 +56,13 @@ class Facts:
         self._locks: dict[str, asyncio.Lock] = {}
         self.last_seen: dict[str, float] = {}
 
+    def reset(self) -> None:
+        """Forget the acks and sequences read from the store: another leader may have
+        moved them since (see `Engine.reset`)."""
+        self._acks.clear()
+        self._instances.clear()
+        self.last_seen.clear()
+
     def acked(self, agent_id: str) -> int:
         if agent_id not in self._acks:
             self._acks[agent_id] = self.engine.store.ack(agent_id)

@@ -77,11 +77,22 @@ class Registry:
             clock=clock,
             rng=self._rng,
         )
+        self._populate()
+
+    def _populate(self) -> None:
         if self.settings.local_enabled:
             self._want(self._add(Target("local", "127.0.0.1")))
         for static in self.settings.static.values():
             self._add(Target("static", static.host, static.user, static.name), static)
         self._known()
+
+    def reset(self) -> None:
+        """Forget every connection and every request not yet sent (a server that
+        steps down, or takes the lead): agents are connected afresh, from the runs
+        the store holds. Only while `run` is not running."""
+        assert self._tasks is None, "reset a registry that is running"
+        self.agents, self._by_key, self._cursors = {}, {}, {}
+        self._populate()
 
     # -- agents ------------------------------------------------------------------
 

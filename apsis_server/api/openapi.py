@@ -30,6 +30,7 @@ from apsis_server.api.views import (
     RunLog,
     RunMeta,
     RunPage,
+    Servers,
     Stats,
     Version,
 )
@@ -163,6 +164,9 @@ def _operations() -> dict[str, Schema]:
             )
         },
         "/api/v1/version": {"get": _op("the server version", _answer(_ref(Version)))},
+        "/api/v1/servers": {
+            "get": _op("this server's role, who leads, every server seen", _answer(_ref(Servers)))
+        },
         "/api/v1/stats": {
             "get": _op("counts, loop latency, uptime, store size", _answer(_ref(Stats)))
         },

@@ -36,24 +36,30 @@ from apsis_server.api.views import (
     Error,
     JobAnswer,
     JobList,
+    LeaderInfo,
     Reload,
     RunAnswer,
     RunLog,
     RunMeta,
     RunPage,
+    ServerInfo,
+    Servers,
     Version,
     agent_view,
     encode,
     job_view,
     log_view,
     run_view,
+    time_text,
 )
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import ADHOC_JOB, Job, JobError, next_times
 from apsis_server.core.programs import parse_program, signal_number
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.operations import Operations
+from apsis_server.leadership import Leadership
 from apsis_server.store.base import RunFilter
+from apsis_server.store.lease import Role
 
 # The one table from error to status.
 STATUS: list[tuple[type[Exception], int]] = [
@@ -270,6 +276,38 @@ async def version(request: Request) -> Response:
     return JSONResponse(Version(__version__))
 
 
+async def servers(request: Request) -> Response:
+    leadership: Leadership = request.app.state.leadership
+    leader, seen = await leadership.survey()
+    one = leadership.epoch == 0  # the only server (SQLite): no lease, no deadline
+    return JSONResponse(
+        Servers(
+            server_id=leadership.server_id,
+            role="leader" if leadership.leading else "standby",
+            epoch=leadership.epoch,
+            leader=None
+            if leader is None
+            else LeaderInfo(
+                leader.holder.partition("/")[0],  # the holder is ID/a process's token
+                leader.url,
+                leader.epoch,
+                time_text(leader.since.timestamp()),
+                None if one else time_text(leader.deadline.timestamp()),
+            ),
+            servers=[
+                ServerInfo(
+                    s.server_id,
+                    s.url,
+                    "leader" if s.role == Role.LEADER else "standby",
+                    s.epoch,
+                    time_text(s.last_seen.timestamp()),
+                )
+                for s in seen
+            ],
+        )
+    )
+
+
 async def stats(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     return JSONResponse(metrics.stats())
@@ -461,6 +499,7 @@ def routes() -> list[Route]:
     table: list[tuple[str, Handler, list[str]]] = [
         ("/alive", alive, ["GET"]),
         ("/version", version, ["GET"]),
+        ("/servers", servers, ["GET"]),
         ("/stats", stats, ["GET"]),
         ("/openapi.json", openapi_json, ["GET"]),
         ("/jobs", jobs, ["GET"]),

@@ -367,7 +367,41 @@ class AgentList:
 
 
 # Every answer of the REST API: the OpenAPI document's schemas are theirs.
+@dataclass(frozen=True)
+class ServerInfo:
+    """A server sharing the store, as it last reported itself."""
+
+    server_id: str
+    url: str
+    role: Literal["leader", "standby"]
+    epoch: int | None
+    last_seen: Time
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """Who holds the lease: its epoch (greater than every earlier one) and deadline."""
+
+    server_id: str
+    url: str
+    epoch: int
+    since: Time
+    deadline: Annotated[Time | None, Meta(description="null with one server (SQLite)")]
+
+
+@dataclass(frozen=True)
+class Servers:
+    """`GET /api/v1/servers`: this server's role, who leads, every server seen."""
+
+    server_id: str
+    role: Literal["leader", "standby"]
+    epoch: int | None
+    leader: LeaderInfo | None
+    servers: list[ServerInfo]
+
+
 ANSWERS: tuple[type, ...] = (
+    Servers,
     Error,
     Alive,
     Version,

@@ -44,13 +44,13 @@ from apsis_server.core.planner import Key
 from apsis_server.core.runs import Identity, Run, args_key
 from apsis_server.core.templates import Templates
 from apsis_server.engine.answers import Answers
-from apsis_server.engine.journal import Written
+from apsis_server.engine.journal import Journal, Written
 from apsis_server.engine.planning import Planning, plan_ahead
 from apsis_server.engine.ports import Agents, Listener, Settings
-from apsis_server.engine.procs import is_noop, proc_spec
+from apsis_server.engine.procs import ProcTable, is_noop, proc_spec
 from apsis_server.engine.starting import InServer, Refused, Starter, ToAgent
 from apsis_server.engine.timers import TimerKind, Timers
-from apsis_server.engine.unfinished import ACTIVE
+from apsis_server.engine.unfinished import ACTIVE, Unfinished
 from apsis_server.engine.view import EngineView
 from apsis_server.engine.waiting import Ready, Wait, Waiter
 from apsis_server.store.base import RunStore
@@ -74,19 +74,30 @@ class Engine(EngineView):
         """`internal` takes the runs of internal (housekeeping) programs; without
         it, such runs error ("needs the SQLite store")."""
         super().__init__(store, templates, clock)
-        settings = settings or Settings()
+        self._settings = settings = settings or Settings()
         self._agents = agents
         self._internal = internal
         self._listeners: list[Listener] = []
-        self._committing = False
         self._group: asyncio.Future[None] | None = None
-        self._next_number = store.max_run_number() + 1
+        self.answers = Answers(self)
+        self.actions = ActionRunner(self, settings.smtp, settings.public_url)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what is held in memory about runs — on taking the lead, and on
+        stepping down: the store is the truth, and what another leader wrote since
+        is only there. The jobs, templates and listeners stay."""
+        settings = self._settings
+        self._runs = Unfinished()
+        self._journal = Journal(self.store, self.clock)
+        self.procs = ProcTable()
+        self._committing = False
+        self._next_number: int | None = None  # read from the store when first needed
         self._planning = Planning(settings.horizon)
         self._timers = Timers(self)
         self._waiter = Waiter(self, self.expand, settings.waiting_max_time)
-        self._starter = Starter(self, agents, self.busy, settings.output_max, internal is not None)
-        self.answers = Answers(self)
-        self.actions = ActionRunner(self, settings.smtp, settings.public_url)
+        internal = self._internal is not None
+        self._starter = Starter(self, self._agents, self.busy, settings.output_max, internal)
 
     async def run(self) -> None:
         """The engine's own tasks, until cancelled: timers, planning ahead, and the
@@ -282,9 +293,15 @@ class Engine(EngineView):
 
     # -- creating runs -----------------------------------------------------------
 
+    def _peek(self) -> int:
+        """The number the next run gets: one past the largest the store ever had."""
+        if self._next_number is None:
+            self._next_number = self.store.max_run_number() + 1
+        return self._next_number
+
     def _allocate(self) -> str:
-        run_id = f"r{self._next_number}"
-        self._next_number += 1
+        run_id = f"r{self._peek()}"
+        self._next_number = self._peek() + 1
         return run_id
 
     def create(
@@ -356,7 +373,7 @@ class Engine(EngineView):
         """An ad-hoc run of a program given directly (its own one-off job, `ADHOC_JOB`)."""
         now = self.clock()
         # Bound now, with the id `create` is about to allocate.
-        scope = {"args": {}, "run_id": f"r{self._next_number}", "job_id": program.job_id}
+        scope = {"args": {}, "run_id": f"r{self._peek()}", "job_id": program.job_id}
         try:
             bound = bind(program.program, self._templates, scope)
         except BindError as exc:
