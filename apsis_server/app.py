@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from apsis_common import __version__
 from apsis_common.auth import Verifier
+from apsis_common.errors import Unavailable
 from apsis_common.tls import ensure_ca, server_context
 from apsis_server.agents.events import PATH, webhook_route
 from apsis_server.agents.facts import Facts
@@ -48,7 +49,7 @@ from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, lo
 from apsis_server.leadership import Gate as LeaderGate
 from apsis_server.leadership import Leadership
 from apsis_server.store.base import RunStore
-from apsis_server.store.lease import PostgresLease
+from apsis_server.store.lease import PostgresLease, RunChanges
 from apsis_server.store.postgres import PostgresStore
 from apsis_server.store.sqlite import SqliteStore
 from apsis_server.web import web_routes
@@ -130,6 +131,7 @@ def build_app(config: Config) -> Starlette:
         state_dir=config.state,
     )
     verifier = Verifier(registry.keys)
+    feeds = Feeds(engine, registry, gather=SUMMARY_GATHER)
 
     def reload() -> dict[str, Any]:
         templates, loaded = load_jobs(config)
@@ -181,7 +183,8 @@ def build_app(config: Config) -> Starlette:
         log.info("loaded %d jobs", len(loaded.jobs))
         if not config.store_url:
             take_over()  # the only server: it leads before it answers
-        task = asyncio.create_task(_background(leadership.run(lead), metrics))
+        following = [_follow(feeds, leadership, config.store_url)] if config.store_url else []
+        task = asyncio.create_task(_background(leadership.run(lead), metrics.run(), *following))
         try:
             yield
         finally:
@@ -213,7 +216,7 @@ def build_app(config: Config) -> Starlette:
             Middleware(WebhookTiming, metrics=metrics, path=PATH),
         ],
     )
-    app.state.feeds = Feeds(engine, registry, gather=SUMMARY_GATHER)
+    app.state.feeds = feeds
     app.state.engine = engine
     app.state.operations = Operations(engine)
     app.state.reload = reload
@@ -239,10 +242,27 @@ def _cors(config: Config) -> list[Middleware]:
     ]
 
 
-async def _background(leading: Coroutine[None, None, None], metrics: Metrics) -> None:
+async def _background(*work: Coroutine[None, None, None]) -> None:
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(leading)
-        tasks.create_task(metrics.run())
+        for coroutine in work:
+            tasks.create_task(coroutine)
+
+
+async def _follow(feeds: Feeds, leadership: Leadership, url: str) -> None:
+    """While standing by, follow the leader's writes for the feeds' subscribers."""
+    while True:
+        if leadership.leading:  # the engine publishes its own commits
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            async with RunChanges(url) as changes:
+                async for run_ids in changes:
+                    if leadership.leading:
+                        break
+                    feeds.followed(run_ids)
+        except Unavailable as exc:
+            log.warning("cannot follow the leader's writes: %s", exc)
+            await asyncio.sleep(1.0)
 
 
 # What a log line must never show: a token in a URL (an old client's websocket

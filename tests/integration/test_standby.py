@@ -5,12 +5,15 @@ servers, a real cluster (tests/postgres.py), SIGKILL and a cut TCP proxy."""
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
 from tests.harness import Server, wait_for
 from tests.proxy import Proxy
@@ -135,3 +138,27 @@ def test_a_leader_cut_off_from_the_database_steps_down(tmp_path: Path, postgres_
         proxy.close()
         a.cleanup()
         b.cleanup()
+
+
+def test_a_standbys_feeds_follow_the_leader(pair: list[Server]) -> None:
+    """Websocket clients of a standby see what the leader does, from the database."""
+    leader = leader_of(pair)
+    standby = next(s for s in pair if s is not leader)
+    ws = standby.url.replace("http", "ws", 1) + "/api/v1"
+    with connect(ws + "/summary", open_timeout=5) as summary:
+        assert json.loads(summary.recv(timeout=5))["type"] == "snapshot"
+        run_id = leader.schedule("hold")
+        with connect(f"{ws}/runs/{run_id}/updates", open_timeout=5) as updates:
+            seen: dict[str, str] = {}
+            lines: list[str] = []
+            deadline = time.monotonic() + 20
+            while seen.get(run_id) != "success" and time.monotonic() < deadline:
+                for sock in (summary, updates):
+                    with contextlib.suppress(TimeoutError):
+                        message = json.loads(sock.recv(timeout=0.2))
+                        if message["type"] == "runs":
+                            seen.update({r["run_id"]: r["state"] for r in message["runs"]})
+                        elif message["type"] == "log":
+                            lines += [e["message"] for e in message["entries"]]
+            assert seen.get(run_id) == "success", seen
+            assert "no-op finished" in lines, lines

@@ -58,6 +58,25 @@ class Feeds:
         if self.runs.subscribed:
             self.runs.publish(changes)
 
+    def followed(self, run_ids: list[str]) -> None:
+        """On a standby: the leader changed these runs (as the database tells, see
+        `store.lease.RunChanges`). Their state goes to the summary feed; the log
+        lines, metadata and output length of runs someone follows go to theirs."""
+        if not (self.summary.subscribed or self.runs.subscribed):
+            return
+        store = self.engine.store
+        changes = Changes()
+        for run_id in run_ids:
+            run = store.get(run_id)
+            if run is None:
+                continue
+            changes.runs[run_id] = run
+            if self.runs.follows(run_id):
+                changes.log += self.runs.unseen_log(run_id, store.log(run_id))
+                changes.meta[run_id] = store.meta(run_id)
+                changes.output.append((run_id, store.output_length(run_id), b""))
+        self(changes)
+
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget a subscriber of either feed (its handler is done)."""
         if isinstance(sub, RunSubscriber):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from apsis_server.api.feeds.messages import Log, Meta, RunChanged, output_message
 from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, dumps
 from apsis_server.api.views import LogEntry, log_view, run_view
+from apsis_server.core import runs
 from apsis_server.engine.engine import Engine
 from apsis_server.store.base import Changes
 
@@ -18,6 +19,8 @@ class RunUpdates:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self._subscribers: dict[str, set[RunSubscriber]] = {}
+        # On a standby: how many of each followed run's log lines were sent.
+        self._log_sent: dict[str, int] = {}
 
     # -- the listener's part: enqueue only ----------------------------------------
 
@@ -40,8 +43,20 @@ class RunUpdates:
             if run.run_id in self._subscribers:
                 self._send(run.run_id, RunChanged(run=run_view(run, now)))
                 if run.state.finished:
+                    self._log_sent.pop(run.run_id, None)
                     for sub in self._subscribers.pop(run.run_id):
                         sub.push(Mark.END)
+
+    def follows(self, run_id: str) -> bool:
+        """Whether anyone follows this run."""
+        return run_id in self._subscribers
+
+    def unseen_log(self, run_id: str, log: list[runs.LogEntry]) -> list[runs.LogEntry]:
+        """The run's log lines not sent yet (a standby reads the whole log from the
+        store each time the leader changes the run)."""
+        sent = self._log_sent.get(run_id, len(log))
+        self._log_sent[run_id] = len(log)
+        return log[sent:]
 
     def _send(self, run_id: str, message: object) -> None:
         text = dumps(message)
@@ -70,6 +85,7 @@ class RunUpdates:
             sub.push(dumps(Meta(meta=store.meta(run_id))))
             if start == length:
                 sub.push(dumps(output_message(start, b"")))
+            self._log_sent[run_id] = len(store.log(run_id))
         sub.more_output(length)
         if run.state.finished:
             sub.push(Mark.END)
@@ -83,6 +99,7 @@ class RunUpdates:
             subs.discard(sub)
             if not subs:
                 del self._subscribers[sub.run_id]
+                self._log_sent.pop(sub.run_id, None)
 
     @property
     def subscribed(self) -> bool:
