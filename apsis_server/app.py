@@ -104,6 +104,7 @@ def build_app(config: Config) -> Starlette:
         ca,
         lambda: webhook_url(config),
         settings=config.agents,
+        epoch=leadership.fence,
     )
     internal: asyncio.Queue[Run] = asyncio.Queue()
     engine = Engine(

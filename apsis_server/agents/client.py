@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -26,11 +27,25 @@ _STATUS_ERRORS: dict[int, type[Exception]] = {
 
 
 class AgentClient:
-    """Signed msgpack requests to one agent over verified HTTPS."""
+    """Signed msgpack requests to one agent over verified HTTPS.
 
-    def __init__(self, base_url: str, key: Key, ca_pem: str, timeout: float = 30.0) -> None:
+    Every request that changes something carries the leadership epoch of the server
+    that sends it (`?leader_epoch=N`, covered by the signature; 0 for the only
+    server): an agent refuses one older than the newest it has seen (fencing, spec
+    06), so a deposed leader can never start or stop anything."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key: Key,
+        ca_pem: str,
+        timeout: float = 30.0,
+        *,
+        epoch: Callable[[], int | None],
+    ) -> None:
         self.base_url = base_url
         self._key = key
+        self._epoch = epoch
         self._http = Http11Client(base_url, client_context(ca_pem), timeout)
 
     async def close(self) -> None:
@@ -46,6 +61,9 @@ class AgentClient:
                 f"cannot be sent: {len(body)} bytes, over the agent's limit of "
                 f"{p.MAX_REQUEST_BYTES}"
             )
+        if method != "GET":
+            epoch = self._epoch() or 0
+            target += f"{'&' if '?' in target else '?'}leader_epoch={epoch}"
         headers = sign(self._key, method, target, body)
         headers["content-type"] = p.MSGPACK
         try:

@@ -49,6 +49,7 @@ class Keeper:
         *,
         clock: Callable[[], float],
         rng: random.Random,
+        epoch: Callable[[], int | None],
     ) -> None:
         self.settings = settings
         self.silence_limit = 3 * settings.heartbeat
@@ -58,6 +59,7 @@ class Keeper:
         self._version = version
         self._clock = clock
         self._rng = rng
+        self._epoch = epoch  # what every request to an agent carries (client.py)
 
     async def keep(self, conn: AgentConn, reports: Reports) -> None:
         """Connect once wanted, then watch the agent: a silent agent is shown
@@ -175,7 +177,9 @@ class Keeper:
             ready = await self._reach_static(conn, conn.static)
         else:
             ready = await self._bootstrap(conn)
-        client = AgentClient(conn.target.url(ready.port), conn.key, self._ca_for(conn))
+        client = AgentClient(
+            conn.target.url(ready.port), conn.key, self._ca_for(conn), epoch=self._epoch
+        )
         old, conn.dispatcher.client = conn.dispatcher.client, None  # none until reconciled
         if old is not None:
             await old.close()
@@ -257,7 +261,9 @@ class Keeper:
 
     async def _reach_static(self, conn: AgentConn, static: StaticAgent) -> p.BootstrapReady:
         try:
-            client = AgentClient(conn.target.url(static.port), conn.key, self._ca_for(conn), 10)
+            client = AgentClient(
+                conn.target.url(static.port), conn.key, self._ca_for(conn), 10, epoch=self._epoch
+            )
         except (OSError, ValueError) as exc:
             raise BootstrapError(f"static agent {static.name}: bad CA file: {exc}") from None
         try:

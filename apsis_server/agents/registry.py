@@ -56,7 +56,11 @@ class Registry:
         settings: AgentSettings | None = None,
         clock: Callable[[], float] = time.time,
         version: str = __version__,
+        *,
+        epoch: Callable[[], int | None],
     ) -> None:
+        """`epoch`: the leadership epoch this server acts under (None: not leading),
+        carried by every request that changes something on an agent."""
         self.settings = settings or AgentSettings()
         self._state_dir = state_dir
         # Whoever owns the runs, while `run` runs: what the agents' tasks report.
@@ -76,6 +80,7 @@ class Registry:
             version,
             clock=clock,
             rng=self._rng,
+            epoch=epoch,
         )
         self._populate()
 

@@ -11,7 +11,9 @@ from apsis_server.agents.settings import AgentSettings
 
 
 def test_the_default_ssh_user_named_or_not_is_one_agent(tmp_path: Path) -> None:
-    registry = Registry(tmp_path, new_ca(), lambda: "http://127.0.0.1:1/x", AgentSettings())
+    registry = Registry(
+        tmp_path, new_ca(), lambda: "http://127.0.0.1:1/x", AgentSettings(), epoch=lambda: None
+    )
     me = getpass.getuser()
     plain = registry.choose("h1.example.com", None, dict).agent_id
     named = registry.choose("h1.example.com", me, dict).agent_id

@@ -59,7 +59,9 @@ def test_a_closed_client_is_unavailable() -> None:
     """A request on a client closed by a reconnection is Unavailable (retried)."""
 
     async def scenario() -> None:
-        client = AgentClient("https://127.0.0.1:9", Key.generate(), new_ca().cert_pem)
+        client = AgentClient(
+            "https://127.0.0.1:9", Key.generate(), new_ca().cert_pem, epoch=lambda: None
+        )
         await client.close()
         with pytest.raises(Unavailable, match="closed"):
             await client.info()
@@ -110,7 +112,9 @@ def test_a_start_the_agent_cannot_take_is_refused_alone() -> None:
 
 def test_a_start_that_cannot_be_encoded_never_reaches_the_agent() -> None:
     async def scenario() -> None:
-        client = AgentClient("https://127.0.0.1:9", Key.generate(), new_ca().cert_pem)
+        client = AgentClient(
+            "https://127.0.0.1:9", Key.generate(), new_ca().cert_pem, epoch=lambda: None
+        )
         try:
             with pytest.raises(BadInput, match="cannot be sent"):
                 await client.start([p.StartProc("r1.1", p.ProcSpec(argv=("echo", "\ud800")))])
