@@ -105,6 +105,8 @@ def build_app(config: Config) -> Starlette:
         lambda: webhook_url(config),
         settings=config.agents,
         epoch=leadership.fence,
+        # With servers sharing a database, each one's local agent has its own id.
+        local_name=server_id if config.store_url else "",
     )
     internal: asyncio.Queue[Run] = asyncio.Queue()
     engine = Engine(

@@ -50,6 +50,7 @@ class Keeper:
         clock: Callable[[], float],
         rng: random.Random,
         epoch: Callable[[], int | None],
+        local_id: str,
     ) -> None:
         self.settings = settings
         self.silence_limit = 3 * settings.heartbeat
@@ -60,6 +61,7 @@ class Keeper:
         self._clock = clock
         self._rng = rng
         self._epoch = epoch  # what every request to an agent carries (client.py)
+        self._local_id = local_id  # this server's own local agent
 
     async def keep(self, conn: AgentConn, reports: Reports) -> None:
         """Connect once wanted, then watch the agent: a silent agent is shown
@@ -170,9 +172,16 @@ class Keeper:
             return explain(exc.returncode, exc.stderr, str(exc), target.host, target.user, command)
         if target.kind == "sudo":
             return f"cannot start the agent of user {target.user} with sudo: {exc}", True
+        if target.kind == "local" and conn.agent_id != self._local_id:
+            return str(exc), True
         return str(exc), False
 
     async def _connect(self, conn: AgentConn, reports: Reports) -> None:
+        if conn.target.kind == "local" and conn.agent_id != self._local_id:
+            raise BootstrapError(
+                f"{conn.agent_id} is another server's local agent, on that server's host: "
+                "only that server can reach it"
+            )
         if conn.static is not None:
             ready = await self._reach_static(conn, conn.static)
         else:

@@ -58,9 +58,14 @@ class Registry:
         version: str = __version__,
         *,
         epoch: Callable[[], int | None],
+        local_name: str = "",
     ) -> None:
         """`epoch`: the leadership epoch this server acts under (None: not leading),
-        carried by every request that changes something on an agent."""
+        carried by every request that changes something on an agent. `local_name`:
+        this server's name among servers sharing a database, which names its local
+        agent `local:NAME` (another server's local agent is on that server's host:
+        only that server can reach it); "" for the only server (`local`)."""
+        self._local = Target("local", "127.0.0.1", name=local_name)
         self.settings = settings or AgentSettings()
         self._state_dir = state_dir
         # Whoever owns the runs, while `run` runs: what the agents' tasks report.
@@ -81,12 +86,13 @@ class Registry:
             clock=clock,
             rng=self._rng,
             epoch=epoch,
+            local_id=self._local.agent_id,
         )
         self._populate()
 
     def _populate(self) -> None:
         if self.settings.local_enabled:
-            self._want(self._add(Target("local", "127.0.0.1")))
+            self._want(self._add(self._local))
         for static in self.settings.static.values():
             self._add(Target("static", static.host, static.user, static.name), static)
         self._known()
@@ -138,7 +144,7 @@ class Registry:
         conn = self.agents.get(agent_id)
         if conn is None:
             target = parse_agent_id(agent_id)
-            if target is None or target.kind == "local":
+            if target is None or agent_id == LOCAL:
                 return None
             conn = self._add(target)
         return conn
@@ -177,9 +183,9 @@ class Registry:
             check_user(user)
         if host is None:
             if user is None or user == self._local_user:
-                if LOCAL not in self.agents:
+                if self._local.agent_id not in self.agents:
                     raise LookupError("no local agent: agents.local is disabled in the config")
-                return Choice(LOCAL)
+                return Choice(self._local.agent_id)
             return Choice(self._want(self._ensure(Target("sudo", "127.0.0.1", user))).agent_id)
         host = self.settings.aliases.get(host, host)
         group = self.settings.groups.get(host)

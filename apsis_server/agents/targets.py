@@ -3,6 +3,7 @@
 | agent id        | the agent                                  | started by                  |
 |-----------------|--------------------------------------------|-----------------------------|
 | `local`         | the server's user on the server's host     | a child process             |
+| `local:SERVER`  | the same, with servers sharing a database  | a child process of SERVER   |
 | `sudo:USER`     | another user on the server's host          | `sudo -n -H -u USER`        |
 | `ssh:HOST`      | the ssh default user on HOST               | `ssh HOST -- apsis-agent …` |
 | `ssh:USER@HOST` | USER on HOST                               | `ssh -l USER HOST -- …`     |
@@ -35,7 +36,7 @@ class Target:
     @property
     def agent_id(self) -> str:
         if self.kind == "local":
-            return LOCAL
+            return f"{LOCAL}:{self.name}" if self.name else LOCAL
         if self.kind == "sudo":
             return f"sudo:{self.user}"
         if self.kind == "static":
@@ -53,6 +54,8 @@ def parse_agent_id(agent_id: str) -> Target | None:
     try:
         if agent_id == LOCAL:
             return Target("local", "127.0.0.1")
+        if kind == LOCAL:  # the local agent of the server named `rest`
+            return Target("local", "127.0.0.1", name=rest)
         if kind == "sudo":
             return Target("sudo", "127.0.0.1", check_user(rest))
         if kind == "ssh":

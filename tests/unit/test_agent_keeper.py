@@ -45,6 +45,7 @@ def test_an_unforeseen_error_while_connecting_is_a_failed_attempt(
             clock=lambda: 0.0,
             rng=random.Random(1),
             epoch=lambda: None,
+            local_id="local",
         )
         conn = AgentConn("local", "127.0.0.1", None, Key.generate(), Dispatcher("local"))
         conn.pending["r1.1"] = p.StartProc("r1.1", p.ProcSpec(argv=("true",)))
