@@ -123,7 +123,9 @@ def build_app(config: Config) -> Starlette:
         internal=internal.put_nowait,
     )
     facts = Facts(engine, registry.agent_started)
-    metrics = Metrics(engine, registry, config.state / "apsis.db")
+    metrics = Metrics(
+        engine, registry, None if config.store_url else config.state / "apsis.db", leadership
+    )
     housekeeping = Housekeeping(
         engine,
         store,

@@ -102,6 +102,15 @@ class Leadership:
     def leading(self) -> bool:
         return self.epoch is not None
 
+    def seconds_left(self) -> float | None:
+        """Seconds until the leader stops acting unless it renews (0 standing by);
+        None without a lease (SQLite)."""
+        if self._lease is None:
+            return None
+        if self.deadline is None or self.epoch is None:
+            return 0.0
+        return max(0.0, self.deadline - self._clock())
+
     def fence(self) -> int | None:
         """The epoch every store write must still hold (None: not leading)."""
         return self.epoch

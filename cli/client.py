@@ -251,3 +251,7 @@ class ApsisClient:
 
     def agents(self) -> Json:
         return self._json("GET", f"{API}/agents")
+
+    def servers(self) -> Json:
+        """This server's role, who leads, and every server sharing the store."""
+        return self._json("GET", f"{API}/servers")

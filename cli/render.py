@@ -313,6 +313,37 @@ def agents_table(agents: Sequence[Json], now: float) -> Table:
     return table
 
 
+def servers_view(answer: Json, now: float) -> Group:
+    """Who leads (epoch, since when, lease deadline) and every server's role."""
+    leader = answer.get("leader")
+    if leader:
+        deadline = leader.get("deadline")
+        lease = f", lease until {moment(deadline, now)}" if deadline else ""
+        head = Text.assemble(
+            ("leader: ", "bold"),
+            (str(leader.get("server_id")), "green"),
+            f" at {leader.get('url')}, epoch {leader.get('epoch')}, since "
+            f"{moment(leader.get('since'), now)}{lease}",
+        )
+    else:
+        head = Text("no server leads right now", style="bold red")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("server", "url", "role", "epoch", "last seen"):
+        table.add_column(name, no_wrap=True)
+    for server in answer.get("servers") or ():
+        role = str(server.get("role"))
+        name = str(server.get("server_id"))
+        this = " (this one)" if name == answer.get("server_id") else ""
+        table.add_row(
+            Text(name + this, style="bold"),
+            Text(str(server.get("url"))),
+            Text(role, style="green" if role == "leader" else ""),
+            Text(str(server.get("epoch") if server.get("epoch") is not None else "-")),
+            Text(relative(epoch(server.get("last_seen")), now)),
+        )
+    return Group(head, table)
+
+
 def kept_job_errors(errors: Sequence[Json]) -> Group:
     """A job whose file no longer loads: the errors, under the definition in use."""
     note = "its file no longer loads; the last good definition above is in use:"

@@ -29,12 +29,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apsis_common import __version__
+from apsis_common.errors import Unavailable
 from apsis_common.states import UNFINISHED, State
 from apsis_server.agents.conn import AgentState
 from apsis_server.agents.registry import Registry
 from apsis_server.api.views import LoopLatency, ScheduleLateness, Stats, time_text
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
+from apsis_server.leadership import Leadership
 from apsis_server.store.base import Changes
 
 LATENESS_BUCKETS = (
@@ -134,10 +136,13 @@ class Metrics:
         engine: Engine,
         registry: Registry,
         store_path: Path | None,
+        leadership: Leadership,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`store_path`: the SQLite file (None: the store tells its own size)."""
         self.engine = engine
         self.registry = registry
+        self.leadership = leadership
         self.store_path = store_path
         self.clock = clock
         self.start_time = clock()
@@ -209,7 +214,12 @@ class Metrics:
         return counts
 
     def store_bytes(self) -> int:
-        return _file_size(self.store_path) if self.store_path is not None else 0
+        if self.store_path is not None:
+            return _file_size(self.store_path)
+        try:
+            return self.engine.store.size()
+        except Unavailable:
+            return 0
 
     def text(self) -> str:
         """Everything, in the Prometheus text exposition format (0.0.4)."""
@@ -303,7 +313,7 @@ class Metrics:
             (
                 "store_bytes",
                 "gauge",
-                "Size of the SQLite store (file and WAL).",
+                "Size of the store (SQLite: file and WAL; PostgreSQL: its tables).",
                 [f" {self.store_bytes()}"],
             ),
             (
@@ -312,6 +322,7 @@ class Metrics:
                 "1 if the last store write succeeded; 0 while changes wait to be written.",
                 [f" {0 if self.engine.store_error else 1}"],
             ),
+            *self._leadership_families(),
         ]
         out: list[str] = []
         for name, kind, help_text, samples in families:
@@ -327,6 +338,37 @@ class Metrics:
                 labels = _labels({"agent": conn.agent_id, "host": conn.host})
                 lines.append(f"{labels} {_number(max(0.0, now - conn.last_heartbeat))}")
         return lines
+
+    def _leadership_families(self) -> list[tuple[str, str, str, list[str]]]:
+        leadership = self.leadership
+        left = leadership.seconds_left()
+        lease = (
+            []
+            if left is None
+            else [
+                (
+                    "lease_seconds_left",
+                    "gauge",
+                    "Seconds until the leader would stop acting without a renewal (0 standing by).",
+                    [f" {_number(left)}"],
+                )
+            ]
+        )
+        return [
+            (
+                "leader",
+                "gauge",
+                "1 while this server leads (holds the lease), 0 while it stands by.",
+                [f" {1 if leadership.leading else 0}"],
+            ),
+            (
+                "leader_epoch",
+                "gauge",
+                "The epoch this server leads under (-1 while it stands by).",
+                [f" {leadership.epoch if leadership.epoch is not None else -1}"],
+            ),
+            *lease,
+        ]
 
     def stats(self) -> Stats:
         """The answer of `GET /api/v1/stats`."""

@@ -131,7 +131,12 @@ def test_stats(server: Server) -> None:
     assert stats["agents"]["connected"] == 1
     assert stats["store_bytes"] > 0
     assert stats["store_error"] is None
-    assert value(scrape(server), "apsis_store_writable") == 1
+    samples = scrape(server)
+    assert value(samples, "apsis_store_writable") == 1
+    # The one server on SQLite leads at epoch 0, with no lease to run out.
+    assert value(samples, "apsis_leader") == 1 and ("apsis_leader_epoch", frozenset()) in samples
+    assert value(samples, "apsis_leader_epoch") == 0
+    assert ("apsis_lease_seconds_left", frozenset()) not in samples
     wait_for(lambda: server.get("/stats")["loop_latency"]["max"] is not None, 5)
     assert set(stats["runs"]) >= {"scheduled", "waiting", "running"}
 

@@ -7,11 +7,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.sync.client import connect
 
@@ -72,6 +77,28 @@ def test_one_leads_the_others_stand_by(pair: list[Server]) -> None:
     view = standby.get("/servers")
     assert view["role"] == "standby" and view["leader"]["url"] == leader.url
     assert {s["server_id"] for s in view["servers"]} == {"a", "b"}
+    # Monitoring sees the same: /metrics says who leads, under which epoch.
+    metrics = {s: httpx.get(s.url + "/metrics", timeout=30).text for s in pair}
+    assert "apsis_leader 1" in metrics[leader] and "apsis_leader 0" in metrics[standby]
+    assert "apsis_leader_epoch -1" in metrics[standby]
+    assert "apsis_leader_epoch -1" not in metrics[leader]
+    assert re.search(r"^apsis_lease_seconds_left 0$", metrics[standby], re.M)
+    left = float(re.findall(r"^apsis_lease_seconds_left (\S+)$", metrics[leader], re.M)[0])
+    assert 0 < left <= 6, left
+    # So does an operator asking either server with `apsis status`.
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--server", standby.url, "status"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"leader: {view['leader']['server_id']} at {leader.url}, epoch "), (
+        lines
+    )
+    assert any(" (this one)" in line and "standby" in line for line in lines), lines
     # Writes go to the leader only; the standby names it.
     refused = standby.api("POST", "/runs", json={"job_id": "hold"})
     assert refused.status_code == 503, refused.text
