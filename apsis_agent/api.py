@@ -2,7 +2,9 @@
 
 Every request but `GET /health` passes the guard first: the body size is checked
 against MAX_REQUEST_BYTES (413) before any signature work, then the HMAC
-signature over method, path+query and body (a bare 401 that changes nothing).
+signature over method, path+query and body (a bare 401 that changes nothing),
+then the leader's epoch of a request that changes something (fence.py: 409 for a
+deposed leader).
 Bodies are msgpack, or JSON when the request says so; answers use the same
 encoding (msgpack by default).
 """
@@ -13,6 +15,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +23,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from apsis_agent.fence import PARAM, Fence
 from apsis_agent.procs import Procs
 from apsis_common import codec, protocol
 from apsis_common.auth import Verifier
@@ -34,6 +38,7 @@ from apsis_common.errors import (
 )
 from apsis_common.protocol import (
     AgentInfo,
+    LeaderNotice,
     ProcList,
     ProcSpec,
     SignalRequest,
@@ -67,6 +72,8 @@ class Context:
     procs: Procs
     info: Callable[[], AgentInfo]
     drain: Callable[[], None]
+    # A new leader's webhook URL: events go there from now on.
+    follow: Callable[[str], None]
 
 
 def _wants_json(request: Request) -> bool:
@@ -168,12 +175,19 @@ class _Handlers:
         self._ctx.drain()
         return _answer(request, self._ctx.info())
 
+    async def leader(self, request: Request) -> Response:
+        notice = await _body(request, LeaderNotice)
+        if not notice.webhook_url.startswith(("http://", "https://")):
+            raise BadInput("the webhook URL must be http:// or https://")
+        self._ctx.follow(notice.webhook_url)
+        return _answer(request, self._ctx.info())
+
 
 async def _on_error(request: Request, exc: Exception) -> Response:
     return _error(request, exc)
 
 
-def build_app(ctx: Context, verifier: Verifier) -> ASGIApp:
+def build_app(ctx: Context, verifier: Verifier, fence: Fence) -> ASGIApp:
     """The ASGI application: routes behind the guard."""
     h = _Handlers(ctx)
     app = Starlette(
@@ -189,10 +203,11 @@ def build_app(ctx: Context, verifier: Verifier) -> ASGIApp:
             Route("/procs/{proc_id}/signal", h.signal, methods=["POST"]),
             Route("/procs/{proc_id}/stop", h.stop, methods=["POST"]),
             Route("/drain", h.drain, methods=["POST"]),
+            Route("/leader", h.leader, methods=["PUT"]),
         ],
         exception_handlers={ApsisError: _on_error},
     )
-    return Guard(app, verifier)
+    return Guard(app, verifier, fence)
 
 
 async def _read(path: str, start: int, stop: int) -> AsyncIterator[bytes]:
@@ -210,11 +225,13 @@ async def _read(path: str, start: int, stop: int) -> AsyncIterator[bytes]:
 
 
 class Guard:
-    """ASGI middleware: size limit, then signature, before any route sees a request."""
+    """ASGI middleware: size limit, signature, then the leader's epoch, before any
+    route sees a request."""
 
-    def __init__(self, app: ASGIApp, verifier: Verifier) -> None:
+    def __init__(self, app: ASGIApp, verifier: Verifier, fence: Fence) -> None:
         self._app = app
         self._verifier = verifier
+        self._fence = fence
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -243,6 +260,16 @@ class Guard:
         except AuthError:
             await _bare(send, 401)
             return
+        if scope["method"] != "GET":
+            epochs = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(PARAM)
+            if epochs:
+                try:
+                    if len(epochs) > 1:
+                        raise BadInput(f"{PARAM} given {len(epochs)} times")
+                    self._fence.admit(epochs[0])
+                except ApsisError as exc:
+                    await _error(Request(scope), exc)(scope, receive, send)
+                    return
         await self._app(scope, replay(body, receive), send)
 
 

@@ -29,6 +29,7 @@ import uvicorn
 
 from apsis_agent import spawner
 from apsis_agent.api import Context, build_app
+from apsis_agent.fence import Fence
 from apsis_agent.outbox import Outbox
 from apsis_agent.procs import Limits, Procs
 from apsis_agent.sender import Delivery, Sender
@@ -130,6 +131,15 @@ class Daemon:
             return
         log.info("reloaded keys %s and settings", sorted(self._keys.all))
 
+    def follow(self, webhook_url: str) -> None:
+        """A new leader: its webhook takes the events from now on (and after a restart)."""
+        settings = self._settings
+        if webhook_url == settings.webhook_url:
+            return
+        self._state.save_settings(settings.agent_id, webhook_url, settings.ca_pem)
+        self._settings = self._state.load_settings()
+        log.info("events go to %s from now on (a new leader)", webhook_url)
+
     def _acked(self, procs: Procs) -> None:
         procs.remove_reported()
         self._changed.set()
@@ -189,8 +199,13 @@ class Daemon:
             procs.draining = True
             self._changed.set()
 
+        def follow(webhook_url: str) -> None:
+            self.follow(webhook_url)
+            sender.retry_now()
+
         verifier = Verifier(lambda: self._keys.all)
-        app = build_app(Context(procs, info, drain), verifier)
+        fence = Fence(state.path / "leader_epoch")
+        app = build_app(Context(procs, info, drain, follow), verifier, fence)
         sock = _listen(options.bind, options.port, state.read_int(state.port_file))
         config = uvicorn.Config(
             app,

@@ -57,6 +57,7 @@ class Sender:
         self._delivery = delivery
         self._on_ack = on_ack
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()
         self._client: httpx.AsyncClient | None = None
         self._client_ca: str | None = None
         self.connected = False
@@ -64,6 +65,11 @@ class Sender:
 
     def wake(self) -> None:
         """New events are stored: send them."""
+        self._wake.set()
+
+    def retry_now(self) -> None:
+        """The webhook moved (a new leader): end any backoff and send at once."""
+        self._retry.set()
         self._wake.set()
 
     async def run(self) -> None:
@@ -83,7 +89,10 @@ class Sender:
                     failures = 0
                     continue
                 failures += 1
-                await asyncio.sleep(self._backoff(failures))
+                self._retry.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._backoff(failures)):
+                        await self._retry.wait()
         finally:
             if self._client is not None:
                 await self._client.aclose()

@@ -8,6 +8,7 @@ Layout (directory mode 0700, every file 0600):
     port            the HTTPS port, written once the daemon listens
     bind            the address it listens on
     epoch           incremented at each daemon start
+    leader_epoch    the newest leadership epoch of the servers seen (fence.py)
     keys.json       {"current": key id, "keys": {key id: secret hex}} (at most two)
     agent.json      {"agent_id", "webhook_url"}
     ca.pem          the server's CA: verifies the webhook endpoint

@@ -118,6 +118,14 @@ class StopRequest:
 
 
 @dataclass(frozen=True)
+class LeaderNotice:
+    """`PUT /leader?leader_epoch=N`: the server sending it leads under epoch N (the
+    agent refuses older leaders from now on) and takes the events at `webhook_url`."""
+
+    webhook_url: str
+
+
+@dataclass(frozen=True)
 class ExitInfo:
     status: int
     exit_code: int | None

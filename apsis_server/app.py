@@ -104,7 +104,7 @@ def build_app(config: Config) -> Starlette:
         ca,
         lambda: webhook_url(config),
         settings=config.agents,
-        epoch=leadership.fence,
+        epoch=leadership.agent_epoch,
         # With servers sharing a database, each one's local agent has its own id.
         local_name=server_id if config.store_url else "",
     )

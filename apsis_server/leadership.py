@@ -102,6 +102,14 @@ class Leadership:
     def leading(self) -> bool:
         return self.epoch is not None
 
+    def agent_epoch(self) -> int | None:
+        """What requests to agents carry (apsis_agent/fence.py): this server's epoch
+        while it leads, -1 standing by; None without a lease (SQLite: the only
+        server has no one to fence)."""
+        if self._lease is None:
+            return None
+        return self.epoch if self.epoch is not None else -1
+
     def seconds_left(self) -> float | None:
         """Seconds until the leader stops acting unless it renews (0 standing by);
         None without a lease (SQLite)."""

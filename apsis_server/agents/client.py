@@ -29,10 +29,11 @@ _STATUS_ERRORS: dict[int, type[Exception]] = {
 class AgentClient:
     """Signed msgpack requests to one agent over verified HTTPS.
 
-    Every request that changes something carries the leadership epoch of the server
-    that sends it (`?leader_epoch=N`, covered by the signature; 0 for the only
-    server): an agent refuses one older than the newest it has seen (fencing, spec
-    06), so a deposed leader can never start or stop anything."""
+    With servers sharing a database, every request that changes something carries
+    the leadership epoch of the server that sends it (`?leader_epoch=N`, covered by
+    the signature; -1 standing by; none for the only server): an agent refuses one
+    older than the newest it has seen (apsis_agent/fence.py, spec 06), so a deposed
+    leader can never start or stop anything."""
 
     def __init__(
         self,
@@ -61,8 +62,8 @@ class AgentClient:
                 f"cannot be sent: {len(body)} bytes, over the agent's limit of "
                 f"{p.MAX_REQUEST_BYTES}"
             )
-        if method != "GET":
-            epoch = self._epoch() or 0
+        epoch = self._epoch()
+        if method != "GET" and epoch is not None:
             target += f"{'&' if '?' in target else '?'}leader_epoch={epoch}"
         headers = sign(self._key, method, target, body)
         headers["content-type"] = p.MSGPACK
@@ -102,6 +103,11 @@ class AgentClient:
 
     async def delete(self, proc_id: str) -> None:
         await self.request("DELETE", f"/procs/{proc_id}")
+
+    async def follow_me(self, webhook_url: str) -> p.AgentInfo:
+        """Tell the agent this server leads (its epoch goes with the request): it
+        refuses older leaders from now on and sends its events to `webhook_url`."""
+        return await self.call(p.AgentInfo, "PUT", "/leader", p.LeaderNotice(webhook_url))
 
 
 def reason(answer: Answer) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from apsis_common import protocol as p
-from apsis_common.errors import ApsisError
+from apsis_common.errors import ApsisError, NotFound
 from apsis_common.tls import CertPair
 from apsis_server.agents.bootstrap import BootstrapError, bootstrap
 from apsis_server.agents.client import AgentClient
@@ -189,6 +189,7 @@ class Keeper:
         client = AgentClient(
             conn.target.url(ready.port), conn.key, self._ca_for(conn), epoch=self._epoch
         )
+        await self._follow_me(conn, client, ready.version)
         old, conn.dispatcher.client = conn.dispatcher.client, None  # none until reconciled
         if old is not None:
             await old.close()
@@ -220,6 +221,23 @@ class Keeper:
         for proc in pending.values():
             conn.dispatcher.start(proc)
         conn.connected.set()
+
+    async def _follow_me(self, conn: AgentConn, client: AgentClient, version: str) -> None:
+        """Before anything else, tell the agent who leads: it fences older leaders
+        and sends its events here (a static agent still reporting to a server that
+        led before, say)."""
+        try:
+            await client.follow_me(self._webhook_url())
+        except NotFound:
+            log.warning(
+                "agent %s: version %s cannot be told who leads (no PUT /leader); "
+                "its events go to the webhook it was given",
+                conn.agent_id,
+                version,
+            )
+        except ApsisError as exc:
+            await client.close()
+            raise BootstrapError(f"agent {conn.agent_id}: {exc}") from None
 
     async def _upgrade(self, conn: AgentConn, client: AgentClient) -> bool:
         """Drain an agent of another version (it exits once idle); whether it drains."""

@@ -60,8 +60,8 @@ class Registry:
         epoch: Callable[[], int | None],
         local_name: str = "",
     ) -> None:
-        """`epoch`: the leadership epoch this server acts under (None: not leading),
-        carried by every request that changes something on an agent. `local_name`:
+        """`epoch`: what every request that changes something on an agent carries
+        (`Leadership.agent_epoch`: None for the only server, which fences nothing). `local_name`:
         this server's name among servers sharing a database, which names its local
         agent `local:NAME` (another server's local agent is on that server's host:
         only that server can reach it); "" for the only server (`local`)."""
