@@ -119,6 +119,7 @@ def build_app(config: Config) -> Starlette:
             output_max=config.output_max,
             smtp=config.smtp,
             public_url=config.public_url,
+            server=server_id if config.store_url else None,
         ),
         internal=internal.put_nowait,
     )

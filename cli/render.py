@@ -237,17 +237,23 @@ def job_detail(job: Json, runs: Sequence[Json], now: float) -> Group:
 
 
 def log_table(entries: Sequence[Json], now: float) -> Table:
-    """The run log: time, state (if a transition), message."""
+    """The run log: time, state (if a transition), message; with servers sharing a
+    database, which server wrote each entry."""
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(no_wrap=True)
     # A fixed width keeps the columns aligned when --follow prints entries in batches.
     table.add_column(no_wrap=True, min_width=max(len(s) for s in STATE_STYLES))
     table.add_column()
+    servers = any(entry.get("server") for entry in entries)
+    if servers:
+        table.add_column(no_wrap=True, style="dim")
     for entry in entries:
+        server = [Text(str(entry.get("server") or ""))] if servers else []
         table.add_row(
             moment(entry.get("time"), now),
             state_text(entry.get("state")) if entry.get("state") else Text(""),
             Text(str(entry.get("message") or "")),
+            *server,
         )
     return table
 

@@ -93,10 +93,14 @@ class LogEntry:
     time: Time
     state: State | None
     message: str
+    # The server that wrote it, with servers sharing a database; null with one.
+    server: str | None = None
 
 
 def log_view(entry: runs.LogEntry) -> LogEntry:
-    return LogEntry(time=time_text(entry.time), state=entry.state, message=entry.message)
+    return LogEntry(
+        time=time_text(entry.time), state=entry.state, message=entry.message, server=entry.server
+    )
 
 
 # -- jobs -------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class LogEntry:
     time: float
     message: str
     state: State | None = None
+    # The server that wrote it, with servers sharing a database (None: the only one).
+    server: str | None = None
 
 
 # What a run's args may hold (docs/jobs.md, "Args"): each value goes into a command

@@ -89,7 +89,7 @@ class Engine(EngineView):
         is only there. The jobs, templates and listeners stay."""
         settings = self._settings
         self._runs = Unfinished()
-        self._journal = Journal(self.store, self.clock)
+        self._journal = Journal(self.store, self.clock, settings.server)
         self.procs = ProcTable()
         self._committing = False
         self._next_number: int | None = None  # read from the store when first needed

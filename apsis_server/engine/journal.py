@@ -41,9 +41,13 @@ class Written:
 class Journal:
     """The changes not yet written, and what waits on them."""
 
-    def __init__(self, store: RunStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, store: RunStore, clock: Callable[[], float], server: str | None = None
+    ) -> None:
+        """`server`: the name each log entry carries (servers sharing a database)."""
         self._store = store
         self._clock = clock
+        self._server = server
         self._pending = Written(Changes())
         # Why the last write failed, until one succeeds.
         self.store_error: str | None = None
@@ -65,7 +69,8 @@ class Journal:
         self._pending.changes.deleted.add(run_id)
 
     def note(self, run_id: str, message: str, state: State | None = None) -> None:
-        self._pending.changes.log.append(LogEntry(run_id, self._clock(), message, state))
+        entry = LogEntry(run_id, self._clock(), message, state, self._server)
+        self._pending.changes.log.append(entry)
 
     def meta(self, run_id: str, meta: Mapping[str, Any]) -> None:
         self._pending.changes.meta.setdefault(run_id, {}).update(meta)

@@ -49,3 +49,5 @@ class Settings:
     # Where email actions go (none: they are skipped), and the web UI's address.
     smtp: SmtpSettings | None = None
     public_url: str | None = None
+    # This server's name in run logs, with servers sharing a database.
+    server: str | None = None

@@ -119,6 +119,10 @@ MIGRATIONS.append(
     $$;
     """
 )
+MIGRATIONS.append(
+    # Which server wrote a log entry: the run log says which server did what.
+    "ALTER TABLE run_log ADD COLUMN server text"
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # A NOTIFY payload holds under 8,000 bytes.
@@ -294,10 +298,11 @@ class PostgresStore:
         number = run_number(run_id)
         with self._reading() as db:
             rows = db.execute(
-                "SELECT time, state, message FROM run_log WHERE run_number = %s ORDER BY id",
+                "SELECT time, state, message, server FROM run_log WHERE run_number = %s"
+                " ORDER BY id",
                 (number,),
             ).fetchall()
-        return [LogEntry(run_id, t, m, State(s) if s else None) for t, s, m in rows]
+        return [LogEntry(run_id, t, m, State(s) if s else None, w) for t, s, m, w in rows]
 
     def meta(self, run_id: str) -> dict[str, Any]:
         number = run_number(run_id)
@@ -451,13 +456,15 @@ def _apply(cur: psycopg.Cursor, changes: Changes, old_meta: dict[int, dict[str, 
         )
     if changes.log:
         cur.executemany(
-            "INSERT INTO run_log (run_number, time, state, message) VALUES (%s, %s, %s, %s)",
+            "INSERT INTO run_log (run_number, time, state, message, server)"
+            " VALUES (%s, %s, %s, %s, %s)",
             [
                 (
                     run_number(e.run_id),
                     e.time,
                     e.state.value if e.state else None,
                     _text(e.message),
+                    e.server,
                 )
                 for e in changes.log
             ],

@@ -77,6 +77,11 @@ MIGRATIONS.append(
     # The event sequence each agent reports in (agents/facts.py): a new one restarts.
     "CREATE TABLE agent_sequences (agent_id TEXT PRIMARY KEY, instance TEXT NOT NULL)"
 )
+MIGRATIONS.append(
+    # Which server wrote a log entry, with servers sharing a database (same schema
+    # as PostgreSQL's, so a database moves between the two).
+    "ALTER TABLE run_log ADD COLUMN server TEXT"
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -220,9 +225,15 @@ class SqliteStore:
                 ],
             )
             db.executemany(
-                "INSERT INTO run_log VALUES (?, ?, ?, ?)",
+                "INSERT INTO run_log VALUES (?, ?, ?, ?, ?)",
                 [
-                    (run_number(e.run_id), e.time, e.state.value if e.state else None, e.message)
+                    (
+                        run_number(e.run_id),
+                        e.time,
+                        e.state.value if e.state else None,
+                        e.message,
+                        e.server,
+                    )
                     for e in changes.log
                 ],
             )
@@ -300,10 +311,10 @@ class SqliteStore:
 
     def log(self, run_id: str) -> list[LogEntry]:
         rows = self._db.execute(
-            "SELECT time, state, message FROM run_log WHERE run_number = ? ORDER BY rowid",
+            "SELECT time, state, message, server FROM run_log WHERE run_number = ? ORDER BY rowid",
             (run_number(run_id),),
         )
-        return [LogEntry(run_id, t, m, State(s) if s else None) for t, s, m in rows]
+        return [LogEntry(run_id, t, m, State(s) if s else None, w) for t, s, m, w in rows]
 
     def meta(self, run_id: str) -> dict[str, Any]:
         row = self._db.execute(

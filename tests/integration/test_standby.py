@@ -106,7 +106,11 @@ def test_one_leads_the_others_stand_by(pair: list[Server]) -> None:
     # Reads come from the database: the standby shows what the leader does.
     run_id = leader.schedule("hold")
     wait_for(lambda: standby.run(run_id)["state"] == "running", 10, "the standby to see it")
-    assert standby.get(f"/runs/{run_id}/log")["log"][0]["message"] == "scheduled by hand"
+    first = standby.get(f"/runs/{run_id}/log")["log"][0]
+    # The log says which server did what.
+    assert (
+        first["message"] == "scheduled by hand" and first["server"] == view["leader"]["server_id"]
+    )
 
 
 def test_a_standby_takes_over_when_the_leader_is_killed(pair: list[Server]) -> None:

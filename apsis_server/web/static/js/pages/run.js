@@ -186,7 +186,8 @@ export function mount(main, app, [runId]) {
       h("tbody", {}, log.map((e) => h("tr", {},
         h("td", { class: "time" }, timeEl(e.time)),
         h("td", {}, e.state ? stateBadge(e.state) : ""),
-        h("td", {}, e.message))))));
+        h("td", {}, e.message),
+        e.server ? h("td", { class: "muted", title: "the server that wrote it" }, e.server) : null)))));
   };
   const renderMeta = () => {
     const keys = Object.keys(meta).sort();
