@@ -166,11 +166,19 @@ class Server:
         return [sys.executable, "-m", "apsis_server", *config, "--bind", bind]
 
     def start(self) -> Server:
+        self.launch()
+        return self.wait_up()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (`wait_up` waits)."""
         self.port_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
+
+    def wait_up(self) -> Server:
+        """Wait until the launched server listens and answers."""
         try:
             wait_for(self._listening, 20, "the server to listen")
         finally:
