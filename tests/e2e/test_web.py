@@ -52,6 +52,7 @@ def test_runs_list_updates_live(tab: Page, server: Server) -> None:
     tab.goto("/runs")
     expect(tab.locator("#conn")).to_have_attribute("data-status", "connected")
     expect(tab.locator("#version")).to_have_text(re.compile(r"^v\d"))
+    expect(tab.locator("#server")).to_be_hidden()  # one server (SQLite): nothing to tell
     run_id = server.schedule("ui/short")
     expect(tab.locator(row(tab, run_id))).to_have_attribute("data-state", "running")
     tab.evaluate("window.__stay = 1")  # gone if the page reloads

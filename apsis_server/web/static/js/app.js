@@ -1,5 +1,6 @@
 // The single-page app: a tiny router over history.pushState, the live summary
-// feed shared by every page, and the connection indicator.
+// feed shared by every page, the connection indicator and, with servers sharing a
+// database, which server this is and whether it leads.
 
 import { get } from "./api.js";
 import { Summary } from "./feed.js";
@@ -16,6 +17,8 @@ const ROUTES = [
   [/^\/jobs\/(.+)$/, jobPage, "jobs"],
   [/^\/agents\/?$/, agentsPage, "agents"],
 ];
+
+const ROLE_EVERY = 5000; // ms
 
 class App {
   constructor() {
@@ -35,10 +38,36 @@ class App {
       document.getElementById("version").textContent = `v${this.summary.version}`;
     });
     get("/version").then((v) => { document.getElementById("version").textContent = `v${v.version}`; }, () => {});
+    this.summary.addEventListener("status", () => this._role());
+    setInterval(() => this._role(), ROLE_EVERY);
+    this._role();
     document.addEventListener("click", (event) => this._click(event));
     window.addEventListener("popstate", () => this.render());
     this.summary.start();
     this.render();
+  }
+
+  // With servers sharing a database: this one's name and role (a standby may
+  // become leader at any time); nothing with the only server of a SQLite install.
+  async _role() {
+    const badge = document.getElementById("server");
+    let view;
+    try {
+      view = await get("/servers");
+    } catch {
+      return; // the connection indicator tells
+    }
+    const shared = view.role === "standby" || Boolean(view.leader && view.leader.deadline);
+    badge.hidden = !shared;
+    if (!shared) return;
+    badge.dataset.role = view.role;
+    badge.textContent = `${view.server_id} · ${view.role}`;
+    const leader = view.leader;
+    badge.title = view.role === "leader"
+      ? `This server (${view.server_id}) leads, epoch ${view.epoch}.`
+      : leader
+        ? `This server (${view.server_id}) stands by: ${leader.server_id} leads, at ${leader.url}. Changes are made there.`
+        : `This server (${view.server_id}) stands by, and no server leads right now.`;
   }
 
   _click(event) {
