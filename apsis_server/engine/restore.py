@@ -18,12 +18,11 @@ from apsis_common import protocol as p
 from apsis_common.states import State
 from apsis_server.agents.dispatch import Command, CommandKind
 from apsis_server.core import lifecycle
-from apsis_server.core.bound import BoundProcess
+from apsis_server.core.bound import BoundNoOp, BoundProcess
 from apsis_server.core.catchup import SKIP_REASON, CatchUp, catch_up
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Identity, Run, args_key
 from apsis_server.engine.engine import Engine
-from apsis_server.engine.procs import is_noop
 from apsis_server.engine.timers import WATERMARK, TimerKind
 
 log = logging.getLogger(__name__)
@@ -78,8 +77,10 @@ def _rearm(engine: Engine, run: Run) -> None:
         engine.wait(run)
     elif run.state == State.STARTING:
         engine.resend_start(run)
-    elif run.state in (State.RUNNING, State.STOPPING) and is_noop(run):
-        engine.arm(run.run_id, engine.clock(), TimerKind.NO_OP)
+    elif run.state in (State.RUNNING, State.STOPPING) and isinstance(run.program, BoundNoOp):
+        # It ends when it would have, had the server not stopped (or at once, if past).
+        end = run.times.get(State.RUNNING.value, engine.clock()) + run.program.duration
+        engine.arm(run.run_id, end, TimerKind.NO_OP)
     elif run.state == State.STOPPING and run.agent_id and run.proc_id:
         # The stop may not have reached the agent before the restart; it is idempotent.
         engine.send(run.agent_id, Command(CommandKind.STOP, run.proc_id, p.StopRequest()))
