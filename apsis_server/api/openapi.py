@@ -70,6 +70,7 @@ ERRORS = {
     "413": "a body over api.max_body",
     "415": "a body that is not application/json",
     "422": "the job failed to load",
+    "503": "this server stands by (the error names the leader), or the store cannot be written",
 }
 
 
@@ -87,7 +88,7 @@ def _op(
     post: bool = False,
 ) -> Schema:
     # Any request may meet the gate (foreign Host or Origin) and the token guard.
-    codes = sorted({*errors, "400", "401", "403", *(("413", "415") if post else ())})
+    codes = sorted({*errors, "400", "401", "403", *(("413", "415", "503") if post else ())})
     responses: Schema = {status: ok}
     responses.update({c: _answer(_ref(Error), ERRORS[c]) for c in codes})
     op: Schema = {"summary": summary, "responses": responses}
@@ -159,8 +160,16 @@ def _operations() -> dict[str, Schema]:
     paths: dict[str, Schema] = {
         "/api/v1/alive": {
             "get": _op(
-                "liveness (open even with tokens)",
+                "liveness (open even with tokens); with `leader`, 503 unless this server leads",
                 _answer(_ref(Alive)),
+                errors=("503",),
+                params=[
+                    _query(
+                        "leader",
+                        {"type": "string"},
+                        "answer 503 on a standby (a load balancer's check for the leader)",
+                    )
+                ],
             )
         },
         "/api/v1/version": {"get": _op("the server version", _answer(_ref(Version)))},

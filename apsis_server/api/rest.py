@@ -269,6 +269,14 @@ def _run_id(request: Request) -> str:
 
 
 async def alive(request: Request) -> Response:
+    """With `?leader`, 503 unless this server leads and takes writes: the check a
+    load balancer in front of servers sharing a database sends writes by."""
+    if "leader" in request.query_params:
+        leadership: Leadership = request.app.state.leadership
+        if not leadership.ready:
+            url = leadership.leader_url()
+            where = f"the leader is at {url}" if url else "no server leads right now"
+            raise Unavailable(f"this server is a standby: {where}")
     return JSONResponse(Alive())
 
 

@@ -99,6 +99,11 @@ def test_one_leads_the_others_stand_by(pair: list[Server]) -> None:
         lines
     )
     assert any(" (this one)" in line and "standby" in line for line in lines), lines
+    # A load balancer's check finds the leader; health checks pass on both.
+    assert leader.api("GET", "/alive?leader").status_code == 200
+    check = standby.api("GET", "/alive?leader")
+    assert check.status_code == 503 and leader.url in check.json()["error"]
+    assert standby.api("GET", "/alive").status_code == 200
     # Writes go to the leader only; the standby names it.
     refused = standby.api("POST", "/runs", json={"job_id": "hold"})
     assert refused.status_code == 503, refused.text
@@ -193,3 +198,21 @@ def test_a_standbys_feeds_follow_the_leader(pair: list[Server]) -> None:
                             lines += [e["message"] for e in message["entries"]]
             assert seen.get(run_id) == "success", seen
             assert "no-op finished" in lines, lines
+
+
+def test_a_stopped_leader_hands_over_at_once(pair: list[Server]) -> None:
+    """Failing over by hand (docs/operations.md): stopping the leader releases the
+    lease, so a standby leads without waiting it out."""
+    leader = leader_of(pair)
+    standby = next(s for s in pair if s is not leader)
+    scheduled = time.monotonic()
+    hold = leader.schedule("hold")
+    leader.wait_state(hold, "running")
+    leader.stop()
+    stopped = time.monotonic()
+    wait_for(lambda: role(standby) == "leader", 10, "the standby to lead")
+    took = time.monotonic() - stopped
+    assert took < 3.0, f"took {took:.1f} s: the lease was waited out, not released"
+    # The run goes on under the new leader, for as long as it would have.
+    assert standby.wait_finished(hold, 20)["state"] == "success"
+    assert time.monotonic() - scheduled >= 5.9, "the 6 s no-op ended early"
