@@ -23,6 +23,7 @@ import httpx
 
 from apsis_server.store.sqlite import SCHEMA_VERSION, SqliteStore
 from bench.live import LiveServer, live_server, rss_mb
+from bench.pg import load_history
 from bench.report import Figure, at_most
 from bench.stats import percentile
 
@@ -119,8 +120,11 @@ def _latencies(server: LiveServer, paths: list[str]) -> list[float]:
 def _measure(count: int, requests: int) -> dict[str, float | None]:
     store, _ = cached_store(count)
     with live_server(f"p5-{count}", _jobs()) as server:
-        server.state.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store, server.state / "apsis.db")
+        if server.store_url is not None:
+            load_history(store, server.store_url)
+        else:
+            server.state.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(store, server.state / "apsis.db")
         start = server.launch(60)
         rss_up = rss_mb(server.pid)
         server.wait_agent()

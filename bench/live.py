@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,7 @@ from apsis_agent.state import StateDir
 from apsis_common.states import State
 from apsis_server.agents.events import PATH
 from tests.harness import Server, read_port, wait_for
+from tests.postgres import Cluster
 
 # States a run passes through before its program runs.
 NOT_STARTED = (State.NEW, State.SCHEDULED, State.WAITING, State.STARTING)
@@ -102,6 +103,7 @@ class LiveServer(Server):
     def __init__(self, root: Path, jobs: dict[str, str] | None = None, config: str = "") -> None:
         super().__init__(root, jobs, config)
         self.started_at = 0.0
+        self.store_url: str | None = None  # PostgreSQL's; None: SQLite in the state dir
         self._agent_sessions: set[int] = set()
 
     @property
@@ -141,15 +143,18 @@ class LiveServer(Server):
                 raise RuntimeError(f"{path} did not answer within {timeout}s")
             time.sleep(0.005)
 
-    def wait_agent(self, timeout: float = 60.0, agent_id: str = "local") -> int:
-        """Wait until the agent is connected; the local agent's daemon pid."""
+    def wait_agent(self, timeout: float = 60.0, agent_id: str | None = None) -> int:
+        """Wait until the agent (default: the local one) is connected; the local
+        agent's daemon pid."""
+        local = "local" if self.store_url is None else f"local:{BENCH_SERVER}"
+        agent_id = agent_id or local
 
         def connected() -> bool:
             agents = self.get("/agents")["agents"]
             return any(a["agent_id"] == agent_id and a["state"] == "connected" for a in agents)
 
         wait_for(connected, timeout, f"agent {agent_id} to connect")
-        if agent_id != "local":
+        if agent_id != local:
             return 0
         pid = wait_for(self.agent_pid, timeout, "the agent's daemon.pid")
         sid = session_of(pid)
@@ -165,6 +170,11 @@ class LiveServer(Server):
 
 WORK = Path(os.environ.get("APSIS_BENCH_WORK") or Path(__file__).parent / "results" / "work")
 
+# The cluster each server gets a fresh PostgreSQL database of (bench/pg.py); None: SQLite.
+postgres: Cluster | None = None
+# The server's name there, which names its local agent `local:bench`.
+BENCH_SERVER = "bench"
+
 
 @contextlib.contextmanager
 def live_server(
@@ -175,12 +185,18 @@ def live_server(
     # on some machines /tmp is many times slower at creating files.
     WORK.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"apsis-bench-{name}-", dir=WORK))
+    url = postgres.database() if postgres is not None else None
+    if url is not None:
+        config += f"store: {{url: '{url}'}}\nserver: {{id: {BENCH_SERVER}}}\n"
     server = LiveServer(root, jobs, config)
+    server.store_url = url
     try:
         yield server
     finally:
         server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
+        if postgres is not None and url is not None:
+            postgres.drop(url)
 
 
 def wait_drained(server: Server, timeout: float, query: str = "") -> None:
@@ -195,11 +211,14 @@ def wait_drained(server: Server, timeout: float, query: str = "") -> None:
 
 
 @contextlib.contextmanager
-def static_agent(server: LiveServer, name: str) -> Iterator[int]:
+def static_agent(
+    server: LiveServer, name: str, others: Sequence[LiveServer] = (), agents: str = ""
+) -> Iterator[int]:
     """A separately started agent (`apsis-agent serve` on a provisioned state dir, on
     port 0), added to the server's config as static agent `name` with the port it
     got (call before the server starts); yields its pid, and kills it and its
-    programs after."""
+    programs after. `others`: servers sharing the database, given the same entry
+    and the server's CA; `agents`: more lines of the config's `agents:` mapping."""
     agent_dir, secret = server.root / f"{name}-agent", server.root / f"{name}.secret"
     provision(name, "127.0.0.1", server.state, server.url + PATH, agent_dir, secret)
     argv = [sys.executable, "-m", "apsis_agent", "serve", "--state-dir", str(agent_dir)]
@@ -224,11 +243,14 @@ def static_agent(server: LiveServer, name: str) -> Iterator[int]:
         pid = wait_for(daemon_pid, 30, "the static agent to listen")
         port_file = StateDir(agent_dir).port_file  # written before daemon.pid
         port = wait_for(lambda: read_port(port_file), 5, "the static agent's port")
-        with open(server.config_file, "a") as config:
-            config.write(
-                f"agents:\n  static:\n    {name}:"
-                f" {{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}\n"
-            )
+        for each in (server, *others):
+            if each is not server:
+                shutil.copytree(server.state / "ca", each.state / "ca")
+            with open(each.config_file, "a") as config:
+                config.write(
+                    f"agents:\n{agents}  static:\n    {name}:"
+                    f" {{host: 127.0.0.1, port: {port}, secret_file: '{secret}'}}\n"
+                )
         yield pid
     finally:
         kill_session(proc.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -13,7 +14,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import concurrency, history, output, scheduling, throughput, watchers
+from bench import (
+    concurrency,
+    failover,
+    history,
+    output,
+    pg,
+    scheduling,
+    throughput,
+    watchers,
+)
 from bench.report import Figure, markdown, print_table, write_report
 
 Scenario = Callable[[bool], list[Figure]]
@@ -28,6 +38,7 @@ SCENARIOS: dict[str, Scenario] = {
     "P7": concurrency.p7,
     "P8": watchers.p8,
     "S1": scheduling.precision,
+    "F1": failover.f1,
 }
 
 # Below this fraction of all CPUs busy the machine counts as quiet enough to measure.
@@ -98,13 +109,25 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="before each scenario, wait up to this long for other load to stop",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the store the servers use (postgres: a cluster the bench starts, fsync on)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the JSON goes (default bench/results[/postgres])",
+    )
     parser.add_argument(
         "--markdown", action="store_true", help="print the latest report as Markdown and stop"
     )
     args = parser.parse_args(argv)
+    out: Path = args.out or (RESULTS / "postgres" if args.store == "postgres" else RESULTS)
     if args.markdown:
-        print(markdown(json.loads((args.out / "latest.json").read_text())), end="")
+        print(markdown(json.loads((out / "latest.json").read_text())), end="")
         return 0
     names = [n.upper() for n in args.scenarios] or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -114,12 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     # Other work on a small machine skews the figures: keep the load beside them.
     load: dict[str, dict[str, float]] = {}
-    for name in names:
-        busy = wait_quiet(args.wait_quiet, console)
-        load[name] = {"cpu_busy": round(busy, 3), "loadavg_1min": os.getloadavg()[0]}
-        figures += run_scenario(name, args.quick, console)
-    options = {"scenarios": names, "quick": args.quick, "load_before": load, **checkout()}
-    latest = write_report(figures, args.out, options)
+    with pg.store() if args.store == "postgres" else contextlib.nullcontext():
+        for name in names:
+            busy = wait_quiet(args.wait_quiet, console)
+            load[name] = {"cpu_busy": round(busy, 3), "loadavg_1min": os.getloadavg()[0]}
+            figures += run_scenario(name, args.quick, console)
+    options = {
+        "scenarios": names,
+        "quick": args.quick,
+        "store": args.store,
+        "load_before": load,
+        **checkout(),
+    }
+    latest = write_report(figures, out, options)
     print_table(figures)
     others = ", ".join(f"{n} {v['cpu_busy']:.0%}" for n, v in load.items())
     console.print(f"CPUs busy with other work before each scenario: {others}")

@@ -166,10 +166,10 @@ class Server:
         return [sys.executable, "-m", "apsis_server", *config, "--bind", bind]
 
     def start(self) -> Server:
-        self.launch()
+        self.spawn()
         return self.wait_up()
 
-    def launch(self) -> None:
+    def spawn(self) -> None:
         """Start the process without waiting for it (`wait_up` waits)."""
         self.port_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as log:

@@ -192,7 +192,7 @@ def test_three_servers_a_standby_takes_over_and_all_restart_at_once(
             if server.proc is not None and server.proc.poll() is None:
                 server.kill()
         for server in servers:
-            server.launch()
+            server.spawn()
         for server in servers:
             server.wait_up()
         leader = cluster.leader()
