@@ -52,7 +52,7 @@ from apsis_server.store.base import RunStore
 from apsis_server.store.lease import PostgresLease, RunChanges
 from apsis_server.store.postgres import PostgresStore
 from apsis_server.store.sqlite import SqliteStore
-from apsis_server.web import web_routes
+from apsis_server.web import error_handlers, web_routes
 from apsis_server.web.headers import SecurityHeaders
 
 log = logging.getLogger("apsis_server")
@@ -208,6 +208,7 @@ def build_app(config: Config) -> Starlette:
             *web_routes(),
         ],
         lifespan=lifespan,
+        exception_handlers=dict(error_handlers()),
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(

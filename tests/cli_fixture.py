@@ -46,7 +46,9 @@ def make_job(job_id: str, labels: tuple[str, ...] = (), command: str = "echo hel
         "job_id": job_id,
         "params": [],
         "program": {"type": "shell", "command": command},
-        "schedules": [{"type": "interval", "enabled": True, "text": "every 10s"}],
+        "schedules": [
+            {"type": "interval", "enabled": True, "text": "every 10s", "zone": None, "stop": None}
+        ],
         "conditions": [],
         "actions": [],
         "metadata": {"description": f"The {job_id} job.", "labels": list(labels)},
@@ -68,6 +70,7 @@ def make_run(run_id: str, job_id: str | None, state: str, args: Json | None = No
         "times": {"scheduled": T0, state: T0},
         "message": f"now {state}",
         "ad_hoc": job_id is None,
+        "origin": "adhoc" if job_id is None else "hand",
         "rerun_of": None,
         "labels": [],
         "elapsed": 0.012 if state in FINISHED else None,

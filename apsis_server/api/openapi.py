@@ -216,7 +216,16 @@ def _operations() -> dict[str, Schema]:
                 "runs, newest first, keyset-paginated",
                 PAGE_OK,
                 ("400",),
-                [_query("job_id", {"type": "string"}, "runs of this job"), *RUN_QUERY],
+                [
+                    _query("job_id", {"type": "string"}, "runs of this job"),
+                    _query(
+                        "job",
+                        {"type": "string"},
+                        "runs of jobs whose id holds this text (ignoring case), or with a"
+                        " leading `/`, starts with the rest (`/demo/`: the jobs in demo/)",
+                    ),
+                    *RUN_QUERY,
+                ],
             ),
             "post": _op(
                 "schedule a run of a job, or of an ad-hoc program",

@@ -49,12 +49,14 @@ from apsis_server.api.views import (
     encode,
     job_view,
     log_view,
+    program_view,
     run_view,
     time_text,
 )
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import ADHOC_JOB, Job, JobError, next_times
 from apsis_server.core.programs import parse_program, signal_number
+from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.operations import Operations
 from apsis_server.leadership import Leadership
@@ -238,8 +240,12 @@ def _filter(request: Request, job_id: str | None) -> RunFilter:
     before = q.get("before")
     if before is not None and not _RUN_ID.fullmatch(before):
         raise BadInput(f"before must be a run id, got {before!r}")
+    # `job=`: part of a job id, or with a leading "/" the start of one (a folder).
+    job = q.get("job") or ""
     return RunFilter(
         job_id=job_id if job_id is not None else q.get("job_id"),
+        job_text=job if job and not job.startswith("/") else None,
+        job_prefix=job[1:] if job.startswith("/") and job[1:] else None,
         states=tuple(states),
         label=q.get("label"),
         args=args,
@@ -402,12 +408,18 @@ async def schedule(request: Request) -> Response:
         # left `starting`): a client submitting in a loop goes at the pace agents
         # take runs, instead of piling up runs in `starting` behind them.
         run = await engine.answers.started(run.run_id, START_WAIT)
-    return JSONResponse(RunAnswer(run_view(run, engine.clock())), status_code=201)
+    return JSONResponse(_run_answer(run, engine.clock()), status_code=201)
+
+
+def _run_answer(run: Run, now: float) -> RunAnswer:
+    """A run with the program it runs (once bound)."""
+    program = None if run.program is None else program_view(run.program)
+    return RunAnswer(run_view(run, now), program)
 
 
 async def run(request: Request) -> Response:
     engine = _engine(request)
-    return JSONResponse(RunAnswer(run_view(engine.get(_run_id(request)), engine.clock())))
+    return JSONResponse(_run_answer(engine.get(_run_id(request)), engine.clock()))
 
 
 async def run_log(request: Request) -> Response:

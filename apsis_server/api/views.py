@@ -23,7 +23,19 @@ from apsis_common.states import State
 from apsis_common.times import format_time
 from apsis_server.agents.conn import AgentConn, AgentState
 from apsis_server.core import jobs, runs
-from apsis_server.core.jobs import JobError
+from apsis_server.core.bound import BoundInternal, BoundNoOp, BoundProgram
+from apsis_server.core.crontab import CrontabSchedule
+from apsis_server.core.jobs import ADHOC_JOB, JobError
+from apsis_server.core.schedule_types import (
+    DailyIntervalSchedule,
+    DailySchedule,
+    ExplicitSchedule,
+    IntervalSchedule,
+    StopSchedule,
+)
+from apsis_server.core.schedule_types import (
+    Schedule as CoreSchedule,
+)
 from apsis_server.web.markdown import description_html
 
 Time = Annotated[str, Meta(description="ISO 8601 in UTC, e.g. 2026-11-26T21:00:00.000000Z")]
@@ -56,13 +68,37 @@ class Run:
     ]
     times: Annotated[dict[str, Time], Meta(description="when it entered each state")]
     message: Annotated[str | None, Meta(description="why the last transition happened")]
-    ad_hoc: bool
+    ad_hoc: Annotated[
+        bool,
+        Meta(description="not from a schedule nor an action: by hand, or an ad-hoc program"),
+    ]
+    origin: Annotated[
+        Origin,
+        Meta(
+            description="what made it: a schedule; someone, for a job (hand) or for a"
+            " program given directly (adhoc); a rerun or retry of another run; an action"
+        ),
+    ]
     rerun_of: str | None
     labels: list[str]
     elapsed: Annotated[
         float | None,
         Meta(description="seconds from running to finished (or to now), null if it never ran"),
     ]
+
+
+Origin = Literal["schedule", "hand", "adhoc", "rerun", "action"]
+
+
+def origin(run: runs.Run) -> Origin:
+    """What made the run: `ad_hoc` alone says only "not from a schedule"."""
+    if run.job_id == ADHOC_JOB and run.ad_hoc:
+        return "adhoc"
+    if run.rerun_of is not None:
+        return "rerun"
+    if run.schedule_key is not None:
+        return "schedule"
+    return "hand" if run.ad_hoc else "action"
 
 
 def run_view(run: runs.Run, now: float) -> Run:
@@ -80,6 +116,7 @@ def run_view(run: runs.Run, now: float) -> Run:
         times={k: time_text(v) for k, v in run.times.items()},
         message=run.message,
         ad_hoc=run.ad_hoc,
+        origin=origin(run),
         rerun_of=run.rerun_of,
         labels=list(run.labels),
         elapsed=(end - started) if started is not None and end is not None else None,
@@ -106,14 +143,44 @@ def log_view(entry: runs.LogEntry) -> LogEntry:
 # -- jobs -------------------------------------------------------------------------
 
 
+ScheduleType = Literal["interval", "daily", "daily-interval", "explicit", "crontab"]
+
+# The job file's name for each schedule type (docs/jobs.md, "Schedules").
+SCHEDULE_TYPES: dict[type, ScheduleType] = {
+    IntervalSchedule: "interval",
+    DailySchedule: "daily",
+    DailyIntervalSchedule: "daily-interval",
+    ExplicitSchedule: "explicit",
+    CrontabSchedule: "crontab",
+}
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """One of a job's schedules: its kind (the schedule's class), whether it is on,
-    and what it says."""
+    """One of a job's schedules: its type as the job file names it, whether it is
+    on, what it says, its time zone and, for a start/stop schedule, the stop."""
 
-    type: Annotated[str, Meta(description="IntervalSchedule, DailySchedule, CrontabSchedule…")]
+    type: ScheduleType
     enabled: bool
-    text: str
+    text: Annotated[str, Meta(description='e.g. "Mon-Fri at 09:30:00 America/New_York"')]
+    zone: Annotated[str | None, Meta(description="the zone its times are in; null: UTC")]
+    stop: Annotated[str | None, Meta(description='e.g. "stop after 10m"; null: none')]
+
+
+def schedule_view(schedule: CoreSchedule) -> Schedule:
+    start, stop = (
+        (schedule.start, schedule.stop.text())
+        if isinstance(schedule, StopSchedule)
+        else (schedule, None)
+    )
+    tz = getattr(start, "tz", None)
+    return Schedule(
+        type=SCHEDULE_TYPES[type(start)],
+        enabled=schedule.enabled,
+        text=schedule.text(),
+        zone=None if tz is None else str(tz.name),
+        stop=stop,
+    )
 
 
 @dataclass(frozen=True)
@@ -154,7 +221,7 @@ def job_view(job: jobs.Job, next_times: list[float]) -> Job:
         job_id=job.job_id,
         params=list(job.params),
         program=job.program.to_plain(),
-        schedules=[Schedule(type(s).__name__, s.enabled, s.text()) for s in job.schedules],
+        schedules=[schedule_view(s) for s in job.schedules],
         conditions=[_plain(c) for c in job.conditions],
         actions=[_plain(a) for a in job.actions],
         metadata=_plain(dict(job.metadata)),
@@ -343,8 +410,47 @@ class Reload:
 
 
 @dataclass(frozen=True)
+class RunProgram:
+    """What a run runs, bound (every template expanded): a shell command, an argv,
+    a no-op or one of the server's internal programs."""
+
+    type: Literal["shell", "program", "no-op", "internal"]
+    command: Annotated[str | None, Meta(description="a shell program's command line")]
+    argv: Annotated[list[str] | None, Meta(description="a program's argv")]
+    host: str | None
+    user: str | None
+    timeout: Annotated[Seconds | None, Meta(description="stopped after this long")]
+    internal: Annotated[str | None, Meta(description="internal.archive, internal.vacuum…")]
+
+
+# How a shell program's command is run (core/bound.py).
+_SHELL = ("/bin/bash", "-c")
+
+
+def program_view(program: BoundProgram) -> RunProgram:
+    if isinstance(program, BoundNoOp):
+        return RunProgram("no-op", None, None, None, None, program.duration or None, None)
+    if isinstance(program, BoundInternal):
+        return RunProgram("internal", None, None, None, None, None, program.kind.value)
+    timeout = None if program.timeout is None else program.timeout.duration
+    shell = len(program.argv) == 3 and program.argv[:2] == _SHELL
+    return RunProgram(
+        type="shell" if shell else "program",
+        command=program.argv[2] if shell else None,
+        argv=None if shell else list(program.argv),
+        host=program.host,
+        user=program.user,
+        timeout=timeout,
+        internal=None,
+    )
+
+
+@dataclass(frozen=True)
 class RunAnswer:
+    """A run; `program` once it is bound (it has left `scheduled`, or is ad hoc)."""
+
     run: Run
+    program: RunProgram | UnsetType | None = UNSET
 
 
 @dataclass(frozen=True)

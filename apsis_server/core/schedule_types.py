@@ -46,6 +46,19 @@ DAY = 86400.0
 AUTO_ARGS = ("time", "date", "daytime", "calendar", "tz")
 
 
+def span(seconds: float) -> str:
+    """A duration as people write it: `45s`, `10m`, `1h 30m`, `1d`, `0.5s`."""
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return " ".join(parts)
+
+
 @dataclass(frozen=True)
 class Due:
     """One time a schedule is due, with the args it supplies.
@@ -163,8 +176,9 @@ class ScheduleBase:
         if self.end_date is not None:
             out += f" until {self.end_date}"
         if self.jitter:
-            out += f" jitter {self.jitter:g}s"
-        return out + ("" if self.enabled else " (disabled)")
+            out += f" jitter {span(self.jitter)}"
+        # Whether it is enabled is the schedule's `enabled`, not part of what it says.
+        return out
 
     def due(self, start: float, params: tuple[str, ...]) -> Iterator[Due]:
         search = start - self.jitter
@@ -231,7 +245,7 @@ class IntervalSchedule(ScheduleBase):
         return midnight(d)  # slot dates are UTC dates
 
     def describe(self) -> str:
-        return f"every {self.interval:g}s" + (f" phase {self.phase:g}s" if self.phase else "")
+        return f"every {span(self.interval)}" + (f" phase {span(self.phase)}" if self.phase else "")
 
 
 @dataclass(frozen=True)
@@ -383,7 +397,7 @@ class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
 
     def describe(self) -> str:
         return (
-            f"{self.calendar} every {self.interval:g}s "
+            f"{self.calendar} every {span(self.interval)} "
             f"from {self.start} to {self.stop} {self.tz.name}"
         )
 
@@ -398,7 +412,7 @@ class DurationStop:
         return t + self.duration
 
     def text(self) -> str:
-        return f"stop after {self.duration:g}s"
+        return f"stop after {span(self.duration)}"
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ class RunFilter:
     """A history query: every given field must match; newest first."""
 
     job_id: str | None = None
+    # Part of a job id, ignoring ASCII case; and the start of one ("demo/").
+    job_text: str | None = None
+    job_prefix: str | None = None
     states: tuple[State, ...] = ()
     label: str | None = None
     args: Mapping[str, str] = field(default_factory=dict)

@@ -135,6 +135,8 @@ _MIGRATION_LOCK = 0x61707369  # "apsi"
 _RUN_COLUMNS = "run_number, job_id, args, state, time, schedule_key, to_json(labels)::text, summary"
 
 _TABLES = ("runs", "run_log", "run_meta", "run_output")
+# A job id search ignores ASCII case only, as SQLite's lower() does.
+_UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
 
 
 def _text(value: str) -> str:
@@ -268,6 +270,12 @@ class PostgresStore:
         if f.job_id is not None:
             where.append("job_id = %s")
             params.append(f.job_id)
+        if f.job_text is not None:
+            where.append("strpos(translate(job_id, %s, %s), translate(%s, %s, %s)) > 0")
+            params.extend([_UPPER, _LOWER, _text(f.job_text), _UPPER, _LOWER])
+        if f.job_prefix is not None:
+            where.append("left(job_id, char_length(%s)) = %s")
+            params.extend([_text(f.job_prefix), _text(f.job_prefix)])
         if f.states:
             where.append("state = ANY(%s)")
             params.append([s.value for s in f.states])

@@ -11,6 +11,8 @@ def matches(run: Run, f: RunFilter) -> bool:
     t = run_time(run)
     return (
         (f.job_id is None or run.job_id == f.job_id)
+        and (f.job_text is None or _ascii_lower(f.job_text) in _ascii_lower(run.job_id))
+        and (f.job_prefix is None or run.job_id.startswith(f.job_prefix))
         and (not f.states or run.state in f.states)
         and (f.label is None or f.label in run.labels)
         and all(run.args.get(k) == v for k, v in f.args.items())
@@ -18,6 +20,14 @@ def matches(run: Run, f: RunFilter) -> bool:
         and (f.until is None or t < f.until)
         and (f.before is None or run_number(run.run_id) < run_number(f.before))
     )
+
+
+def _ascii_lower(text: str) -> str:
+    # As SQLite's lower() and LIKE: only A-Z change, so every store agrees.
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def run_time(run: Run) -> float:

@@ -288,6 +288,12 @@ class SqliteStore:
         if f.job_id is not None:
             where.append("job_id = ?")
             params.append(f.job_id)
+        if f.job_text is not None:
+            where.append("instr(lower(job_id), lower(?)) > 0")
+            params.append(f.job_text)
+        if f.job_prefix is not None:
+            where.append("substr(job_id, 1, length(?)) = ?")
+            params.extend([f.job_prefix, f.job_prefix])
         if f.states:
             where.append(f"state IN ({', '.join('?' for _ in f.states)})")
             params.extend(s.value for s in f.states)

@@ -171,7 +171,7 @@ def test_output_follow_of_an_unknown_run(
     server: Server, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert apsis(server.url, "output", "r999999", "--follow") == 1
-    assert "no run r999999" in capsys.readouterr().err
+    assert "no run 'r999999'" in capsys.readouterr().err  # as the REST API says it
 
 
 @pytest.mark.parametrize(("job", "code"), [("hello", 0), ("exit seven", 1), ("missing", 2)])

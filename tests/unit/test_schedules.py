@@ -310,7 +310,7 @@ def test_text_describes_schedules() -> None:
     )
     assert daily.text() == "Mon-Fri at 09:30:00 America/New_York +1 cal days"
     cron = parse_schedule({"type": "crontab", "expr": "*/5 * * * *", "enabled": False}, "s")
-    assert cron.text() == "cron */5 * * * * UTC (disabled)"
+    assert cron.text() == "cron */5 * * * * UTC"  # `enabled` says it is off
     assert not cron.enabled
 
 

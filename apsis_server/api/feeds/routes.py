@@ -159,7 +159,7 @@ async def run_feed(websocket: WebSocket) -> None:
     try:
         sub = feeds.runs.subscribe(run_id, init, offset)
     except LookupError:
-        await _close(websocket, CLOSE_NO_RUN, f"no run {run_id}")
+        await _close(websocket, CLOSE_NO_RUN, f"no run {run_id!r}")
         return
     try:
         await _serve(websocket, feeds, sub, [])
