@@ -25,8 +25,14 @@ host (keep it mode 0700: it holds the agent's private key). Prints the
 `agents.static` entry for the server's config."""
 
 
+_DESCRIPTION = """The Apsis agent: it runs programs for an Apsis server on this host and
+keeps them running if the server goes away. The server usually starts it itself,
+over ssh or locally (`bootstrap`); run `serve` under systemd for a static agent
+(see `provision`). Programs keep running when the agent stops."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apsis-agent", description=__doc__)
+    parser = argparse.ArgumentParser(prog="apsis-agent", description=_DESCRIPTION)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", type=Path, default=None, help="the agent's state directory")
     daemon = argparse.ArgumentParser(add_help=False)

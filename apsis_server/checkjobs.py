@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 2
+    for name, given in (("jobs", args.jobs_dir), ("calendars", args.calendars)):
+        if given is not None and not given.is_dir():
+            # A wrong path is a usage error, not a directory of zero jobs.
+            what = "no such directory" if not given.exists() else "not a directory"
+            print(f"apsis check-jobs: {what}: {given} (the {name} directory)", file=sys.stderr)
+            return 2
     errors: list[JobError] = []
     calendars = {}
     if args.calendars is not None:

@@ -64,8 +64,9 @@ class Context:
         sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
     def say(self, message: str) -> None:
-        """A plain line on stdout."""
+        """A plain line on stdout, flushed: a reader of a pipe or file sees it at once."""
         sys.stdout.write(message + "\n")
+        sys.stdout.flush()
 
     def warn(self, message: str) -> None:
         sys.stderr.write(message + "\n")

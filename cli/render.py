@@ -19,6 +19,7 @@ from rich.tree import Tree
 from apsis_common.errors import BadInput
 from apsis_common.states import FINISHED, State
 from apsis_common.times import parse_time
+from cli import human
 
 Json = Mapping[str, Any]
 
@@ -55,18 +56,8 @@ def epoch(value: object) -> float | None:
 
 
 def duration(seconds: float | None) -> str:
-    """`0.012s`, `4.2s`, `1m 03s`, `2h 05m`, `3d 04h`."""
-    if seconds is None:
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.3f}s" if seconds < 1 else f"{seconds:.1f}s"
-    whole = round(seconds)
-    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
-        if whole >= size:
-            return f"{whole // size}{unit} {(whole % size) // subsize:02d}{sub}"
-    if whole >= 60:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    return f"{whole}s"
+    """`12 ms`, `4.2s`, `1m 3s`, `2h 5m`, `3d 4h` (`human.span`); `-` for none."""
+    return "-" if seconds is None else human.span(seconds)
 
 
 def relative(t: float | None, now: float) -> str:
@@ -81,10 +72,10 @@ def relative(t: float | None, now: float) -> str:
 
 
 def absolute(t: float | None) -> str:
-    """Local time `2026-11-26 21:00:00`."""
+    """Local time with its zone, to the second: `2026-11-26 21:00:00 UTC`."""
     if t is None:
         return "-"
-    return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.datetime.fromtimestamp(t).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def moment(value: object, now: float) -> Text:
@@ -139,12 +130,17 @@ def runs_table(runs: Sequence[Json], now: float, times: bool = False) -> Table:
     return table
 
 
-def _schedules(job: Json) -> str:
+def schedule_texts(job: Json) -> list[str]:
+    """What each schedule says, `(disabled)` after those that are off."""
     texts = []
     for schedule in job.get("schedules") or ():
         text = str(schedule.get("text") or schedule.get("type") or "?")
         texts.append(text if schedule.get("enabled", True) else f"{text} (disabled)")
-    return "; ".join(texts)
+    return texts
+
+
+def _schedules(job: Json) -> str:
+    return "; ".join(schedule_texts(job))
 
 
 def jobs_tree(jobs: Iterable[Json], title: str = "jobs") -> Tree:
@@ -189,22 +185,43 @@ def _fields(pairs: Iterable[tuple[str, object]]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for name, value in pairs:
-        table.add_row(name, value if isinstance(value, Text) else Text(_plain(value)))
+        table.add_row(name, value if isinstance(value, Text) else Text(human.plain(value)))
     return table
 
 
-def _plain(value: object) -> str:
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return ", ".join(_plain(v) for v in value)
-    return "" if value is None else str(value)
+def item_text(item: object) -> str:
+    """A condition or action in words: `dependency: job_id trading/close, states success`."""
+    if not isinstance(item, Mapping):
+        return human.plain(item)
+    words = [
+        f"{k} {human.meta_value(str(k), v)}"
+        for k, v in item.items()
+        if k != "type" and v not in (None, {}, [], "")
+    ]
+    return f"{item.get('type', '?')}: {', '.join(words)}" if words else str(item.get("type"))
 
 
 def _listing(items: Sequence[object]) -> RenderableType:
     if not items:
         return Text("none", style="dim")
-    return Group(*(Text(f"- {_plain(item)}") for item in items))
+    return Group(*(Text(f"- {item_text(item)}") for item in items))
+
+
+def job_zone(job: Json) -> str | None:
+    """The zone of the job's first enabled schedule that has one."""
+    for schedule in job.get("schedules") or ():
+        if schedule.get("enabled", True) and schedule.get("zone"):
+            return str(schedule["zone"])
+    return None
+
+
+def _next_time(value: object, now: float, zone: str | None) -> Text:
+    shown = moment(value, now)
+    t = epoch(value)
+    there = human.zone_time(t, zone) if zone and t is not None else None
+    if there:
+        shown.append(f"  = {there} ({zone})", style="cyan")
+    return shown
 
 
 def job_detail(job: Json, runs: Sequence[Json], now: float) -> Group:
@@ -216,19 +233,18 @@ def job_detail(job: Json, runs: Sequence[Json], now: float) -> Group:
             ("description", metadata.get("description", "")),
             ("labels", job.get("labels") or []),
             ("params", job.get("params") or []),
-            ("program", job.get("program") or {}),
+            *human.program_fields(job.get("program") or {}),
         ]
     )
-    schedules = [
-        f"{s.get('text') or s.get('type')}" + ("" if s.get("enabled", True) else " (disabled)")
-        for s in job.get("schedules") or ()
-    ]
+    zone = job_zone(job)
     times = job.get("next_times") or ()
-    next_times = Group(*(moment(t, now) for t in times)) if times else Text("none", style="dim")
+    next_times = (
+        Group(*(_next_time(t, now, zone) for t in times)) if times else Text("none", style="dim")
+    )
     return Group(
         head,
         Text(""),
-        _section("schedules", _listing(schedules)),
+        _section("schedules", _listing(schedule_texts(job))),
         _section("next times", next_times),
         _section("conditions", _listing(job.get("conditions") or [])),
         _section("actions", _listing(job.get("actions") or [])),
@@ -258,28 +274,35 @@ def log_table(entries: Sequence[Json], now: float) -> Table:
     return table
 
 
-def meta_value(key: str, value: object) -> object:
-    """Metadata made readable: epoch times as local times, durations, short floats."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        if isinstance(value, Mapping):
-            return {k: meta_value(str(k), v) for k, v in value.items()}
-        return value
-    if key.endswith("_time") and value > 1e8:
-        return absolute(float(value))
-    if key == "elapsed":
-        return duration(float(value))
-    return f"{value:.6g}" if isinstance(value, float) else value
+# What made a run (the API's `origin`), in words.
+ORIGINS: Mapping[str, str] = {
+    "schedule": "its schedule",
+    "hand": "scheduled by hand",
+    "adhoc": "an ad-hoc command",
+    "rerun": "a rerun",
+    "action": "an action of another run",
+}
+# A run's times by state, named for what they are: `scheduled` is when it was made.
+TIME_NAMES: Mapping[str, str] = {"scheduled": "created"}
 
 
-def run_detail(run: Json, log: Sequence[Json], meta: Json | None, now: float) -> Group:
-    """One run: summary, times, metadata and its log."""
+def run_detail(
+    run: Json,
+    log: Sequence[Json],
+    meta: Json | None,
+    now: float,
+    program: Json | None = None,
+) -> Group:
+    """One run: summary, what it runs, times, metadata and its log."""
     elapsed = run.get("elapsed")
+    origin = str(run.get("origin") or "")
     fields: list[tuple[str, object]] = [
         ("run", Text(str(run.get("run_id")), style="bold")),
-        ("job", run.get("job_id") or "(ad hoc)"),
+        ("job", "(ad hoc)" if origin == "adhoc" else run.get("job_id") or "(ad hoc)"),
         ("args", run.get("args") or {}),
         ("state", state_text(run.get("state"))),
         ("message", run.get("message") or ""),
+        ("made by", ORIGINS.get(origin, origin or "-")),
         ("schedule time", moment(run.get("schedule_time"), now)),
         *([("stop time", moment(run["stop_time"], now))] if run.get("stop_time") else []),
         ("elapsed", duration(float(elapsed)) if isinstance(elapsed, int | float) else "-"),
@@ -288,11 +311,15 @@ def run_detail(run: Json, log: Sequence[Json], meta: Json | None, now: float) ->
         fields.append(("rerun of", run["rerun_of"]))
     if run.get("labels"):
         fields.append(("labels", run["labels"]))
+    if program:
+        fields += human.program_fields(program)
     times = run.get("times") or {}
     parts: list[RenderableType] = [_fields(fields), Text("")]
-    parts.append(_section("times", _fields((k, moment(v, now)) for k, v in times.items())))
+    named = ((TIME_NAMES.get(k, k), moment(v, now)) for k, v in times.items())
+    parts.append(_section("times", _fields(named)))
     if meta:
-        parts.append(_section("metadata", _fields((k, meta_value(k, v)) for k, v in meta.items())))
+        shown = ((k, human.meta_value(k, v)) for k, v in meta.items())
+        parts.append(_section("metadata", _fields(shown)))
     parts.append(_section("log", log_table(log, now) if log else Text("none", style="dim")))
     return Group(*parts)
 

@@ -42,9 +42,12 @@ def resolve_job(ctx: Context, query: str) -> str:
 
 
 def run_line(run: Json) -> str:
-    """`r42 demo/hello date=2026-11-26: running (started)`."""
+    """`r42 demo/hello date=2026-11-26: running (running as pid 7)`; the message
+    only when it says more than the state."""
     args = " ".join(f"{k}={v}" for k, v in (run.get("args") or {}).items())
-    job = run.get("job_id") or "(ad hoc)"
+    adhoc = run.get("origin") == "adhoc" or not run.get("job_id")
+    job = "(ad hoc)" if adhoc else run["job_id"]
     words = [str(run.get("run_id")), str(job), *([args] if args else [])]
-    message = f" ({run['message']})" if run.get("message") else ""
+    said = run.get("message")
+    message = f" ({said})" if said and said != run.get("state") else ""
     return f"{' '.join(words)}: {run.get('state')}{message}"

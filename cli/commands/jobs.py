@@ -1,17 +1,22 @@
-"""Jobs: `jobs` (tree), `job` (details), `reload`, and offline `check-jobs`."""
+"""Jobs: `jobs` (tree), `job` (details, or `job new` for a file to start from),
+`reload`, and offline `check-jobs`."""
 
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 from rich.text import Text
 
+from apsis_common.errors import Conflict
 from cli import render
 from cli.client import Json
 from cli.commands import Commands, resolve_job
 from cli.context import Context
+from cli.errors import UsageError
+from cli.template import job_template
 
 RECENT_RUNS = 10
 
@@ -42,7 +47,11 @@ def _jobs(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _job(ctx: Context, args: argparse.Namespace) -> int:
-    job_id = resolve_job(ctx, args.job)
+    if len(args.job) == 2 and args.job[0] == "new":
+        return _new_job(ctx, args.job[1], Path(args.dir))
+    if len(args.job) != 1:
+        raise UsageError("expected `apsis job JOB` or `apsis job new NAME`")
+    job_id = resolve_job(ctx, args.job[0])
     answer = ctx.client.job(job_id)
     if args.json:
         ctx.print_json(answer)
@@ -51,6 +60,24 @@ def _job(ctx: Context, args: argparse.Namespace) -> int:
     ctx.show(render.job_detail(answer["job"], runs, ctx.now()))
     if answer.get("errors"):
         ctx.show(render.kept_job_errors(answer["errors"]))
+    return 0
+
+
+def _new_job(ctx: Context, name: str, jobs_dir: Path) -> int:
+    """Write a commented job file for job `name` under `jobs_dir`; never over a file."""
+    job_id = name.strip().removesuffix(".yaml")
+    parts = job_id.split("/")
+    bad = any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+    if not job_id or bad or any(c < " " or c == "\x7f" for c in job_id):
+        raise UsageError(f"expected a job id like demo/hello, got {name!r}")
+    path = jobs_dir.joinpath(*parts[:-1], f"{parts[-1]}.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("x") as file:
+            file.write(job_template(job_id))
+    except FileExistsError:
+        raise Conflict(f"{path} exists already; not overwritten") from None
+    ctx.say(f"wrote {path}: edit it, then check it with `apsis check-jobs {jobs_dir}`")
     return 0
 
 
@@ -86,9 +113,18 @@ def register(commands: Commands) -> None:
     parser.add_argument("--label", metavar="L", help="only jobs with this label")
 
     parser = commands.add(
-        "job", _job, "show a job: program, schedules, conditions, actions, recent runs", json=True
+        "job",
+        _job,
+        "show a job: program, schedules, conditions, actions, recent runs;"
+        " `job new NAME` writes a commented job file to start from",
+        json=True,
     )
-    parser.add_argument("job", metavar="JOB", help="job id, unique prefix, or fuzzy words")
+    parser.add_argument(
+        "job", metavar="JOB", nargs="+", help="job id, unique prefix, or fuzzy words; or new NAME"
+    )
+    parser.add_argument(
+        "--dir", metavar="DIR", default=".", help="with `new`: the jobs directory (default: .)"
+    )
 
     commands.add("reload", _reload, "reload job files on the server", json=True)
 

@@ -37,9 +37,14 @@ def signal_name(text: str) -> str:
 def _report(ctx: Context, args: argparse.Namespace, answer: dict[str, object]) -> int:
     if args.json:
         ctx.print_json(answer)
+        return 0
+    run = answer.get("run")
+    if not isinstance(run, dict):
+        ctx.say(str(answer))
+    elif run.get("rerun_of") and run.get("run_id") != arguments.run_id(args.run):
+        ctx.say(f"{run_line(run)}, a rerun of {run['rerun_of']}")
     else:
-        run = answer.get("run")
-        ctx.say(run_line(run) if isinstance(run, dict) else str(answer))
+        ctx.say(run_line(run))
     return 0
 
 

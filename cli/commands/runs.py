@@ -19,9 +19,12 @@ PAGE_LIMIT = 1000
 def _list_runs(ctx: Context, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    job_id = resolve_job(ctx, args.job) if args.job else None
+    # A folder (`demo/`) names the runs of every job in it.
+    folder = args.job if args.job and args.job.endswith("/") else None
+    job_id = resolve_job(ctx, args.job) if args.job and not folder else None
     filters: dict[str, str | int | None] = {
         "job_id": job_id,
+        "job": f"/{folder.lstrip('/')}" if folder else None,
         "state": arguments.states(args.state) if args.state else None,
         "label": args.label,
         "since": arguments.when(args.since, ctx.now(), past=True) if args.since else None,
@@ -49,7 +52,8 @@ def _list_runs(ctx: Context, args: argparse.Namespace) -> int:
 
 def _show_run(ctx: Context, args: argparse.Namespace) -> int:
     rid = arguments.run_id(args.run)
-    run = ctx.client.run(rid)["run"]
+    answer = ctx.client.run(rid)
+    run, program = answer["run"], answer.get("program")
     log = ctx.client.run_log(rid).get("log") or []
     try:
         meta = ctx.client.run_meta(rid).get("meta")
@@ -60,9 +64,11 @@ def _show_run(ctx: Context, args: argparse.Namespace) -> int:
     except ApsisError:  # an older server, without the dependencies view
         deps = None
     if args.json:
-        ctx.print_json({"run": run, "log": log, "meta": meta, "dependencies": deps})
+        ctx.print_json(
+            {"run": run, "program": program, "log": log, "meta": meta, "dependencies": deps}
+        )
         return 0
-    ctx.show(render.run_detail(run, log, meta, ctx.now()))
+    ctx.show(render.run_detail(run, log, meta, ctx.now(), program))
     for dep in (deps or {}).get("waits_for", []):
         args_text = " ".join(f"{k}={v}" for k, v in sorted(dep["args"].items()))
         found = ", ".join(f"{r['run_id']} {r['state']}" for r in dep["runs"]) or "no run yet"
@@ -123,7 +129,9 @@ def _creation_options(parser: argparse.ArgumentParser) -> None:
 
 def register(commands: Commands) -> None:
     parser = commands.add("runs", _list_runs, "list runs, newest first", json=True)
-    parser.add_argument("job", metavar="JOB", nargs="?", help="only this job's runs")
+    parser.add_argument(
+        "job", metavar="JOB", nargs="?", help="only this job's runs (a folder: `demo/`)"
+    )
     parser.add_argument("--state", metavar="S", help="only runs in these states (a,b)")
     parser.add_argument("--since", metavar="T", help="only runs since T (ISO time or '1h')")
     parser.add_argument("--until", metavar="T", help="only runs until T")

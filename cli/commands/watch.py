@@ -4,6 +4,7 @@ The view of runs is fed by `/api/v1/summary`: its snapshot, filled in with the
 job's older runs from the REST API, then each change; a dropped connection gets a
 fresh snapshot. The view of a run is fed by the run's updates. Without a
 websocket both poll the REST API. The screen is redrawn at least every second.
+When stdout is no terminal, the runs are lines instead: one per change of state.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.text import Text
 
 from cli import arguments, render
 from cli.client import Json
-from cli.commands import Commands, resolve_job
+from cli.commands import Commands, resolve_job, run_line
 from cli.commands.follow import finished, outcome
 from cli.context import Context
 from cli.errors import FeedUnavailable, UsageError
@@ -104,10 +105,14 @@ def _watch_run(ctx: Context, rid: str, once: bool) -> int:
 # -- runs -----------------------------------------------------------------------------
 
 
+def _latest(ctx: Context, job_id: str | None) -> list[Json]:
+    runs: list[Json] = ctx.client.runs(job_id=job_id, limit=WATCH_LIMIT).get("runs") or []
+    return runs
+
+
 def _poll_runs(ctx: Context, job_id: str | None, once: bool) -> int:
     def frame() -> RenderableType:
-        runs = ctx.client.runs(job_id=job_id, limit=WATCH_LIMIT).get("runs") or []
-        return _runs_frame(ctx, runs, job_id)
+        return _runs_frame(ctx, _latest(ctx, job_id), job_id)
 
     if once:
         ctx.show(frame())
@@ -120,7 +125,7 @@ def _poll_runs(ctx: Context, job_id: str | None, once: bool) -> int:
 
 def _fill_in(ctx: Context, feed: SummaryFeed, job_id: str | None) -> None:
     """Add the (job's) latest finished runs that the snapshot may have left out."""
-    for run in ctx.client.runs(job_id=job_id, limit=WATCH_LIMIT).get("runs") or []:
+    for run in _latest(ctx, job_id):
         # The feed's version is newer: every change after the snapshot is in the feed.
         feed.runs.setdefault(str(run["run_id"]), run)
 
@@ -146,12 +151,67 @@ def _watch_runs(ctx: Context, job_id: str | None, once: bool) -> int:
     return _poll_runs(ctx, job_id, once)
 
 
+# -- without a terminal: a line per change ----------------------------------------
+
+
+class Lines:
+    """`watch > file`: each run's state as a line when it changes (a live table
+    needs a terminal), the newest runs first shown oldest first."""
+
+    def __init__(self, ctx: Context, job_id: str | None) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.seen: dict[str, object] | None = None
+
+    def show(self, runs: dict[str, Json]) -> None:
+        mine = {k: r for k, r in runs.items() if self.job_id in (None, r.get("job_id"))}
+        if self.seen is None:
+            self.seen = {}
+            changed = select(mine, None)[::-1]
+        else:
+            changed = sorted(
+                (r for k, r in mine.items() if self.seen.get(k) != r.get("state")), key=_number
+            )
+        for run in changed:
+            self.seen[str(run["run_id"])] = run.get("state")
+            self.ctx.say(f"{_when(run)}  {run_line(run)}")
+        for key, run in mine.items():
+            self.seen.setdefault(key, run.get("state"))
+
+
+def _when(run: Json) -> str:
+    """When the run entered its state (else its schedule time), local with the zone."""
+    times = run.get("times") or {}
+    return render.absolute(render.epoch(times.get(run.get("state")) or run.get("schedule_time")))
+
+
+def _watch_lines(ctx: Context, job_id: str | None) -> int:
+    lines = Lines(ctx, job_id)
+    feed = SummaryFeed(ctx.feeds, idle=REDRAW)
+    filled = 0
+    try:
+        with contextlib.closing(iter(feed)) as updates:
+            for kind in updates:
+                if feed.snapshots != filled:
+                    filled = feed.snapshots
+                    _fill_in(ctx, feed, job_id)
+                if kind is not None:
+                    lines.show(feed.runs)
+    except FeedUnavailable:
+        pass
+    while True:  # polling, without a feed
+        lines.show({str(r["run_id"]): r for r in _latest(ctx, job_id)})
+        ctx.sleep()
+
+
 def _watch(ctx: Context, args: argparse.Namespace) -> int:
     target = args.target
     if target and _is_run(target) and not args.job:
         return _watch_run(ctx, arguments.run_id(target), args.once)
     job_id = resolve_job(ctx, target) if target else None
     try:
+        if not (args.once or ctx.stdout_tty):
+            return _watch_lines(ctx, job_id)
         return _watch_runs(ctx, job_id, args.once)
     except KeyboardInterrupt:  # the way to stop watching runs
         ctx.console.line()

@@ -140,12 +140,16 @@ def test_last_lines(data: bytes, count: int, complete: bool, expected: bytes | N
     ("seconds", "text"),
     [
         (None, "-"),
-        (0.012, "0.012s"),
+        (0.0003, "0.3 ms"),
+        (0.012, "12 ms"),
+        (1.0, "1s"),
         (4.25, "4.2s"),
         (42, "42s"),
-        (63, "1m 03s"),
-        (7500, "2h 05m"),
-        (273600, "3d 04h"),
+        (60, "1m"),
+        (63, "1m 3s"),
+        (7500, "2h 5m"),
+        (7799, "2h 9m"),  # two units: rounded down, never "2h 9m 59s"
+        (273600, "3d 4h"),
     ],
 )
 def test_duration(seconds: float | None, text: str) -> None:
@@ -153,7 +157,7 @@ def test_duration(seconds: float | None, text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("delta", "text"), [(0.2, "now"), (-5, "5s ago"), (10, "in 10s"), (-3600, "1h 00m ago")]
+    ("delta", "text"), [(0.2, "now"), (-5, "5s ago"), (10, "in 10s"), (-3600, "1h ago")]
 )
 def test_relative(delta: float, text: str) -> None:
     assert render.relative(NOW + delta, NOW) == text

@@ -213,8 +213,8 @@ def test_schedule_at_a_time(api: FakeApi, capsys: pytest.CaptureFixture[str]) ->
 def test_adhoc(api: FakeApi, capsys: pytest.CaptureFixture[str]) -> None:
     assert apsis(api, "adhoc", "echo hi there", "--host", "w1") == 0
     assert api.created[-1]["program"] == {"type": "shell", "command": "echo hi there", "host": "w1"}
-    # The server files ad-hoc runs under the job id `adhoc` (never a null job id).
-    assert "r7 adhoc: running" in capsys.readouterr().out
+    # The server files ad-hoc runs under the job id `adhoc`, which is no job to name.
+    assert "r7 (ad hoc): running" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
