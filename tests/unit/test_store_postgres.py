@@ -22,7 +22,7 @@ from apsis_server.core.runs import LogEntry, Run
 from apsis_server.store.base import Changes
 from apsis_server.store.lease import Fenced, PostgresLease, Role, RunChanges
 from apsis_server.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, archive_schema
-from tests.harness import wait_for
+from tests.harness import run_async, wait_for
 from tests.postgres import Cluster
 from tests.unit import test_store_contract as contract
 
@@ -403,7 +403,7 @@ def test_standbys_hear_of_every_committed_write(store: PostgresStore, postgres_u
                         break
         return heard
 
-    heard = asyncio.run(follow())
+    heard = run_async(follow)
     assert heard[:2] == [["r1", "r12"], ["r3", "r7"]]
     assert [r for batch in heard[2:] for r in batch] == [f"r{n}" for n in range(1000, 3000)]
     assert len(heard) > 3  # a big write is told in several notifications
