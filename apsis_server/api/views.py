@@ -101,20 +101,27 @@ def origin(run: runs.Run) -> Origin:
     return "hand" if run.ad_hoc else "action"
 
 
-def run_view(run: runs.Run, now: float) -> Run:
-    started = run.times.get("running")
-    end = run.times.get(run.state.value) if run.state.finished else now
+def run_view(run: runs.Run, now: float, passed: runs.LogEntry | None = None) -> Run:
+    """The run as the API shows it. With `passed`, a log entry of a state the run
+    entered and left in one engine step: the run as it was then (that state, its
+    message, the times up to it), for the feed that tells every transition."""
+    state, message, times = run.state, run.message, run.times
+    if passed is not None and passed.state is not None:
+        state, message = passed.state, passed.message
+        times = {k: v for k, v in run.times.items() if v <= passed.time}
+    started = times.get("running")
+    end = times.get(state.value) if state.finished else now
     # The answer shows the run's state; it gives no run a state (tests/unit/test_shape.py
     # looks for `Run(..., state=...)`, by name).
     return Run(
         run.run_id,
         run.job_id,
         dict(run.args),
-        run.state,
+        state,
         schedule_time=format_time(run.schedule_time),
         stop_time=format_time(run.stop_time),
-        times={k: time_text(v) for k, v in run.times.items()},
-        message=run.message,
+        times={k: time_text(v) for k, v in times.items()},
+        message=message,
         ad_hoc=run.ad_hoc,
         origin=origin(run),
         rerun_of=run.rerun_of,

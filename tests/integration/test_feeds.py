@@ -138,6 +138,24 @@ def test_run_updates_stream_output_then_close(server: Server) -> None:
     assert any(m["type"] == "meta" and m["meta"].get("exit_code") == 0 for m in got)
 
 
+def test_run_updates_tell_every_transition(server: Server) -> None:
+    # Due in a moment: waiting and starting are entered in the same engine step.
+    due = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
+    run_id = server.post("/runs", {"job_id": "hello", "time": due})["run"]["run_id"]
+    got: list[Message] = []
+    with connect(ws_url(server, f"/runs/{run_id}/updates")) as ws, pytest.raises(ConnectionClosed):
+        while True:
+            got.append(receive(ws))
+    told = [m["run"] for m in got if m["type"] == "run"]
+    final = server.run(run_id)
+    entered = sorted(final["times"], key=final["times"].__getitem__)
+    assert [r["state"] for r in told] == entered[entered.index("scheduled") :]
+    assert entered[-4:] == ["waiting", "starting", "running", "success"]
+    for run in told:  # each as it was: its state is its latest time
+        assert max(run["times"], key=run["times"].__getitem__) == run["state"]
+    assert told[-1] == final
+
+
 def test_run_updates_of_a_finished_run_from_an_offset(server: Server) -> None:
     run_id = server.schedule("lines")
     server.wait_finished(run_id)

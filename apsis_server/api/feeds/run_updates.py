@@ -27,9 +27,12 @@ class RunUpdates:
     def publish(self, changes: Changes) -> None:
         """Queue what changed in each subscribed run; end the feeds of finished runs."""
         logs: dict[str, list[LogEntry]] = {}
+        passed: dict[str, list[runs.LogEntry]] = {}  # states entered in this step
         for entry in changes.log:
             if entry.run_id in self._subscribers:
                 logs.setdefault(entry.run_id, []).append(log_view(entry))
+                if entry.state is not None:
+                    passed.setdefault(entry.run_id, []).append(entry)
         for run_id, entries in logs.items():
             self._send(run_id, Log(entries=entries))
         for run_id, meta in changes.meta.items():
@@ -41,11 +44,18 @@ class RunUpdates:
         now = self.engine.clock()
         for run in changes.runs.values():
             if run.run_id in self._subscribers:
-                self._send(run.run_id, RunChanged(run=run_view(run, now)))
-                if run.state.finished:
-                    self._log_sent.pop(run.run_id, None)
-                    for sub in self._subscribers.pop(run.run_id):
-                        sub.push(Mark.END)
+                self._publish_run(run, passed.get(run.run_id, []), now)
+
+    def _publish_run(self, run: runs.Run, passed: list[runs.LogEntry], now: float) -> None:
+        """Tell every transition, even of a run that went on in the same step
+        (scheduled → waiting → starting): first the states it left, then its own."""
+        for entry in passed[:-1]:
+            self._send(run.run_id, RunChanged(run=run_view(run, now, entry)))
+        self._send(run.run_id, RunChanged(run=run_view(run, now)))
+        if run.state.finished:
+            self._log_sent.pop(run.run_id, None)
+            for sub in self._subscribers.pop(run.run_id):
+                sub.push(Mark.END)
 
     def follows(self, run_id: str) -> bool:
         """Whether anyone follows this run."""
