@@ -43,6 +43,44 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def _pss_mb(pid: int) -> float:
+    """Proportional set size of `pid` in MB: shared pages divided among their users."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def agent_mb(pid: int) -> float | None:
+    """Memory of agent daemon `pid` with its spawner and supervisors (shims), in MB.
+
+    The processes of the daemon's session running the daemon's interpreter; the
+    programs they run are not counted. Forked supervisors share most pages with
+    the spawner, so summing their RSS would count those pages once per process:
+    this sums PSS, which divides each shared page among its users. None if the
+    daemon is gone.
+    """
+    sid, exe = session_of(pid), _exe(pid)
+    if sid is None or exe is None:
+        return None
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and session_of(int(entry)) == sid and _exe(int(entry)) == exe:
+            total += _pss_mb(int(entry))
+    return total
+
+
 def fd_count(pid: int) -> int | None:
     """How many file descriptors `pid` has open, None if it is gone."""
     try:
@@ -68,11 +106,18 @@ def kill_session(sid: int) -> None:
 
 
 class RssSampler:
-    """Samples the RSS of some processes every `interval` seconds in a thread."""
+    """Samples the RSS of some processes every `interval` seconds in a thread.
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.05) -> None:
+    Names in `agents` are agent daemons, sampled with their spawner and
+    supervisors (`agent_mb`).
+    """
+
+    def __init__(
+        self, pids: dict[str, int], interval: float = 0.05, agents: Sequence[str] = ()
+    ) -> None:
         self.pids = pids
         self.interval = interval
+        self.agents = set(agents)
         self.samples: dict[str, list[float]] = {name: [] for name in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -80,7 +125,7 @@ class RssSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for name, pid in self.pids.items():
-                value = rss_mb(pid)
+                value = agent_mb(pid) if name in self.agents else rss_mb(pid)
                 if value is not None:
                     self.samples[name].append(value)
             self._stop.wait(self.interval)

@@ -37,20 +37,47 @@ def databases() -> Iterator[Cluster]:
         yield running
 
 
+_TABLES = {  # table: (SQLite's columns, PostgreSQL's)
+    "runs": (
+        "run_number, job_id, args, state, time, schedule_key, labels, summary",
+        "run_number, job_id, args, state, time, schedule_key, labels, summary",
+    ),
+    "run_log": ("run_number, time, state, message, server",) * 2,
+    "run_meta": ("run_number, meta",) * 2,
+    "run_output": (
+        "run_number, offset, length, codec, data",
+        "run_number, pos, length, codec, data",
+    ),
+}
+
+
 def load_history(sqlite_file: Path, url: str) -> int:
-    """Copy the `runs` of a generated SQLite history (bench/history.py) into the
-    PostgreSQL store at `url`, made with the store's own schema; rows copied."""
+    """Copy a generated SQLite history (bench/history.py: runs, their log, metadata
+    and output) into the PostgreSQL store at `url`, made with the store's own
+    schema; runs copied."""
     PostgresStore(url).close()
     source = sqlite3.connect(sqlite_file)
-    copied = 0
     import psycopg
 
+    copied = 0
     with psycopg.connect(url) as db, db.cursor() as cur:
-        columns = "run_number, job_id, args, state, time, schedule_key, labels, summary"
-        with cur.copy(f"COPY runs ({columns}) FROM STDIN") as copy:
-            for row in source.execute(f"SELECT {columns} FROM runs"):
-                copy.write_row((*row[:6], json.loads(row[6]), row[7]))
-                copied += 1
-        cur.execute("ANALYZE runs")
+        for table, (theirs, ours) in _TABLES.items():
+            with cur.copy(f"COPY {table} ({ours}) FROM STDIN") as copy:
+                for row in source.execute(f"SELECT {theirs} FROM {table}"):
+                    if table == "runs":
+                        row = (*row[:6], json.loads(row[6]), row[7])
+                        copied += 1
+                    copy.write_row(row)
+            cur.execute(f"ANALYZE {table}")
     source.close()
     return copied
+
+
+def database_mb(url: str) -> float:
+    """The size of the database at `url` in MB, as PostgreSQL counts it."""
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        row = db.execute("SELECT pg_database_size(current_database())").fetchone()
+    assert row is not None
+    return float(row[0]) / 1e6

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,9 +24,12 @@ from websockets.sync.client import connect
 from apsis_common.states import FINISHED
 from bench.live import LiveServer, live_server
 from bench.report import Figure, at_least, at_most, median_figures
+from bench.stats import epoch, iso
 from bench.throughput import JOBS, burst, shape
 
 CLIENTS = 50
+FOLLOWED = 10  # runs whose own update feed is followed during each watched burst
+P8_JOBS = {**JOBS, "followed": JOBS["true"]}
 
 
 def feed_url(server: LiveServer) -> str:
@@ -129,18 +134,19 @@ async def _read(ws: websockets.ClientConnection, into: set[str], news: asyncio.E
 def p8(quick: bool) -> list[Figure]:
     """P8: P1's throughput with and without 50 feed clients; every client sees every end."""
     s = shape(quick)
-    with live_server("p8", JOBS) as server:
+    with live_server("p8", P8_JOBS) as server:
         server.launch()
         server.wait_agent()
         if not feed_available(server):
             return [Figure("P8", "feed /api/v1/summary", None, note="not available on this server")]
         burst(server, s.warmup, s.clients, "P8")
-        alone, watched, complete = [], [], []
+        alone, watched, complete, told = [], [], [], []
         for _ in range(s.repetitions):
             alone.append(burst(server, s.runs, s.clients, "P8"))
-            figures, clients = _watched_burst(server, s.runs, s.clients)
+            figures, clients, followed = _watched_burst(server, s.runs, s.clients)
             watched.append(figures)
             complete.append(clients)
+            told.append(followed)
     base = median_figures(alone)[0].value or 0.0
     with_feed = median_figures(watched)[0].value or 0.0
     drop = 100 * (1 - with_feed / base) if base else None
@@ -151,14 +157,80 @@ def p8(quick: bool) -> list[Figure]:
         Figure(
             "P8", "clients that saw every finish", min(complete), f"of {CLIENTS}", at_least(CLIENTS)
         ),
+        Figure(
+            "P8",
+            "run feeds that told every transition",
+            min(told),
+            f"of {FOLLOWED}",
+            at_least(FOLLOWED),
+            "the worst repetition",
+        ),
     ]
 
 
-def _watched_burst(server: LiveServer, runs: int, clients: int) -> tuple[list[Figure], int]:
-    """A burst with the feed clients on; its figures and how many clients saw it all."""
+def _watched_burst(server: LiveServer, runs: int, clients: int) -> tuple[list[Figure], int, int]:
+    """A burst with the feed clients on; its figures, how many clients saw it all, and
+    how many followed runs' own feeds told every transition."""
     with Watchers(feed_url(server), CLIENTS) as w:
+        due = iso(time.time() + 1.0)
+        ids = [
+            server.post("/runs", {"job_id": "followed", "time": due})["run"]["run_id"]
+            for _ in range(FOLLOWED)
+        ]
+        follower = _Follower(server.url.replace("http://", "ws://"), ids)
+        follower.start()
+        if not follower.ready.wait(10):
+            raise RuntimeError("the run feeds did not answer within 10 s")
         figures = burst(server, runs, clients, "P8")
-        return figures, w.complete(set(_run_ids(server, runs)), 10)
+        seen = w.complete(set(_run_ids(server, runs)), 10)
+    follower.join(30)
+    told = sum(
+        follower.states.get(run_id) == _transitions(server.get(f"/runs/{run_id}")["run"])
+        for run_id in ids
+    )
+    return figures, seen, told
+
+
+def _transitions(run: dict[str, Any]) -> list[str]:
+    """The states `run` went through from `scheduled` on, in order (from its times)."""
+    order = sorted(run["times"].items(), key=lambda item: epoch(item[1]))
+    states = [state for state, _ in order]
+    return states[states.index("scheduled") :] if "scheduled" in states else states
+
+
+class _Follower(threading.Thread):
+    """Follows runs on their own update feeds; the states each told, in order."""
+
+    def __init__(self, base: str, run_ids: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.run_ids = run_ids
+        self.states: dict[str, list[str]] = {}
+        self.ready = threading.Event()  # every feed told the run's state at subscribing
+
+    def run(self) -> None:
+        asyncio.run(self._all())
+
+    async def _all(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                await asyncio.gather(*map(self._one, self.run_ids))
+
+    async def _one(self, run_id: str) -> None:
+        told = self.states.setdefault(run_id, [])
+        url = f"{self.base}/api/v1/runs/{run_id}/updates"
+        with contextlib.suppress(OSError, websockets.exceptions.WebSocketException):
+            await self._read(await websockets.connect(url, max_size=None), told)
+
+    async def _read(self, ws: websockets.ClientConnection, told: list[str]) -> None:
+        async with ws:
+            async for message in ws:
+                update = json.loads(message)
+                state = update["run"]["state"] if update.get("type") == "run" else None
+                if state is not None and (not told or told[-1] != state):
+                    told.append(state)
+                    if all(self.states.values()) and len(self.states) == len(self.run_ids):
+                        self.ready.set()
 
 
 def _run_ids(server: LiveServer, count: int) -> list[str]:
