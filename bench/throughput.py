@@ -167,21 +167,37 @@ def repeated(server: LiveServer, s: Shape, scenario: str, agent: int | None = No
     """Warm up, then the median figures of `s.repetitions` bursts, plus the RSS after."""
     burst(server, s.warmup, s.clients, scenario)
     reps = [burst(server, s.runs, s.clients, scenario) for _ in range(s.repetitions)]
-    figures = median_figures(reps)
+    return median_figures(reps) + _rss_after(server, scenario, agent)
+
+
+def _rss_after(server: LiveServer, scenario: str, agent: int | None = None) -> list[Figure]:
+    figures = []
     for name, pid in (("server", server.pid), ("agent", agent or server.agent_pid())):
         rss = rss_mb(pid) if pid else None
         figures.append(Figure(scenario, f"{name} RSS after", rss, "MB"))
     return figures
 
 
+P1_RUNS = 5  # runs of the whole scenario, each on a fresh server
+
+
 def p1(quick: bool) -> list[Figure]:
-    """P1: the default path, the server's own local agent."""
+    """P1: the default path, the server's own local agent. The median of 5 runs of the
+    scenario, each a fresh server (warm-up, then one burst), and the slowest of them."""
     s = shape(quick)
-    with live_server("p1", JOBS) as server:
-        server.launch()
-        server.wait_agent()
-        figures = repeated(server, s, "P1")
-    return _targets(figures, 500, 20)
+    reps = []
+    for _ in range(1 if quick else P1_RUNS):
+        with live_server("p1", JOBS) as server:
+            server.launch()
+            server.wait_agent()
+            burst(server, s.warmup, s.clients, "P1")
+            reps.append(burst(server, s.runs, s.clients, "P1") + _rss_after(server, "P1"))
+    figures = _targets(median_figures(reps), 550, 20)
+    each = [rep[0].value or 0.0 for rep in reps]
+    runs = ", ".join(f"{v:.0f}" for v in each)
+    note = f"median of {len(reps)} fresh servers: {runs}" if len(reps) > 1 else "one run"
+    slowest = Figure("P1", "runs/s, the slowest run", min(each), "runs/s", at_least(500))
+    return [replace(figures[0], note=note), slowest, *figures[1:]]
 
 
 def p2(quick: bool) -> list[Figure]:
