@@ -48,6 +48,16 @@ class TimeoutSpec:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """Limits of a run's cgroup, where the agent can make one: memory in bytes,
+    CPUs (1.5 = one and a half), and tasks (processes and threads)."""
+
+    memory: int | None = None
+    cpu: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
 class ProcSpec:
     """What to run. The agent starts it at most once per proc id."""
 
@@ -59,6 +69,8 @@ class ProcSpec:
     timeout: TimeoutSpec | None = None
     output_max: int = 64 * 1024 * 1024
     labels: dict[str, str] = field(default_factory=dict)
+    # New in this version: older agents ignore it (they decode unknown keys away).
+    resources: Resources | None = None
 
 
 @dataclass(frozen=True)

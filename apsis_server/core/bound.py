@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apsis_server.core.fields import Invalid, positive_duration
-from apsis_server.core.programs import Program, Timeout
+from apsis_server.core.programs import Program, Resources, Timeout
 from apsis_server.core.templates import TemplateError, Templates
 
 # Output kept per run: the head and the tail, each half of this.
@@ -55,6 +55,7 @@ class BoundProcess:
     stop_signal: int = int(_signal.SIGTERM)
     stop_grace: float = 60.0
     output_max: int = DEFAULT_OUTPUT_MAX
+    resources: Resources | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> Bo
         timeout=_bound_timeout(program.timeout, expand),
         stop_signal=program.stop.signal,
         stop_grace=program.stop.grace_period,
+        resources=program.resources,
     )
 
 
@@ -139,7 +141,10 @@ def to_plain(program: BoundProgram) -> dict[str, Any]:
     if isinstance(program, BoundInternal):
         return {"type": program.kind.value, **program.options}
     timeout = program.timeout
+    # `resources` only when there are any: the stored form of other runs stays as it was.
+    limits = {} if program.resources is None else {"resources": program.resources.to_plain()}
     return {
+        **limits,
         "output_max": program.output_max,
         "type": "process",
         "argv": list(program.argv),
@@ -164,6 +169,7 @@ def from_plain(plain: Mapping[str, Any]) -> BoundProgram:
         return BoundInternal(InternalKind(kind), {k: v for k, v in plain.items() if k != "type"})
     timeout = plain.get("timeout")
     stop = plain.get("stop") or {}
+    limits = plain.get("resources")
     return BoundProcess(
         argv=tuple(plain["argv"]),
         env=dict(plain.get("env") or {}),
@@ -177,4 +183,14 @@ def from_plain(plain: Mapping[str, Any]) -> BoundProgram:
         stop_signal=int(stop.get("signal", _signal.SIGTERM)),
         stop_grace=float(stop.get("grace", 60.0)),
         output_max=int(plain.get("output_max", DEFAULT_OUTPUT_MAX)),
+        resources=None if not limits else _resources(limits),
+    )
+
+
+def _resources(plain: Mapping[str, Any]) -> Resources:
+    memory, cpu, pids = plain.get("memory"), plain.get("cpu"), plain.get("pids")
+    return Resources(
+        memory=None if memory is None else int(memory),
+        cpu=None if cpu is None else float(cpu),
+        pids=None if pids is None else int(pids),
     )

@@ -13,6 +13,7 @@ from apsis_server.core.fields import (
     Fields,
     Invalid,
     boolean,
+    byte_size,
     duration,
     positive_duration,
     positive_integer,
@@ -53,6 +54,24 @@ class Timeout:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """Limits of a run's cgroup, on agents that can make one: memory in bytes,
+    CPUs (1.5 is one and a half), tasks (processes and threads)."""
+
+    memory: int | None = None
+    cpu: float | None = None
+    pids: int | None = None
+
+    def to_plain(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+# What an agent accepts: below a MiB nothing starts, and CPUs have a share.
+MIN_MEMORY = 1 << 20
+CPU_RANGE = (0.01, 4096.0)
+
+
+@dataclass(frozen=True)
 class Program:
     """A program as written in the job file: text fields may hold templates.
 
@@ -71,6 +90,7 @@ class Program:
     env_inherit: bool = True
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    resources: Resources | None = None
     duration: float = 0.0
     success: bool = True
     # The keys of an `internal.*` housekeeping program.
@@ -110,6 +130,8 @@ class Program:
         out["stop"] = {"signal": self.stop.signal, "grace_period": self.stop.grace_period}
         if self.env or not self.env_inherit:
             out["env"] = {"inherit": self.env_inherit, "vars": dict(self.env)}
+        if self.resources is not None:
+            out["resources"] = self.resources.to_plain()
         return out
 
 
@@ -139,6 +161,33 @@ def _timeout(value: Any, path: str) -> Timeout:
     )
     f.done()
     return timeout
+
+
+def _memory(value: Any, path: str) -> int:
+    size = byte_size(value, path)
+    if size < MIN_MEMORY:
+        raise Invalid([FieldError(path, f"expected at least 1 MiB, got {value!r}")])
+    return size
+
+
+def _cpus(value: Any, path: str) -> float:
+    low, high = CPU_RANGE
+    if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+        return float(value)
+    raise Invalid([FieldError(path, f"expected a number of CPUs like 1.5, got {value!r}")])
+
+
+def _resources(value: Any, path: str) -> Resources | None:
+    f = Fields(value, path)
+    c = Collector()
+    resources = Resources(
+        memory=c(lambda: f.take("memory", _memory, None), None),
+        cpu=c(lambda: f.take("cpu", _cpus, None), None),
+        pids=c(lambda: f.take("pids", positive_integer, None), None),
+    )
+    c(f.done, None)
+    c.check()
+    return resources if resources != Resources() else None
 
 
 def _env(value: Any, path: str) -> tuple[bool, dict[str, str]]:
@@ -260,4 +309,5 @@ def _process(f: Fields, kind: str, compat: bool, c: Collector) -> Program:
         env_inherit=env_inherit,
         env=env,
         cwd=c(lambda: f.take("cwd", string, None), None),
+        resources=c(lambda: f.take("resources", _resources, None), None),
     )

@@ -97,7 +97,7 @@ def is_noop(run: Run) -> bool:
 
 def proc_spec(run: Run, program: BoundProcess) -> p.ProcSpec:
     """The agent's view of a bound process program."""
-    timeout = program.timeout
+    timeout, limits = program.timeout, program.resources
     return p.ProcSpec(
         argv=program.argv,
         cwd=program.cwd,
@@ -107,4 +107,5 @@ def proc_spec(run: Run, program: BoundProcess) -> p.ProcSpec:
         timeout=p.TimeoutSpec(timeout.duration, timeout.signal) if timeout else None,
         output_max=program.output_max,
         labels={"run_id": run.run_id, "job_id": run.job_id},
+        resources=None if limits is None else p.Resources(limits.memory, limits.cpu, limits.pids),
     )

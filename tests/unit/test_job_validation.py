@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from apsis_common import protocol as p
+from apsis_common.states import State
+from apsis_server.core.bound import BoundProcess, bind, from_plain, to_plain
 from apsis_server.core.calendars import parse_calendar_data
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import load_yaml, parse_job
+from apsis_server.core.programs import Resources
+from apsis_server.core.runs import Run
 from apsis_server.core.templates import Templates
+from apsis_server.engine.procs import proc_spec
 
 # (name, job file text, key path, part of the message)
 BAD: list[tuple[str, str, str, str]] = [
@@ -41,7 +49,8 @@ BAD: list[tuple[str, str, str, str]] = [
         "unknown program key",
         "program: {type: shell, command: x, hots: a}\n",
         "program.hots",
-        "unknown key (expected one of: command, cwd, env, host, stop, timeout, type, user)",
+        "unknown key (expected one of: command, cwd, env, host, resources, stop, timeout, type,"
+        " user)",
     ),
     (
         "unknown env key",
@@ -365,6 +374,48 @@ BAD: list[tuple[str, str, str, str]] = [
     ("waiting without max_time", "program: x\nwaiting: {}\n", "waiting.max_time", "missing"),
     ("job_id mismatch", "job_id: other\nprogram: x\n", "job_id", "does not match the path"),
     ("labels not strings", "program: x\nlabels: [{a: 1}]\n", "labels[0]", "expected a string"),
+    (
+        "resources not a mapping",
+        "program: {type: shell, command: x, resources: 1 GiB}\n",
+        "program.resources",
+        "expected a mapping",
+    ),
+    (
+        "memory not a size",
+        "program: {type: shell, command: x, resources: {memory: lots}}\n",
+        "program.resources.memory",
+        "expected a size like 64 MiB, got 'lots'",
+    ),
+    (
+        "memory under a MiB",
+        "program: {type: shell, command: x, resources: {memory: 512 KiB}}\n",
+        "program.resources.memory",
+        "expected at least 1 MiB",
+    ),
+    (
+        "cpu not a number",
+        "program: {type: program, argv: [x], resources: {cpu: two}}\n",
+        "program.resources.cpu",
+        "expected a number of CPUs like 1.5, got 'two'",
+    ),
+    (
+        "no cpu at all",
+        "program: {type: program, argv: [x], resources: {cpu: 0}}\n",
+        "program.resources.cpu",
+        "expected a number of CPUs",
+    ),
+    (
+        "pids not positive",
+        "program: {type: program, argv: [x], resources: {pids: 0}}\n",
+        "program.resources.pids",
+        "expected a positive integer",
+    ),
+    (
+        "unknown resources key",
+        "program: {type: program, argv: [x], resources: {mem: 1 GiB}}\n",
+        "program.resources.mem",
+        "unknown key (expected one of: cpu, memory, pids)",
+    ),
 ]
 
 
@@ -595,3 +646,23 @@ def test_a_template_that_does_not_compile_is_its_fields_error(
     [error] = info.value.errors
     assert error.key_path == key_path
     assert message in error.message, error.message
+
+
+def test_resources_reach_the_agent() -> None:
+    """`resources` is parsed, bound, kept in the stored form, and sent to the agent."""
+    text = "program: {type: shell, command: x, resources: {memory: 1 GiB, cpu: 1.5, pids: 1000}}"
+    job = parse_job("j", load_yaml(text), Templates())
+    limits = Resources(memory=1 << 30, cpu=1.5, pids=1000)
+    assert job.program.resources == limits
+    assert job.program.to_plain()["resources"] == {"memory": 1 << 30, "cpu": 1.5, "pids": 1000}
+    bound = bind(job.program, Templates(), {"run_id": "r1", "job_id": "j"})
+    assert isinstance(bound, BoundProcess) and bound.resources == limits
+    assert from_plain(to_plain(bound)) == bound
+    assert "resources" not in to_plain(replace(bound, resources=None))  # stored as before
+    run = Run(run_id="r1", job_id="j", args={}, state=State.RUNNING, program=bound)
+    spec = proc_spec(run, bound)
+    assert spec.resources == p.Resources(memory=1 << 30, cpu=1.5, pids=1000)
+    assert proc_spec(run, replace(bound, resources=None)).resources is None
+    empty = "program: {type: shell, command: x, resources: {}}\n"
+    partial = parse_job("j", load_yaml(empty), Templates())
+    assert partial.program.resources is None

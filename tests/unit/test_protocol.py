@@ -115,9 +115,23 @@ def test_spec_round_trip_and_digest() -> None:
     assert codec.decode(p.ProcSpec, codec.encode_json(spec), p.JSON) == spec
     assert codec.encode_json(spec) == (
         b'{"argv":["a","b"],"cwd":"/tmp","env":{"A":"1"},"env_inherit":true,"labels":{},'
-        b'"output_max":67108864,"stop":{"grace":60.0,"signal":15},'
+        b'"output_max":67108864,"resources":null,"stop":{"grace":60.0,"signal":15},'
         b'"timeout":{"duration":5.0,"signal":15}}'
     )
+
+
+def test_spec_resources_round_trip_and_change_the_digest() -> None:
+    """A run's cgroup limits travel with its spec, and are part of what it is: the
+    same proc id with other limits is another start. A spec without them (from an
+    older server) decodes with none."""
+    plain = p.ProcSpec(("a",))
+    limited = p.ProcSpec(("a",), resources=p.Resources(memory=1 << 30, cpu=1.5, pids=100))
+    assert codec.decode(p.ProcSpec, codec.encode(limited)) == limited
+    assert codec.decode(p.ProcSpec, codec.encode_json(limited), p.JSON) == limited
+    assert b'"resources":{"cpu":1.5,"memory":1073741824,"pids":100}' in codec.encode_json(limited)
+    assert codec.spec_digest(limited) != codec.spec_digest(plain)
+    older = codec.encode({"argv": ["a"]})
+    assert codec.decode(p.ProcSpec, older).resources is None
 
 
 def test_names_decode_as_their_enums() -> None:
