@@ -1,8 +1,10 @@
 """The daemon (`apsis-agent serve`): epoch, recovery, HTTPS, delivery, drain and shutdown.
 
 Started by `app.serve` after the spawner was forked and the state-dir lock taken.
-Everything runs on one event loop; the background loops (uvicorn, output scan,
-webhook delivery, idle watch) belong to one TaskGroup and end together.
+The daemon looks for cgroups it may contain runs in and tells the spawner, in
+the first line it writes it. Everything runs on one event loop; the background
+loops (uvicorn, output scan, webhook delivery, idle watch) belong to one
+TaskGroup and end together.
 
 Signals: SIGTERM/SIGINT stop serving (programs keep running under their shims);
 SIGHUP reloads keys, settings and the certificate after a bootstrap attached.
@@ -27,7 +29,7 @@ from typing import Any
 
 import uvicorn
 
-from apsis_agent import spawner
+from apsis_agent import cgroups, spawner
 from apsis_agent.api import Context, build_app
 from apsis_agent.fence import Fence
 from apsis_agent.outbox import Outbox
@@ -40,6 +42,9 @@ from apsis_common.auth import Verifier
 from apsis_common.protocol import AgentInfo
 
 log = logging.getLogger(__name__)
+
+# Set to `off` to contain runs by their process groups even where cgroups are possible.
+CGROUPS_VARIABLE = "APSIS_AGENT_CGROUPS"
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,10 @@ class Daemon:
         to_spawner, _ = await loop.connect_write_pipe(
             asyncio.Protocol, os.fdopen(self._handle.requests, "wb", buffering=0)
         )
+        layout = self._containment()
+        settings = {"cgroups": layout.config() if layout is not None else None}
+        to_spawner.write(json.dumps(settings).encode() + b"\n")
+        keeper = cgroups.Keeper(layout, self.epoch) if layout is not None else None
         sender = Sender(
             outbox,
             self.config,
@@ -170,11 +179,14 @@ class Daemon:
             Limits(max_procs=options.max_procs),
             sender.wake,
             spares,
+            keeper,
         )
         await loop.connect_read_pipe(
             lambda: _Notifications(procs.on_notification, spawner_gone),
             os.fdopen(self._handle.notifications, "rb", buffering=0),
         )
+        if keeper is not None:
+            keeper.start()
         adopted = procs.recover(self.epoch)
         procs.remove_reported()
         log.info("epoch %d: %d processes re-adopted", self.epoch, adopted)
@@ -244,10 +256,27 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             procs.close()
+            if keeper is not None:
+                keeper.close()
+                cgroups.release(keeper.layout)
             outbox.close()
             to_spawner.close()
             state.remove(state.pid_file)
         return 1 if self._failed else 0
+
+    def _containment(self) -> cgroups.Layout | None:
+        """The cgroups runs go in, if the host lets this agent make them (and
+        `APSIS_AGENT_CGROUPS=off` does not say otherwise)."""
+        if os.environ.get(CGROUPS_VARIABLE, "").lower() in ("0", "off", "no", "false"):
+            layout, why = None, f"{CGROUPS_VARIABLE} is off"
+        else:
+            layout, why = cgroups.probe(self._state.path, (os.getpid(), self._handle.pid))
+        if layout is None:
+            log.info("runs are contained by their process groups (no cgroups: %s)", why)
+        else:
+            where = ", ".join(sorted(set(layout.bases.values())))
+            log.info("runs are contained by cgroups (v%d) in %s", layout.version, where)
+        return layout
 
     async def _watch_idle(self, procs: Procs, outbox: Outbox, spawner_gone: asyncio.Event) -> None:
         """Stop when drained, idle for `idle_stop`, or when the spawner is gone."""

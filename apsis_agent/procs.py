@@ -4,12 +4,18 @@ Theory of operation. A start writes the process directory and its spec, then
 hands the request to the spawner (batched: one pipe write per start batch). The
 shim's notification lines say whether exec worked and, later, that the program
 exited; the agent also watches the shim with a pidfd on the event loop (no task
-or polling per process): a shim that dies takes its programs with it. One scan
-over the active processes, every `scan_interval`, turns new output into events;
-once the exit is known, the remaining output is enqueued before the final event,
-so `proc.exited` always follows all output of its process. A program re-adopted
-after a restart has a shim that talks to the old daemon: the scan notices its
-`exit` file.
+or polling per process). A shim that dies leaves its programs to the spawner (a
+subreaper), which writes their exits: the agent then watches the program itself,
+and only a program that ended with neither shim nor spawner left to write its
+exit is lost. One scan over the active processes, every `scan_interval`, turns
+new output into events; once the exit is known, the remaining output is
+enqueued before the final event, so `proc.exited` always follows all output of
+its process. A program re-adopted after a restart has a shim (or spawner) that
+talks to the old daemon: the scan notices its `exit` file.
+
+Signals, stops and kills go to the run's cgroup where it has one (cgroups.py),
+else to its process group. The cgroup keeper makes run cgroups ahead and
+removes each once its run has ended and nothing is left in it.
 
 Flow control: no more output is enqueued for a process (or for the agent) while
 its unacknowledged output exceeds a cap; the file keeps the bytes meanwhile.
@@ -34,9 +40,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from apsis_agent import registry
+from apsis_agent import cgroups, registry
+from apsis_agent.cgroups import Cgroup, Keeper
 from apsis_agent.outbox import Outbox
-from apsis_agent.registry import PidFacts, Proc, Recovery, StopFacts
+from apsis_agent.registry import Proc, Recovery, StopFacts
 from apsis_agent.remover import Remover, remove_dir
 from apsis_agent.spares import Spares
 from apsis_agent.spawner import write_atomic
@@ -64,6 +71,9 @@ from apsis_common.protocol import (
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "agent stopped during start"
+# After a SIGKILL to a cgroup: look again this much later, this many times.
+KILL_AGAIN = 0.5
+KILL_TRIES = 3
 _VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
 
 
@@ -93,6 +103,13 @@ def check_spec(spec: ProcSpec) -> None:
         raise BadInput("grace must be >= 0 and timeout duration > 0")
     if spec.output_max < 0:
         raise BadInput("output_max must be >= 0")
+    limits = spec.resources
+    if limits is not None and (
+        (limits.memory is not None and limits.memory < 1 << 20)
+        or (limits.cpu is not None and not 0.01 <= limits.cpu <= 4096)
+        or (limits.pids is not None and limits.pids < 1)
+    ):
+        raise BadInput("resources: memory >= 1 MiB, cpu from 0.01 to 4096, pids >= 1")
 
 
 def check_signal(number: int) -> int:
@@ -113,8 +130,10 @@ class Procs:
         limits: Limits,
         on_outbox: Callable[[], None],
         spares: Spares | None = None,
+        keeper: Keeper | None = None,
     ) -> None:
         self._root = root
+        self._keeper = keeper
         self._spares = spares
         self._outbox = outbox
         self._spawn = spawn
@@ -125,7 +144,8 @@ class Procs:
         self._procs: dict[str, Proc] = {}
         self._live: set[str] = set()  # starting or running
         self._active: dict[str, Proc] = {}  # output to scan, or a final event pending
-        # Re-adopted at recovery: their shim no longer tells this daemon of an exit.
+        # Their exit may come without a word to this daemon: re-adopted at recovery
+        # (their shim talks to the old one), or orphaned (the spawner writes it).
         self._adopted: dict[str, Proc] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._start_waiters: dict[str, asyncio.Future[None]] = {}
@@ -201,6 +221,8 @@ class Procs:
         if requests:
             self._spawn(json.dumps(requests).encode() + b"\n")
             self._remover.started()
+            if self._keeper is not None:
+                self._keeper.started()
         return results
 
     async def with_facts(self, results: list[StartResult], wait: float) -> list[StartResult]:
@@ -274,15 +296,34 @@ class Procs:
             "env_inherit": spec.env_inherit,
             "env": spec.env,
         }
+        limits = spec.resources
+        if limits is not None:
+            request["resources"] = {k: v for k, v in vars(limits).items() if v is not None}
+            if self._keeper is None:
+                log.warning("%s: no cgroups on this host, its resources are not limited", proc_id)
+        cgroup = self._keeper.take() if self._keeper is not None else None
+        if cgroup is not None:
+            request["cgroup"] = cgroup  # made ahead: the shim makes none
         return request
 
     def on_notification(self, message: dict[str, Any]) -> None:
-        """A line from a shim: the program started, could not start, or exited."""
+        """A line from a shim or the spawner: the program started, could not start,
+        exited, or was lost with its shim."""
         proc = self._procs.get(str(message.get("id")))
         if proc is None:
             return
         if "exit" in message:
-            self._shim_exited(proc, message["exit"])  # the shim lives on, for the next program
+            self._ended(proc, message["exit"])  # the shim lives on, for the next program
+            return
+        if "lost" in message:
+            proc.lost_note = str(message["lost"])
+            if proc.status is ProcState.STARTING:
+                self._started_or_failed(proc.proc_id)
+                self._live.discard(proc.proc_id)
+                self._lost(proc, LostReason.SHIM_VANISHED)
+                self._finish(proc)
+            else:
+                self._ended(proc)
             return
         if proc.status is not ProcState.STARTING:
             return
@@ -290,19 +331,15 @@ class Procs:
         if error is not None:
             self._start_failed(proc, str(error))
             return
-        facts = message["facts"]
-        proc.facts = PidFacts(
-            int(facts["pid"]),
-            int(facts["pgid"]),
-            facts.get("start_ticks"),
-            float(facts["start_time"]),
-            str(facts["boot_id"]),
-            int(facts["shim_pid"]),
-            facts.get("shim_ticks"),
-        )
+        facts = registry.parse_pid(message.get("facts"))
+        if facts is None:
+            log.error("bad facts for %s: %r", proc.proc_id, message)
+            return
+        proc.facts = facts
         self._running(proc)
 
-    def _running(self, proc: Proc) -> None:
+    def _running(self, proc: Proc, orphan: bool = False) -> None:
+        """The program runs: watch its shim (or, for an orphan, the program itself)."""
         assert proc.facts is not None
         self._started_or_failed(proc.proc_id)
         proc.status = ProcState.RUNNING
@@ -310,7 +347,10 @@ class Procs:
         if not self._outbox.ledger(proc.proc_id).started:
             self._report_started(proc)
         self._active[proc.proc_id] = proc
-        self._watch(proc)
+        if not orphan:
+            self._watch(proc)
+        elif not self._orphaned(proc):
+            self._loop.call_soon(self._ended, proc)
         timeout = proc.spec.timeout
         if timeout is not None:
             when = proc.facts.start_time + timeout.duration
@@ -341,10 +381,10 @@ class Procs:
         try:
             fd = os.pidfd_open(proc.facts.shim_pid)
         except ProcessLookupError:
-            self._loop.call_soon(self._shim_exited, proc)
+            self._loop.call_soon(self._ended, proc)
             return
         proc.pidfd = fd
-        self._loop.add_reader(fd, self._shim_exited, proc)
+        self._loop.add_reader(fd, self._ended, proc)
 
     def _unwatch(self, proc: Proc) -> None:
         if proc.pidfd is not None:
@@ -352,22 +392,57 @@ class Procs:
             os.close(proc.pidfd)
             proc.pidfd = None
 
-    def _shim_exited(self, proc: Proc, exit_record: Any = None) -> None:
-        """The program exited: its shim says so with the `exit` record it wrote, or
-        the shim itself is gone (then the file tells, if it was written)."""
+    def _ended(self, proc: Proc, exit_record: Any = None) -> None:
+        """The program may have ended: its shim (or the spawner) says so with the
+        `exit` record it wrote, or a watched process (the shim, or an orphan
+        program) is gone — then the files tell, or the program is watched on."""
         self._unwatch(proc)
         if proc.status is not ProcState.RUNNING:
             return
-        self._live.discard(proc.proc_id)
         proc.exit = registry.parse_exit(exit_record) or registry.read_exit(proc.directory)
-        if proc.exit is not None:
-            proc.status = ProcState.EXITED
-        else:
-            log.warning("shim of %s vanished without an exit record", proc.proc_id)
+        if proc.exit is None:
+            proc.lost_note = proc.lost_note or registry.read_lost(proc.directory)
+            if proc.lost_note is None and self._orphaned(proc):
+                return  # its exit comes from the spawner
+            log.warning("%s ended without an exit record", proc.proc_id)
+            self._live.discard(proc.proc_id)
             self._lost(proc, LostReason.SHIM_VANISHED)
+        else:
+            self._live.discard(proc.proc_id)
+            proc.status = ProcState.EXITED
+        self._adopted.pop(proc.proc_id, None)
+        self._finish(proc)
+
+    def _finish(self, proc: Proc) -> None:
+        """The exit (or loss) is known: send the rest of the output, then say so."""
         proc.final_pending = True
         self._active[proc.proc_id] = proc
         self._send_output(proc)
+        facts = proc.facts
+        if facts is not None and facts.cgroup is not None and self._keeper is not None:
+            self._keeper.remove(facts.cgroup)  # once nothing is left in it
+
+    def _orphaned(self, proc: Proc) -> bool:
+        """The shim is gone without an exit: whether someone may still write it.
+
+        A program that still runs is watched itself (its pidfd); one that ended
+        is waited for while the spawner that reaps it lives (the scan reads its
+        `exit` file, should the spawner's word not reach this daemon).
+        """
+        facts = proc.facts
+        assert facts is not None
+        if registry.program_alive(facts):
+            with contextlib.suppress(ProcessLookupError):
+                fd = os.pidfd_open(facts.pid)
+                if registry.program_alive(facts):  # the fd is the program's, not a reuse
+                    proc.pidfd = fd
+                    self._loop.add_reader(fd, self._ended, proc)
+                else:
+                    os.close(fd)
+        if proc.pidfd is None and not registry.spawner_alive(facts):
+            return False
+        self._adopted[proc.proc_id] = proc
+        return True
 
     def _lost(self, proc: Proc, reason: LostReason) -> None:
         proc.status, proc.lost = ProcState.LOST, reason
@@ -395,12 +470,26 @@ class Procs:
 
     def _check_adopted(self, proc: Proc) -> None:
         """A re-adopted program's shim may run others and outlive it (a shim leaves
-        once all its programs have ended): its `exit` file tells when it ended."""
+        once all its programs have ended): its `exit` file tells when it ended. An
+        orphan's spawner writes it, or `lost`; if the spawner is gone too, the
+        program is lost once it has ended."""
         if proc.status is not ProcState.RUNNING:
             del self._adopted[proc.proc_id]
-        elif os.path.exists(proc.directory / "exit"):
+            return
+        directory, facts = proc.directory, proc.facts
+        if (
+            os.path.exists(directory / "exit")
+            or os.path.exists(directory / "lost")
+            or (
+                proc.pidfd is None  # an orphan that ended: its program is not watched
+                and facts is not None
+                and not registry.spawner_alive(facts)
+                and not registry.program_alive(facts)
+                and not registry.shim_alive(facts)
+            )
+        ):
             del self._adopted[proc.proc_id]
-            self._shim_exited(proc)
+            self._ended(proc)
 
     def _send_output(self, proc: Proc) -> None:
         size = proc.output_size()
@@ -427,6 +516,8 @@ class Procs:
             self._report(ProcExited(proc.proc_id, proc.exit, size), final=True)
         else:
             assert proc.lost is not None
+            if proc.lost_note:
+                log.warning("%s lost: %s", proc.proc_id, proc.lost_note)
             self._report(ProcLost(proc.proc_id, proc.lost), final=True)
 
     # -- signals and timers ------------------------------------------------------------
@@ -486,6 +577,13 @@ class Procs:
         registry.kill_group(facts, signal.SIGKILL)
         if not self._outbox.ledger(proc.proc_id).final and not proc.status.final:
             self._report(ProcSignaled(proc.proc_id, int(signal.SIGKILL), SignalReason.ESCALATION))
+        if facts.cgroup is not None:
+            self._loop.call_later(KILL_AGAIN, self._kill_again, facts.cgroup, KILL_TRIES)
+
+    def _kill_again(self, cgroup: Cgroup, tries: int) -> None:
+        """Kill what a fork slipped into the cgroup while it was being frozen."""
+        if cgroups.kill(cgroup) and tries > 1:
+            self._loop.call_later(KILL_AGAIN, self._kill_again, cgroup, tries - 1)
 
     # -- removal -----------------------------------------------------------------------
 
@@ -561,20 +659,34 @@ class Procs:
             proc.enqueued = self._outbox.ledger(proc.proc_id).enqueued
             self._procs[proc.proc_id] = proc
             found.append((proc, registry.decide(registry.observe(proc, self._boot_id))))
-        adopted = sum(1 for _, action in found if action is Recovery.ADOPT)
+        adopted = sum(1 for _, action in found if action in (Recovery.ADOPT, Recovery.ORPHAN))
         self._report(AgentStarted(epoch, adopted))
         for proc, action in found:
             self._recover(proc, action)
+        self._sweep_cgroups()
         return adopted
+
+    def _sweep_cgroups(self) -> None:
+        """Remove the cgroups of runs no process of which runs any more (a previous
+        daemon's too, and its unused ones)."""
+        if self._keeper is None:
+            return
+        live = {
+            path
+            for proc in self._procs.values()
+            if proc.status is ProcState.RUNNING and proc.facts and proc.facts.cgroup
+            for path in proc.facts.cgroup.dirs.values()
+        }
+        self._keeper.sweep(live)
 
     def _recover(self, proc: Proc, action: Recovery) -> None:
         ledger = self._outbox.ledger(proc.proc_id)
         if proc.facts is not None and not ledger.started and action is not Recovery.FAILED:
             self._report_started(proc)
-        if action is Recovery.ADOPT:
+        if action in (Recovery.ADOPT, Recovery.ORPHAN):
             log.info("re-adopting %s (pid %s)", proc.proc_id, proc.facts and proc.facts.pid)
-            self._running(proc)
             self._adopted[proc.proc_id] = proc
+            self._running(proc, orphan=action is Recovery.ORPHAN)
             return
         if action is Recovery.FAILED:
             self._start_failed(proc, proc.error or "start failed")
@@ -588,6 +700,7 @@ class Procs:
             proc.status = ProcState.EXITED
         else:
             reason = {
+                Recovery.LOST: LostReason.SHIM_VANISHED,
                 Recovery.LOST_REBOOT: LostReason.REBOOT,
                 Recovery.LOST_VANISHED: LostReason.SHIM_VANISHED,
                 Recovery.LOST_PID_REUSED: LostReason.PID_REUSED,

@@ -3,12 +3,15 @@
 One directory per process under `<state>/procs/<proc_id>/` (mode 0700):
 
     spec     the ProcSpec as JSON (written by the daemon before spawning)
-    pid      written by the shim once exec succeeded: pid, pgid, start ticks,
-             start time, boot id, shim pid and shim start ticks
+    pid      written by the shim once exec succeeded: pid, pgid, session, start
+             ticks, start time, boot id, the pids and start ticks of the shim and
+             the spawner, and the run's cgroup if it has one
     failed   written by the shim when the program could not be started
-    exit     written by the shim when the program ended (atomic, fsynced)
+    exit     written by the shim (or the spawner, if the shim died) when the
+             program ended (atomic, fsynced)
+    lost     written by the spawner when a dead shim took the program's end with it
     stop     signal, deadline and reason while a stop is under way
-    output   stdout and stderr, appended by the program itself
+    output   stdout and stderr, appended by the program itself (created by it)
 
 What has been *reported* about a process (started, final event, output offset)
 lives in the outbox's ledger, updated in the same transaction as the events.
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apsis_agent import cgroups
+from apsis_agent.cgroups import Cgroup
 from apsis_agent.spares import Spares
 from apsis_agent.spawner import read_stat, write_atomic
 from apsis_common import codec
@@ -55,7 +60,9 @@ def check_proc_id(proc_id: str) -> str:
 
 @dataclass(frozen=True)
 class PidFacts:
-    """The contents of a `pid` file."""
+    """The contents of a `pid` file. Files written before programs had sessions
+    of their own, spawners were subreapers and runs had cgroups lack the last
+    four: the program is then in its shim's session, and no spawner watches it."""
 
     pid: int
     pgid: int
@@ -64,6 +71,14 @@ class PidFacts:
     boot_id: str
     shim_pid: int
     shim_ticks: int | None
+    sid: int | None = None
+    spawner_pid: int | None = None
+    spawner_ticks: int | None = None
+    cgroup: Cgroup | None = None
+
+    @property
+    def session(self) -> int:
+        return self.shim_pid if self.sid is None else self.sid
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,8 @@ class Proc:
     pidfd: int | None = None
     # A stop asked for while the process was still starting: (signal, grace).
     pending_stop: tuple[int, float] | None = None
+    # Why the spawner wrote `lost`: a dead shim took the program's end with it.
+    lost_note: str | None = None
     timers: list[Any] = field(default_factory=list)
 
     @property
@@ -174,7 +191,11 @@ def _read_json(path: Path) -> Any:
 
 
 def read_pid(directory: Path) -> PidFacts | None:
-    data = _read_json(directory / "pid")
+    return parse_pid(_read_json(directory / "pid"))
+
+
+def parse_pid(data: Any) -> PidFacts | None:
+    """The facts a shim (or the spawner) wrote in `pid` and sent, or None."""
     if not isinstance(data, dict):
         return None
     try:
@@ -186,6 +207,10 @@ def read_pid(directory: Path) -> PidFacts | None:
             str(data["boot_id"]),
             int(data["shim_pid"]),
             data.get("shim_ticks"),
+            data.get("sid"),
+            data.get("spawner_pid"),
+            data.get("spawner_ticks"),
+            cgroups.from_facts(data.get("cgroup")),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -206,8 +231,17 @@ def parse_exit(data: Any) -> ExitInfo | None:
 
 
 def read_failed(directory: Path) -> str | None:
+    return _read_text(directory / "failed")
+
+
+def read_lost(directory: Path) -> str | None:
+    """Why the spawner could not learn how the program ended, if it could not."""
+    return _read_text(directory / "lost")
+
+
+def _read_text(path: Path) -> str | None:
     try:
-        return (directory / "failed").read_text(errors="replace")
+        return path.read_text(errors="replace")
     except FileNotFoundError:
         return None
 
@@ -232,6 +266,7 @@ def load(directory: Path) -> Proc | None:
     proc.facts = read_pid(directory)
     proc.exit = read_exit(directory)
     proc.error = read_failed(directory)
+    proc.lost_note = read_lost(directory)
     proc.stop = read_stop(directory)
     return proc
 
@@ -245,6 +280,10 @@ class Recovery(enum.Enum):
     EXITED = "exited"  # report the exit (unless reported) and finish sending output
     FAILED = "failed"  # the shim recorded a start failure: report it
     ADOPT = "adopt"  # the shim is alive: watch it again
+    # The shim is gone but the program lives, or its spawner does (and writes its
+    # exit): watch the program, and its `exit` file.
+    ORPHAN = "orphan"
+    LOST = "lost"  # the spawner wrote `lost`: nobody knows how it ended
     LOST_REBOOT = "lost_reboot"
     LOST_VANISHED = "lost_vanished"  # shim gone without an exit: kill group survivors
     LOST_PID_REUSED = "lost_pid_reused"
@@ -262,6 +301,10 @@ class Observed:
     # The shim's pid exists at all / exists with the start ticks it recorded.
     shim_pid_alive: bool
     shim_matches: bool
+    # The program (with its start ticks) runs; its spawner (the same) does.
+    program_alive: bool = False
+    spawner_alive: bool = False
+    has_lost: bool = False
 
 
 def decide(seen: Observed) -> Recovery:
@@ -270,12 +313,16 @@ def decide(seen: Observed) -> Recovery:
         return Recovery.EXITED
     if seen.has_failed:
         return Recovery.FAILED
+    if seen.has_lost:
+        return Recovery.LOST
     if not seen.has_pid:
         return Recovery.INTERRUPTED
     if not seen.same_boot:
         return Recovery.LOST_REBOOT
     if seen.shim_matches:
         return Recovery.ADOPT
+    if seen.program_alive or seen.spawner_alive:
+        return Recovery.ORPHAN
     if seen.shim_pid_alive:
         return Recovery.LOST_PID_REUSED
     return Recovery.LOST_VANISHED
@@ -284,18 +331,22 @@ def decide(seen: Observed) -> Recovery:
 def observe(proc: Proc, boot_id: str) -> Observed:
     """Look at the process directory and /proc, in the order that avoids races.
 
-    The shim writes `exit` before it exits, so the shim is checked first and the
-    `exit` file read again afterwards: an exit in between is then never taken for
-    a vanished shim.
+    The shim (or, once it is gone, the spawner) writes `exit` before it exits, so
+    the shim, the program and the spawner are checked first and the `exit` file
+    read again afterwards: an exit in between is then never taken for a lost one.
     """
     facts = proc.facts
-    shim_alive = shim_matches = False
+    shim_alive = shim_matches = program = spawner = False
     if facts is not None and facts.boot_id == boot_id:
         stat = read_stat(facts.shim_pid)
         shim_alive = stat is not None
         shim_matches = stat is not None and stat[2] == facts.shim_ticks
+        program = program_alive(facts)
+        spawner = spawner_alive(facts)
     if proc.exit is None:
         proc.exit = read_exit(proc.directory)
+    if proc.lost_note is None:
+        proc.lost_note = read_lost(proc.directory)
     return Observed(
         has_exit=proc.exit is not None,
         has_failed=proc.error is not None,
@@ -303,22 +354,55 @@ def observe(proc: Proc, boot_id: str) -> Observed:
         same_boot=facts is not None and facts.boot_id == boot_id,
         shim_pid_alive=shim_alive,
         shim_matches=shim_matches,
+        program_alive=program,
+        spawner_alive=spawner,
+        has_lost=proc.lost_note is not None,
     )
 
 
+def _alive(pid: int | None, ticks: int | None) -> bool:
+    """Whether `pid` runs (not a zombie), and is the process started at `ticks`."""
+    if pid is None:
+        return False
+    stat = read_stat(pid)
+    return stat is not None and (ticks is None or stat[2] == ticks)
+
+
+def program_alive(facts: PidFacts) -> bool:
+    """Whether the program runs (its shim may be gone)."""
+    return _alive(facts.pid, facts.start_ticks)
+
+
+def shim_alive(facts: PidFacts) -> bool:
+    """Whether the program's shim runs (the same process: its start ticks match)."""
+    return facts.shim_ticks is not None and _alive(facts.shim_pid, facts.shim_ticks)
+
+
+def spawner_alive(facts: PidFacts) -> bool:
+    """Whether the spawner that reaps the program if its shim dies runs."""
+    return facts.spawner_ticks is not None and _alive(facts.spawner_pid, facts.spawner_ticks)
+
+
 def group_alive(facts: PidFacts) -> bool:
-    """Whether any process is still in the program's group and the shim's session."""
+    """Whether any process is still in the run's cgroup, or, without one, in the
+    program's group and session."""
+    if facts.cgroup is not None:
+        return cgroups.populated(facts.cgroup)
+    session = facts.session
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         stat = read_stat(int(entry.name))
-        if stat is not None and stat[0] == facts.pgid and stat[1] == facts.shim_pid:
+        if stat is not None and stat[0] == facts.pgid and stat[1] == session:
             return True
     return False
 
 
 def kill_group(facts: PidFacts, sig: int) -> bool:
-    """Signal the program's group if it still exists; False if it is gone."""
+    """Signal every process of the run's cgroup (SIGKILL: frozen first), or,
+    without one, the program's group; False if none is left."""
+    if facts.cgroup is not None:
+        return cgroups.send(facts.cgroup, sig)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(facts.pgid, sig)
         return True

@@ -47,7 +47,7 @@ from apsis_common.protocol import (
     StartProc,
     StartResults,
 )
-from tests.harness import kill_all_under, wait_for
+from tests.harness import kill_all_under, kill_cgroups, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -367,6 +367,7 @@ def running_agent(
             kill_daemon(state_dir)
             kill_procs(state_dir)
             kill_all_under(state_dir)
+            kill_cgroups(state_dir)
 
 
 def sh(script: str, **kwargs: Any) -> ProcSpec:

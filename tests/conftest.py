@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from tests.harness import kill_all_under
+from tests.harness import kill_all_under, kill_cgroups_under
 from tests.postgres import SKIP_REASON, Cluster, binaries, cluster
 
 # In CI the property and fuzz tests replay the same examples on every run, so a red
@@ -25,6 +25,8 @@ def no_stray_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     killed = kill_all_under(tmp_path_factory.getbasetemp())
     if killed:
         logging.getLogger(__name__).warning("killed %d stray test processes", len(killed))
+    # The run cgroups of agents killed without a word (a test server's local agent).
+    kill_cgroups_under(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

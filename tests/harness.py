@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from apsis_agent import cgroups
+
 T = TypeVar("T")
 FINISHED = {"success", "failure", "error", "skipped"}
 
@@ -120,6 +122,40 @@ def kill_all_under(path: Path) -> list[int]:
                 os.kill(int(entry), signal.SIGKILL)
                 killed.append(int(entry))
     return killed
+
+
+def kill_cgroups(state_dir: Path) -> None:
+    """SIGKILL whatever is left in the run cgroups of the agent of `state_dir` (so
+    processes that left their group go too), and remove them."""
+    for base in cgroups.agent_dirs(state_dir):
+        for entry in os.scandir(base):
+            if entry.is_dir() and entry.name.startswith(("proc-", "run-")):
+                cgroup = cgroups.Cgroup(2 if "/unified/" in base else 1, {"x": entry.path})
+                for _ in range(50):
+                    pids = cgroups.processes(cgroup)
+                    if not pids:
+                        break
+                    for pid in pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    time.sleep(0.02)
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(base)
+
+
+def kill_cgroups_under(root: Path) -> int:
+    """`kill_cgroups` for every agent state dir under `root` (one holding an `epoch`
+    file): the run cgroups of agents that were SIGKILLed (their daemons could not
+    remove them) would otherwise outlive their state dirs. How many there were."""
+    found = 0
+    for directory, subdirs, files in os.walk(root):
+        if "epoch" in files:
+            found += 1
+            kill_cgroups(Path(directory))
+        subdirs[:] = [d for d in subdirs if d not in ("procs", "spare")]
+    return found
 
 
 class Server:
@@ -309,6 +345,8 @@ class Server:
                     os.kill(int(info["shim_pid"]), signal.SIGKILL)
         # An agent whose bootstrap was still under way when the server stopped.
         kill_all_under(self.root)
+        # The SIGKILLed agent could not remove its run cgroups.
+        kill_cgroups_under(self.root)
 
 
 @contextlib.contextmanager

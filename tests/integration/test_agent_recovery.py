@@ -84,49 +84,59 @@ def test_program_exits_while_agent_is_down(agent: tuple[Agent, Receiver]) -> Non
         _contiguous(rx)
 
 
-def test_shim_killed_too_is_lost_and_group_killed(agent: tuple[Agent, Receiver]) -> None:
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_shim_and_spawner_killed_too_is_lost_and_group_killed(
+    agent: tuple[Agent, Receiver],
+) -> None:
+    """With the daemon, the shim and the spawner gone, nobody can learn how the
+    program ends: the restarted agent watches it, and once it has ended reports it
+    lost and kills what is left of its group."""
     a, rx = agent
     a.start(("orphan", sh("sleep 60 & echo ready; wait")))
     wait_for(lambda: rx.output("orphan") == b"ready\n", what="the program")
     facts = json.loads((a.state_dir / "procs" / "orphan" / "pid").read_text())
     kill_daemon(a.state_dir, signal.SIGKILL)
-    os.kill(facts["shim_pid"], signal.SIGKILL)
-    wait_for(lambda: not pid_alive(facts["shim_pid"]), what="the shim to die")
+    for pid in (facts["spawner_pid"], facts["shim_pid"]):
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), what="the shim and the spawner to die")  # noqa: B023
     with restarted(a):
+        wait_for(lambda: rx.state.epochs[-1:] == [2], what="the restarted agent")
+        assert not rx.events("orphan", ProcLost), "a running program is not lost"
+        os.kill(facts["pid"], signal.SIGKILL)  # the program ends: no one reaps it for us
         lost = wait_for(lambda: rx.events("orphan", ProcLost), what="proc.lost")
         assert lost[0].reason == "shim_vanished"
-
-        def group_gone() -> bool:
-            try:
-                os.killpg(facts["pgid"], 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        wait_for(group_gone, what="the survivors to be killed")
+        wait_for(lambda: _group_gone(facts["pgid"]), what="the survivors to be killed")
         _contiguous(rx)
 
 
-def test_shim_killed_loses_all_its_programs(agent: tuple[Agent, Receiver]) -> None:
-    """A shim runs a share of a start batch: killed, the exits of all its programs
-    are lost, and the restarted agent kills every one of their groups."""
+def test_shim_killed_while_the_agent_is_down(agent: tuple[Agent, Receiver]) -> None:
+    """A shim killed while the daemon is down leaves its programs to the spawner,
+    which outlives the daemon while it has programs to watch: the restarted agent
+    reports their true exits."""
     a, rx = agent
-    a.start(("one", sh("echo $PPID; sleep 60")), ("two", sh("echo $PPID; sleep 60")))
+    a.start(("one", sh("echo $PPID; sleep 2; exit 3")), ("two", sh("echo $PPID; sleep 60; exit 4")))
     wait_for(lambda: rx.output("one") and rx.output("two"), what="both programs")
     assert rx.output("one") == rx.output("two"), "one shim should run both"
     facts = [json.loads((a.state_dir / "procs" / p / "pid").read_text()) for p in ("one", "two")]
     kill_daemon(a.state_dir, signal.SIGKILL)
     os.kill(facts[0]["shim_pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(facts[0]["shim_pid"]), what="the shim to die")
     with restarted(a):
-
-        def both_lost() -> list[ProcLost]:
-            lost = [*rx.events("one", ProcLost), *rx.events("two", ProcLost)]
-            return lost if len(lost) == 2 else []
-
-        lost = wait_for(both_lost, what="both programs lost")
-        assert [e.reason for e in lost] == ["shim_vanished"] * 2
-        pids = [f["pid"] for f in facts]
-        wait_for(lambda: not any(map(pid_alive, pids)), what="the programs to be killed")
+        assert pid_alive(facts[0]["spawner_pid"]), "the spawner outlives the daemon"
+        one = wait_for(lambda: rx.exited("one"), 10, "the first program's exit")
+        assert one.exit.exit_code == 3 and rx.output("one").endswith(b"\n")
+        assert not rx.events("two", ProcLost) and not rx.exited("two")
+        a.request("POST", "/procs/two/stop", codec.encode(StopRequest(grace=5)))
+        two = wait_for(lambda: rx.exited("two"), 10, "the second program's exit")
+        assert two.exit.signal == signal.SIGTERM
+        wait_for(lambda: not pid_alive(facts[0]["spawner_pid"]), 5, "the old spawner to leave")
         _contiguous(rx)
 
 

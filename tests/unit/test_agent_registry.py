@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apsis_agent import registry
+from apsis_agent import cgroups, registry
 from apsis_agent.procs import check_spec
 from apsis_agent.registry import Observed, Recovery, check_proc_id, decide
 from apsis_common import codec
@@ -40,6 +40,16 @@ def _seen(**kw: bool) -> Observed:
         (_seen(), Recovery.LOST_VANISHED),
         (_seen(shim_pid_alive=True), Recovery.LOST_PID_REUSED),
         (_seen(has_pid=False, same_boot=False), Recovery.INTERRUPTED),
+        # The shim is gone, but the program runs (or its spawner does, and writes
+        # its exit): watched; without either, it is lost.
+        (_seen(program_alive=True), Recovery.ORPHAN),
+        (_seen(spawner_alive=True), Recovery.ORPHAN),
+        (_seen(shim_pid_alive=True, program_alive=True), Recovery.ORPHAN),
+        (_seen(same_boot=False, program_alive=True), Recovery.LOST_REBOOT),
+        (_seen(has_lost=True), Recovery.LOST),
+        (_seen(has_lost=True, has_pid=False), Recovery.LOST),
+        (_seen(has_exit=True, has_lost=True), Recovery.EXITED),
+        (_seen(shim_pid_alive=True, shim_matches=True, spawner_alive=True), Recovery.ADOPT),
     ],
 )
 def test_recovery_table(seen: Observed, action: Recovery) -> None:
@@ -105,6 +115,7 @@ def test_load_reads_what_the_shim_wrote(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.digest == spec_digest(spec)
     assert loaded.facts == registry.PidFacts(5, 5, 10, 1.5, "b", 4, 9)
+    assert loaded.facts.session == 4  # written before programs had sessions of their own
     assert loaded.stop == registry.StopFacts(15, 2.0, SignalReason.STOP)
     assert loaded.exit is None and loaded.error is None
     seen = registry.observe(loaded, "other-boot")
@@ -116,3 +127,20 @@ def test_load_reads_what_the_shim_wrote(tmp_path: Path) -> None:
 def test_a_directory_without_spec_is_not_a_process(tmp_path: Path) -> None:
     (tmp_path / "p").mkdir()
     assert registry.load(tmp_path / "p") is None
+
+
+def test_pid_facts_name_session_spawner_and_cgroup() -> None:
+    facts = registry.parse_pid(
+        {
+            "pid": 7, "pgid": 7, "sid": 7, "start_ticks": 10, "start_time": 1.5,
+            "boot_id": "b", "shim_pid": 4, "shim_ticks": 9,
+            "spawner_pid": 3, "spawner_ticks": 8,
+            "cgroup": {"version": 1, "dirs": {"freezer": "/f/proc-p", "memory": "/m/proc-p"}},
+        }
+    )  # fmt: skip
+    assert facts is not None
+    assert (facts.session, facts.spawner_pid, facts.spawner_ticks) == (7, 3, 8)
+    assert facts.cgroup is not None and facts.cgroup.main == "/f/proc-p"
+    assert registry.parse_pid({"pid": "x"}) is None
+    bad = {"version": 3, "dirs": {"freezer": "/f"}}
+    assert cgroups.from_facts(bad) is None and cgroups.from_facts({"version": 1}) is None
