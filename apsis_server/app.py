@@ -30,6 +30,7 @@ from apsis_server.agents.events import PATH, webhook_route
 from apsis_server.agents.facts import Facts
 from apsis_server.agents.registry import Registry
 from apsis_server.api import rest
+from apsis_server.api.checks import Checker
 from apsis_server.api.feeds.fanout import Feeds
 from apsis_server.api.feeds.routes import feed_routes
 from apsis_server.api.gate import Gate, allowed_hosts, allowed_origins, exposure
@@ -124,8 +125,13 @@ def build_app(config: Config) -> Starlette:
         internal=internal.put_nowait,
     )
     facts = Facts(engine, registry.agent_started)
+    checker = Checker(engine, registry, config.checks, config.horizon, lambda: leadership.leading)
     metrics = Metrics(
-        engine, registry, None if config.store_url else config.state / "apsis.db", leadership
+        engine,
+        registry,
+        None if config.store_url else config.state / "apsis.db",
+        leadership,
+        checker,
     )
     housekeeping = Housekeeping(
         engine,
@@ -190,7 +196,14 @@ def build_app(config: Config) -> Starlette:
         if not config.store_url:
             take_over()  # the only server: it leads before it answers
         following = [_follow(feeds, leadership, config.store_url)] if config.store_url else []
-        task = asyncio.create_task(_background(leadership.run(lead), metrics.run(), *following))
+        task = asyncio.create_task(
+            _background(
+                leadership.run(lead),
+                metrics.run(),
+                checker.run(config.check_interval),
+                *following,
+            )
+        )
         try:
             yield
         finally:
@@ -231,6 +244,7 @@ def build_app(config: Config) -> Starlette:
     app.state.leadership = leadership
     app.state.config = config
     app.state.metrics = metrics
+    app.state.checker = checker
     app.state.job_errors = []
     return app
 

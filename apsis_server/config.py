@@ -11,6 +11,7 @@ from apsis_server.agents.settings import AgentSettings, parse_agents, parse_host
 from apsis_server.api.https import parse_tls
 from apsis_server.api.tokens import ApiSettings, parse_api
 from apsis_server.core.catchup import DEFAULT_CATCH_UP, CatchUp, parse_catch_up
+from apsis_server.core.checks import CheckSettings
 from apsis_server.core.fields import (
     FieldError,
     Fields,
@@ -53,6 +54,8 @@ class Config:
     archive: Path | None = None
     retention_period: float = 600.0
     smtp: SmtpSettings | None = None
+    checks: CheckSettings = field(default_factory=CheckSettings)  # the sanity checker's
+    check_interval: float = 60.0
 
     def with_bind(self, bind: str) -> Config:
         host, _, port = bind.rpartition(":")
@@ -78,6 +81,22 @@ def _store_url(value: Any, path: str) -> str:
     if not url.startswith(("postgresql://", "postgres://")):
         raise Invalid([FieldError(path, "expected a postgresql:// URL")])
     return url
+
+
+def _checks(f: Fields) -> tuple[CheckSettings, float]:
+    """`checks: {interval, overdue, late, late_window, silent, failures}`."""
+    c = _section(f, "checks")
+    d = CheckSettings()
+    settings = CheckSettings(
+        overdue=c.take("overdue", positive_duration, d.overdue),
+        late=c.take("late", positive_duration, d.late),
+        late_window=c.take("late_window", positive_duration, d.late_window),
+        silent=c.take("silent", positive_duration, d.silent),
+        failures=c.take("failures", positive_integer, d.failures),
+    )
+    interval = c.take("interval", positive_duration, 60.0)
+    c.done()
+    return settings, interval
 
 
 def _retention(f: Fields) -> tuple[Retention | None, Path | None, float]:
@@ -133,6 +152,7 @@ def parse_config(data: Any, base: Path) -> Config:
     output_max = output.take("max_bytes", byte_size, 64 * 2**20)
     output.done()
     retention = _retention(f)
+    checks, check_interval = _checks(f)
     smtp = parse_smtp(_section(f, "smtp"), base) if f.raw("smtp") is not None else None
     logs = _section(f, "log")
     log_level = logs.take("level", string, "INFO").upper()
@@ -164,6 +184,8 @@ def parse_config(data: Any, base: Path) -> Config:
         archive=(base / retention[1]) if retention[1] else None,
         retention_period=retention[2],
         smtp=smtp,
+        checks=checks,
+        check_interval=check_interval,
     )
 
 

@@ -252,6 +252,10 @@ class ApsisClient:
     def agents(self) -> Json:
         return self._json("GET", f"{API}/agents")
 
+    def checks(self) -> Json:
+        """The sanity checker's findings, checked now."""
+        return self._json("GET", f"{API}/checks")
+
     def servers(self) -> Json:
         """This server's role, who leads, and every server sharing the store."""
         return self._json("GET", f"{API}/servers")

@@ -17,6 +17,7 @@ from cli.commands import (
     Commands,
     agents,
     certs,
+    checks,
     jobs,
     operations,
     output,
@@ -28,7 +29,7 @@ from cli.config import load_settings
 from cli.context import Context
 from cli.errors import UsageError
 
-GROUPS = (jobs, runs, operations, output, wait, watch, agents, certs)
+GROUPS = (jobs, runs, operations, output, wait, watch, agents, checks, certs)
 
 
 def _global_options() -> argparse.ArgumentParser:

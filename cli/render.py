@@ -346,6 +346,25 @@ def agents_table(agents: Sequence[Json], now: float) -> Table:
     return table
 
 
+def findings_table(findings: Sequence[Json], base_url: str) -> Table:
+    """Sanity findings: severity, check, what, and where to look."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("severity", "check"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("finding")
+    table.add_column("see", no_wrap=True)
+    styles = {"error": "red", "warning": "yellow"}
+    for f in findings:
+        severity = str(f.get("severity") or "-")
+        table.add_row(
+            Text(severity, style=styles.get(severity, "")),
+            Text(str(f.get("check") or "-")),
+            Text(str(f.get("message") or "")),
+            Text(base_url + str(f.get("link") or "")),
+        )
+    return table
+
+
 def servers_view(answer: Json, now: float) -> Group:
     """Who leads (epoch, since when, lease deadline) and every server's role."""
     leader = answer.get("leader")

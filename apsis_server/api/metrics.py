@@ -33,7 +33,9 @@ from apsis_common.errors import Unavailable
 from apsis_common.states import UNFINISHED, State
 from apsis_server.agents.conn import AgentState
 from apsis_server.agents.registry import Registry
+from apsis_server.api.checks import Checker
 from apsis_server.api.views import LoopLatency, ScheduleLateness, Stats, time_text
+from apsis_server.core.checks import counts
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
 from apsis_server.leadership import Leadership
@@ -137,12 +139,14 @@ class Metrics:
         registry: Registry,
         store_path: Path | None,
         leadership: Leadership,
+        checker: Checker,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`store_path`: the SQLite file (None: the store tells its own size)."""
         self.engine = engine
         self.registry = registry
         self.leadership = leadership
+        self.checker = checker
         self.store_path = store_path
         self.clock = clock
         self.start_time = clock()
@@ -321,6 +325,15 @@ class Metrics:
                 "gauge",
                 "1 if the last store write succeeded; 0 while changes wait to be written.",
                 [f" {0 if self.engine.store_error else 1}"],
+            ),
+            (
+                "check_findings",
+                "gauge",
+                "Findings of the latest sanity check (GET /api/v1/checks), by check and severity.",
+                [
+                    f"{_labels({'check': c, 'severity': v})} {n}"
+                    for (c, v), n in counts(self.checker.findings).items()
+                ],
             ),
             *self._leadership_families(),
         ]

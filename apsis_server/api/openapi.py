@@ -21,6 +21,7 @@ from apsis_server.api.views import (
     ANSWERS,
     AgentList,
     Alive,
+    Checks,
     Dependencies,
     Error,
     JobAnswer,
@@ -330,6 +331,12 @@ def _operations() -> dict[str, Schema]:
             "get": _op(
                 "agents and their state",
                 _answer(_ref(AgentList)),
+            )
+        },
+        "/api/v1/checks": {
+            "get": _op(
+                "the sanity checker's findings, checked now (none on a standby)",
+                _answer(_ref(Checks)),
             )
         },
         "/metrics": {

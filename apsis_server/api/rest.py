@@ -27,6 +27,7 @@ from apsis_common.errors import (
 )
 from apsis_common.states import State
 from apsis_common.times import parse_time
+from apsis_server.api.checks import checks_endpoint
 from apsis_server.api.dependencies import dependencies
 from apsis_server.api.metrics import Metrics
 from apsis_server.api.openapi import document
@@ -537,6 +538,7 @@ def routes() -> list[Route]:
         ("/runs/{run_id}/mark/{state}", mark, ["POST"]),
         ("/runs/{run_id}/error", force_error, ["POST"]),
         ("/agents", agents, ["GET"]),
+        ("/checks", checks_endpoint, ["GET"]),
     ]
     table += [
         (f"/runs/{{run_id}}/{op}", _operation(op), ["POST"])

@@ -22,7 +22,7 @@ from msgspec import UNSET, Meta, UnsetType
 from apsis_common.states import State
 from apsis_common.times import format_time
 from apsis_server.agents.conn import AgentConn, AgentState
-from apsis_server.core import jobs, runs
+from apsis_server.core import checks, jobs, runs
 from apsis_server.core.bound import BoundInternal, BoundNoOp, BoundProgram
 from apsis_server.core.crontab import CrontabSchedule
 from apsis_server.core.jobs import ADHOC_JOB, JobError
@@ -483,6 +483,37 @@ class AgentList:
     agents: list[Agent]
 
 
+@dataclass(frozen=True)
+class CheckFinding:
+    """Something the sanity checker finds wrong (core/checks.py)."""
+
+    check: checks.Check
+    severity: checks.Severity
+    message: str
+    link: Annotated[str, Meta(description="the web UI's page for it")]
+    job_id: str | None
+    run_id: str | None
+    agent_id: str | None
+
+
+@dataclass(frozen=True)
+class Checks:
+    """`GET /api/v1/checks`: the findings of a check made now (on the leader)."""
+
+    time: Annotated[Time | None, Meta(description="when checked; null on a standby")]
+    findings: list[CheckFinding]
+
+
+def checks_view(time: float | None, findings: list[checks.Finding]) -> Checks:
+    return Checks(
+        format_time(time),
+        [
+            CheckFinding(f.check, f.severity, f.message, f.link, f.job_id, f.run_id, f.agent_id)
+            for f in findings
+        ],
+    )
+
+
 # Every answer of the REST API: the OpenAPI document's schemas are theirs.
 @dataclass(frozen=True)
 class ServerInfo:
@@ -532,6 +563,7 @@ ANSWERS: tuple[type, ...] = (
     RunMeta,
     Dependencies,
     AgentList,
+    Checks,
 )
 
 
