@@ -15,6 +15,8 @@ from apsis_server.core.calendars import Calendar, parse_cal_text, parse_calendar
 from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.fields import FieldError, Invalid
 from apsis_server.core.jobs import Job, JobError, job_error, parse_job
+from apsis_server.core.jobsconfig import FILE as JOBS_CONFIG
+from apsis_server.core.jobsconfig import JobsConfig, parse_jobs_config
 from apsis_server.core.templates import Templates
 from apsis_server.core.yamlfile import MAX_FILE_SIZE, TOO_LARGE, load_yaml
 
@@ -75,20 +77,27 @@ def load_jobs_dir(
 ) -> JobsLoad:
     """Every `*.yaml` under `jobs_dir`; the job id is the path without `.yaml`.
 
-    Files and folders whose names start with `.` are ignored.
+    Files and folders whose names start with `.` are ignored, and `jobs.yaml` at the
+    root is the directory's configuration (`core/jobsconfig.py`), applied to every
+    job file; while it has errors, no job loads.
     """
     jobs: dict[str, Job] = {}
     errors: list[JobError] = []
     if not jobs_dir.is_dir():
         errors.append(JobError("", str(jobs_dir), "", "jobs directory does not exist"))
         return JobsLoad(jobs, errors)
+    config, errors = _jobs_config(jobs_dir)
     for path in sorted(jobs_dir.rglob("*.yaml")):
         rel = path.relative_to(jobs_dir)
-        if any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or rel.as_posix() == JOBS_CONFIG:
             continue
         job_id = rel.as_posix()[: -len(".yaml")]
+        if config is None:  # no job is loaded as it would be without its defaults
+            message = f"not loaded: {JOBS_CONFIG} has errors"
+            errors.append(JobError(job_id, rel.as_posix(), "", message))
+            continue
         try:
-            data = load_yaml(_read(path))
+            data = config.apply(job_id, load_yaml(_read(path)))
             jobs[job_id] = parse_job(job_id, data, templates, calendars=calendars)
         except Invalid as exc:
             errors.extend(job_error(job_id, rel.as_posix(), exc))
@@ -96,6 +105,20 @@ def load_jobs_dir(
             errors.append(_unexpected(job_id, rel.as_posix(), exc))
     failed = {e.job_id for e in errors}
     return JobsLoad(jobs, errors, check_references(jobs, failed))
+
+
+def _jobs_config(jobs_dir: Path) -> tuple[JobsConfig | None, list[JobError]]:
+    """The jobs directory's `jobs.yaml` (empty when there is none); None and its
+    errors when it is bad."""
+    path = jobs_dir / JOBS_CONFIG
+    if not path.exists():
+        return JobsConfig(), []
+    try:
+        return parse_jobs_config(load_yaml(_read(path))), []
+    except Invalid as exc:
+        return None, job_error("", JOBS_CONFIG, exc)
+    except Exception as exc:
+        return None, [_unexpected("", JOBS_CONFIG, exc)]
 
 
 def _references(job: Job) -> list[tuple[str, str, dict[str, str]]]:

@@ -182,6 +182,9 @@ def _email(f: Fields, c: Collector) -> Action:
 _PARSERS = {"schedule": _schedule, "retry": _retry, "webhook": _webhook, "email": _email}
 
 
+ACTION_TYPES = tuple(_PARSERS)
+
+
 def parse_action(value: Any, path: str) -> Action:
     """One action from its YAML form."""
     f, parser = typed(value, path, "an action", _PARSERS)

@@ -207,6 +207,9 @@ _PARSERS = {
 }
 
 
+CONDITION_TYPES = tuple(_PARSERS)
+
+
 def parse_condition(value: Any, path: str) -> Condition:
     """One condition from its YAML form."""
     f, parser = typed(value, path, "a condition", _PARSERS)

@@ -70,6 +70,8 @@ def _new_job(ctx: Context, name: str, jobs_dir: Path) -> int:
     bad = any(p in ("", ".", "..") or p.startswith(".") for p in parts)
     if not job_id or bad or any(c < " " or c == "\x7f" for c in job_id):
         raise UsageError(f"expected a job id like demo/hello, got {name!r}")
+    if job_id == "jobs":
+        raise UsageError("jobs.yaml at the root is the jobs directory's configuration, not a job")
     path = jobs_dir.joinpath(*parts[:-1], f"{parts[-1]}.yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

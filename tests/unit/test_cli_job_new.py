@@ -46,3 +46,12 @@ def test_refuses_names_that_are_no_job_id(
     assert "expected a job id" in capsys.readouterr().err
     assert not (tmp_path / "escape.yaml").exists()
     assert not list(tmp_path.rglob("*.yaml"))
+
+
+def test_refuses_the_jobs_directorys_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["job", "new", "jobs", "--dir", str(tmp_path)]) == 2
+    assert "configuration" in capsys.readouterr().err
+    assert not (tmp_path / "jobs.yaml").exists()
+    assert main(["job", "new", "etl/jobs", "--dir", str(tmp_path)]) == 0  # only the root's
