@@ -83,6 +83,10 @@ class JobError:
 
 
 def _params(value: Any, path: str) -> tuple[str, ...]:
+    """A list of names; or, as the earlier Apsis also took, a mapping whose keys are
+    the names (their values, that scheduler's param types, are not used here)."""
+    if isinstance(value, Mapping):
+        value = list(value)
     params = strings(value, path)
     for i, p in enumerate(params):
         if not p.isidentifier():

@@ -666,3 +666,10 @@ def test_resources_reach_the_agent() -> None:
     empty = "program: {type: shell, command: x, resources: {}}\n"
     partial = parse_job("j", load_yaml(empty), Templates())
     assert partial.program.resources is None
+
+
+def test_params_as_a_mapping_as_the_earlier_apsis_took_them() -> None:
+    text = "params: {date: {type: date}, region: null}\nprogram: echo {{ date }} {{ region }}\n"
+    assert parse_job("j", load_yaml(text), Templates()).params == ("date", "region")
+    with pytest.raises(Invalid, match="not a valid name"):
+        parse_job("j", load_yaml("params: {'not ok': 1}\nprogram: echo\n"), Templates())
