@@ -17,6 +17,7 @@ from rich.console import Console
 from bench import (
     concurrency,
     failover,
+    fleet,
     history,
     output,
     pg,
@@ -37,6 +38,7 @@ SCENARIOS: dict[str, Scenario] = {
     "P6": output.p6,
     "P7": concurrency.p7,
     "P8": watchers.p8,
+    "P9": fleet.p9,
     "S1": scheduling.precision,
     "F1": failover.f1,
 }

@@ -40,3 +40,36 @@ def test_quick_p1_reports_its_figures(tmp_path: Path) -> None:
     for name in P1_FIGURES:
         assert isinstance(figures[name]["measured"], int | float), figures[name]
     assert figures["runs/s end to end"]["target"] is not None
+
+
+P9_FIGURES = {
+    "idle server CPU",
+    "idle server RSS",
+    "idle agent CPU-s a minute, median",
+    "idle agent CPU-s a minute, max",
+    "runs/s end to end",
+    "submit→start p50",
+    "submit→start p99",
+    "runs succeeded",
+    "agents that got a run",
+}
+
+
+@pytest.mark.timeout(90)
+def test_quick_p9_reports_its_figures(tmp_path: Path) -> None:
+    """P9 with 20 static agents (each its own `apsis-agent serve`): ~40 s on a busy machine."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "P9", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=85,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "latest.json").read_text())
+    figures = {f["figure"]: f for f in report["figures"] if f["scenario"] == "P9"}
+    assert set(figures) >= P9_FIGURES, sorted(figures)
+    for name in P9_FIGURES:
+        assert isinstance(figures[name]["measured"], int | float), figures[name]
+    for name in ("idle server CPU", "idle agent CPU-s a minute, max", "agents that got a run"):
+        assert figures[name]["target"] is not None, figures[name]
