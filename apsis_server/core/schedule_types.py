@@ -135,6 +135,11 @@ def _all_days() -> Calendar:
 ALL_DAYS = _all_days()
 
 
+def _days(calendar: Calendar) -> str:
+    """The days of a schedule's text: `every day`, or its calendar's name (`Mon-Fri`)."""
+    return "every day" if calendar.name == ALL_DAYS.name else calendar.name
+
+
 @dataclass(frozen=True, kw_only=True)
 class ScheduleBase:
     """What every schedule type shares; subclasses provide `slots` and `describe`."""
@@ -259,8 +264,13 @@ class ExplicitSchedule(ScheduleBase):
             yield _utc_slot(t)
 
     def describe(self) -> str:
-        shown = ", ".join(format_time(t) or "" for t in self.times[:3])
+        shown = ", ".join(_utc_text(t) for t in self.times[:3])
         return "at " + shown + (" …" if len(self.times) > 3 else "")
+
+
+def _utc_text(t: float) -> str:
+    """`2027-01-01 00:00:00 UTC`: to the second, as people read it."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class _LocalMixin:
@@ -335,7 +345,7 @@ class DailySchedule(_LocalMixin, ScheduleBase):
 
     def describe(self) -> str:
         daytimes = ", ".join(format_daytime(d) for d in self.daytimes)
-        out = f"{self.calendar} at {daytimes} {self.tz.name}"
+        out = f"{_days(self.calendar)} at {daytimes} {self.tz.name}"
         if self.cal_shift:
             out += f" {self.cal_shift:+d} cal days"
         if self.date_shift:
@@ -396,10 +406,8 @@ class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
         )
 
     def describe(self) -> str:
-        return (
-            f"{self.calendar} every {span(self.interval)} "
-            f"from {self.start} to {self.stop} {self.tz.name}"
-        )
+        days = "" if self.calendar.name == ALL_DAYS.name else f"{self.calendar}, "
+        return f"{days}every {span(self.interval)} from {self.start} to {self.stop} {self.tz.name}"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def test_every_example_job_loads() -> None:
 
 def test_unquoted_daytime_is_noon_not_base_60() -> None:
     loaded = job("program: x\nschedule: {type: daily, daytime: 12:00, tz: UTC}\n")
-    assert loaded.schedules[0].text() == "all at 12:00:00 UTC"
+    assert loaded.schedules[0].text() == "every day at 12:00:00 UTC"
 
 
 @pytest.mark.parametrize(

@@ -312,6 +312,12 @@ def test_text_describes_schedules() -> None:
     cron = parse_schedule({"type": "crontab", "expr": "*/5 * * * *", "enabled": False}, "s")
     assert cron.text() == "cron */5 * * * * UTC"  # `enabled` says it is off
     assert not cron.enabled
+    window = parse_schedule(
+        {"type": "daily-interval", "start": "08:00", "stop": "18:00", "interval": 1800}, "s"
+    )
+    assert window.text() == "every 30m from 08:00:00 to 18:00:00 UTC"
+    explicit = parse_schedule({"type": "explicit", "times": ["2027-01-01T00:00:00Z"]}, "s")
+    assert explicit.text() == "at 2027-01-01 00:00:00 UTC"  # no microseconds
 
 
 def test_schedule_key_is_stable_and_distinct() -> None:
