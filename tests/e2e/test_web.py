@@ -145,6 +145,7 @@ def test_jobs_search_finds_a_job_by_label(tab: Page, server: Server) -> None:
     expect(tab.locator("#description strong")).to_have_text("nightly")
     tab.fill('#run-now input[data-param="date"]', "2026-02-03")
     tab.click('#run-now button[type="submit"]')
+    tab.locator('dialog#confirm button[value="confirm"]').click()  # it asks first
     expect(tab).to_have_url(re.compile(r"/runs/r\d+$"))
     expect(tab.locator("#run-summary")).to_contain_text("date=2026-02-03")
     expect(tab.locator("#output")).to_contain_text("report 2026-02-03", timeout=10_000)

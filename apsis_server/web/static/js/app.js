@@ -1,9 +1,13 @@
 // The single-page app: a tiny router over history.pushState, the live summary
-// feed shared by every page, the connection indicator and, with servers sharing a
+// feed shared by every page, the connection indicator, the zone times are shown
+// in, the favicon that tells what runs are doing and, with servers sharing a
 // database, which server this is and whether it leads.
 
 import { get } from "./api.js";
+import { h, link } from "./dom.js";
+import { Favicon } from "./favicon.js";
 import { Summary } from "./feed.js";
+import { localZone, setZoneMode, zoneMode } from "./format.js";
 import * as agentsPage from "./pages/agents.js";
 import * as jobPage from "./pages/job.js";
 import * as jobsPage from "./pages/jobs.js";
@@ -43,8 +47,19 @@ class App {
     this._role();
     document.addEventListener("click", (event) => this._click(event));
     window.addEventListener("popstate", () => this.render());
+    this._zoneSelector();
+    new Favicon(this.summary).start();
     this.summary.start();
     this.render();
+  }
+
+  // UTC, this browser's zone, or each job's own (its schedule's) zone.
+  _zoneSelector() {
+    const select = document.getElementById("zone");
+    const names = { local: `Local (${localZone()})`, utc: "UTC", job: "Job's zone" };
+    select.replaceChildren(...Object.entries(names).map(([value, label]) =>
+      h("option", { value, selected: value === zoneMode() }, label)));
+    select.addEventListener("change", () => setZoneMode(select.value));
   }
 
   // With servers sharing a database: this one's name and role (a standby may
@@ -99,8 +114,10 @@ class App {
       this.cleanup = page.mount(this.main, this, match.slice(1)) || null;
       return;
     }
-    this.main.replaceChildren();
-    this.main.textContent = "No such page.";
+    this.main.replaceChildren(h("div", { class: "panel empty", id: "no-page" },
+      h("h1", {}, "No such page"),
+      h("p", {}, `Nothing here at ${location.pathname}. `, link("/runs", "Runs"), " · ", link("/jobs", "Jobs"), " · ",
+        link("/agents", "Agents"))));
   }
 }
 

@@ -6,7 +6,7 @@ import { timeEl } from "../format.js";
 
 export function mount(main, app) {
   const summary = app.summary;
-  const box = h("div", { class: "panel flush", id: "agents" });
+  const box = h("div", { class: "panel flush scroll", id: "agents" });
   main.append(h("div", { class: "page-head" }, h("h1", {}, "Agents")), box);
   let agents = new Map(summary.agents);
 
@@ -38,12 +38,14 @@ export function mount(main, app) {
   const onAgent = (event) => { agents.set(event.detail.agent_id, event.detail); render(); };
   summary.addEventListener("agent", onAgent);
   summary.addEventListener("snapshot", refresh);
+  window.addEventListener("zonechange", render);
   render();
   refresh();
   const timer = setInterval(refresh, 10000);
   return () => {
     summary.removeEventListener("agent", onAgent);
     summary.removeEventListener("snapshot", refresh);
+    window.removeEventListener("zonechange", render);
     clearInterval(timer);
   };
 }

@@ -1,210 +1,170 @@
-// One run: summary, times, run log, metadata, live output (ANSI colours,
-// tail first, "load earlier") and the operations, each confirmed first.
+// One run: summary (what made it, what it runs, its times in the reader's zone),
+// run log, metadata in words, live output (ANSI colours, tail first, "load
+// earlier"), the operations, each confirmed first, and its JSON.
 
-import { getBytes, jobPath, post } from "../api.js";
-import { AnsiRenderer } from "../ansi.js";
+import { get, getBytes, jobPath, post } from "../api.js";
 import { confirmDialog, h, link, toast } from "../dom.js";
-import { isFinished } from "../feed.js";
-import { RunFeed } from "../feed.js";
+import { isFinished, RunFeed } from "../feed.js";
 import { duration, parseTime, timeEl } from "../format.js";
-import { argsChips, stateBadge } from "../runtable.js";
+import { FINISHED_STATES, opButtons } from "../operations.js";
+import { Output } from "../output.js";
+import { argsChips, isAdHoc, lateChip, lateness, stateBadge, tickElapsed } from "../runtable.js";
+import { metaText, programWords } from "../words.js";
+import { jsonToggle } from "./json.js";
+import { zoneOf } from "./runs.js";
 
 const TAIL = 64 * 1024;
 const EARLIER = 256 * 1024;
-const FINISHED_STATES = ["success", "failure", "error", "skipped"];
+const ORDER = ["scheduled", "waiting", "starting", "running", "stopping", ...FINISHED_STATES];
+// What made a run (the API's `origin`), in words.
+const ORIGINS = {
+  schedule: "its schedule", hand: "scheduled by hand", adhoc: "an ad-hoc command",
+  rerun: "a rerun", action: "an action of another run",
+};
 
-const OPERATIONS = [
-  { op: "start", label: "Start now", states: ["scheduled", "waiting"], ask: "Start this run now, ignoring its schedule time and conditions?" },
-  { op: "skip", label: "Skip", states: ["scheduled", "waiting"], ask: "Skip this run? It will not run." },
-  { op: "stop", label: "Stop", states: ["running"], ask: "Stop this run? Its program gets its stop signal, then SIGKILL after the grace period.", danger: true },
-  { op: "kill", label: "Kill", states: ["running", "stopping"], ask: "Kill this run's program with SIGKILL now?", danger: true },
-  { op: "rerun", label: "Rerun", states: FINISHED_STATES, ask: "Schedule a new run of this job with the same args, now?" },
-  { op: "error", label: "Set error", states: ["scheduled", "waiting", "starting", "running", "stopping"], ask: "Put this run in error? For a run that is wedged: a process it has is killed.", danger: true },
-];
-
-// Output bytes as loaded: from `start`, decoded and rendered as they come.
-class Output {
-  constructor(pre) {
-    this.pre = pre;
-    this.start = null;
-    this.chunks = [];
-    this.length = 0;
-    this._reset();
-  }
-
-  _reset() {
-    this.pre.replaceChildren();
-    this.decoder = new TextDecoder("utf-8");
-    this.renderer = new AnsiRenderer(this.pre);
-  }
-
-  get end() {
-    return this.start === null ? null : this.start + this.length;
-  }
-
-  _write(bytes, first) {
-    let data = bytes;
-    // A tail may begin inside a UTF-8 character: skip its continuation bytes.
-    if (first && this.start > 0) {
-      let skip = 0;
-      while (skip < data.length && skip < 3 && (data[skip] & 0xc0) === 0x80) skip++;
-      data = data.subarray(skip);
+function markSelect(run, onDone) {
+  const others = FINISHED_STATES.filter((s) => s !== run.state);
+  const select = h("select", { id: "mark-state", "aria-label": "mark as" },
+    h("option", { value: "" }, "Mark as…"), others.map((s) => h("option", { value: s }, s)));
+  select.addEventListener("change", async () => {
+    const state = select.value;
+    select.value = "";
+    if (!state) return;
+    if (!(await confirmDialog(`Mark ${run.run_id}`, `Mark this run ${state}? Its program is not run again.`, `Mark ${state}`))) return;
+    try {
+      onDone((await post(`/runs/${run.run_id}/mark/${state}`)).run);
+      toast(`${run.run_id} marked ${state}`);
+    } catch (exc) {
+      toast(`mark failed: ${exc.message}`, { error: true });
     }
-    this.renderer.write(this.decoder.decode(data, { stream: true }));
-  }
-
-  append(offset, bytes) {
-    if (this.start === null) this.start = offset;
-    const end = this.end;
-    if (offset + bytes.length <= end && this.length > 0) return; // seen already
-    if (offset > end) return; // a gap should not happen; the feed restarts from `end`
-    const fresh = bytes.subarray(end - offset);
-    if (fresh.length === 0) return;
-    const follow = this.pre.scrollTop + this.pre.clientHeight >= this.pre.scrollHeight - 24;
-    this.chunks.push(fresh);
-    this.length += fresh.length;
-    this._write(fresh, this.chunks.length === 1);
-    if (follow) this.pre.scrollTop = this.pre.scrollHeight;
-  }
-
-  prepend(bytes) {
-    this.start -= bytes.length;
-    this.chunks.unshift(bytes);
-    this.length += bytes.length;
-    this._reset();
-    this.chunks.forEach((chunk, i) => this._write(chunk, i === 0));
-  }
+  });
+  return select;
 }
 
-function opButtons(run, onDone) {
-  const box = h("div", { class: "buttons", id: "ops" });
-  for (const spec of OPERATIONS) {
-    if (!spec.states.includes(run.state)) continue;
-    if (spec.op === "rerun" && run.job_id === "adhoc") continue; // a program given directly: not kept
-    box.append(h("button", {
-      class: spec.danger ? "btn btn-danger" : "btn", "data-op": spec.op,
-      onclick: async () => {
-        if (!(await confirmDialog(`${spec.label}: ${run.run_id}`, `${spec.ask} (${run.job_id})`, spec.label))) return;
-        try {
-          const result = await post(`/runs/${run.run_id}/${spec.op}`);
-          if (spec.op === "rerun") {
-            toast(`Rerun scheduled:`, { href: `/runs/${result.run.run_id}`, linkText: result.run.run_id });
-          } else {
-            toast(`${run.run_id}: ${spec.op} requested`);
-          }
-          onDone(result.run.run_id === run.run_id ? result.run : null);
-        } catch (exc) {
-          toast(`${spec.op} failed: ${exc.message}`, { error: true });
-        }
-      },
-    }, spec.label));
-  }
-  if (isFinished(run.state)) {
-    const others = FINISHED_STATES.filter((s) => s !== run.state);
-    const select = h("select", { id: "mark-state", "aria-label": "mark as" },
-      h("option", { value: "" }, "Mark as…"), others.map((s) => h("option", { value: s }, s)));
-    select.addEventListener("change", async () => {
-      const state = select.value;
-      select.value = "";
-      if (!state) return;
-      if (!(await confirmDialog(`Mark ${run.run_id}`, `Mark this run ${state}? Its program is not run again.`, `Mark ${state}`))) return;
-      try {
-        onDone((await post(`/runs/${run.run_id}/mark/${state}`)).run);
-        toast(`${run.run_id} marked ${state}`);
-      } catch (exc) {
-        toast(`mark failed: ${exc.message}`, { error: true });
-      }
-    });
-    box.append(select);
-  }
-  return box;
+function dl(pairs, attrs = {}) {
+  return h("dl", { class: "kv", ...attrs }, pairs.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
-function timesList(run) {
-  const order = ["scheduled", "waiting", "starting", "running", "stopping", ...FINISHED_STATES];
-  const entries = Object.entries(run.times || {}).sort((a, b) => order.indexOf(a[0]) - order.indexOf(b[0]));
-  return h("dl", { class: "kv" }, entries.map(([state, t]) => [h("dt", {}, state), h("dd", {}, timeEl(t))]));
-}
-
-function valueEl(value, key = "") {
-  if (typeof value === "number" && key.endsWith("_time")) return timeEl(new Date(value * 1000).toISOString());
-  if (typeof value === "number" && key === "elapsed") return h("span", {}, duration(value));
-  if (value !== null && typeof value === "object") return h("pre", { class: "json" }, JSON.stringify(value, null, 2));
-  return h("span", { class: "mono" }, String(value));
+// What the run runs (once bound): the command in a code box, then host, timeout…
+function programEl(program, run) {
+  if (!program) {
+    return h("p", { class: "muted", id: "run-program" },
+      run.state === "scheduled" ? "Bound from its job when its schedule time comes." : "—");
+  }
+  const words = programWords(program);
+  return h("div", { id: "run-program" },
+    words.main !== null ? h("pre", { class: "program", id: "run-command" }, words.main) : h("p", {}, words.first),
+    words.pairs.length ? dl(words.pairs, { class: "kv below" }) : null);
 }
 
 export function mount(main, app, [runId]) {
+  const summary = app.summary;
   let run = null;
+  let program;
   let meta = {};
   let log = [];
   const head = h("div", { class: "page-head" });
   const summaryBox = h("div", { class: "panel", id: "run-summary" });
+  const programBox = h("div", { class: "panel", id: "run-program-box" });
   const timesBox = h("div", { class: "panel", id: "run-times" });
-  const logBox = h("div", { class: "panel flush", id: "run-log" });
+  const logBox = h("div", { class: "panel flush scroll", id: "run-log" });
   const metaBox = h("div", { class: "panel", id: "run-meta" });
   const pre = h("pre", { class: "output", id: "output" });
+  const noOutput = h("p", { class: "empty output-none", id: "no-output", hidden: true });
   const outputInfo = h("span", { id: "output-info" });
   const earlier = h("button", { class: "btn btn-small", id: "load-earlier", hidden: true }, "Load earlier");
   const feedState = h("span", { class: "muted", id: "feed-state" });
+  const json = jsonToggle(() => ({ run, program: program ?? null, meta, log }));
   const output = new Output(pre);
-  main.append(head,
-    h("div", { class: "grid2" }, summaryBox, timesBox),
-    h("div", { class: "panel flush" },
+  main.append(head, json.panel,
+    h("div", { class: "grid2" }, summaryBox, h("div", {}, programBox, timesBox)),
+    h("div", { class: "panel flush output-panel" },
       h("div", { class: "output-bar" }, h("strong", {}, "Output"), outputInfo, h("span", { class: "spacer" }), feedState, earlier),
-      pre),
+      pre, noOutput),
     h("div", { class: "grid2" }, logBox, metaBox));
 
+  const zone = () => (run ? zoneOf(summary)(run.job_id) : null);
+  const when = (text) => timeEl(text, { jobZone: zone(), now: summary.now() });
   // An operation's answer can come after the feed has shown a later state (a
   // stopped program that exited at once): the run with the latest time wins.
   const latest = (r) => Math.max(0, ...Object.values(r.times ?? {}).map(parseTime));
+  const changed = (updated) => { if (updated && latest(updated) >= latest(run)) { run = updated; renderAll(); } };
+  const jobLink = () => (isAdHoc(run) ? h("span", { class: "muted" }, "an ad-hoc command")
+    : link(`/jobs/${jobPath(run.job_id)}`, run.job_id));
+
   const renderHead = () => {
     head.replaceChildren(
       h("div", {},
         h("h1", {}, `Run ${run.run_id} `, stateBadge(run.state)),
-        h("div", { class: "sub" }, link(`/jobs/${jobPath(run.job_id)}`, run.job_id), " ", argsChips(run.args))),
+        h("div", { class: "sub" }, jobLink(), " ", argsChips(run.args))),
       h("span", { class: "spacer" }),
-      opButtons(run, (updated) => { if (updated && latest(updated) >= latest(run)) { run = updated; renderAll(); } }));
+      h("div", { class: "buttons", id: "ops" }, opButtons(run, { onDone: changed }),
+        isFinished(run.state) ? markSelect(run, changed) : null, json.button));
   };
   const renderSummary = () => {
     const since = run.times?.running;
     const elapsed = h("span", { id: "elapsed" }, run.elapsed === null ? "—" : duration(run.elapsed));
     if (since && ["running", "stopping"].includes(run.state)) elapsed.dataset.since = since;
-    summaryBox.replaceChildren(h("h2", {}, "Summary"), h("dl", { class: "kv" },
-      h("dt", {}, "job"), h("dd", {}, link(`/jobs/${jobPath(run.job_id)}`, run.job_id)),
-      h("dt", {}, "args"), h("dd", {}, Object.keys(run.args || {}).length ? argsChips(run.args) : h("span", { class: "muted" }, "none")),
-      h("dt", {}, "state"), h("dd", {}, stateBadge(run.state)),
-      h("dt", {}, "message"), h("dd", { id: "run-message" }, run.message || "—"),
-      h("dt", {}, "schedule time"), h("dd", {}, timeEl(run.schedule_time)),
-      h("dt", {}, "elapsed"), h("dd", {}, elapsed),
-      run.rerun_of ? [h("dt", {}, "rerun of"), h("dd", {}, link(`/runs/${run.rerun_of}`, run.rerun_of))] : null,
-      h("dt", {}, "labels"), h("dd", {}, (run.labels || []).map((l) => h("span", { class: "chip label" }, l))),
-      run.ad_hoc ? [h("dt", {}, "ad hoc"), h("dd", {}, "yes")] : null));
-    timesBox.replaceChildren(h("h2", {}, "Times"), timesList(run));
+    summaryBox.replaceChildren(h("h2", {}, "Summary"), dl([
+      ["job", isAdHoc(run) ? h("span", { class: "muted" }, "none: a command given directly") : jobLink()],
+      ["args", Object.keys(run.args || {}).length ? argsChips(run.args) : h("span", { class: "muted" }, "none")],
+      ["state", stateBadge(run.state)],
+      ["message", h("span", { id: "run-message" }, run.message || "—")],
+      ["made by", h("span", { id: "run-origin" }, ORIGINS[run.origin] || run.origin || "—")],
+      ["schedule time", h("span", { id: "schedule-time" }, when(run.schedule_time), " ", lateChip(lateness(run, summary.now())))],
+      run.stop_time ? ["stop time", h("span", { id: "stop-time" }, when(run.stop_time))] : null,
+      ["elapsed", elapsed],
+      run.rerun_of ? ["rerun of", link(`/runs/${run.rerun_of}`, run.rerun_of)] : null,
+      (run.labels || []).length ? ["labels", (run.labels || []).map((l) => h("span", { class: "chip label" }, l))] : null,
+    ]));
+    const entries = Object.entries(run.times || {}).sort((a, b) => ORDER.indexOf(a[0]) - ORDER.indexOf(b[0]));
+    timesBox.replaceChildren(h("h2", {}, "Times"), dl(entries.map(([state, t]) =>
+      [state === "scheduled" ? h("span", { title: "when the run was made (it entered scheduled)" }, "created") : state, when(t)])));
+    programBox.replaceChildren(h("h2", {}, "Program"), programEl(program, run));
   };
   const renderLog = () => {
     logBox.replaceChildren(h("h2", {}, "Run log"), h("table", { class: "log-table" },
       h("tbody", {}, log.map((e) => h("tr", {},
-        h("td", { class: "time" }, timeEl(e.time)),
+        h("td", { class: "time" }, when(e.time)),
         h("td", {}, e.state ? stateBadge(e.state) : ""),
         h("td", {}, e.message),
         e.server ? h("td", { class: "muted", title: "the server that wrote it" }, e.server) : null)))));
   };
   const renderMeta = () => {
     const keys = Object.keys(meta).sort();
+    const none = !run || !isFinished(run.state) ? "None yet." : run.times?.running ? "None recorded." : "None: it never ran.";
     metaBox.replaceChildren(h("h2", {}, "Metadata"), keys.length
-      ? h("dl", { class: "kv", id: "meta" }, keys.map((k) => [h("dt", {}, k), h("dd", {}, valueEl(meta[k], k))]))
-      : h("p", { class: "muted" }, "None yet."));
+      ? dl(keys.map((k) => [k, k.endsWith("_time") && typeof meta[k] === "number"
+        ? when(new Date(meta[k] * 1000).toISOString()) : h("span", { class: "mono" }, metaText(k, meta[k]))]), { id: "meta" })
+      : h("p", { class: "muted" }, none));
   };
+  // An empty black box says nothing: without output, say why there is none.
   const renderOutputInfo = () => {
     const total = output.end ?? 0;
     const from = output.start ?? 0;
-    outputInfo.textContent = from > 0 ? `showing bytes ${from}–${total} of ${total}` : `${total} bytes`;
+    outputInfo.textContent = from > 0 ? `the last ${metaText("output_length", total - from)} of ${metaText("output_length", total)}` : metaText("output_length", total);
     earlier.hidden = !(from > 0);
+    const empty = total === 0 && run !== null;
+    const why = !run ? "" : isFinished(run.state) ? (run.times?.running ? "No output." : "No output: it never ran.")
+      : run.times?.running ? "No output yet." : "Not started yet.";
+    pre.hidden = empty && (isFinished(run.state) || !run.times?.running);
+    noOutput.hidden = !pre.hidden;
+    noOutput.textContent = why;
+  };
+  const loadProgram = async () => {
+    try {
+      const answer = await get(`/runs/${runId}`);
+      program = answer.program ?? null;
+      if (run) renderSummary();
+    } catch {
+      // the feed reports a missing run
+    }
   };
   const renderAll = () => {
     if (!run) return;
-    document.title = `${run.run_id} ${run.job_id} · Apsis`;
-    renderHead(); renderSummary();
+    document.title = `${run.run_id} ${isAdHoc(run) ? "ad hoc" : run.job_id} · Apsis`;
+    renderHead(); renderSummary(); renderMeta(); renderOutputInfo(); renderLog();
+    json.refresh();
   };
 
   earlier.addEventListener("click", async () => {
@@ -223,9 +183,14 @@ export function mount(main, app, [runId]) {
   });
 
   const feed = new RunFeed(runId, {
-    onRun: (r) => { run = r; renderAll(); },
-    onLog: (entries, replace) => { log = replace ? entries : log.concat(entries); renderLog(); },
-    onMeta: (m, replace) => { meta = replace ? m : { ...meta, ...m }; renderMeta(); },
+    onRun: (r) => {
+      // The program is bound as the run leaves `scheduled`: ask again then.
+      if (program === undefined || (!program && r.state !== "scheduled" && run?.state !== r.state)) loadProgram();
+      run = r;
+      renderAll();
+    },
+    onLog: (entries, replace) => { log = replace ? entries : log.concat(entries); renderLog(); json.refresh(); },
+    onMeta: (m, replace) => { meta = replace ? m : { ...meta, ...m }; renderMeta(); json.refresh(); },
     onOutput: (offset, bytes) => { output.append(offset, bytes); renderOutputInfo(); },
     onStatus: (status) => {
       const words = { connecting: "connecting…", connected: "live", finished: "", disconnected: "reconnecting…", missing: "" };
@@ -237,7 +202,13 @@ export function mount(main, app, [runId]) {
   feed.start();
   const tick = setInterval(() => {
     const el = document.getElementById("elapsed");
-    if (el?.dataset.since) el.textContent = duration((app.summary.now() - parseTime(el.dataset.since)) / 1000);
+    if (el?.dataset.since) el.textContent = duration((summary.now() - parseTime(el.dataset.since)) / 1000);
   }, 1000);
-  return () => { feed.stop(); clearInterval(tick); document.title = "Apsis"; };
+  const stopLate = tickElapsed(summaryBox, () => summary.now());
+  window.addEventListener("zonechange", renderAll);
+  return () => {
+    feed.stop(); clearInterval(tick); stopLate();
+    window.removeEventListener("zonechange", renderAll);
+    document.title = "Apsis";
+  };
 }

@@ -1,10 +1,13 @@
-// The runs page: live (summary feed) plus history pages (GET /runs?before=),
-// filtered by job, label, state, args and time range, the filter kept in the URL.
+// The runs page: what happened most recently first, the upcoming runs one click
+// away, live (summary feed) plus history pages (GET /runs?before=). The filter (job,
+// label, state, args, time range) is in the URL and applied by the server, so every
+// page of it is complete; live runs are matched here the same way.
 
 import { get } from "../api.js";
-import { h, toast } from "../dom.js";
+import { h, link, toast } from "../dom.js";
 import { fromLocalInput, parseTime, toLocalInput } from "../format.js";
 import { runsTable, tickElapsed } from "../runtable.js";
+import { adhocForm } from "./adhoc.js";
 
 const FIELDS = ["job", "label", "state", "args", "since", "until"];
 const STATES = [
@@ -23,15 +26,25 @@ export function readFilter(search = location.search) {
 
 function parseArgs(text) {
   const args = {};
-  for (const pair of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+  for (const pair of text.split(",").filter(Boolean)) {
     const at = pair.indexOf("=");
     if (at > 0) args[pair.slice(0, at).trim()] = pair.slice(at + 1);
   }
   return args;
 }
 
+// As the server's `job=` (apsis_server/store): part of the id ignoring ASCII case,
+// or with a leading "/" the start of it.
+const asciiLower = (text) => text.replace(/[A-Z]/g, (c) => c.toLowerCase());
+
+export function jobMatches(jobId, term) {
+  if (!term) return true;
+  if (term.startsWith("/")) return jobId.startsWith(term.slice(1));
+  return asciiLower(jobId).includes(asciiLower(term));
+}
+
 export function matches(run, filter) {
-  if (filter.job && !run.job_id.toLowerCase().includes(filter.job.toLowerCase())) return false;
+  if (!jobMatches(run.job_id, filter.job)) return false;
   if (filter.label && !(run.labels || []).includes(filter.label)) return false;
   if (filter.state && !filter.state.split(",").includes(run.state)) return false;
   for (const [k, v] of Object.entries(parseArgs(filter.args))) {
@@ -39,18 +52,16 @@ export function matches(run, filter) {
   }
   const t = parseTime(run.schedule_time);
   if (filter.since && (t === null || t < parseTime(filter.since))) return false;
-  if (filter.until && (t === null || t > parseTime(filter.until))) return false;
+  if (filter.until && (t === null || t >= parseTime(filter.until))) return false;
   return true;
 }
 
-function restQuery(filter, jobs, before) {
+// The server's query: what happened up to now (or the filter's end), newest first;
+// the upcoming runs are all in the summary feed.
+function restQuery(filter, now, before) {
   const q = new URLSearchParams({ limit: "100" });
-  if (filter.job && jobs.has(filter.job)) q.set("job_id", filter.job);
-  if (filter.label) q.set("label", filter.label);
-  if (filter.state) q.set("state", filter.state);
-  if (filter.args) q.set("args", filter.args);
-  if (filter.since) q.set("since", filter.since);
-  if (filter.until) q.set("until", filter.until);
+  for (const name of ["job", "label", "state", "args", "since"]) if (filter[name]) q.set(name, filter[name]);
+  q.set("until", filter.until || new Date(now).toISOString());
   if (before) q.set("before", before);
   return q;
 }
@@ -65,8 +76,8 @@ function filterBar(filter, onChange) {
   }
   const time = (name) => h("label", {}, name,
     h("input", { type: "datetime-local", id: `f-${name}`, value: toLocalInput(filter[name]) }));
-  const form = h("form", { class: "filters panel", onsubmit: (e) => e.preventDefault() },
-    text("job", "path, e.g. demo/", "job id or part of it"),
+  const form = h("form", { class: "filters", onsubmit: (e) => e.preventDefault() },
+    text("job", "sleep, or /demo/", "part of a job id (sleep), or a folder with a leading / (/demo/)"),
     text("label", "label"),
     h("label", {}, "state", state),
     text("args", "name=value,…", "args that must match"),
@@ -86,39 +97,73 @@ function filterBar(filter, onChange) {
     const wait = event.target.type === "text" ? 300 : 0;
     timer = setTimeout(() => onChange(read()), wait);
   });
-  return form;
+  // Folded on a phone, unless a filter is set: the runs come first.
+  const set = Object.values(filter).some(Boolean);
+  return h("details", { class: "panel filters-box", id: "filters", open: set || window.innerWidth > 640 },
+    h("summary", {}, set ? "Filter (set)" : "Filter"), form);
+}
+
+// "All jobs / demo / sub /" for a folder filter (`/demo/sub/`), each a link.
+export function breadcrumbs(term, hrefOf) {
+  if (!term.startsWith("/")) return null;
+  const parts = term.slice(1).split("/").filter(Boolean);
+  return h("nav", { class: "crumbs", "aria-label": "folder" }, link(hrefOf(""), "All jobs"),
+    parts.map((part, i) => [h("span", { class: "sep" }, " / "), link(hrefOf(`/${parts.slice(0, i + 1).join("/")}/`), part)]));
+}
+
+// The params of the one job the runs are of, for args as columns; else null.
+function oneJobParams(runs, jobs) {
+  const ids = new Set(runs.map((r) => r.job_id));
+  if (ids.size !== 1) return null;
+  const job = jobs.get([...ids][0]);
+  if (job) return job.params;
+  return [...new Set(runs.flatMap((r) => Object.keys(r.args || {})))].sort();
+}
+
+export function zoneOf(summary) {
+  return (jobId) => (summary.jobs.get(jobId)?.schedules || []).find((s) => s.enabled && s.zone)?.zone || null;
 }
 
 export function mount(main, app) {
   const summary = app.summary;
+  const params = new URLSearchParams(location.search);
   let filter = readFilter();
+  let showUpcoming = params.get("upcoming") === "1";
   let history = new Map();
   let next = null;
   let generation = 0;
   let renderQueued = false;
-  let upcoming = 10;
   const count = h("span", { class: "sub", id: "runs-count" });
-  const tableBox = h("div", { class: "panel flush", id: "runs" });
+  const crumbs = h("div", { id: "runs-crumbs" });
+  const tableBox = h("div", { class: "panel flush scroll", id: "runs" });
+  const adhocBox = h("div", { id: "adhoc-box" });
   const more = h("button", { class: "btn", id: "load-more", onclick: () => loadPage(false) }, "Load older runs");
   const moreBox = h("div", { class: "more" }, more);
 
+  const url = () => {
+    const q = new URLSearchParams(Object.entries(filter).filter(([, v]) => v));
+    if (showUpcoming) q.set("upcoming", "1");
+    return location.pathname + (q.toString() ? `?${q}` : "");
+  };
   const changeFilter = (newFilter) => {
     filter = newFilter || Object.fromEntries(FIELDS.map((f) => [f, ""]));
-    const q = new URLSearchParams(Object.entries(filter).filter(([, v]) => v));
-    const url = location.pathname + (q.toString() ? `?${q}` : "");
-    history_replace(url);
+    window.history.replaceState(null, "", url());
     if (!newFilter) {
       main.replaceChildren();
       build();
     }
     loadPage(true);
   };
-  const history_replace = (url) => window.history.replaceState(null, "", url);
+  const openAdhoc = () => {
+    adhocBox.replaceChildren(adhocForm(app, () => adhocBox.replaceChildren()));
+    adhocBox.querySelector("textarea").focus();
+  };
 
   function build() {
     main.append(
-      h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Runs"), count)),
-      filterBar(filter, changeFilter), tableBox, moreBox);
+      h("div", { class: "page-head" }, h("div", {}, h("h1", {}, "Runs"), count), h("span", { class: "spacer" }),
+        h("button", { class: "btn", id: "adhoc-open", onclick: openAdhoc }, "Ad-hoc run…")),
+      adhocBox, filterBar(filter, changeFilter), crumbs, tableBox, moreBox);
   }
 
   function render() {
@@ -127,13 +172,21 @@ export function mount(main, app) {
     for (const run of history.values()) if (matches(run, filter)) shown.set(run.run_id, run);
     for (const run of summary.runs.values()) if (matches(run, filter)) shown.set(run.run_id, run);
     const runs = [...shown.values()];
-    count.textContent = `${runs.length} run${runs.length === 1 ? "" : "s"} shown`;
+    crumbs.replaceChildren(breadcrumbs(filter.job, (path) => `/runs${path ? `?job=${encodeURIComponent(path)}` : ""}`) || "");
     if (runs.length === 0) {
+      count.textContent = "no runs";
       tableBox.replaceChildren(h("div", { class: "empty" }, "No runs match."));
     } else {
-      tableBox.replaceChildren(runsTable(runs, {
-        now: summary.now(), upcoming, onMore: () => { upcoming = Infinity; render(); },
-      }));
+      const table = runsTable(runs, {
+        now: summary.now(), upcoming: showUpcoming, zoneOf: zoneOf(summary), ops: true,
+        argColumns: oneJobParams(runs, summary.jobs),
+        onUpcoming: (show) => { showUpcoming = show; window.history.replaceState(null, "", url()); render(); },
+        onChange: queueRender,
+      });
+      const rows = Number(table.dataset.rows);
+      const folded = Number(table.dataset.upcoming);
+      count.textContent = `${rows} run${rows === 1 ? "" : "s"}` + (folded ? ` · ${folded} upcoming` : "");
+      tableBox.replaceChildren(table);
     }
     more.hidden = next === null;
   }
@@ -149,7 +202,7 @@ export function mount(main, app) {
     if (reset) { history = new Map(); next = null; }
     more.disabled = true;
     try {
-      const data = await get(`/runs?${restQuery(filter, summary.jobs, reset ? null : next)}`);
+      const data = await get(`/runs?${restQuery(filter, summary.now(), reset ? null : next)}`);
       if (mine !== generation) return;
       for (const run of data.runs) history.set(run.run_id, run);
       next = data.next;
@@ -166,6 +219,7 @@ export function mount(main, app) {
   const onSnapshot = () => queueRender();
   summary.addEventListener("snapshot", onSnapshot);
   summary.addEventListener("run", queueRender);
+  window.addEventListener("zonechange", render);
   const stopTick = tickElapsed(tableBox, () => summary.now());
   const nowTimer = setInterval(queueRender, 15000);
   if (summary.ready) loadPage(true);
@@ -174,6 +228,7 @@ export function mount(main, app) {
     generation++;
     summary.removeEventListener("snapshot", onSnapshot);
     summary.removeEventListener("run", queueRender);
+    window.removeEventListener("zonechange", render);
     stopTick();
     clearInterval(nowTimer);
   };
