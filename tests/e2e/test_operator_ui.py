@@ -42,6 +42,7 @@ JOBS = {
     "ops/long": "program: {type: program, argv: [/bin/sleep, '600']}\n",
     "ops/blocked": "condition: {type: dependency, job_id: ops/never}\nprogram: 'true'\n",
     "ops/never": "program: 'true'\n",  # never run: what ops/blocked waits for
+    f"ops/fails {HOSTILE}": "program: 'echo no >&2; exit 1'\n",
     "bulk/noop": "program: {type: no-op}\n",
     "reports/daily": (
         "params: [region, day]\nprogram: 'echo {{ region | shquote }} {{ day | shquote }}'\n"
@@ -422,6 +423,24 @@ def _active(server: Server) -> list[dict[str, Any]]:
         "runs"
     ]
     return runs
+
+
+def test_the_sanity_checks_as_a_banner(tab: Page, server: Server) -> None:
+    job_id = f"ops/fails {HOSTILE}"
+    for _ in range(2):
+        server.wait_finished(server.schedule(job_id))
+    tab.goto("/jobs")
+    expect(tab.locator("#jobs-tree li.job").first).to_be_visible()
+    finding = tab.locator('#checks li.finding[data-check="failing"]', has_text=job_id)
+    expect(finding).to_have_count(0)  # two failures are not yet a pattern
+    third = server.schedule(job_id)
+    server.wait_finished(third)
+    # A third failure in a row: the banner says so without a reload.
+    expect(finding).to_contain_text(f"job {job_id}: its last 3 runs failed")
+    expect(finding.locator(".severity")).to_have_text("warning")
+    finding.locator("a").click()
+    expect(tab).to_have_url(re.compile(rf"/runs/{third}$"))
+    assert tab.locator("img").count() == 1  # the brand's: none from the job id
 
 
 def test_pages_fit_a_phone(browser: Browser, server: Server) -> None:

@@ -1,9 +1,10 @@
 // The single-page app: a tiny router over history.pushState, the live summary
 // feed shared by every page, the connection indicator, the zone times are shown
-// in, the favicon that tells what runs are doing and, with servers sharing a
-// database, which server this is and whether it leads.
+// in, the favicon that tells what runs are doing, the sanity checker's findings
+// and, with servers sharing a database, which server this is and whether it leads.
 
 import { get } from "./api.js";
+import { Checks } from "./checks.js";
 import { h, link } from "./dom.js";
 import { Favicon } from "./favicon.js";
 import { Summary } from "./feed.js";
@@ -49,6 +50,7 @@ class App {
     window.addEventListener("popstate", () => this.render());
     this._zoneSelector();
     new Favicon(this.summary).start();
+    new Checks(document.getElementById("checks"), this.summary).start();
     this.summary.start();
     this.render();
   }
