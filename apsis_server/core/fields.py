@@ -144,6 +144,15 @@ def positive_duration(value: Any, path: str) -> float:
     return seconds
 
 
+def signed_duration(value: Any, path: str) -> float:
+    """A duration that may be negative: `-2m`, `- 90s`, `-120`, or any `duration`."""
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return -duration(value.strip()[1:], path)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        return -duration(-value, path)
+    return duration(value, path)
+
+
 def strings(value: Any, path: str) -> tuple[str, ...]:
     """A list of strings; a single string is a list of one."""
     if isinstance(value, str):

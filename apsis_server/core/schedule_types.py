@@ -273,11 +273,24 @@ def _utc_text(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _shift_text(seconds: float) -> str:
+    """` time shift -2m`: a schedule's `time_shift`, or nothing without one."""
+    if not seconds:
+        return ""
+    return f" time shift {'-' if seconds < 0 else '+'}{span(abs(seconds))}"
+
+
 class _LocalMixin:
-    """Helpers for schedules that work in local dates of a time zone and calendar."""
+    """Helpers for schedules that work in local dates of a time zone and calendar.
+
+    `time_shift` (seconds, may be negative) moves every time a schedule yields,
+    after the calendar and date shifts; the automatic args (`time`, `date`,
+    `daytime`) stay those of the unshifted time, as in the earlier scheduler.
+    """
 
     tz: Zone
     calendar: Calendar
+    time_shift: float
 
     def _shifted(
         self, nominal: datetime.date, cal_shift: int, date_shift: int
@@ -321,13 +334,14 @@ class DailySchedule(_LocalMixin, ScheduleBase):
     date_shift: int = 0
     dst_gap: DstGap = DstGap.SHIFT
     dst_repeat: DstRepeat = DstRepeat.FIRST
+    time_shift: float = 0.0
 
     @property
     def auto_names(self) -> frozenset[str]:
         return frozenset(AUTO_ARGS)
 
     def slots(self, start: float) -> Iterator[Slot]:
-        first = self._first_nominal(start, self.cal_shift, self.date_shift)
+        first = self._first_nominal(start - self.time_shift, self.cal_shift, self.date_shift)
         for nominal in iter_dates(self.calendar, first):
             day = self._shifted(nominal, self.cal_shift, self.date_shift)
             if day is None:
@@ -338,10 +352,10 @@ class DailySchedule(_LocalMixin, ScheduleBase):
                 for t in self.tz.from_local(day, ssm, self.dst_gap, self.dst_repeat)
             )
             for t, ssm in found:
-                yield Slot(t, nominal, self._local_auto(t, nominal, ssm))
+                yield Slot(t + self.time_shift, nominal, self._local_auto(t, nominal, ssm))
 
     def earliest(self, d: datetime.date) -> float:
-        return self._earliest_shifted(d, self.cal_shift, self.date_shift)
+        return self._earliest_shifted(d, self.cal_shift, self.date_shift) + self.time_shift
 
     def describe(self) -> str:
         daytimes = ", ".join(format_daytime(d) for d in self.daytimes)
@@ -350,7 +364,7 @@ class DailySchedule(_LocalMixin, ScheduleBase):
             out += f" {self.cal_shift:+d} cal days"
         if self.date_shift:
             out += f" {self.date_shift:+d} days"
-        return out
+        return out + _shift_text(self.time_shift)
 
 
 @dataclass(frozen=True)
@@ -378,6 +392,7 @@ class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
     interval: float
     tz: Zone = UTC
     calendar: Calendar = ALL_DAYS
+    time_shift: float = 0.0
 
     @property
     def auto_names(self) -> frozenset[str]:
@@ -388,6 +403,7 @@ class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
         return None if day is None else self.tz.from_local(day, spec.daytime)[0]
 
     def slots(self, since: float) -> Iterator[Slot]:
+        since -= self.time_shift  # from here on, unshifted times
         first = min(
             self._first_nominal(since, s.cal_shift, s.date_shift) for s in (self.start, self.stop)
         )
@@ -397,17 +413,20 @@ class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
                 return
             n = max(0, math.ceil((since - begin) / self.interval))
             while (t := begin + n * self.interval) < end:
-                yield Slot(t, nominal, self._local_auto(t, nominal, self.tz.to_local(t)[1]))
+                auto = self._local_auto(t, nominal, self.tz.to_local(t)[1])
+                yield Slot(t + self.time_shift, nominal, auto)
                 n += 1
 
     def earliest(self, d: datetime.date) -> float:
-        return min(
+        unshifted = min(
             self._earliest_shifted(d, s.cal_shift, s.date_shift) for s in (self.start, self.stop)
         )
+        return unshifted + self.time_shift
 
     def describe(self) -> str:
         days = "" if self.calendar.name == ALL_DAYS.name else f"{self.calendar}, "
-        return f"{days}every {span(self.interval)} from {self.start} to {self.stop} {self.tz.name}"
+        out = f"{days}every {span(self.interval)} from {self.start} to {self.stop} {self.tz.name}"
+        return out + _shift_text(self.time_shift)
 
 
 @dataclass(frozen=True)

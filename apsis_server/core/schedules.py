@@ -35,6 +35,7 @@ from apsis_server.core.fields import (
     integer,
     items,
     positive_duration,
+    signed_duration,
     string,
     string_map,
 )
@@ -195,6 +196,7 @@ def _daily(r: _Reader, common: dict[str, Any]) -> ScheduleBase:
         calendar=r.calendar(),
         cal_shift=r.take("cal_shift", integer, 0),
         date_shift=r.take("date_shift", integer, 0),
+        time_shift=r.take("time_shift", signed_duration, 0.0),
         **r.local(),
         **common,
     )
@@ -213,6 +215,7 @@ def _daily_interval(r: _Reader, common: dict[str, Any]) -> ScheduleBase:
         stop=stop,
         interval=r.need("interval", positive_duration, 3600.0),
         calendar=r.calendar(),
+        time_shift=r.take("time_shift", signed_duration, 0.0),
         **r.local(dst=False),
         **common,
     )
