@@ -21,6 +21,7 @@ from bench import (
     history,
     output,
     pg,
+    restarts,
     scheduling,
     throughput,
     watchers,
@@ -39,6 +40,8 @@ SCENARIOS: dict[str, Scenario] = {
     "P7": concurrency.p7,
     "P8": watchers.p8,
     "P9": fleet.p9,
+    "P10": restarts.p10,
+    "P11": restarts.p11,
     "S1": scheduling.precision,
     "F1": failover.f1,
 }
