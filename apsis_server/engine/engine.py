@@ -47,7 +47,7 @@ from apsis_server.engine.answers import Answers
 from apsis_server.engine.journal import Journal, Written
 from apsis_server.engine.planning import Planning, plan_ahead
 from apsis_server.engine.ports import Agents, Listener, Settings
-from apsis_server.engine.procs import ProcTable, is_noop, proc_spec
+from apsis_server.engine.procs import ProcTable, is_noop, new_proc_id, proc_spec
 from apsis_server.engine.starting import InServer, Refused, Starter, ToAgent
 from apsis_server.engine.timers import TimerKind, Timers
 from apsis_server.engine.unfinished import ACTIVE, Unfinished
@@ -522,7 +522,7 @@ class Engine(EngineView):
         if run.program is None or run.agent_id is None:
             return
         attempt = run.attempt + 1
-        proc_id = f"{run.run_id}.{attempt}"
+        proc_id = new_proc_id(run.run_id, attempt)
         self.procs.moved(run.run_id, run.proc_id, proc_id)
         self.resend_start(self.apply(run, lifecycle.Restarted(proc_id, attempt, why)))
 

@@ -1,8 +1,9 @@
 """The process table: which unfinished run owns each proc id, and what is known of
 that run's process.
 
-A run handed to an agent gets a proc id (`<run id>.<attempt>`), and a new one when
-it is started again; agents' events name the proc id and `run_for` finds the run.
+A run handed to an agent gets a proc id (`<run id>.<attempt>.<random>`: who knows
+a run id cannot guess its process's, `new_proc_id`), and a new one when it is
+started again; agents' events name the proc id and `run_for` finds the run.
 Beside it the table keeps how much of the run's output is stored (so a repeated
 or skipped piece is recognised) and its stop context (from which an exit's
 outcome is judged). The starter registers a run here as it hands it to an agent,
@@ -12,10 +13,18 @@ forgets it when the run finishes, and still writes the output itself.
 
 from __future__ import annotations
 
+import secrets
+
 from apsis_common import protocol as p
 from apsis_server.core.bound import BoundNoOp, BoundProcess
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Run
+
+
+def new_proc_id(run_id: str, attempt: int) -> str:
+    """A proc id for a run's attempt: its run id and attempt (for people reading an
+    agent's `procs/`), and 64 random bits no one can guess from them."""
+    return f"{run_id}.{attempt}.{secrets.token_urlsafe(8)}"
 
 
 class ProcTable:

@@ -22,6 +22,7 @@ from apsis_server.core.bound import BindError, BoundInternal, BoundNoOp, BoundPr
 from apsis_server.core.jobs import Job
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import Templates
+from apsis_server.engine.procs import new_proc_id
 
 
 class Jobs(Protocol):
@@ -131,6 +132,6 @@ class Starter:
             return Refused(lifecycle.Invalid(str(exc), program), job)
         attempt = run.attempt + 1
         event = lifecycle.StartHanded(
-            program, why, choice.agent_id, f"{run.run_id}.{attempt}", attempt
+            program, why, choice.agent_id, new_proc_id(run.run_id, attempt), attempt
         )
         return ToAgent(event, tuple(choice.notes), job)

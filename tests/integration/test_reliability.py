@@ -44,7 +44,10 @@ def _starts(server: Server, run_id: str) -> int:
 
 
 def _proc_dir(server: Server, run_id: str) -> Path:
-    return server.agent_dir / "procs" / f"{run_id}.1"
+    """The process directory of the run's first attempt (its proc id ends in random
+    bits), or a path that does not exist yet."""
+    found = sorted((server.agent_dir / "procs").glob(f"{run_id}.1.*"))
+    return found[0] if found else server.agent_dir / "procs" / f"{run_id}.1.none-yet"
 
 
 def test_agent_killed_mid_run_is_recovered(tmp_path: Path) -> None:

@@ -138,7 +138,9 @@ def test_submission_is_answered_once_the_agent_holds_the_start(server: Server) -
     run = server.post("/runs", {"job_id": "long"}, status=201)["run"]
     try:
         assert run["state"] in ("starting", "running"), run
-        assert (server.agent_dir / "procs" / f"{run['run_id']}.1" / "spec").exists()
+        [proc_dir] = (server.agent_dir / "procs").glob(f"{run['run_id']}.1.*")
+        assert (proc_dir / "spec").exists()
+        assert len(proc_dir.name) == len(f"{run['run_id']}.1.") + 11  # 64 random bits
         server.wait_state(run["run_id"], "running")
     finally:
         server.post(f"/runs/{run['run_id']}/kill")
