@@ -14,11 +14,19 @@ import enum
 import signal as _signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from apsis_server.core.fields import Invalid, positive_duration
-from apsis_server.core.programs import Program, Resources, Timeout
+from apsis_server.core.fields import Invalid, duration, positive_duration
+from apsis_server.core.programs import (
+    INTERNAL_VALUES,
+    Program,
+    Resources,
+    Timeout,
+    signal_number,
+)
 from apsis_server.core.templates import TemplateError, Templates
+
+T = TypeVar("T")
 
 # Output kept per run: the head and the tail, each half of this.
 DEFAULT_OUTPUT_MAX = 64 * 1024 * 1024
@@ -81,10 +89,22 @@ class BindError(ValueError):
     """The program could not be bound to the run (a template failed)."""
 
 
+def _converted(
+    value: T | str, convert: Callable[[Any, str], T], path: str, expand: Callable[[str], str]
+) -> T:
+    """A field that is not text: as parsed, or its template expanded and converted
+    as the job file's value would have been (BindError if the result is bad)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return convert(expand(value), path)
+    except Invalid as exc:
+        raise BindError(f"{exc} (from the template {value!r})") from None
+
+
 def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> BoundProgram:
-    """The program for one run, every template expanded."""
-    if program.type == "no-op":
-        return BoundNoOp(program.duration, program.success)
+    """The program for one run, every template expanded, and the fields that are not
+    text converted: a template giving a bad value raises BindError, which says so."""
 
     def expand(text: str) -> str:
         try:
@@ -92,9 +112,11 @@ def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> Bo
         except TemplateError as exc:
             raise BindError(str(exc)) from None
 
+    if program.type == "no-op":
+        seconds = _converted(program.duration, duration, "program.duration", expand)
+        return BoundNoOp(seconds, program.success)
     if program.type in tuple(InternalKind):
-        options = {k: expand(v) if isinstance(v, str) else v for k, v in program.options.items()}
-        return BoundInternal(InternalKind(program.type), options)
+        return BoundInternal(InternalKind(program.type), _options(program.options, expand))
     argv: tuple[str, ...]
     if program.command is not None:
         argv = ("/bin/bash", "-c", expand(program.command))
@@ -113,22 +135,33 @@ def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> Bo
         host=expand(program.host) if program.host is not None else None,
         user=expand(program.user) if program.user is not None else None,
         timeout=_bound_timeout(program.timeout, expand),
-        stop_signal=program.stop.signal,
-        stop_grace=program.stop.grace_period,
+        stop_signal=_converted(program.stop.signal, signal_number, "program.stop.signal", expand),
+        stop_grace=_converted(
+            program.stop.grace_period, duration, "program.stop.grace_period", expand
+        ),
         resources=program.resources,
     )
+
+
+def _options(options: Mapping[str, Any], expand: Callable[[str], str]) -> dict[str, Any]:
+    """A housekeeping program's options: text expanded, the other keys converted."""
+    out = {}
+    for key, value in options.items():
+        convert = INTERNAL_VALUES.get(key)
+        if convert is None:
+            out[key] = expand(value) if isinstance(value, str) else value
+        else:
+            out[key] = _converted(value, convert, f"program.{key}", expand)
+    return out
 
 
 def _bound_timeout(timeout: Timeout | None, expand: Callable[[str], str]) -> BoundTimeout | None:
     if timeout is None:
         return None
-    seconds = timeout.duration
-    if isinstance(seconds, str):
-        try:
-            seconds = positive_duration(expand(seconds), "program.timeout.duration")
-        except Invalid as exc:
-            raise BindError(str(exc)) from None
-    return BoundTimeout(seconds, timeout.signal)
+    return BoundTimeout(
+        _converted(timeout.duration, positive_duration, "program.timeout.duration", expand),
+        _converted(timeout.signal, signal_number, "program.timeout.signal", expand),
+    )
 
 
 # -- the stored form ---------------------------------------------------------------------

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import signal as _signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from apsis_server.core.fields import (
     Collector,
@@ -21,6 +22,24 @@ from apsis_server.core.fields import (
     string_map,
     strings,
 )
+
+T = TypeVar("T")
+
+
+def is_template(value: Any) -> bool:
+    """Whether a field's value is a template, kept as text until a run is bound."""
+    return isinstance(value, str) and "{" in value
+
+
+def or_template(convert: Callable[[Any, str], T]) -> Callable[[Any, str], T | str]:
+    """`convert`, or a template kept as its text: the earlier Apsis expanded every
+    field of a program when a run was bound, numbers and signals too. The text is
+    converted by the same `convert` when bound (`core/bound.py`)."""
+
+    def convert_or_keep(value: Any, path: str) -> T | str:
+        return value if is_template(value) else convert(value, path)
+
+    return convert_or_keep
 
 
 def signal_number(value: Any, path: str) -> int:
@@ -41,16 +60,19 @@ def signal_number(value: Any, path: str) -> int:
 
 @dataclass(frozen=True)
 class Stop:
-    signal: int = int(_signal.SIGTERM)
-    grace_period: float = 60.0
+    """How a run is stopped; either field may be a template (text), expanded when bound."""
+
+    signal: int | str = int(_signal.SIGTERM)
+    grace_period: float | str = 60.0
 
 
 @dataclass(frozen=True)
 class Timeout:
-    """`duration` is seconds, or a template giving a duration when the run is bound."""
+    """`duration` is seconds, `signal` a number; either may be a template (text),
+    giving a duration or a signal when the run is bound."""
 
     duration: float | str
-    signal: int = int(_signal.SIGTERM)
+    signal: int | str = int(_signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -91,7 +113,7 @@ class Program:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     resources: Resources | None = None
-    duration: float = 0.0
+    duration: float | str = 0.0  # a no-op's; text is a template
     success: bool = True
     # The keys of an `internal.*` housekeeping program.
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -106,9 +128,18 @@ class Program:
             for k, v in (("host", self.host), ("user", self.user), ("cwd", self.cwd))
             if v is not None
         ]
-        if self.timeout is not None and isinstance(self.timeout.duration, str):
-            out.append(("timeout.duration", self.timeout.duration))
-        out += [(k, v) for k, v in self.options.items() if k == "path" and isinstance(v, str)]
+        templated: list[tuple[str, Any]] = [
+            ("duration", self.duration),
+            ("stop.signal", self.stop.signal),
+            ("stop.grace_period", self.stop.grace_period),
+            *self.options.items(),
+        ]
+        if self.timeout is not None:
+            templated += [
+                ("timeout.duration", self.timeout.duration),
+                ("timeout.signal", self.timeout.signal),
+            ]
+        out += [(k, v) for k, v in templated if isinstance(v, str)]
         return out
 
     def to_plain(self) -> dict[str, Any]:
@@ -138,26 +169,20 @@ class Program:
 def _stop(value: Any, path: str) -> Stop:
     f = Fields(value, path)
     stop = Stop(
-        signal=f.take("signal", signal_number, int(_signal.SIGTERM)),
-        grace_period=f.take("grace_period", duration, 60.0),
+        signal=f.take("signal", or_template(signal_number), int(_signal.SIGTERM)),
+        grace_period=f.take("grace_period", or_template(duration), 60.0),
     )
     f.done()
     return stop
 
 
-def _timeout_duration(value: Any, path: str) -> float | str:
-    if isinstance(value, str) and "{" in value:
-        return value  # a template, checked when the job loads, expanded when bound
-    return positive_duration(value, path)
-
-
 def _timeout(value: Any, path: str) -> Timeout:
     if not isinstance(value, Mapping):
-        return Timeout(duration=_timeout_duration(value, path))
+        return Timeout(duration=or_template(positive_duration)(value, path))
     f = Fields(value, path)
     timeout = Timeout(
-        duration=f.need("duration", _timeout_duration),
-        signal=f.take("signal", signal_number, int(_signal.SIGTERM)),
+        duration=f.need("duration", or_template(positive_duration)),
+        signal=f.take("signal", or_template(signal_number), int(_signal.SIGTERM)),
     )
     f.done()
     return timeout
@@ -236,15 +261,26 @@ def program_type(kind: str, path: str) -> str:
     raise Invalid([FieldError(path, f"unknown program type {kind!r} (expected {expected})")])
 
 
+# The keys of housekeeping programs that are not text, with their converters: a
+# template in one is kept as text and converted by the same converter when bound.
+INTERNAL_VALUES: Mapping[str, Callable[[Any, str], Any]] = {
+    "age": duration,
+    "count": positive_integer,
+    "chunk_size": positive_integer,
+    "chunk_sleep": duration,
+}
+
+
 def _internal(f: Fields, kind: str, c: Collector) -> dict[str, Any]:
     """The keys of a housekeeping program, which the server itself runs."""
     options: dict[str, Any] = {}
     if kind == "internal.archive":
-        options["age"] = c(lambda: f.need("age", duration), 0.0)
+        no_age: float | str = 0.0
+        options["age"] = c(lambda: f.need("age", or_template(duration)), no_age)
+        for key in ("count", "chunk_size", "chunk_sleep"):
+            convert = or_template(INTERNAL_VALUES[key])
+            options[key] = c(partial(f.take, key, convert, None), None)
         options["path"] = c(lambda: f.take("path", string, None), None)
-        options["count"] = c(lambda: f.take("count", positive_integer, None), None)
-        options["chunk_size"] = c(lambda: f.take("chunk_size", positive_integer, None), None)
-        options["chunk_sleep"] = c(lambda: f.take("chunk_sleep", duration, None), None)
     elif kind == "internal.stats":
         options["path"] = c(lambda: f.take("path", string, None), None)
     return {k: v for k, v in options.items() if v is not None}
@@ -274,9 +310,10 @@ def parse_program(value: Any, path: str = "program") -> Program:
     kind = program_type(written, f.at("type"))
     c = Collector()
     if kind == "no-op":
+        no_time: float | str = 0.0
         program = Program(
             type="no-op",
-            duration=c(lambda: f.take("duration", duration, 0.0), 0.0),
+            duration=c(lambda: f.take("duration", or_template(duration), no_time), no_time),
             success=c(lambda: f.take("success", boolean, True), True),
         )
     elif kind in INTERNAL_TYPES:
