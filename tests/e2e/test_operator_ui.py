@@ -398,7 +398,20 @@ def test_operations_on_each_row(tab: Page, server: Server) -> None:
     stop.click()
     confirm(tab, run_id)
     expect(tab.locator(row(run_id))).to_have_attribute("data-state", re.compile("success|failure"))
-    expect(tab.locator(f'{row(run_id)} button[data-op="rerun"]')).to_be_visible()
+    tab.locator(f'{row(run_id)} button[data-op="rerun"]').click()
+    confirm(tab, run_id)
+    # The rerun shows right under the run it reruns, which counts it.
+    rerun = tab.locator("#runs tr.rerun")
+    expect(rerun).to_have_count(1)
+    rerun_id = rerun.get_attribute("data-run-id")
+    assert rerun_id and server.run(rerun_id)["rerun_of"] == run_id
+    ids = tab.locator("#runs tr[data-run-id]").evaluate_all(
+        "rows => rows.map(r => r.dataset.runId)"
+    )
+    assert ids.index(rerun_id) == ids.index(run_id) + 1, ids
+    expect(tab.locator(f"{row(run_id)} .rerun-count")).to_have_text("↻1")
+    server.post(f"/runs/{rerun_id}/kill")
+    server.wait_finished(rerun_id)
 
 
 def test_the_favicon_shows_running_and_failed(tab: Page, server: Server) -> None:
