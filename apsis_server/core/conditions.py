@@ -22,6 +22,7 @@ from apsis_server.core.fields import (
     boolean_word,
     choice,
     items,
+    positive_duration,
     positive_integer,
     string,
     string_map,
@@ -79,13 +80,17 @@ class DependencyCondition:
 
     Params the other job shares with this one, and that `args` does not give, take
     this run's args (at bind time). With `exist`, the run errors at once when no run
-    of the other job is in one of the `exist` states.
+    of the other job is in one of the `exist` states. With `max_wait`, the run stops
+    waiting for it after so long and ends `on_timeout`.
     """
 
     job_id: str
     args: Mapping[str, str] = field(default_factory=dict)
     states: tuple[State, ...] = (State.SUCCESS,)
     exist: tuple[State, ...] | None = None
+    # Give up after waiting so long for it: the run ends `on_timeout` (error or skipped).
+    max_wait: float | None = None
+    on_timeout: State = State.ERROR
     type: str = field(default="dependency", init=False)
 
     def template_fields(self) -> list[tuple[str, str]]:
@@ -153,12 +158,18 @@ def _dependency(f: Fields, c: Collector) -> Condition:
     elif exist is not None and not set(targets) <= set(exist):
         c.errors.append(FieldError(f.at("exist"), "exist must include every state in states"))
     no_args: dict[str, str] = {}
+    on_timeout = c(lambda: f.take("on_timeout", choice(*_ON_TIMEOUT), "error"), "error")
     return DependencyCondition(
         job_id=c(lambda: f.need("job_id", string), ""),
         args=c(lambda: f.take("args", string_map, no_args), no_args),
         states=targets,
         exist=exist,
+        max_wait=c(lambda: f.take("max_wait", positive_duration, None), None),
+        on_timeout=_ON_TIMEOUT[on_timeout],
     )
+
+
+_ON_TIMEOUT = {"error": State.ERROR, "skip": State.SKIPPED}
 
 
 def _count(value: Any, path: str) -> int | str:

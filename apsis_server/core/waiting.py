@@ -78,7 +78,7 @@ def _describe(job_id: str, args: Mapping[str, str]) -> str:
 
 
 def _dependency(
-    cond: DependencyCondition, run: Run, view: RunsView, expand: Expand
+    cond: DependencyCondition, run: Run, view: RunsView, expand: Expand, waited: float
 ) -> Verdict | None:
     job_id = expand(cond.job_id)
     if view.params(job_id) is None:
@@ -91,6 +91,10 @@ def _dependency(
         states = "/".join(s.value for s in cond.exist)
         return Verdict(VerdictKind.ERROR, f"no run of {what} is {states}")
     states = "/".join(s.value for s in cond.states)
+    if cond.max_wait is not None and waited >= cond.max_wait:
+        kind = VerdictKind.SKIP if cond.on_timeout == State.SKIPPED else VerdictKind.ERROR
+        message = f"gave up waiting for {what} to be {states} after {cond.max_wait:g}s (max_wait)"
+        return Verdict(kind, message)
     return Verdict(VerdictKind.WAIT, f"waiting for {what} to be {states}", watch=(job_id,))
 
 
@@ -120,8 +124,15 @@ def _skip_duplicate(cond: SkipDuplicateCondition, run: Run, view: RunsView) -> V
     return Verdict(kind, f"a run with the same args is already {states}")
 
 
-def check(run: Run, conditions: Sequence[Condition], view: RunsView, expand: Expand) -> Verdict:
+def check(
+    run: Run,
+    conditions: Sequence[Condition],
+    view: RunsView,
+    expand: Expand,
+    waited: float = 0.0,
+) -> Verdict:
     """The first condition that is not satisfied decides; all satisfied → ready.
+    `waited`: seconds the run has been waiting (a dependency's `max_wait`).
 
     A `ValueError` from a template is the caller's to turn into an error.
     """
@@ -130,7 +141,7 @@ def check(run: Run, conditions: Sequence[Condition], view: RunsView, expand: Exp
         if isinstance(cond, ConstCondition):
             verdict = None if cond.value else Verdict(VerdictKind.WAIT, "const condition is false")
         elif isinstance(cond, DependencyCondition):
-            verdict = _dependency(cond, run, view, expand)
+            verdict = _dependency(cond, run, view, expand, waited)
         elif isinstance(cond, MaxRunningCondition):
             verdict = _max_running(cond, run, view, expand)
         else:

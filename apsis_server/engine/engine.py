@@ -279,6 +279,8 @@ class Engine(EngineView):
                 self._waiter.forget(run.run_id)
                 waited = self.clock() - run.times.get(State.WAITING.value, 0.0)
                 self.apply(run, lifecycle.WaitedTooLong(waited))
+            elif kind == TimerKind.CONDITION_LIMIT and run.state == State.WAITING:
+                self._check(run)
             elif kind == TimerKind.STOP_TIME and run.state == State.RUNNING:
                 self.apply(run, lifecycle.StopTimeReached())
             elif kind == TimerKind.NO_OP and run.state in (State.RUNNING, State.STOPPING):
@@ -473,13 +475,15 @@ class Engine(EngineView):
         """A run has just become waiting (or is waiting after a restart): arm its
         waiting limit and check its conditions."""
         limit = self._waiter.limit(run)
+        since = run.times.get(State.WAITING.value, self.clock())
         if limit is not None:
-            since = run.times.get(State.WAITING.value, self.clock())
             self._timers.add(since + limit, run.run_id, TimerKind.WAITING_LIMIT)
+        for deadline in self._waiter.deadlines(run, since):
+            self._timers.add(deadline, run.run_id, TimerKind.CONDITION_LIMIT)
         self._check(run)
 
     def _check(self, run: Run) -> None:
-        decision = self._waiter.check(run)
+        decision = self._waiter.check(run, self.clock())
         if isinstance(decision, Wait):
             if decision.note is not None:
                 self.note(run.run_id, decision.note)

@@ -33,6 +33,7 @@ class TimerKind(enum.StrEnum):
     DUE = "due"
     STOP_TIME = "stop-time"
     WAITING_LIMIT = "waiting-limit"
+    CONDITION_LIMIT = "condition-limit"  # a dependency's max_wait
     NO_OP = "no-op"
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from apsis_common.states import FINISHED, State
 from apsis_server.core import lifecycle
+from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.jobs import ADHOC_JOB, Job
 from apsis_server.core.runs import Run
 from apsis_server.core.templates import TemplateError
@@ -114,7 +115,18 @@ class Waiter:
             return job.waiting_max_time
         return self._default_max_time
 
-    def check(self, run: Run) -> Decision:
+    def deadlines(self, run: Run, since: float) -> list[float]:
+        """When the run's dependencies with a `max_wait` give up, if it waits from
+        `since`: times to check it again."""
+        job = self._runs.job_of(run)
+        conditions = job.conditions if job is not None else ()
+        return [
+            since + c.max_wait
+            for c in conditions
+            if isinstance(c, DependencyCondition) and c.max_wait is not None
+        ]
+
+    def check(self, run: Run, now: float) -> Decision:
         """What the run's conditions say now; the watch index follows."""
         job = self._runs.job_of(run)
         if job is None and not (run.ad_hoc and run.job_id == ADHOC_JOB):
@@ -124,7 +136,8 @@ class Waiter:
         conditions = job.conditions if job is not None else ()
         scope = {**run.args, "args": run.args, "run_id": run.run_id, "job_id": run.job_id}
         try:
-            verdict = check(run, conditions, self._view, lambda t: self._expand(t, scope))
+            waited = now - run.times.get(State.WAITING.value, now)
+            verdict = check(run, conditions, self._view, lambda t: self._expand(t, scope), waited)
         except (TemplateError, ValueError) as exc:
             self.forget(run.run_id)
             return lifecycle.ConditionFailed(f"condition failed: {exc}")

@@ -10,6 +10,7 @@ from apsis_common import protocol as p
 from apsis_common.states import State
 from apsis_server.core.bound import BoundProcess, bind, from_plain, to_plain
 from apsis_server.core.calendars import parse_calendar_data
+from apsis_server.core.conditions import DependencyCondition
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import load_yaml, parse_job
 from apsis_server.core.programs import Resources
@@ -673,3 +674,27 @@ def test_params_as_a_mapping_as_the_earlier_apsis_took_them() -> None:
     assert parse_job("j", load_yaml(text), Templates()).params == ("date", "region")
     with pytest.raises(Invalid, match="not a valid name"):
         parse_job("j", load_yaml("params: {'not ok': 1}\nprogram: echo\n"), Templates())
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ("max_wait: -5", "condition.max_wait", ""),
+        ("max_wait: soon", "condition.max_wait", ""),
+        ("on_timeout: fail", "condition.on_timeout", "expected 'error' or 'skip'"),
+    ],
+)
+def test_bad_max_wait_or_on_timeout(extra: str, key: str, message: str) -> None:
+    text = f"program: 'true'\ncondition: {{type: dependency, job_id: a, {extra}}}\n"
+    with pytest.raises(Invalid) as exc:
+        parse_job("j", load_yaml(text), Templates())
+    assert [e.key_path for e in exc.value.errors] == [key]
+    assert message in exc.value.errors[0].message
+
+
+def test_max_wait_and_on_timeout_are_read() -> None:
+    written = "{type: dependency, job_id: a, max_wait: 1h, on_timeout: skip}"
+    text = f"program: 'true'\ncondition: {written}\n"
+    [condition] = parse_job("j", load_yaml(text), Templates()).conditions
+    assert isinstance(condition, DependencyCondition)
+    assert (condition.max_wait, condition.on_timeout) == (3600.0, State.SKIPPED)
