@@ -21,6 +21,7 @@ from apsis_server.core.fields import (
     positive_duration,
     positive_integer,
     string,
+    strings,
 )
 from apsis_server.core.jobs import load_yaml
 from apsis_server.store.archive import Retention
@@ -83,8 +84,17 @@ def _store_url(value: Any, path: str) -> str:
     return url
 
 
+def _urls(value: Any, path: str) -> tuple[str, ...]:
+    """One http(s) URL or a list of them."""
+    urls = strings([value] if isinstance(value, str) else value, path)
+    for i, url in enumerate(urls):
+        if not url.startswith(("http://", "https://")):
+            raise Invalid([FieldError(f"{path}[{i}]", f"expected an http(s) URL, got {url!r}")])
+    return urls
+
+
 def _checks(f: Fields) -> tuple[CheckSettings, float]:
-    """`checks: {interval, overdue, late, late_window, silent, failures}`."""
+    """`checks: {interval, overdue, late, late_window, silent, failures, webhooks}`."""
     c = _section(f, "checks")
     d = CheckSettings()
     settings = CheckSettings(
@@ -93,6 +103,7 @@ def _checks(f: Fields) -> tuple[CheckSettings, float]:
         late_window=c.take("late_window", positive_duration, d.late_window),
         silent=c.take("silent", positive_duration, d.silent),
         failures=c.take("failures", positive_integer, d.failures),
+        webhooks=c.take("webhooks", _urls, ()),
     )
     interval = c.take("interval", positive_duration, 60.0)
     c.done()

@@ -1,8 +1,8 @@
 """The sanity checker at work: what the engine and the agents' registry know, put
-to `core.checks.find` every `interval` seconds (logging what is newly found) and
-whenever someone asks (`GET /api/v1/checks`, `apsis check`). `/metrics` exports
-the counts of the latest check. Only the leader checks: a standby holds no
-unfinished runs to check.
+to `core.checks.find` every `interval` seconds and whenever someone asks (`GET
+/api/v1/checks`, `apsis check`). What is newly found is logged, and POSTed to the
+`checks.webhooks` URLs (`{"finding": ...}`, retried). `/metrics` exports the counts
+of the latest check. Only the leader checks: a standby holds no unfinished runs.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
+import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +26,7 @@ from apsis_server.engine.engine import Engine
 from apsis_server.store.base import RunFilter
 
 log = logging.getLogger(__name__)
+JSON = {"content-type": "application/json"}
 
 # Finished runs looked at for jobs whose last runs all failed: the newest this many.
 RECENT_FINISHED = 2000
@@ -48,6 +50,7 @@ class Checker:
         self.leading = leading
         self.time: float | None = None  # of the latest check
         self.findings: list[Finding] = []
+        self._told: asyncio.Queue[Finding] = asyncio.Queue(maxsize=1000)
 
     def check(self) -> list[Finding]:
         """Check now; the findings (none on a standby)."""
@@ -60,16 +63,29 @@ class Checker:
         for f in found:
             if f.message not in before:
                 log.warning("check %s: %s", f.check, f.message)
+                if self.settings.webhooks and not self._told.full():
+                    self._told.put_nowait(f)
         self.time, self.findings = now, found
         return found
 
     async def run(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.check()
-            except Exception:  # a store hiccup: the next round checks again
-                log.exception("the sanity check failed")
+        """Check every `interval` seconds, and tell the webhooks what is new."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._tell())
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    self.check()
+                except Exception:  # a store hiccup: the next round checks again
+                    log.exception("the sanity check failed")
+
+    async def _tell(self, attempts: int = 3, delay: float = 1.0) -> None:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            while True:
+                finding = await self._told.get()
+                body = encode({"finding": checks_view(self.time, [finding]).findings[0]})
+                for url in self.settings.webhooks:
+                    await _post(client, url, body, attempts, delay)
 
     def _facts(self, now: float) -> Facts:
         engine = self.engine
@@ -100,6 +116,22 @@ class Checker:
         ]
         agents += [AgentSeen(a, "unknown", None, None, runs) for a, runs in running.items()]
         return Facts(now, next_due, list(engine.runs.values()), started, last, agents)
+
+
+async def _post(
+    client: httpx.AsyncClient, url: str, body: bytes, attempts: int, delay: float
+) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            response = await client.post(url, content=body, headers=JSON)
+            if response.status_code < 400:
+                return
+            error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            error = str(exc) or type(exc).__name__
+        log.warning("check webhook to %s failed (%s), attempt %d", url, error, attempt)
+        await asyncio.sleep(delay * 2 ** (attempt - 1))
+    log.error("check webhook to %s given up after %d attempts", url, attempts)
 
 
 async def checks_endpoint(request: Request) -> Response:

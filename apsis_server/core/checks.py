@@ -52,6 +52,7 @@ class CheckSettings:
     late_window: float = 3600.0  # starts looked at: this far back
     silent: float = 30.0  # an agent not heard from for this long
     failures: int = 3  # this many failed runs in a row
+    webhooks: tuple[str, ...] = ()  # URLs told of each new finding
 
 
 @dataclass(frozen=True)
