@@ -42,6 +42,7 @@ from typing import Any
 
 from apsis_agent import cgroups, registry
 from apsis_agent.cgroups import Cgroup, Keeper
+from apsis_agent.login import login_environment
 from apsis_agent.outbox import Outbox
 from apsis_agent.registry import Proc, Recovery, StopFacts
 from apsis_agent.remover import Remover, remove_dir
@@ -150,6 +151,8 @@ class Procs:
         self._flush_handle: asyncio.Handle | None = None
         self._start_waiters: dict[str, asyncio.Future[None]] = {}
         self._home = os.path.expanduser("~")
+        # For programs of another user's agent (ProcSpec.login_env).
+        self._login = login_environment()
         self.draining = False
         self._remover = Remover(spares=spares)
 
@@ -292,10 +295,13 @@ class Procs:
             "id": proc_id,
             "dir": str(proc.directory),
             "argv": list(spec.argv),
-            "cwd": spec.cwd or self._home,
+            # By default a program starts in its user's home: the login's, with one.
+            "cwd": spec.cwd or (self._login.get("HOME", "/") if spec.login_env else self._home),
             "env_inherit": spec.env_inherit,
             "env": spec.env,
         }
+        if spec.login_env:
+            request["login"] = self._login
         limits = spec.resources
         if limits is not None:
             request["resources"] = {k: v for k, v in vars(limits).items() if v is not None}

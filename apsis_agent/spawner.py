@@ -714,6 +714,8 @@ class _Shim:
         """Start one program (in its cgroup, if there are cgroups); its pid and
         cgroup, or why it could not start."""
         env = {**self.environ, **request["env"]} if request["env_inherit"] else request["env"]
+        if "login" in request:  # the user's login environment, then the job's
+            env = {**env, **request["login"], **request["env"]}
         cgroups = self.cgroups
         dirs = None
         try:

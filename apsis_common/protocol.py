@@ -71,6 +71,9 @@ class ProcSpec:
     labels: dict[str, str] = field(default_factory=dict)
     # New in this version: older agents ignore it (they decode unknown keys away).
     resources: Resources | None = None
+    # Run it with the agent user's login environment (apsis_agent/login.py): for
+    # agents of a user other than the server's. Older agents ignore it.
+    login_env: bool = False
 
 
 @dataclass(frozen=True)

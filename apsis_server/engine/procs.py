@@ -117,4 +117,7 @@ def proc_spec(run: Run, program: BoundProcess) -> p.ProcSpec:
         output_max=program.output_max,
         labels={"run_id": run.run_id, "job_id": run.job_id},
         resources=None if limits is None else p.Resources(limits.memory, limits.cpu, limits.pids),
+        # Another user's agent (through sudo or ssh): programs get that user's login
+        # environment, not the session's that started the agent.
+        login_env=(run.agent_id or "").startswith(("sudo:", "ssh:")),
     )

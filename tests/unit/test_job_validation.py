@@ -698,3 +698,13 @@ def test_max_wait_and_on_timeout_are_read() -> None:
     [condition] = parse_job("j", load_yaml(text), Templates()).conditions
     assert isinstance(condition, DependencyCondition)
     assert (condition.max_wait, condition.on_timeout) == (3600.0, State.SKIPPED)
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "login"),
+    [("local", False), ("static:svc", False), ("sudo:etl", True), ("ssh:batch@h1", True)],
+)
+def test_another_users_agent_gives_a_login_environment(agent_id: str, login: bool) -> None:
+    bound = BoundProcess(("true",))
+    run = Run("r1", "j", {}, State.RUNNING, program=bound, agent_id=agent_id)
+    assert proc_spec(run, bound).login_env is login

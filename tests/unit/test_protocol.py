@@ -115,7 +115,7 @@ def test_spec_round_trip_and_digest() -> None:
     assert codec.decode(p.ProcSpec, codec.encode_json(spec), p.JSON) == spec
     assert codec.encode_json(spec) == (
         b'{"argv":["a","b"],"cwd":"/tmp","env":{"A":"1"},"env_inherit":true,"labels":{},'
-        b'"output_max":67108864,"resources":null,"stop":{"grace":60.0,"signal":15},'
+        b'"login_env":false,"output_max":67108864,"resources":null,"stop":{"grace":60.0,"signal":15},'
         b'"timeout":{"duration":5.0,"signal":15}}'
     )
 
@@ -132,6 +132,7 @@ def test_spec_resources_round_trip_and_change_the_digest() -> None:
     assert codec.spec_digest(limited) != codec.spec_digest(plain)
     older = codec.encode({"argv": ["a"]})
     assert codec.decode(p.ProcSpec, older).resources is None
+    assert codec.decode(p.ProcSpec, older).login_env is False
 
 
 def test_names_decode_as_their_enums() -> None:
