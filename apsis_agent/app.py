@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         "--heartbeat", type=float, default=5.0, metavar="SECONDS", help="heartbeat interval"
     )
     daemon.add_argument(
+        "--kill-orphans-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="SIGKILL processes a run left behind this long after its program ended (cgroups)",
+    )
+    daemon.add_argument(
         "--max-procs", type=int, default=4096, help="most processes running at once"
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +101,8 @@ def _serve_args(args: argparse.Namespace) -> list[str]:
         out += ["--port", str(args.port)]
     if args.idle_stop is not None:
         out += ["--idle-stop", str(args.idle_stop)]
+    if args.kill_orphans_after is not None:
+        out += ["--kill-orphans-after", str(args.kill_orphans_after)]
     return out
 
 
@@ -127,6 +136,7 @@ def _serve(args: argparse.Namespace, state_dir: Path) -> int:
         idle_stop=args.idle_stop,
         heartbeat=args.heartbeat,
         max_procs=args.max_procs,
+        kill_orphans_after=args.kill_orphans_after,
     )
     return daemon.run(state, options, handle)
 

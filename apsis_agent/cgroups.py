@@ -370,15 +370,21 @@ class Keeper:
     shim makes in the other v1 hierarchies it needs.
     """
 
-    def __init__(self, layout: Layout, epoch: int, limit: int | None = None) -> None:
+    def __init__(
+        self, layout: Layout, epoch: int, limit: int | None = None, orphans: float | None = None
+    ) -> None:
+        """`orphans`: SIGKILL what is left in a run's cgroup so long after its program
+        ended (None: it may run on; the cgroup goes once it is empty)."""
         self.layout = layout
         self._main = next(iter(layout.bases))
         self._base = layout.bases[self._main]
         self._limit = POOL[layout.version] if limit is None else limit
         self._names: collections.deque[str] = collections.deque()
         self._numbers = (f"run-{epoch}-{n}" for n in itertools.count())
-        self._gone: queue.SimpleQueue[tuple[float, Cgroup] | None] = queue.SimpleQueue()
-        self._left: list[Cgroup] = []  # processes outlived their program
+        self._gone: queue.SimpleQueue[tuple[float, Cgroup, str] | None] = queue.SimpleQueue()
+        self._orphans = orphans
+        # Cgroups processes outlived their program in, with when it ended and whose.
+        self._left: list[tuple[float, Cgroup, str]] = []
         self._last_start = 0.0
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cgroups", daemon=True)
@@ -394,9 +400,10 @@ class Keeper:
         """A new, empty cgroup for a run (its path), if one is ready."""
         return self._names.popleft() if self._names else None
 
-    def remove(self, cgroup: Cgroup) -> None:
-        """Remove a finished run's cgroup once nothing is left in it."""
-        self._gone.put((time.monotonic(), cgroup))
+    def remove(self, cgroup: Cgroup, whose: str = "") -> None:
+        """Remove a finished run's cgroup once nothing is left in it (`whose`: its
+        proc id, for the log)."""
+        self._gone.put((time.monotonic(), cgroup, whose))
 
     def sweep(self, live: set[str]) -> None:
         """At start: remove the cgroups of runs, and a previous daemon's unused
@@ -429,17 +436,35 @@ class Keeper:
             except queue.Empty:
                 item = None
                 if time.monotonic() >= next_retry:
-                    self._left = [c for c in self._left if not remove(c)]
+                    self._left = [left for left in self._left if not self._settled(*left)]
                     next_retry = time.monotonic() + RETRY
                 self._fill()
                 continue
             if item is None:
                 self._drain()
                 return
-            queued, cgroup = item
+            queued, cgroup, whose = item
             self._wait_for_quiet(queued + MAX_WAIT)
             if not remove(cgroup):
-                self._left.append(cgroup)
+                self._left.append((queued, cgroup, whose))
+
+    def _settled(self, ended: float, cgroup: Cgroup, whose: str) -> bool:
+        """Whether a cgroup processes outlived their program in is gone now: removed
+        once empty, after its processes are killed when the policy says so."""
+        if remove(cgroup):
+            return True
+        if self._orphans is not None and time.monotonic() - ended >= self._orphans:
+            left = processes(cgroup)
+            if left and kill(cgroup):
+                log.warning(
+                    "%s: killed %d processes left behind %.0f s after its program ended: %s",
+                    whose or cgroup.main,
+                    len(left),
+                    self._orphans,
+                    " ".join(map(str, left[:10])),
+                )
+            return remove(cgroup)
+        return False
 
     def _drain(self) -> None:
         while True:

@@ -56,6 +56,7 @@ class Options:
     idle_stop: float | None = None
     heartbeat: float = 5.0
     max_procs: int = 4096
+    kill_orphans_after: float | None = None  # None: processes left behind may run on
 
 
 class _Server(uvicorn.Server):
@@ -163,7 +164,10 @@ class Daemon:
         layout = self._containment()
         settings = {"cgroups": layout.config() if layout is not None else None}
         to_spawner.write(json.dumps(settings).encode() + b"\n")
-        keeper = cgroups.Keeper(layout, self.epoch) if layout is not None else None
+        orphans = options.kill_orphans_after
+        keeper = cgroups.Keeper(layout, self.epoch, orphans=orphans) if layout else None
+        if orphans is not None and layout is None:
+            log.warning("no cgroups: processes runs leave behind are not killed (orphans)")
         sender = Sender(
             outbox,
             self.config,

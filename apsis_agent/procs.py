@@ -149,6 +149,8 @@ class Procs:
         # (their shim talks to the old one), or orphaned (the spawner writes it).
         self._adopted: dict[str, Proc] = {}
         self._flush_handle: asyncio.Handle | None = None
+        # Why the outbox cannot be written (a full disk), until it can: said once.
+        self.outbox_error: str | None = None
         self._start_waiters: dict[str, asyncio.Future[None]] = {}
         self._home = os.path.expanduser("~")
         # For programs of another user's agent (ProcSpec.login_env).
@@ -193,9 +195,14 @@ class Procs:
             stored = self._outbox.flush()
         except sqlite3.Error as exc:
             # A full or unwritable disk: the events stay buffered; try again shortly.
-            log.error("cannot write the outbox (retrying in 1 s): %s", exc)
+            if self.outbox_error is None:
+                log.error("cannot write the outbox (retrying every second): %s", exc)
+            self.outbox_error = str(exc)
             self._flush_handle = self._loop.call_later(1.0, self._flush)
             return
+        if self.outbox_error is not None:
+            log.info("the outbox is writable again")
+            self.outbox_error = None
         if stored:
             self._on_outbox()
 
@@ -426,7 +433,7 @@ class Procs:
         self._send_output(proc)
         facts = proc.facts
         if facts is not None and facts.cgroup is not None and self._keeper is not None:
-            self._keeper.remove(facts.cgroup)  # once nothing is left in it
+            self._keeper.remove(facts.cgroup, proc.proc_id)  # once nothing is left in it
 
     def _orphaned(self, proc: Proc) -> bool:
         """The shim is gone without an exit: whether someone may still write it.

@@ -10,6 +10,7 @@ agents:
   bind: 0.0.0.0                        # what remote agents listen on
   bootstrap: {attempts: 3, delay: 2s, timeout: 60s}
   idle_stop: 15 min
+  cleanup: {orphans: kill, after: 1 min}   # default off: processes a run leaves may run on
   upgrade: true                        # drain and replace agents of another version
   hosts:                               # per-host overrides
     db7.example.com: {remote_command: /opt/apsis/bin/apsis-agent, bind: 10.1.2.7,
@@ -106,6 +107,8 @@ class AgentSettings:
     retry_delay: float = 2.0
     bootstrap_timeout: float = 60.0
     idle_stop: float | None = None
+    # SIGKILL processes a run left behind so long after its program ended (cgroups).
+    kill_orphans_after: float | None = None
     upgrade: bool = True
     hosts: Mapping[str, HostSettings] = field(default_factory=dict)
     static: Mapping[str, StaticAgent] = field(default_factory=dict)
@@ -176,6 +179,16 @@ def _static(name: str, value: Any, path: str, base: Path) -> StaticAgent:
     return agent
 
 
+def _cleanup(value: Any, path: str) -> float | None:
+    """`{orphans: kill, after: 1 min}` (or `orphans: keep`, the default): seconds after
+    a program ended to kill what its run left behind, or None."""
+    f = Fields(value, path, "a mapping like {orphans: kill, after: 1 min}")
+    policy = f.take("orphans", choice("keep", "kill"), "keep")
+    after = f.take("after", duration, 60.0)
+    f.done()
+    return after if policy == "kill" else None
+
+
 def parse_agents(f: Fields, base: Path) -> AgentSettings:
     """The `agents:` section (every key taken from `f`, which the caller closes)."""
     local = Fields(f.raw("local") or {}, f.at("local"))
@@ -200,6 +213,7 @@ def parse_agents(f: Fields, base: Path) -> AgentSettings:
         retry_delay=retry_delay,
         bootstrap_timeout=timeout,
         idle_stop=idle,
+        kill_orphans_after=f.take("cleanup", _cleanup, None),
         upgrade=f.take("upgrade", boolean, True),
         hosts={
             _checked(check_host)(k, hosts.at(str(k))): _host_settings(v, hosts.at(str(k)))

@@ -82,6 +82,8 @@ def _daemon_options(settings: AgentSettings, bind: str, state_dir: str | None) -
         words += ["--state-dir", state_dir]
     if settings.idle_stop is not None:
         words += ["--idle-stop", str(settings.idle_stop)]
+    if settings.kill_orphans_after is not None:
+        words += ["--kill-orphans-after", str(settings.kill_orphans_after)]
     return words
 
 

@@ -191,3 +191,34 @@ def test_agent_ids(agent_id: str, target: Target | None) -> None:
     assert parse_agent_id(agent_id) == target
     if target is not None:
         assert target.agent_id == agent_id
+
+
+@pytest.mark.parametrize(
+    ("section", "after", "words"),
+    [
+        (None, None, []),
+        ({"orphans": "keep"}, None, []),
+        ({"orphans": "kill"}, 60.0, ["--kill-orphans-after", "60.0"]),
+        ({"orphans": "kill", "after": "5 min"}, 300.0, ["--kill-orphans-after", "300.0"]),
+    ],
+)
+def test_orphan_cleanup_reaches_every_bootstrapped_agent(
+    tmp_path: Path, section: dict[str, str] | None, after: float | None, words: list[str]
+) -> None:
+    from apsis_server.agents.targets import bootstrap_argv
+
+    agents = {} if section is None else {"cleanup": section}
+    settings = parse_config({"agents": agents}, tmp_path).agents
+    assert settings.kill_orphans_after == after
+    for target in (Target("local", "127.0.0.1"), Target("ssh", "h1", "batch")):
+        line = " ".join(bootstrap_argv(settings, target, str(tmp_path / "state")))
+        assert ("--kill-orphans-after" in line) == bool(words)
+        assert " ".join(words) in line  # ssh: within the remote command
+
+
+@pytest.mark.parametrize(
+    "section", [{"orphans": "stop"}, {"after": "soon", "orphans": "kill"}, {"when": 1}]
+)
+def test_bad_orphan_cleanup(tmp_path: Path, section: dict[str, str]) -> None:
+    with pytest.raises(Invalid):
+        parse_config({"agents": {"cleanup": section}}, tmp_path)
