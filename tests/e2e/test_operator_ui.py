@@ -457,11 +457,17 @@ def test_the_sanity_checks_as_a_banner(tab: Page, server: Server) -> None:
 
 
 def test_pages_fit_a_phone(browser: Browser, server: Server) -> None:
+    long = server.post("/runs", {"program": {"type": "shell", "command": "echo " + "x" * 300}})
+    server.wait_finished(long["run"]["run_id"])
+    wide = server.schedule("reports/daily", {"region": "y" * 300, "day": "thu"})
+    server.wait_finished(wide)
     context = browser.new_context(base_url=server.url, viewport={"width": 390, "height": 844})
     page = context.new_page()
     try:
         for path, ready in [
             ("/runs", "#runs tr[data-run-id]"),
+            (f"/runs/{long['run']['run_id']}", "#output"),  # a long command and output line
+            (f"/runs/{wide}", "#output"),  # a long arg
             ("/jobs", "#jobs-tree li.job"),
             ("/jobs/ops/every weekday", "#program"),
             ("/agents", "#agents tr[data-agent-id]"),
