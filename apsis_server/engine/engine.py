@@ -380,7 +380,9 @@ class Engine(EngineView):
             bound = bind(program.program, self._templates, scope)
         except BindError as exc:
             raise BadInput(str(exc)) from None
-        run = self.create(program, {}, now if when is None else when, ad_hoc=True, program=bound)
+        when = now if when is None else when
+        why = "ad-hoc program scheduled by hand"
+        run = self.create(program, {}, when, ad_hoc=True, program=bound, why=why)
         self._runs.bind(run.run_id, program)
         if run.schedule_time is not None and run.schedule_time <= now:
             self._due(run)

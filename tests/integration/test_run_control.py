@@ -198,6 +198,7 @@ def test_an_ad_hoc_program_run_cannot_be_rerun(server: Server) -> None:
     server.wait_finished(run["run_id"])
     response = server.api("POST", f"/runs/{run['run_id']}/rerun")
     assert response.status_code == 409 and "given directly" in response.json()["error"]
+    assert _log(server, run["run_id"])[0] == "ad-hoc program scheduled by hand"
 
 
 def test_scheduling_bad_input_creates_nothing(server: Server) -> None:
