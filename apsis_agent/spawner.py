@@ -612,10 +612,9 @@ class _Spawner:
         directory = request["dir"]
         try:
             used = self.cgroups.usage(dirs) if self.cgroups is not None and dirs else _NO_CGROUP
-            text = _write_exit(directory, status, usage, used)
-        except OSError as exc:
-            sys.stderr.write(f"spawner: cannot write the exit of {request['id']}: {exc}\n")
-            return
+        except OSError:
+            used = _NO_CGROUP
+        text = _write_exit(directory, status, usage, used)
         quoted = json.dumps(request["id"])
         _notify_line(self.note_w, f'{{"id": {quoted}, "exit": {text}}}'.encode())
 
@@ -1116,7 +1115,19 @@ def _write_exit(directory: str, status: int, usage: Any, used: dict[str, float])
         "end_time": time.time(),
     }
     text = json.dumps(exit_info)
-    write_atomic(os.path.join(directory, "exit"), text.encode(), sync=True)
+    path = os.path.join(directory, "exit")
+    try:
+        write_atomic(path, text.encode(), sync=True)
+    except OSError as exc:
+        # A full disk: the exit still goes to the daemon (the notification carries
+        # it, and its outbox keeps it until it can be stored). Not writing it here
+        # only loses it if the daemon dies before then (the run is then lost, with
+        # the reason); raising would lose it for sure, and leave the program a zombie.
+        sys.stderr.write(f"spawner: cannot write {path} (sent all the same): {exc}\n")
+        try:  # noqa: SIM105 - the spawner imports only what it must (no contextlib)
+            os.unlink(f"{path}.tmp")
+        except OSError:
+            pass
     return text
 
 
