@@ -9,10 +9,14 @@ STAMP := $(VENV)/.installed
 # Tests drive a real headless Chromium and a real sshd on loopback.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(STAMP): pyproject.toml
+# The tests use the example plugin package (docs/extending.md) as a real installed one.
+PLUGIN := tests/plugins/apsis_example
+
+$(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e $(PLUGIN)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -38,9 +38,10 @@ from apsis_server.api.https import check_trusted, issue_cert
 from apsis_server.api.metrics import Metrics, WebhookTiming, metrics_endpoint
 from apsis_server.api.tokens import TokenGuard
 from apsis_server.config import Config, load_config
+from apsis_server.core.extensions import Extensions
 from apsis_server.core.planner import Horizon
 from apsis_server.core.runs import Run
-from apsis_server.core.templates import Templates, default_helpers
+from apsis_server.core.templates import Templates
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.housekeeping import Housekeeping
 from apsis_server.engine.operations import Operations
@@ -49,6 +50,7 @@ from apsis_server.engine.restore import restore
 from apsis_server.jobsdir import CalendarsLoad, JobsLoad, load_calendars_dir, load_jobs_dir
 from apsis_server.leadership import Gate as LeaderGate
 from apsis_server.leadership import Leadership
+from apsis_server.plugins import load_extensions
 from apsis_server.store.base import RunStore
 from apsis_server.store.lease import PostgresLease, RunChanges
 from apsis_server.store.postgres import PostgresStore
@@ -69,11 +71,12 @@ def webhook_url(config: Config) -> str:
     return f"{scheme}://{host}:{config.port}{PATH}"
 
 
-def load_jobs(config: Config) -> tuple[Templates, JobsLoad]:
-    """The templates (with the named calendars) and every job under the jobs directory."""
+def load_jobs(config: Config, extensions: Extensions) -> tuple[Templates, JobsLoad]:
+    """The templates (with the named calendars and the plugins' template functions)
+    and every job under the jobs directory."""
     calendars = load_calendars_dir(config.calendars) if config.calendars else CalendarsLoad()
-    templates = Templates(default_helpers(calendars.calendars))
-    loaded = load_jobs_dir(config.jobs, templates, calendars.calendars)
+    templates = Templates(extensions.helpers(calendars.calendars))
+    loaded = load_jobs_dir(config.jobs, templates, calendars.calendars, extensions)
     errors = calendars.errors + loaded.errors
     for error in errors:
         log.error("job %s: %s: %s", error.path, error.key_path, error.message)
@@ -109,6 +112,8 @@ def build_app(config: Config) -> Starlette:
         # With servers sharing a database, each one's local agent has its own id.
         local_name=server_id if config.store_url else "",
     )
+    # The installed plugins, loaded once: a reload reads job files, not packages.
+    extensions = load_extensions().extensions
     internal: asyncio.Queue[Run] = asyncio.Queue()
     engine = Engine(
         store,
@@ -146,7 +151,7 @@ def build_app(config: Config) -> Starlette:
     feeds = Feeds(engine, registry, gather=SUMMARY_GATHER)
 
     def reload() -> dict[str, Any]:
-        templates, loaded = load_jobs(config)
+        templates, loaded = load_jobs(config, extensions)
         app.state.job_errors = loaded.errors
         # A job whose file no longer loads keeps its last good definition (and its
         # scheduled runs) until the file is mended: a typo stops nothing.
@@ -189,7 +194,7 @@ def build_app(config: Config) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        templates, loaded = load_jobs(config)
+        templates, loaded = load_jobs(config, extensions)
         app.state.job_errors = loaded.errors
         engine.set_jobs(loaded.jobs, templates)
         log.info("loaded %d jobs", len(loaded.jobs))

@@ -1,7 +1,8 @@
 """`python -m apsis_server.checkjobs [--calendars DIR] DIR`: validate a jobs directory offline.
 
-Prints every error as `file: key.path: message`, then warnings (references to jobs
-that do not exist), then counts; exits 1 when any job (or calendar) file has errors,
+Prints plugins that could not be used (docs/extending.md), every error as
+`file: key.path: message`, then warnings (references to jobs that do not exist),
+then counts; exits 1 when any job (or calendar) file has errors,
 2 on bad usage, 0 otherwise.
 """
 
@@ -12,8 +13,9 @@ import sys
 from pathlib import Path
 
 from apsis_server.core.jobs import JobError
-from apsis_server.core.templates import Templates, default_helpers
+from apsis_server.core.templates import Templates
 from apsis_server.jobsdir import load_calendars_dir, load_jobs_dir
+from apsis_server.plugins import load_extensions
 
 
 def _print(error: JobError) -> None:
@@ -42,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.calendars is not None:
         loaded = load_calendars_dir(args.calendars)
         calendars, errors = loaded.calendars, list(loaded.errors)
-    result = load_jobs_dir(args.jobs_dir, Templates(default_helpers(calendars)), calendars)
+    plugins = load_extensions()
+    for problem in plugins.problems:
+        print(f"warning: {problem}")
+    extensions = plugins.extensions
+    templates = Templates(extensions.helpers(calendars))
+    result = load_jobs_dir(args.jobs_dir, templates, calendars, extensions)
     errors += result.errors
     for error in errors:
         _print(error)

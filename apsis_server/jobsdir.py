@@ -13,6 +13,7 @@ from pathlib import Path
 from apsis_server.core.actions import ScheduleAction
 from apsis_server.core.calendars import Calendar, parse_cal_text, parse_calendar_data
 from apsis_server.core.conditions import DependencyCondition
+from apsis_server.core.extensions import Extensions
 from apsis_server.core.fields import FieldError, Invalid
 from apsis_server.core.jobs import Job, JobError, job_error, parse_job
 from apsis_server.core.jobsconfig import FILE as JOBS_CONFIG
@@ -73,14 +74,19 @@ def _unexpected(name: str, path: str, exc: Exception) -> JobError:
 
 
 def load_jobs_dir(
-    jobs_dir: Path, templates: Templates, calendars: Mapping[str, Calendar] | None = None
+    jobs_dir: Path,
+    templates: Templates,
+    calendars: Mapping[str, Calendar] | None = None,
+    extensions: Extensions | None = None,
 ) -> JobsLoad:
     """Every `*.yaml` under `jobs_dir`; the job id is the path without `.yaml`.
 
     Files and folders whose names start with `.` are ignored, and `jobs.yaml` at the
     root is the directory's configuration (`core/jobsconfig.py`), applied to every
-    job file; while it has errors, no job loads.
+    job file; while it has errors, no job loads. `extensions`: the types job files
+    may name (default: the built-in ones).
     """
+    extensions = extensions or Extensions()
     jobs: dict[str, Job] = {}
     errors: list[JobError] = []
     if not jobs_dir.is_dir():
@@ -98,7 +104,9 @@ def load_jobs_dir(
             continue
         try:
             data = config.apply(job_id, load_yaml(_read(path)))
-            jobs[job_id] = parse_job(job_id, data, templates, calendars=calendars)
+            jobs[job_id] = parse_job(
+                job_id, data, templates, calendars=calendars, extensions=extensions
+            )
         except Invalid as exc:
             errors.extend(job_error(job_id, rel.as_posix(), exc))
         except Exception as exc:

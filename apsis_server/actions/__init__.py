@@ -1,1 +1,1 @@
-"""Job actions fired when runs finish: schedule, retry, webhook, email."""
+"""Job actions fired when runs finish: schedule, retry, webhook, email, plugin types."""

@@ -1,11 +1,13 @@
-"""Firing job actions when runs finish: schedule, retry, webhook, email.
+"""Firing job actions when runs finish: schedule, retry, webhook, email, plugin types.
 
 Actions fire once, on the transition into a finished state (not on a later
 mark), and each firing is written to the run log of both runs involved. Schedule
 and retry actions are decisions (`NewRun`, `Note`) that the engine applies.
 Webhooks and emails are delivered by a task of their own each, with retries, so
 a slow URL or mail server never holds up the engine (nor the other kind); each
-attempt's outcome is written to the run log.
+attempt's outcome is written to the run log. A plugin action (docs/extending.md)
+is called once, in a task of its own, within its timeout; what it returns, or the
+error it raises, or that it timed out, is written to the run log.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from apsis_server.api.views import RunAnswer, encode, run_view
 from apsis_server.core.actions import (
     Action,
     EmailAction,
+    PluginAction,
     RetryAction,
     ScheduleAction,
     WebhookAction,
@@ -114,6 +117,7 @@ class ActionRunner:
         self._engine = engine
         self._webhooks: asyncio.Queue[Delivery] = asyncio.Queue()
         self._emails: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._plugins: asyncio.Queue[tuple[Run, PluginAction]] = asyncio.Queue()
         self._client: httpx.AsyncClient | None = None  # while `run` runs
         self._attempts = webhook_attempts
         self._delay = webhook_delay
@@ -155,7 +159,10 @@ class ActionRunner:
             return [NewRun(run.run_id, target, args, engine.clock(), why, note)]
         if isinstance(action, RetryAction):
             return self._retry(run, action, meta)
-        if isinstance(action, WebhookAction):
+        if isinstance(action, PluginAction):
+            if run.state in action.states:
+                self._plugins.put_nowait((run, action))
+        elif isinstance(action, WebhookAction):
             if run.state in action.states:
                 self._webhook(run, expand(action.url))
         elif isinstance(action, EmailAction) and run.state in action.states:
@@ -219,12 +226,33 @@ class ActionRunner:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._serve(self._webhooks))
                     tasks.create_task(self._serve(self._emails))
+                    tasks.create_task(self._serve_plugins(tasks))
             finally:
                 self._client = None
 
     async def _serve(self, queue: asyncio.Queue[Delivery]) -> None:
         while True:
             await self._deliver(await queue.get())
+
+    async def _serve_plugins(self, tasks: asyncio.TaskGroup) -> None:
+        while True:
+            run, action = await self._plugins.get()
+            tasks.create_task(self._call_plugin(run, action))
+
+    async def _call_plugin(self, run: Run, action: PluginAction) -> None:
+        """Call a plugin action once, within its timeout; the outcome goes to the log."""
+        what = f"{action.type} action"
+        try:
+            async with asyncio.timeout(action.timeout):
+                said = await action.action.fire(run)
+            message = f"{what} done" + (f": {said}" if said else "")
+        except TimeoutError:
+            message = f"{what} timed out after {action.timeout:g}s"
+        except Exception as exc:  # the plugin's error, never the runner's
+            log.warning("%s of run %s failed", what, run.run_id, exc_info=exc)
+            message = f"{what} failed: {type(exc).__name__}: {exc}"
+        self._engine.note(run.run_id, message)
+        self._engine.commit()
 
     async def _deliver(self, delivery: Delivery) -> None:
         what = delivery.what

@@ -23,7 +23,9 @@ from apsis_common.states import State
 from apsis_common.times import format_time
 from apsis_server.agents.conn import AgentConn, AgentState
 from apsis_server.core import checks, jobs, runs
+from apsis_server.core.actions import PluginAction
 from apsis_server.core.bound import BoundInternal, BoundNoOp, BoundProgram
+from apsis_server.core.conditions import PluginCondition
 from apsis_server.core.crontab import CrontabSchedule
 from apsis_server.core.jobs import ADHOC_JOB, JobError
 from apsis_server.core.schedule_types import (
@@ -31,6 +33,7 @@ from apsis_server.core.schedule_types import (
     DailySchedule,
     ExplicitSchedule,
     IntervalSchedule,
+    PluginSchedule,
     StopSchedule,
 )
 from apsis_server.core.schedule_types import (
@@ -150,10 +153,9 @@ def log_view(entry: runs.LogEntry) -> LogEntry:
 # -- jobs -------------------------------------------------------------------------
 
 
-ScheduleType = Literal["interval", "daily", "daily-interval", "explicit", "crontab"]
-
-# The job file's name for each schedule type (docs/jobs.md, "Schedules").
-SCHEDULE_TYPES: dict[type, ScheduleType] = {
+# The job file's name for each built-in schedule type (docs/jobs.md, "Schedules"); a
+# plugin's schedule type (docs/extending.md) has the name it was registered under.
+SCHEDULE_TYPES: dict[type, str] = {
     IntervalSchedule: "interval",
     DailySchedule: "daily",
     DailyIntervalSchedule: "daily-interval",
@@ -167,7 +169,10 @@ class Schedule:
     """One of a job's schedules: its type as the job file names it, whether it is
     on, what it says, its time zone and, for a start/stop schedule, the stop."""
 
-    type: ScheduleType
+    type: Annotated[
+        str,
+        Meta(description="interval, daily, daily-interval, explicit, crontab, or a plugin's type"),
+    ]
     enabled: bool
     text: Annotated[str, Meta(description='e.g. "Mon-Fri at 09:30:00 America/New_York"')]
     zone: Annotated[str | None, Meta(description="the zone its times are in; null: UTC")]
@@ -182,7 +187,7 @@ def schedule_view(schedule: CoreSchedule) -> Schedule:
     )
     tz = getattr(start, "tz", None)
     return Schedule(
-        type=SCHEDULE_TYPES[type(start)],
+        type=start.type_name if isinstance(start, PluginSchedule) else SCHEDULE_TYPES[type(start)],
         enabled=schedule.enabled,
         text=schedule.text(),
         zone=None if tz is None else str(tz.name),
@@ -240,7 +245,10 @@ def job_view(job: jobs.Job, next_times: list[float]) -> Job:
 
 
 def _plain(value: Any) -> Any:
-    """Values safe for JSON (dataclasses and odd scalars become text or dicts)."""
+    """Values safe for JSON (dataclasses and odd scalars become text or dicts); a
+    plugin's condition or action as written."""
+    if isinstance(value, PluginCondition | PluginAction):
+        return _plain({"type": value.type, **value.form})
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, dict):

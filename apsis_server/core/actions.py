@@ -7,9 +7,9 @@ for `schedule` actions on success.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from apsis_common.states import FINISHED, State
 from apsis_server.core.conditions import finished_states
@@ -21,12 +21,15 @@ from apsis_server.core.fields import (
     duration,
     integer,
     items,
+    positive_duration,
     positive_integer,
     string,
     string_map,
     strings,
     typed,
 )
+from apsis_server.core.registry import Registry, plugin_parse
+from apsis_server.core.runs import Run
 
 _ALL_FINISHED = tuple(s for s in State if s in FINISHED)
 
@@ -92,7 +95,34 @@ class EmailAction:
         return [(f"to[{i}]", address) for i, address in enumerate(self.to)]
 
 
-Action = ScheduleAction | RetryAction | WebhookAction | EmailAction
+class ActionCall(Protocol):
+    """What a plugin action type makes of its keys: a call made when a run finishes."""
+
+    def fire(self, run: Run) -> Awaitable[str | None]:
+        """Do it (an `async def`); the run is finished. What it returns, if anything,
+        goes into the run's log; an exception is logged there as the failure."""
+
+
+# A plugin action's time to finish, unless its `timeout` key says otherwise.
+PLUGIN_ACTION_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class PluginAction:
+    """An action of a plugin type, fired when the run finishes in one of `states`,
+    given `timeout` seconds; `form` is its keys as written (for the API)."""
+
+    type: str
+    action: ActionCall = field(compare=False)
+    states: tuple[State, ...] = _ALL_FINISHED
+    timeout: float = PLUGIN_ACTION_TIMEOUT
+    form: Mapping[str, Any] = field(default_factory=dict)
+
+    def template_fields(self) -> list[tuple[str, str]]:
+        return []
+
+
+Action = ScheduleAction | RetryAction | WebhookAction | EmailAction | PluginAction
 
 
 def _if(value: Any, path: str) -> tuple[State, ...]:
@@ -179,15 +209,62 @@ def _email(f: Fields, c: Collector) -> Action:
     )
 
 
-_PARSERS = {"schedule": _schedule, "retry": _retry, "webhook": _webhook, "email": _email}
+ActionParser = Callable[[Fields, Collector], Action]
+
+_BUILTIN_PARSERS: dict[str, ActionParser] = {
+    "schedule": _schedule,
+    "retry": _retry,
+    "webhook": _webhook,
+    "email": _email,
+}
 
 
-ACTION_TYPES = tuple(_PARSERS)
+ACTION_TYPES = tuple(_BUILTIN_PARSERS)
 
 
-def parse_action(value: Any, path: str) -> Action:
-    """One action from its YAML form."""
-    f, parser = typed(value, path, "an action", _PARSERS)
+def action_registry() -> Registry[ActionParser]:
+    """A registry of the built-in action types, for plugins to be added to."""
+    return Registry("action", _BUILTIN_PARSERS)
+
+
+class ActionType(Protocol):
+    """An action type from a plugin (entry point group `apsis.actions`).
+
+    `parse` reads the type's own keys from `fields` and returns the call; it raises
+    `Invalid` for a bad value. Apsis reads `states` (when to fire: default every
+    finished state) and `timeout` (default 60s) itself, and reports keys nobody read
+    as unknown.
+    """
+
+    def parse(self, fields: Fields) -> ActionCall: ...
+
+
+def plugin_action(name: str, plugin: ActionType) -> ActionParser:
+    """The parser of a plugin action type, for the action registry."""
+
+    def parse(f: Fields, c: Collector) -> Action:
+        form = {str(k): v for k, v in f.data.items()}
+        states = c(lambda: f.take("states", finished_states, _ALL_FINISHED), _ALL_FINISHED)
+        timeout = c(
+            lambda: f.take("timeout", positive_duration, PLUGIN_ACTION_TIMEOUT),
+            PLUGIN_ACTION_TIMEOUT,
+        )
+        call = plugin_parse(f"{name} action plugin", f, plugin.parse)
+        if not callable(getattr(call, "fire", None)):
+            got = type(call).__name__
+            raise Invalid(
+                [FieldError(f.path, f"{name} action plugin returned {got}, without fire()")]
+            )
+        return PluginAction(name, call, states, timeout, form)
+
+    return parse
+
+
+def parse_action(value: Any, path: str, registry: Registry[ActionParser] | None = None) -> Action:
+    """One action from its YAML form; `registry`: the action types (default: the
+    built-in ones)."""
+    types = _BUILTIN_PARSERS if registry is None else registry
+    f, parser = typed(value, path, "an action", types)
     c = Collector()
     action = parser(f, c)
     c(f.done, None)

@@ -7,10 +7,10 @@ job loader can check them at load time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from apsis_common.states import FINISHED, State
 from apsis_server.core.fields import (
@@ -29,6 +29,9 @@ from apsis_server.core.fields import (
     typed,
 )
 from apsis_server.core.lifecycle import SOURCES
+from apsis_server.core.registry import Registry, plugin_parse
+from apsis_server.core.runs import Run
+from apsis_server.core.verdicts import RunsView, Verdict, VerdictKind
 
 _STATE_NAMES = ", ".join(s.value for s in State)
 
@@ -138,7 +141,46 @@ class SkipDuplicateCondition:
         return []
 
 
-Condition = DependencyCondition | MaxRunningCondition | ConstCondition | SkipDuplicateCondition
+class ConditionCheck(Protocol):
+    """What a plugin condition type makes of its keys: a check of a waiting run."""
+
+    def check(self, run: Run, view: RunsView, expand: Callable[[str], str]) -> Verdict:
+        """`ready` (this condition holds), `wait` (with what is awaited, and in
+        `watch` the job ids whose runs changing may change the answer), `skip` or
+        `error`. `view` reads other runs; `expand` expands a template in the run's
+        scope (its args, `run_id`, `job_id`)."""
+
+
+@dataclass(frozen=True)
+class PluginCondition:
+    """A condition of a plugin type: `form` is its keys as written (for the API)."""
+
+    type: str
+    condition: ConditionCheck = field(compare=False)
+    form: Mapping[str, Any] = field(default_factory=dict)
+
+    def template_fields(self) -> list[tuple[str, str]]:
+        return []
+
+    def verdict(self, run: Run, view: RunsView, expand: Callable[[str], str]) -> Verdict | None:
+        """None when it holds; else what the plugin says (an exception is an error)."""
+        try:
+            verdict = self.condition.check(run, view, expand)
+        except Exception as exc:
+            return Verdict(VerdictKind.ERROR, f"{self.type} condition failed: {exc!r}")
+        if not isinstance(verdict, Verdict):
+            message = f"{self.type} condition answered {verdict!r}, not a Verdict"
+            return Verdict(VerdictKind.ERROR, message)
+        return None if verdict.kind == VerdictKind.READY else verdict
+
+
+Condition = (
+    DependencyCondition
+    | MaxRunningCondition
+    | ConstCondition
+    | SkipDuplicateCondition
+    | PluginCondition
+)
 
 
 def _exist(value: Any, path: str) -> tuple[State, ...] | None:
@@ -210,7 +252,9 @@ def _const(f: Fields, c: Collector) -> Condition:
     return ConstCondition(c(lambda: f.take("value", boolean, True), True))
 
 
-_PARSERS = {
+ConditionParser = Callable[[Fields, Collector], Condition]
+
+_BUILTIN_PARSERS: dict[str, ConditionParser] = {
     "dependency": _dependency,
     "max_running": _max_running,
     "const": _const,
@@ -218,12 +262,45 @@ _PARSERS = {
 }
 
 
-CONDITION_TYPES = tuple(_PARSERS)
+CONDITION_TYPES = tuple(_BUILTIN_PARSERS)
 
 
-def parse_condition(value: Any, path: str) -> Condition:
-    """One condition from its YAML form."""
-    f, parser = typed(value, path, "a condition", _PARSERS)
+def condition_registry() -> Registry[ConditionParser]:
+    """A registry of the built-in condition types, for plugins to be added to."""
+    return Registry("condition", _BUILTIN_PARSERS)
+
+
+class ConditionType(Protocol):
+    """A condition type from a plugin (entry point group `apsis.conditions`).
+
+    `parse` reads the type's keys from `fields` and returns the check; it raises
+    `Invalid` for a bad value. Keys nobody read are reported as unknown.
+    """
+
+    def parse(self, fields: Fields) -> ConditionCheck: ...
+
+
+def plugin_condition(name: str, plugin: ConditionType) -> ConditionParser:
+    """The parser of a plugin condition type, for the condition registry."""
+
+    def parse(f: Fields, c: Collector) -> Condition:
+        check = plugin_parse(f"{name} condition plugin", f, plugin.parse)
+        if not callable(getattr(check, "check", None)):
+            got = type(check).__name__
+            message = f"{name} condition plugin returned {got}, without check()"
+            raise Invalid([FieldError(f.path, message)])
+        return PluginCondition(name, check, {str(k): v for k, v in f.data.items()})
+
+    return parse
+
+
+def parse_condition(
+    value: Any, path: str, registry: Registry[ConditionParser] | None = None
+) -> Condition:
+    """One condition from its YAML form; `registry`: the condition types (default:
+    the built-in ones)."""
+    types = _BUILTIN_PARSERS if registry is None else registry
+    f, parser = typed(value, path, "a condition", types)
     c = Collector()
     condition = parser(f, c)
     c(f.done, None)

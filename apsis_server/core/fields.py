@@ -73,6 +73,10 @@ class Fields:
             raise Invalid([FieldError(self.at(key), "missing")])
         return convert(self.data[key], self.at(key))
 
+    def taken(self) -> frozenset[Any]:
+        """The keys read (or allowed) so far."""
+        return frozenset(self._taken)
+
     def allow(self, *keys: str) -> None:
         """Count `keys` as known though they are not read (another form's keys)."""
         self._taken.update(keys)

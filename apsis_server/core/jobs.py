@@ -17,6 +17,7 @@ from apsis_server.core.actions import Action, parse_action, parse_successor
 from apsis_server.core.calendars import Calendar
 from apsis_server.core.catchup import CatchUp, parse_catch_up, parse_waiting
 from apsis_server.core.conditions import Condition, parse_condition
+from apsis_server.core.extensions import Extensions
 from apsis_server.core.fields import (
     Collector,
     FieldError,
@@ -123,27 +124,33 @@ def parse_job(
     templates: Templates,
     *,
     calendars: Mapping[str, Calendar] | None = None,
+    extensions: Extensions | None = None,
 ) -> Job:
     """A job from its parsed YAML; `Invalid` with every error found.
 
-    `calendars` are the named calendars of the calendar directory, by name.
+    `calendars` are the named calendars of the calendar directory, by name;
+    `extensions` the program, schedule, condition and action types (default: the
+    built-in ones).
     """
+    ext = extensions or Extensions()
     f = Fields(data, "", "a mapping of job keys")
     c = Collector()
     none: tuple[str, ...] = ()
     params = c(lambda: f.take("params", _params, none), none)
-    ctx = ScheduleContext(job_id, params, templates, dict(calendars or {}))
+    ctx = ScheduleContext(job_id, params, templates, dict(calendars or {}), ext.schedules)
     schedules = [
         (p, c(partial(parse_schedule, v, p, ctx), None))
         for v, p in items(f.raw("schedule") or [], "schedule")
     ]
-    program = c(lambda: f.need("program", parse_program), None)
+    program = c(lambda: f.need("program", partial(parse_program, registry=ext.programs)), None)
     no_metadata: dict[str, Any] = {}
     metadata = c(lambda: f.take("metadata", _metadata, no_metadata), no_metadata)
     labels = c(lambda: f.take("labels", strings, none), none)
     labels += c(lambda: strings(metadata.get("labels", []), "metadata.labels"), none)
-    conditions = _list(f, c, ("condition", "conditions"), parse_condition)
-    actions = _list(f, c, ("action", "actions"), parse_action)
+    conditions = _list(
+        f, c, ("condition", "conditions"), partial(parse_condition, registry=ext.conditions)
+    )
+    actions = _list(f, c, ("action", "actions"), partial(parse_action, registry=ext.actions))
     actions += tuple(
         c(partial(parse_successor, v, p), None)
         for v, p in items(f.raw("successors") or [], "successors")

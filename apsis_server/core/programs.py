@@ -6,7 +6,7 @@ import signal as _signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from apsis_server.core.fields import (
     Collector,
@@ -22,6 +22,7 @@ from apsis_server.core.fields import (
     string_map,
     strings,
 )
+from apsis_server.core.registry import Registry, plugin_parse
 
 T = TypeVar("T")
 
@@ -117,6 +118,8 @@ class Program:
     success: bool = True
     # The keys of an `internal.*` housekeeping program.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # A plugin type's own keys, as written (shown in the API; the plugin read them).
+    plugin_keys: Mapping[str, Any] = field(default_factory=dict)
 
     def template_fields(self) -> list[tuple[str, str]]:
         """(key path, text) of every templated field, for validation."""
@@ -148,7 +151,7 @@ class Program:
             return {"type": "no-op", "duration": self.duration, "success": self.success}
         if self.type in INTERNAL_TYPES:
             return {"type": self.type, **self.options}
-        out: dict[str, Any] = {"type": self.type}
+        out: dict[str, Any] = {"type": self.type, **self.plugin_keys}
         if self.command is not None:
             out["command"] = self.command
         else:
@@ -247,17 +250,20 @@ _PYTHON_PATHS = {
 INTERNAL_TYPES = ("internal.archive", "internal.vacuum", "internal.stats")
 PROGRAM_TYPES = ("shell", "program", "no-op", *_COMPAT, *INTERNAL_TYPES)
 
+# Reads a program type's keys into a `Program`; `compat` says the job file used one
+# of the earlier scheduler's names for it (which allow its key names too).
+ProgramParser = Callable[[Fields, Collector, bool], Program]
 
-def program_type(kind: str, path: str) -> str:
+
+def program_type(kind: str, path: str, registry: Mapping[str, Any] | None = None) -> str:
     """The program type a job file's `type` names (compat and Python-path names mapped)."""
-    if kind in ("shell", "program", "no-op", *INTERNAL_TYPES):
-        return kind
-    if kind in _COMPAT:
-        return _COMPAT[kind]
+    known = program_registry() if registry is None else registry
+    if kind in known:
+        return _COMPAT.get(kind, kind)
     module, _, name = kind.rpartition(".")
     if module.startswith("apsis.program") and name in _PYTHON_PATHS:
         return _PYTHON_PATHS[name]
-    expected = ", ".join(PROGRAM_TYPES)
+    expected = ", ".join(known)
     raise Invalid([FieldError(path, f"unknown program type {kind!r} (expected {expected})")])
 
 
@@ -296,8 +302,13 @@ def _command(f: Fields, kind: str, c: Collector) -> tuple[str | None, tuple[str,
     return None, argv
 
 
-def parse_program(value: Any, path: str = "program") -> Program:
-    """A program from its YAML form (a string is `shell`, a list is `program`)."""
+def parse_program(
+    value: Any, path: str = "program", registry: Registry[ProgramParser] | None = None
+) -> Program:
+    """A program from its YAML form (a string is `shell`, a list is `program`).
+
+    `registry`: the program types by name (default: the built-in ones).
+    """
     if isinstance(value, str):
         return Program(type="shell", command=value)
     if isinstance(value, list):
@@ -305,28 +316,60 @@ def parse_program(value: Any, path: str = "program") -> Program:
         if not argv:
             raise Invalid([FieldError(path, "expected a non-empty argv list")])
         return Program(type="program", argv=argv)
+    types = program_registry() if registry is None else registry
     f = Fields(value, path, "a program (a mapping, a string or a list)")
     written = f.need("type", string)
-    kind = program_type(written, f.at("type"))
+    kind = program_type(written, f.at("type"), types)
     c = Collector()
-    if kind == "no-op":
-        no_time: float | str = 0.0
-        program = Program(
-            type="no-op",
-            duration=c(lambda: f.take("duration", or_template(duration), no_time), no_time),
-            success=c(lambda: f.take("success", boolean, True), True),
-        )
-    elif kind in INTERNAL_TYPES:
-        program = Program(type=kind, options=_internal(f, kind, c))
-    else:
-        program = _process(f, kind, written in _COMPAT or "." in written, c)
+    parser = types[written] if written in types else types[kind]
+    program = parser(f, c, written in _COMPAT or "." in written)
     c(f.done, None)
     c.check()
     return program
 
 
+def _no_op(f: Fields, c: Collector, compat: bool) -> Program:
+    no_time: float | str = 0.0
+    return Program(
+        type="no-op",
+        duration=c(lambda: f.take("duration", or_template(duration), no_time), no_time),
+        success=c(lambda: f.take("success", boolean, True), True),
+    )
+
+
+def _internal_program(kind: str) -> ProgramParser:
+    def parse(f: Fields, c: Collector, compat: bool) -> Program:
+        return Program(type=kind, options=_internal(f, kind, c))
+
+    return parse
+
+
+def _process_type(kind: str) -> ProgramParser:
+    def parse(f: Fields, c: Collector, compat: bool) -> Program:
+        return _process(f, kind, compat, c)
+
+    return parse
+
+
+def program_registry() -> Registry[ProgramParser]:
+    """A registry of the built-in program types, for plugins to be added to."""
+    builtins: dict[str, ProgramParser] = {
+        "shell": _process_type("shell"),
+        "program": _process_type("program"),
+        "no-op": _no_op,
+        **{name: _process_type(kind) for name, kind in _COMPAT.items()},
+        **{kind: _internal_program(kind) for kind in INTERNAL_TYPES},
+    }
+    return Registry("program", builtins)
+
+
 def _process(f: Fields, kind: str, compat: bool, c: Collector) -> Program:
     command, argv = _command(f, kind, c)
+    return Program(type=kind, command=command, argv=argv, **_process_keys(f, compat, c))
+
+
+def _process_keys(f: Fields, compat: bool, c: Collector) -> dict[str, Any]:
+    """The keys every process program has: where, as whom, how long, how stopped."""
     no_env: tuple[bool, dict[str, str]] = (True, {})
     env_inherit, env = c(lambda: f.take("env", _env, no_env), no_env)
     host = c(lambda: f.take("host", string, None), None)
@@ -335,16 +378,76 @@ def _process(f: Fields, kind: str, compat: bool, c: Collector) -> Program:
         # The earlier scheduler's names for the same things.
         host = c(lambda: f.take("group_id", string, host), host)
         user = c(lambda: f.take("sudo_user", string, user), user)
-    return Program(
-        type=kind,
-        command=command,
-        argv=argv,
-        host=host,
-        user=user,
-        timeout=c(lambda: f.take("timeout", _timeout, None), None),
-        stop=c(lambda: f.take("stop", _stop, Stop()), Stop()),
-        env_inherit=env_inherit,
-        env=env,
-        cwd=c(lambda: f.take("cwd", string, None), None),
-        resources=c(lambda: f.take("resources", _resources, None), None),
-    )
+    return {
+        "host": host,
+        "user": user,
+        "timeout": c(lambda: f.take("timeout", _timeout, None), None),
+        "stop": c(lambda: f.take("stop", _stop, Stop()), Stop()),
+        "env_inherit": env_inherit,
+        "env": env,
+        "cwd": c(lambda: f.take("cwd", string, None), None),
+        "resources": c(lambda: f.take("resources", _resources, None), None),
+    }
+
+
+# -- plugin program types ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What a plugin program type makes of its keys: the process to run. Its text may
+    hold templates, expanded when each run is bound, like a built-in program's."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+
+class ProgramType(Protocol):
+    """A program type from a plugin (entry point group `apsis.programs`).
+
+    `parse` reads the type's own keys from `fields` (`fields.need`, `fields.take`)
+    and returns the process to run; it raises `Invalid` for a bad value. Apsis reads
+    the keys every process program has (`host`, `user`, `timeout`, `stop`, `env`,
+    `cwd`, `resources`) itself, and reports keys nobody read as unknown.
+    """
+
+    def parse(self, fields: Fields) -> ProcessSpec: ...
+
+
+def _checked_spec(spec: object, name: str, path: str) -> ProcessSpec:
+    if not isinstance(spec, ProcessSpec):
+        got = type(spec).__name__
+        raise Invalid(
+            [FieldError(path, f"{name} program plugin returned {got}, not a ProcessSpec")]
+        )
+    argv_ok = isinstance(spec.argv, tuple | list) and all(isinstance(a, str) for a in spec.argv)
+    env_ok = all(isinstance(k, str) and isinstance(v, str) for k, v in dict(spec.env).items())
+    if not (argv_ok and spec.argv and env_ok and isinstance(spec.cwd, str | None)):
+        message = f"{name} program plugin gave a bad process (argv, env, cwd): {spec!r}"
+        raise Invalid([FieldError(path, message)])
+    return ProcessSpec(tuple(spec.argv), dict(spec.env), spec.cwd)
+
+
+def plugin_program(name: str, plugin: ProgramType) -> ProgramParser:
+    """The parser of a plugin program type, for the program registry."""
+
+    def parse(f: Fields, c: Collector, compat: bool) -> Program:
+        common = _process_keys(f, compat=False, c=c)
+        known = f.taken()
+        spec = c(
+            lambda: _checked_spec(
+                plugin_parse(f"{name} program plugin", f, plugin.parse),
+                name,
+                f.path,
+            ),
+            None,
+        )
+        own = {str(k): v for k, v in f.data.items() if k not in known and k != "type"}
+        if spec is None:
+            return Program(type=name, argv=("",), plugin_keys=own, **common)
+        common["env"] = {**spec.env, **common["env"]}  # the job's env wins
+        common["cwd"] = common["cwd"] if common["cwd"] is not None else spec.cwd
+        return Program(type=name, argv=spec.argv, plugin_keys=own, **common)
+
+    return parse

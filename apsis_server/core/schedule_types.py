@@ -429,6 +429,42 @@ class DailyIntervalSchedule(_LocalMixin, ScheduleBase):
         return out + _shift_text(self.time_shift)
 
 
+class ScheduleRule(Protocol):
+    """What a plugin schedule type makes of its keys: the times it is due."""
+
+    def times(self, start: float) -> Iterator[float]:
+        """Times (UTC seconds since the epoch) at or after `start`, increasing."""
+
+    def describe(self) -> str:
+        """A short human description, like `every 10m`."""
+
+
+@dataclass(frozen=True)
+class PluginSchedule(ScheduleBase):
+    """A schedule of a plugin type: its times are the rule's, in UTC; the keys every
+    schedule has (`enabled`, `args`, `start_date`, `end_date`, `jitter`) work as for
+    the built-in types. A rule that raises yields no more times."""
+
+    type_name: str
+    rule: ScheduleRule = field(compare=False)
+
+    def slots(self, start: float) -> Iterator[Slot]:
+        times = self.rule.times(start)
+        while True:
+            try:
+                t = next(times)
+            except Exception:  # StopIteration too: the plugin's bug ends its times
+                return
+            if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t):
+                yield _utc_slot(float(t))
+
+    def describe(self) -> str:
+        try:
+            return str(self.rule.describe())
+        except Exception as exc:
+            return f"{self.type_name} ({type(exc).__name__} describing it)"
+
+
 @dataclass(frozen=True)
 class DurationStop:
     """Stop a run this long after its schedule time."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from apsis_common.errors import BadInput
 from apsis_common.times import parse_time
@@ -39,6 +39,7 @@ from apsis_server.core.fields import (
     string,
     string_map,
 )
+from apsis_server.core.registry import Registry, plugin_parse
 from apsis_server.core.schedule_types import (
     ALL_DAYS,
     AUTO_ARGS,
@@ -50,8 +51,10 @@ from apsis_server.core.schedule_types import (
     DurationStop,
     ExplicitSchedule,
     IntervalSchedule,
+    PluginSchedule,
     Schedule,
     ScheduleBase,
+    ScheduleRule,
     StopSchedule,
     form_key,
 )
@@ -64,14 +67,21 @@ __all__ = [
     "Due",
     "ExplicitSchedule",
     "IntervalSchedule",
+    "PluginSchedule",
     "Schedule",
     "ScheduleContext",
+    "ScheduleRule",
+    "ScheduleType",
     "StopSchedule",
     "parse_schedule",
     "supplied_args",
 ]
 
 SCHEDULE_TYPES = ("interval", "daily", "daily-interval", "explicit", "crontab")
+
+
+# Reads a schedule type's own keys; the common ones are read already.
+ScheduleParser = Callable[["_Reader", dict[str, Any]], ScheduleBase]
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class ScheduleContext:
     params: tuple[str, ...] | None = None  # None: do not check arg names
     templates: Templates | None = None
     calendars: Mapping[str, Calendar] = field(default_factory=dict)
+    # The schedule types by name (None: the built-in ones).
+    types: Registry[ScheduleParser] | None = field(default=None, compare=False)
 
 
 def _time(value: Any, path: str) -> float:
@@ -249,7 +261,7 @@ def _crontab(r: _Reader, common: dict[str, Any]) -> ScheduleBase:
     return CrontabSchedule(expr=expr, source=source, **r.local(), **common)
 
 
-_PARSERS: dict[str, Callable[[_Reader, dict[str, Any]], ScheduleBase]] = {
+_BUILTIN_PARSERS: dict[str, ScheduleParser] = {
     "interval": _interval,
     "daily": _daily,
     "daily-interval": _daily_interval,
@@ -258,12 +270,49 @@ _PARSERS: dict[str, Callable[[_Reader, dict[str, Any]], ScheduleBase]] = {
 }
 
 
+def schedule_registry() -> Registry[ScheduleParser]:
+    """A registry of the built-in schedule types, for plugins to be added to."""
+    return Registry("schedule", _BUILTIN_PARSERS)
+
+
+class ScheduleType(Protocol):
+    """A schedule type from a plugin (entry point group `apsis.schedules`).
+
+    `parse` reads the type's own keys from `fields` and returns the rule giving its
+    times; it raises `Invalid` for a bad value. Apsis reads the keys every schedule
+    has (`enabled`, `args`, `start_date`, `end_date`, `jitter`) itself, and reports
+    keys nobody read as unknown.
+    """
+
+    def parse(self, fields: Fields) -> ScheduleRule: ...
+
+
+def _checked_rule(rule: object, name: str, path: str) -> ScheduleRule:
+    if not (callable(getattr(rule, "times", None)) and callable(getattr(rule, "describe", None))):
+        got = type(rule).__name__
+        message = f"{name} schedule plugin returned {got}, without times() and describe()"
+        raise Invalid([FieldError(path, message)])
+    return rule  # type: ignore[return-value]
+
+
+def plugin_schedule(name: str, plugin: ScheduleType) -> ScheduleParser:
+    """The parser of a plugin schedule type, for the schedule registry."""
+
+    def parse(r: _Reader, common: dict[str, Any]) -> ScheduleBase:
+        what = f"{name} schedule plugin"
+        rule = _checked_rule(plugin_parse(what, r.f, plugin.parse), name, r.f.path)
+        return PluginSchedule(type_name=name, rule=rule, **common)
+
+    return parse
+
+
 def _base_schedule(value: Any, path: str, ctx: ScheduleContext) -> ScheduleBase:
     f = Fields(value, path, "a schedule (a mapping with a type)")
     kind = f.need("type", string)
-    parser = _PARSERS.get(kind)
+    types = ctx.types if ctx.types is not None else _BUILTIN_PARSERS
+    parser = types.get(kind)
     if parser is None:
-        expected = ", ".join(SCHEDULE_TYPES)
+        expected = ", ".join(types)
         raise Invalid(
             [FieldError(f.at("type"), f"unknown schedule type {kind!r} (expected {expected})")]
         )

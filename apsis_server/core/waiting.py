@@ -9,10 +9,7 @@ more than its count.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from apsis_common.states import State
 from apsis_server.core.conditions import (
@@ -20,42 +17,15 @@ from apsis_server.core.conditions import (
     ConstCondition,
     DependencyCondition,
     MaxRunningCondition,
+    PluginCondition,
     SkipDuplicateCondition,
 )
 from apsis_server.core.runs import Run
+from apsis_server.core.verdicts import RunsView, Verdict, VerdictKind
+
+__all__ = ["RunsView", "Verdict", "VerdictKind", "check", "dependency_args"]
 
 ACTIVE = (State.STARTING, State.RUNNING, State.STOPPING)
-
-
-class RunsView(Protocol):
-    """What condition checks need to know about other runs."""
-
-    def exists(
-        self, job_id: str, args: Mapping[str, str], states: Sequence[State], exclude: str
-    ) -> bool:
-        """Whether a run (other than `exclude`) of the job, with these args, is in `states`."""
-
-    def count(self, job_id: str, args: Mapping[str, str] | None, states: Sequence[State]) -> int:
-        """How many runs of the job (with these args, if given) are in `states`."""
-
-    def params(self, job_id: str) -> tuple[str, ...] | None:
-        """The params of a job, or None if there is no such job."""
-
-
-class VerdictKind(enum.StrEnum):
-    READY = "ready"
-    WAIT = "wait"
-    SKIP = "skip"
-    ERROR = "error"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """`ready`, `wait` (with what is awaited), `skip` or `error` (with why)."""
-
-    kind: VerdictKind
-    message: str = ""
-    watch: tuple[str, ...] = ()  # job ids whose changes may change the verdict
 
 
 Expand = Callable[[str], str]
@@ -144,6 +114,8 @@ def check(
             verdict = _dependency(cond, run, view, expand, waited)
         elif isinstance(cond, MaxRunningCondition):
             verdict = _max_running(cond, run, view, expand)
+        elif isinstance(cond, PluginCondition):
+            verdict = cond.verdict(run, view, expand)
         else:
             verdict = _skip_duplicate(cond, run, view)
         if verdict is not None:
