@@ -124,7 +124,10 @@ class Program:
     def template_fields(self) -> list[tuple[str, str]]:
         """(key path, text) of every templated field, for validation."""
         out = [("command", self.command)] if self.command is not None else []
-        out += [(f"argv[{i}]", a) for i, a in enumerate(self.argv)]
+        # A plugin type's argv comes from its own keys: errors name the key written.
+        out += [
+            (_written_at(a, self.plugin_keys) or f"argv[{i}]", a) for i, a in enumerate(self.argv)
+        ]
         out += [(f"env.vars.{k}", v) for k, v in self.env.items()]
         out += [
             (k, v)
@@ -167,6 +170,23 @@ class Program:
         if self.resources is not None:
             out["resources"] = self.resources.to_plain()
         return out
+
+
+def _written_at(text: str, written: Any, path: str = "") -> str | None:
+    """The key path of the first value in `written` (a plugin's keys) that is `text`."""
+    if isinstance(written, str):
+        return path if written == text and path else None
+    if isinstance(written, Mapping):
+        pairs = [(f"{path}.{k}" if path else str(k), v) for k, v in written.items()]
+    elif isinstance(written, list):
+        pairs = [(f"{path}[{i}]", v) for i, v in enumerate(written)]
+    else:
+        return None
+    for at, value in pairs:
+        found = _written_at(text, value, at)
+        if found is not None:
+            return found
+    return None
 
 
 def _stop(value: Any, path: str) -> Stop:
