@@ -248,6 +248,7 @@ def build_app(config: Config) -> Starlette:
     app.state.registry = registry
     app.state.leadership = leadership
     app.state.config = config
+    app.state.extensions = extensions
     app.state.metrics = metrics
     app.state.checker = checker
     app.state.job_errors = []

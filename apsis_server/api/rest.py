@@ -54,6 +54,7 @@ from apsis_server.api.views import (
     run_view,
     time_text,
 )
+from apsis_server.core.extensions import Extensions
 from apsis_server.core.fields import Invalid
 from apsis_server.core.jobs import ADHOC_JOB, Job, JobError, next_times
 from apsis_server.core.programs import parse_program, signal_number
@@ -100,6 +101,12 @@ def _handled(handler: Handler) -> Handler:
 def _engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
+
+
+def _extensions(request: Request) -> Extensions:
+    """The program types (and the rest) of the installed plugins, loaded at start."""
+    extensions: Extensions = request.app.state.extensions
+    return extensions
 
 
 def _operations(request: Request) -> Operations:
@@ -389,7 +396,7 @@ async def schedule(request: Request) -> Response:
         if args:
             raise BadInput("args go with a job_id; a program given directly has no params")
         try:
-            program = parse_program(body["program"])
+            program = parse_program(body["program"], registry=_extensions(request).programs)
         except Invalid as exc:
             raise BadInput(str(exc)) from None
         run = engine.schedule_program(Job(job_id=ADHOC_JOB, params=(), program=program), when)

@@ -51,6 +51,12 @@ def test_each_kind_of_plugin_in_a_job(tmp_path: Path, example_plugin: Path) -> N
         assert job["program"]["type"] == "example-echo"
         assert job["program"]["words"] == ["hello", "{{ shout(who) }}"]
 
+        # A plugin program given directly (an ad-hoc run).
+        body = {"program": {"type": "example-echo", "words": ["ad", "hoc"], "upper": True}}
+        run_id = server.post("/runs", body)["run"]["run_id"]
+        assert server.wait_finished(run_id)["state"] == "success"
+        assert server.output(run_id) == b"AD HOC\n"
+
         # The template function in a shell command.
         run_id = server.schedule("shouted", {"who": "there"})
         assert server.wait_finished(run_id)["state"] == "success"

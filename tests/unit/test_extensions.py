@@ -15,6 +15,7 @@ import pytest
 
 from apsis_common.states import State
 from apsis_server.actions.runner import ActionRunner
+from apsis_server.checkjobs import main as check_jobs
 from apsis_server.core.actions import PluginAction
 from apsis_server.core.bound import BoundProcess, bind
 from apsis_server.core.conditions import PluginCondition
@@ -207,6 +208,21 @@ def test_the_condition_waits_then_releases(ext: Extensions) -> None:
         str,
     )
     assert (verdict.kind, verdict.message) == (VerdictKind.ERROR, "no job x")
+
+
+def test_check_jobs_knows_the_installed_plugins(
+    ext: Extensions, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "echo.yaml").write_text(
+        "params: [who]\n"
+        "program: {type: example-echo, words: ['{{ shout(who) }}']}\n"
+        "schedule: {type: example-every, seconds: 60, args: {who: me}}\n"
+    )
+    (tmp_path / "bad.yaml").write_text("program: {type: example-echo, word: [x]}\n")
+    assert check_jobs([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    # The plugin's own error; the keys it did not get to read are not called unknown.
+    assert out == "bad.yaml: program.words: missing\n1 jobs loaded, 1 errors, 0 warnings\n"
 
 
 # -- broken plugins -------------------------------------------------------------------
