@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test check fmt bench clean
+.PHONY: install system-deps demo test check fmt bench chaos clean
 
 # Tests drive a real headless Chromium and a real sshd on loopback.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -44,6 +44,11 @@ system-deps:
 ## test: check, then the whole suite (soak and benchmark runs excluded)
 test: check system-deps
 	$(BIN)/pytest -q
+
+## chaos: the long seeded fault campaign (tests/chaos/README.md); APSIS_CHAOS_SEED replays one,
+## APSIS_CHAOS_MINUTES (20) sets its length; needs root (tmpfs mounts)
+chaos: $(STAMP) system-deps
+	$(BIN)/pytest -q -s -m slow tests/chaos
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

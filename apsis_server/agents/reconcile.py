@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from apsis_common import protocol as p
-from apsis_common.errors import ApsisError
+from apsis_common.errors import ApsisError, Unavailable
 from apsis_common.states import State
 from apsis_server.agents.client import AgentClient
 from apsis_server.agents.dispatch import Command, CommandKind
@@ -44,4 +44,9 @@ async def reconcile(engine: Engine, agent_id: str, client: AgentClient) -> None:
             engine.send(agent_id, Command(CommandKind.STOP, proc_id, p.StopRequest()))
         else:
             engine.send(agent_id, Command(CommandKind.DELETE, proc_id))
-    engine.commit()
+    try:
+        engine.commit()
+    except Unavailable as exc:
+        # The store is full or read-only: the engine keeps all this and writes it (and
+        # then sends what waits on it) once it can. Not a failed connection.
+        log.warning("agent %s: reconciled; written once the store is writable: %s", agent_id, exc)

@@ -4,6 +4,7 @@ answers Unavailable, and writes everything once space returns."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from apsis_common import protocol as p
 from apsis_common.errors import Unavailable
 from apsis_common.states import State
+from apsis_server.agents.reconcile import reconcile
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
@@ -101,6 +103,41 @@ def test_a_refused_write_keeps_the_changes_too(tmp_path: Path) -> None:
             engine.commit()
         assert engine.store_error is not None and len(engine.runs) == 2
         assert store.unfinished() == []  # nothing half-written
+        store.close()
+
+    run_async(scenario)
+
+
+class NoProcs:
+    """An agent client whose agent runs nothing (only `procs` is asked)."""
+
+    async def procs(self) -> list[p.ProcSummary]:
+        return []
+
+
+def test_reconciling_an_agent_while_the_store_is_full_keeps_its_findings(tmp_path: Path) -> None:
+    """An agent (re)connecting while the disk is full is reconciled, not failed: what
+    reconciling decided is kept and written (and sent) once space returns."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        agents = QuietAgents()
+        engine = new_engine(store, {"j": "program: {type: program, argv: [/bin/true]}"}, agents)
+        run = engine.schedule("j", {})
+        assert run.state == State.STARTING and len(agents.starts) == 1
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")
+        for _ in range(50):  # fill the last page, so the next write fails
+            with contextlib.suppress(Unavailable):
+                engine.note(run.run_id, "x" * 200)
+                engine.commit()
+        assert engine.store_error is not None
+        await reconcile(engine, "local", NoProcs())  # type: ignore[arg-type]
+        assert len(agents.starts) == 1, "nothing is sent before it is written"
+        store._db.execute("PRAGMA max_page_count = 1073741823")
+        engine.commit()
+        assert engine.store_error is None
+        assert [s.proc_id for s in agents.starts] == [run.proc_id] * 2  # sent again, same id
         store.close()
 
     run_async(scenario)
