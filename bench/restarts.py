@@ -167,12 +167,15 @@ def _talk(root: Path, lines: int) -> dict[str, str]:
     return {TALK: _job(["/bin/bash", "-c", script, str(fifo)])}
 
 
-async def _lengths(url: str, run_ids: Sequence[str], clients: int = 8) -> dict[str, int]:
-    """Each run's output length as the server has it: the `X-Apsis-Output-Length` of
-    an empty range of its output, over `clients` keep-alive connections."""
+async def _lengths(
+    url: str, run_ids: Sequence[str], clients: int = 8
+) -> dict[str, tuple[int, float]]:
+    """Each run's output length as the server has it (the `X-Apsis-Output-Length` of
+    an empty range of its output, over `clients` keep-alive connections), with the
+    time.monotonic() of the answer."""
     target = urlsplit(url)
     todo = list(run_ids)
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, float]] = {}
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection(target.hostname, target.port)
@@ -191,7 +194,7 @@ async def _lengths(url: str, run_ids: Sequence[str], clients: int = 8) -> dict[s
                 await reader.readexactly(int(headers.get(b"content-length", b"0")))
                 if status != 200:
                     raise RuntimeError(f"output of {run_id} answered {status}")
-                out[run_id] = int(headers[b"x-apsis-output-length"])
+                out[run_id] = (int(headers[b"x-apsis-output-length"]), time.monotonic())
         finally:
             writer.close()
 
@@ -202,7 +205,7 @@ async def _lengths(url: str, run_ids: Sequence[str], clients: int = 8) -> dict[s
 
 
 def _output_lengths(server: LiveServer, ids: set[str]) -> dict[str, int]:
-    return asyncio.run(_lengths(server.url, sorted(ids)))
+    return {r: n for r, (n, _) in asyncio.run(_lengths(server.url, sorted(ids))).items()}
 
 
 def p11(quick: bool) -> list[Figure]:
@@ -263,15 +266,18 @@ def _agent_restart(server: LiveServer, fleet: Fleet, ids: set[str]) -> list[Figu
             and now["agent_running"] == n
         )
 
-    readopted = _until(adopted, 60, 0.05)
+    readopted = None if _until(adopted, 60, 0.05) is None else time.monotonic() - restarted
     pending = set(ids)
     grown: dict[str, float] = {}
     deadline = time.monotonic() + 60
+    rounds: list[float] = []
     while pending and time.monotonic() < deadline:
-        for run_id, length in _output_lengths(server, pending).items():
+        polled = time.monotonic()
+        for run_id, (length, at) in asyncio.run(_lengths(server.url, sorted(pending))).items():
             if length > lengths[run_id]:
-                grown[run_id] = time.monotonic() - restarted
+                grown[run_id] = at - restarted
                 pending.discard(run_id)
+        rounds.append(time.monotonic() - polled)
     flowing = max(grown.values()) if not pending else None
     running = _count_in(server, ids, TALK, "running")
     return [
@@ -290,7 +296,8 @@ def _agent_restart(server: LiveServer, fleet: Fleet, ids: set[str]) -> list[Figu
             flowing,
             "s",
             at_most(5),
-            "X-Apsis-Output-Length of each run's output, polled",
+            "X-Apsis-Output-Length of each run's output, polled; the answer seen grown;"
+            f" {len(rounds)} rounds, the first {rounds[0] if rounds else 0:.2f} s",
         ),
         Figure(
             "P11", "runs whose output grew after the restart", len(grown), f"of {n}", at_least(n)
