@@ -92,7 +92,7 @@ def load_jobs_dir(
     if not jobs_dir.is_dir():
         errors.append(JobError("", str(jobs_dir), "", "jobs directory does not exist"))
         return JobsLoad(jobs, errors)
-    config, errors = _jobs_config(jobs_dir)
+    config, errors = _jobs_config(jobs_dir, extensions)
     for path in sorted(jobs_dir.rglob("*.yaml")):
         rel = path.relative_to(jobs_dir)
         if any(part.startswith(".") for part in rel.parts) or rel.as_posix() == JOBS_CONFIG:
@@ -115,14 +115,21 @@ def load_jobs_dir(
     return JobsLoad(jobs, errors, check_references(jobs, failed))
 
 
-def _jobs_config(jobs_dir: Path) -> tuple[JobsConfig | None, list[JobError]]:
+def _jobs_config(
+    jobs_dir: Path, extensions: Extensions
+) -> tuple[JobsConfig | None, list[JobError]]:
     """The jobs directory's `jobs.yaml` (empty when there is none); None and its
     errors when it is bad."""
     path = jobs_dir / JOBS_CONFIG
     if not path.exists():
         return JobsConfig(), []
     try:
-        return parse_jobs_config(load_yaml(_read(path))), []
+        types = {
+            "programs": tuple(extensions.programs),
+            "conditions": tuple(extensions.conditions),
+            "actions": tuple(extensions.actions),
+        }
+        return parse_jobs_config(load_yaml(_read(path)), types), []
     except Invalid as exc:
         return None, job_error("", JOBS_CONFIG, exc)
     except Exception as exc:

@@ -22,13 +22,13 @@ actions:
 A job's own keys win over its folders' defaults, and a deeper folder's over a
 shallower one's; mappings merge key by key (`env: {vars}`, `metadata`), labels add
 up, and a default condition or action comes before the job's own. A named type is
-a partial definition of a built-in type; the job's keys are laid over it the same
-way.
+a partial definition of a built-in type (or an installed plugin's); the job's keys
+are laid over it the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,8 +130,15 @@ def _with_defaults(job: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str
     return out
 
 
-def parse_jobs_config(data: Any) -> JobsConfig:
-    """`jobs.yaml`'s YAML (None: empty); `Invalid` with every error found."""
+def parse_jobs_config(data: Any, types: Mapping[str, Iterable[str]] | None = None) -> JobsConfig:
+    """`jobs.yaml`'s YAML (None: empty); `Invalid` with every error found.
+
+    `types`: the program, condition and action type names a named type may be based
+    on, by key (`programs`, ...): the built-in ones and the plugins' (default: the
+    built-in ones).
+    """
+    known = {"programs": PROGRAM_TYPES, "conditions": CONDITION_TYPES, "actions": ACTION_TYPES}
+    known.update({k: tuple(v) for k, v in (types or {}).items()})
     f = Fields(data or {}, "", "a mapping of defaults, programs, conditions, actions")
     errors: list[FieldError] = []
     defaults = _mappings(f.take("defaults", _raw, {}), "defaults", errors)
@@ -144,11 +151,7 @@ def parse_jobs_config(data: Any) -> JobsConfig:
                 errors.append(FieldError(f"defaults.{folder}.{key}", f"expected one of {allowed}"))
         _check_default_values(folder, values, errors)
     named = {}
-    for key, builtins in (
-        ("programs", PROGRAM_TYPES),
-        ("conditions", CONDITION_TYPES),
-        ("actions", ACTION_TYPES),
-    ):
+    for key, builtins in known.items():
         named[key] = _mappings(f.take(key, _raw, {}), key, errors)
         for name, value in named[key].items():
             _check_named(f"{key}.{name}", name, value, builtins, errors)

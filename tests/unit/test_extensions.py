@@ -27,6 +27,7 @@ from apsis_server.core.runs import Run
 from apsis_server.core.schedules import PluginSchedule
 from apsis_server.core.templates import Templates
 from apsis_server.core.waiting import VerdictKind, check
+from apsis_server.jobsdir import load_jobs_dir
 from apsis_server.plugins import load_extensions
 
 
@@ -223,6 +224,32 @@ def test_check_jobs_knows_the_installed_plugins(
     out = capsys.readouterr().out
     # The plugin's own error; the keys it did not get to read are not called unknown.
     assert out == "bad.yaml: program.words: missing\n1 jobs loaded, 1 errors, 0 warnings\n"
+
+
+def test_jobs_yaml_names_and_defaults_plugin_types(ext: Extensions, tmp_path: Path) -> None:
+    (tmp_path / "jobs.yaml").write_text(
+        "defaults: {'': {program: {host: h2}}}\n"
+        "programs: {hello: {type: example-echo, words: [hello]}}\n"
+        "conditions: {after-load: {type: example-after, job_id: load}}\n"
+    )
+    (tmp_path / "greet.yaml").write_text(
+        "program: {type: hello, upper: true}\ncondition: {type: after-load}\n"
+    )
+    loaded = load_jobs_dir(tmp_path, Templates(ext.helpers()), extensions=ext)
+    assert loaded.errors == []
+    job = loaded.jobs["greet"]
+    assert (job.program.type, job.program.argv, job.program.host) == (
+        "example-echo",
+        ("/bin/echo", "HELLO"),
+        "h2",
+    )
+    assert isinstance(job.conditions[0], PluginCondition)
+    # Without the plugins, the named type is based on an unknown type.
+    (error,) = load_jobs_dir(tmp_path, Templates()).errors[:1]
+    assert (error.key_path, error.message.split(" (")[0]) == (
+        "programs.hello.type",
+        "expected a built-in type",
+    )
 
 
 # -- broken plugins -------------------------------------------------------------------
