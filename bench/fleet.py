@@ -102,6 +102,7 @@ class Fleet:
             Agent(f"a{i}", server.root / "fleet" / f"a{i}", server.root / "fleet" / f"a{i}.secret")
             for i in range(count)
         ]
+        self.server_up = 0.0  # seconds from the server's exec to its first answer
 
     def start(self) -> None:
         """Provision and start every agent (in waves), then write the server's config:
@@ -213,7 +214,7 @@ def fleet_server(
         fleet = Fleet(server, count)
         try:
             fleet.start()
-            server.launch()
+            fleet.server_up = server.launch(120)
             yield server, fleet
         finally:
             fleet.cleanup()
@@ -352,6 +353,7 @@ def p9(quick: bool) -> list[Figure]:
         figures = [
             Figure("P9", "agents", s.agents, "", note="static agents, one host group (least-busy)"),
             Figure("P9", "provision + start every agent and the server", launched, "s"),
+            Figure("P9", "server exec → /alive answers", fleet.server_up, "s"),
             Figure("P9", "server up → every agent connected", connect, "s"),
             *_idle(server, fleet, s.idle),
             *_burst(server, fleet, s.runs),
