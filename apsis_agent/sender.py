@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -133,7 +134,20 @@ class Sender:
         self.connected = True
         if last <= self._outbox.acked_seq:
             return True  # a heartbeat
-        if self._outbox.ack(ack.acked_seq):
+        try:
+            acked = self._outbox.ack(ack.acked_seq)
+        except sqlite3.Error as exc:
+            # A full disk: the events stay (and are sent again; the server knows them
+            # for duplicates and acknowledges them again) until the ack can be stored.
+            problem = f"cannot store the ack of seq {ack.acked_seq} (retrying): {exc}"
+            if problem != self._last_problem:
+                log.error("%s", problem)
+            self._last_problem = problem
+            return False
+        if acked:
+            if self._last_problem is not None:
+                log.info("the ack is stored again")
+                self._last_problem = None
             self._on_ack()
             return True
         log.warning("webhook acknowledged %d, below the batch sent", ack.acked_seq)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from apsis_agent.outbox import Ledger, Outbox
+from apsis_agent.sender import Delivery, Sender
 from apsis_common import codec
 from apsis_common.protocol import (
+    Ack,
     AgentStarted,
     EventBatch,
     ExitInfo,
@@ -109,3 +115,37 @@ def test_ledger_survives_restart(tmp_path: Path) -> None:
 def test_output_events_go_through_add_output(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         Outbox(tmp_path / "o.sqlite").add(ProcOutput("p", 1, 0, b"x"))
+
+
+class FullOutbox(Outbox):
+    """An outbox on a full disk: storing an ack fails while `full`."""
+
+    full = True
+
+    def ack(self, acked_seq: int) -> bool:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().ack(acked_seq)
+
+
+def test_an_ack_that_cannot_be_stored_is_retried_not_fatal(tmp_path: Path) -> None:
+    """The sender survives a full disk as the server acknowledges: the events stay
+    and go again (the server acknowledges duplicates) until the ack is stored."""
+    outbox = FullOutbox(tmp_path / "o.sqlite")
+    for _ in range(3):
+        outbox.add(AgentStarted(1, 0))
+    outbox.flush()
+    acks: list[int] = []
+    settings = SimpleNamespace(agent_id="a", webhook_url="http://127.0.0.1:1/")
+    sender = Sender(outbox, lambda: (settings, None), 1, Delivery(), lambda: acks.append(1))  # type: ignore[arg-type, return-value]
+
+    async def post(*_: Any) -> Ack:
+        return Ack(3)
+
+    sender._post = post  # type: ignore[method-assign, assignment]
+    assert not asyncio.run(sender._send_one())
+    assert outbox.acked_seq == 0 and [e.seq for e in _batch(outbox).events] == [1, 2, 3]
+    outbox.full = False
+    assert asyncio.run(sender._send_one())
+    assert outbox.acked_seq == 3 and acks == [1]
+    outbox.close()
