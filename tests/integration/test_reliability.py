@@ -68,13 +68,32 @@ def test_agent_killed_mid_run_is_recovered(tmp_path: Path) -> None:
         assert _starts(server, slow) == 1 and _starts(server, quick) == 1
 
 
-def test_shim_killed_too_is_lost(tmp_path: Path) -> None:
+def test_shim_killed_too_still_ends_true(tmp_path: Path) -> None:
+    """Agent and shim SIGKILLed mid-run: the spawner (a subreaper) still learns how
+    the program ends, and the restarted agent reports its true result."""
+    with running_server(tmp_path, JOBS, FAST) as server:
+        run_id = server.schedule("a then b")
+        server.wait_state(run_id, "running")
+        info = json.loads(wait_for(lambda: _read(_proc_dir(server, run_id) / "pid"), 5, "pid"))
+        _kill_agent(server)
+        os.kill(info["shim_pid"], signal.SIGKILL)
+        run = server.wait_finished(run_id, 20)
+        assert run["state"] == "failure" and server.meta(run_id)["exit_code"] == 3, run
+        assert server.output(run_id) == b"a\nb\n"
+        assert _starts(server, run_id) == 1
+
+
+def test_shim_and_spawner_killed_too_is_lost(tmp_path: Path) -> None:
+    """With agent, shim and spawner all SIGKILLed, no one can learn how the program
+    ends: once it has, the run ends in error saying the process was lost, and what
+    is left of its group is killed."""
     with running_server(tmp_path, JOBS, FAST) as server:
         run_id = server.schedule("long")
         server.wait_state(run_id, "running")
         info = json.loads(wait_for(lambda: _read(_proc_dir(server, run_id) / "pid"), 5, "pid"))
         _kill_agent(server)
-        os.kill(info["shim_pid"], signal.SIGKILL)
+        for pid in (info["spawner_pid"], info["shim_pid"], info["pid"]):
+            os.kill(pid, signal.SIGKILL)
         run = server.wait_finished(run_id, 20)
         assert run["state"] == "error" and "lost" in run["message"], run
         wait_for(lambda: not group_alive(info["pgid"]), 5, "survivors killed")
