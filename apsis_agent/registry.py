@@ -167,11 +167,21 @@ def create(root: Path, proc_id: str, spec: ProcSpec, spares: Spares | None = Non
     text = codec.encode_json(spec)
     # The directory is new and only recovery reads the spec, so no temp file and
     # rename: a spec cut short by a crash reads as malformed, as a missing one would.
-    fd = os.open(directory / "spec", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, text)
-    finally:
-        os.close(fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(directory / "spec", flags, 0o600)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
+    except OSError:
+        # A full disk: the start is refused, and no half-made directory stays behind
+        # (nothing would ever remove it while the agent runs).
+        with contextlib.suppress(OSError):
+            os.unlink(directory / "spec")
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+        raise
     return Proc(proc_id, spec, hashlib.sha256(text).hexdigest(), directory)
 
 

@@ -290,6 +290,11 @@ class SqliteWorld(World):
         mounts.append(self.agent_dir)
         self.server.start()
 
+    def leader(self) -> Server | None:
+        """The one server, while it runs (no need to ask it)."""
+        proc = self.server.proc
+        return self.server if proc is not None and proc.poll() is None else None
+
     def kill_server(self, rng: random.Random, history: History) -> None:
         down = rng.uniform(0.2, 3.0)
         history.note(f"SIGKILL server, down {down:.1f}s")
@@ -332,7 +337,7 @@ class PostgresWorld(World):
     serve`, started again by the campaign when killed, as systemd would), whose
     state dir is a tmpfs."""
 
-    agent_id = "svc"
+    agent_id = "static:svc"
 
     def __init__(self, root: Path, url: str, mounts: list[Path]) -> None:
         self.url = url
@@ -353,8 +358,9 @@ class PostgresWorld(World):
         secret = root / "svc.secret"
         provision("svc", "127.0.0.1", first.state, first.url + PATH, self.agent_dir, secret)
         self._agent_log = root / "svc.log"
+        self._port = 0
         self._agent = self._serve()
-        port = wait_for(self._agent_port, 20, "the static agent to listen")
+        port = self._port = wait_for(self._agent_port, 20, "the static agent to listen")
         for index, server in enumerate(self.servers):
             if index:  # every server holds the same CA (docs/operations.md)
                 shutil.copytree(first.state / "ca", server.state / "ca")
@@ -371,7 +377,9 @@ class PostgresWorld(World):
 
     def _serve(self) -> subprocess.Popen[bytes]:
         argv = [*agent_command(), "serve", "--state-dir", str(self.agent_dir)]
-        argv += ["--bind", "127.0.0.1", "--port", "0", "--heartbeat", str(HEARTBEAT)]
+        # Served again on the port the servers know, as under systemd.
+        argv += ["--bind", "127.0.0.1", "--port", str(self._port)]
+        argv += ["--heartbeat", str(HEARTBEAT)]
         with self._agent_log.open("ab") as log:
             return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
@@ -516,6 +524,7 @@ class Report:
     asked: int
     refused: int
     stops: int
+    reasons: collections.Counter[str]
     problems: list[str]
     history: str
 
@@ -525,7 +534,7 @@ class Report:
         return (
             f"chaos seed {self.seed} ({self.mode}, {self.seconds:.0f}s): faults: {faults}; "
             f"runs: {runs}; asked {self.asked}, refused {self.refused}, stops {self.stops}; "
-            f"{len(self.problems)} problems"
+            f"{len(self.problems)} problems; why runs failed: {dict(self.reasons)}"
         )
 
 
@@ -596,7 +605,8 @@ def run_campaign(
     world.stop()
     history.note("daemons stopped; checking")
     runs: collections.Counter[str] = collections.Counter()
-    problems += check(world, workload.asked, workload.stopped, runs)
+    reasons: collections.Counter[str] = collections.Counter()
+    problems += check(world, workload.asked, workload.stopped, runs, reasons)
     return Report(
         seed,
         mode,
@@ -606,6 +616,7 @@ def run_campaign(
         len(workload.asked),
         workload.refused,
         len(workload.stopped),
+        reasons,
         problems,
         history.text(),
     )
@@ -643,6 +654,7 @@ def check(
     asked: dict[str, tuple[str, dict[str, str]]],
     stopped: set[str],
     runs: collections.Counter[str],
+    reasons: collections.Counter[str],
 ) -> list[str]:
     """Every invariant, from the store, the agent's files and the marker file."""
     problems: list[str] = []
@@ -655,6 +667,8 @@ def check(
         stored = store.query(RunFilter(limit=10**9))
         for run in stored:
             runs[run.state.value] += 1
+            if run.state.value in ("error", "failure"):
+                reasons[f"{run.state.value}: {_reason(run.message)}"] += 1
             entries = store.log(run.run_id)
             # A stop answered 503 (a full disk) is kept too: the log tells.
             asked_to_stop = any(e.message == "stop requested" for e in entries)
@@ -700,6 +714,12 @@ def _check_run(
         if got and marks[run.run_id] == 0:
             problems.append(f"{run.run_id} has output but its program never started")
     return problems
+
+
+def _reason(message: str | None) -> str:
+    """A run's message without what differs from run to run (ids, numbers)."""
+    words = (message or "").split()
+    return " ".join("N" if any(c.isdigit() for c in w) else w for w in words)[:80]
 
 
 def _check_sequence(world: World, acked: int) -> list[str]:

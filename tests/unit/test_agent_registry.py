@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from pathlib import Path
 
@@ -144,3 +146,16 @@ def test_pid_facts_name_session_spawner_and_cgroup() -> None:
     assert registry.parse_pid({"pid": "x"}) is None
     bad = {"version": 3, "dirs": {"freezer": "/f"}}
     assert cgroups.from_facts(bad) is None and cgroups.from_facts({"version": 1}) is None
+
+
+def test_a_start_a_full_disk_refuses_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        registry.create(tmp_path, "p1", ProcSpec(argv=("true",)))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
