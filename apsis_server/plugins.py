@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 EntryPoints = Callable[[str], Iterable[EntryPoint]]
 
 
-def _installed(group: str) -> Iterable[EntryPoint]:
-    return entry_points(group=group)
+def _installed() -> EntryPoints:
+    """The installed packages' entry points by group, read once (a read scans every
+    installed distribution)."""
+    every = entry_points()
+    return lambda group: every.select(group=group)
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,10 @@ def _origin(point: EntryPoint) -> str:
     return f"entry point {point.group}:{point.name} ({point.value}){package}"
 
 
-def load_extensions(find: EntryPoints = _installed) -> Loaded:
+def load_extensions(find: EntryPoints | None = None) -> Loaded:
     """The built-in types and every installed plugin's, each plugin registered once;
-    `find(group)`: the entry points of a group (the installed packages')."""
+    `find(group)`: the entry points of a group (default: the installed packages')."""
+    find = find or _installed()
     extensions = Extensions()
     loaded = Loaded(extensions)
     for kind in Kind:
