@@ -414,7 +414,8 @@ class SendStop(Effect):
 
 @dataclass(frozen=True)
 class WithdrawStart(Effect):
-    """It ended before its agent took its start: a start still queued must not go."""
+    """It left `starting` (started, or ended before its agent took its start): a
+    start still queued for its agent must not go."""
 
     agent_id: str
     proc_id: str
@@ -483,8 +484,11 @@ def _effects(old: Run, new: Run, event: Event) -> tuple[Effect, ...]:
         effects.append(CheckConditions())
     if isinstance(event, StopRequested | StopTimeReached):
         effects.append(SendStop())
+    if old.state == S.STARTING and new.state != S.STARTING and old.agent_id and old.proc_id:
+        # A start still waiting to be (re)sent — say, resent after a restart to an
+        # agent not yet reconnected — must not reach the agent once the run has left
+        # `starting`: had the program already run and been forgotten, it would run again.
+        effects.append(WithdrawStart(old.agent_id, old.proc_id))
     if new.state in FINISHED and old.state not in FINISHED:
-        if old.state == S.STARTING and old.agent_id and old.proc_id:
-            effects.append(WithdrawStart(old.agent_id, old.proc_id))
         effects.append(Finished())
     return tuple(effects)

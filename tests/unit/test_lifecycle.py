@@ -146,6 +146,13 @@ def test_events_carry_their_fields() -> None:
             [lc.WithdrawStart("local", "r1.1"), lc.Finished()],
         ),
         (_run(S.RUNNING, agent_id="local", proc_id="r1.1"), lc.Failed("1"), [lc.Finished()]),
+        # Started: a start still queued for its agent (resent after a restart) must
+        # not go, or a program that already ran and was forgotten would run again.
+        (
+            _run(S.STARTING, agent_id="local", proc_id="r1.1"),
+            lc.Started("pid 7"),
+            [lc.WithdrawStart("local", "r1.1")],
+        ),
         (_run(S.SUCCESS), lc.marked(S.FAILURE), []),  # actions fire once, not on a mark
     ],
 )

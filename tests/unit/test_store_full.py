@@ -14,6 +14,9 @@ from apsis_common import protocol as p
 from apsis_common.errors import Unavailable
 from apsis_common.states import State
 from apsis_server.agents.reconcile import reconcile
+from apsis_server.core import lifecycle
+from apsis_server.core.catchup import CatchUp
+from apsis_server.engine.restore import restore
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
 from tests.harness import run_async
@@ -138,6 +141,37 @@ def test_reconciling_an_agent_while_the_store_is_full_keeps_its_findings(tmp_pat
         engine.commit()
         assert engine.store_error is None
         assert [s.proc_id for s in agents.starts] == [run.proc_id] * 2  # sent again, same id
+        store.close()
+
+    run_async(scenario)
+
+
+def test_a_start_resent_after_a_restart_is_withdrawn_once_the_run_started(
+    tmp_path: Path,
+) -> None:
+    """A server restarted with a run `starting` resends its start; if the agent's
+    events say the program started (and ended) before the agent is reconnected, the
+    resent start must not reach it: it would run the program a second time (the
+    chaos campaign's seed 20261207 did, the agent having forgotten the finished proc)."""
+
+    async def scenario() -> None:
+        jobs = {"j": "program: {type: program, argv: [/bin/true]}"}
+        store = SqliteStore(tmp_path / "apsis.db")
+        engine = new_engine(store, jobs, QuietAgents())
+        run = engine.schedule("j", {})
+        assert run.state == State.STARTING and run.proc_id is not None
+        store.close()
+        # The server restarts: the run is restored and its start resent, queued.
+        store = SqliteStore(tmp_path / "apsis.db")
+        agents = QuietAgents()
+        engine = new_engine(store, jobs, agents)
+        restore(engine, CatchUp())
+        assert [s.proc_id for s in agents.starts] == [run.proc_id]
+        # The agent's events come first: the program started and ended.
+        started = engine.apply(engine.get(run.run_id), lifecycle.Started("running as pid 7"))
+        engine.apply(started, lifecycle.Succeeded("exited 0"))
+        engine.commit()
+        assert agents.starts == [], "the queued start is withdrawn"
         store.close()
 
     run_async(scenario)
