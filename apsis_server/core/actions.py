@@ -249,7 +249,10 @@ def plugin_action(name: str, plugin: ActionType) -> ActionParser:
             lambda: f.take("timeout", positive_duration, PLUGIN_ACTION_TIMEOUT),
             PLUGIN_ACTION_TIMEOUT,
         )
-        call = plugin_parse(f"{name} action plugin", f, plugin.parse)
+        try:
+            call = plugin_parse(f"{name} action plugin", f, plugin.parse)
+        except Invalid as exc:  # with the errors of `states` and `timeout`, if any
+            raise Invalid([*c.errors, *exc.errors]) from None
         if not callable(getattr(call, "fire", None)):
             got = type(call).__name__
             raise Invalid(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from apsis_common.states import State
 from apsis_server.core.actions import (
@@ -125,16 +125,26 @@ class Extensions:
                 raise BadPlugin(f"{origin}: cannot make one: {type(exc).__name__}: {exc}") from None
         if not callable(getattr(plugin, "parse", None)):
             raise BadPlugin(f"{origin}: expected an object with a parse(fields) method")
+        # Its shape is checked as far as it can be before a job uses it; what `parse`
+        # returns is checked each time (`plugin_program`, ...).
         if kind == Kind.PROGRAMS:
             if name.startswith(("apsis.", "internal.")):
                 raise BadPlugin(f"{origin}: {name!r} is reserved for built-in program types")
-            self._register(self.programs, name, plugin_program(name, plugin), origin)  # type: ignore[arg-type]
+            self._register(
+                self.programs, name, plugin_program(name, cast(ProgramType, plugin)), origin
+            )
         elif kind == Kind.SCHEDULES:
-            self._register(self.schedules, name, plugin_schedule(name, plugin), origin)  # type: ignore[arg-type]
+            self._register(
+                self.schedules, name, plugin_schedule(name, cast(ScheduleType, plugin)), origin
+            )
         elif kind == Kind.CONDITIONS:
-            self._register(self.conditions, name, plugin_condition(name, plugin), origin)  # type: ignore[arg-type]
+            self._register(
+                self.conditions, name, plugin_condition(name, cast(ConditionType, plugin)), origin
+            )
         else:
-            self._register(self.actions, name, plugin_action(name, plugin), origin)  # type: ignore[arg-type]
+            self._register(
+                self.actions, name, plugin_action(name, cast(ActionType, plugin)), origin
+            )
 
     @staticmethod
     def _register(registry: Registry[Any], name: str, entry: object, origin: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from apsis_common.errors import BadInput
 from apsis_common.times import parse_time
@@ -292,7 +292,7 @@ def _checked_rule(rule: object, name: str, path: str) -> ScheduleRule:
         got = type(rule).__name__
         message = f"{name} schedule plugin returned {got}, without times() and describe()"
         raise Invalid([FieldError(path, message)])
-    return rule  # type: ignore[return-value]
+    return cast(ScheduleRule, rule)
 
 
 def plugin_schedule(name: str, plugin: ScheduleType) -> ScheduleParser:

@@ -114,6 +114,10 @@ MALFORMED = [
         ["action.timeout: expected a positive duration, got 0"],
     ),
     (
+        ECHO + "action: {type: example-record, states: [waiting]}\n",
+        ["action.states: expected finished states, got waiting", "action.path: missing"],
+    ),
+    (
         ECHO + "action: {type: example-record, path: /tmp/x, to: y}\n",
         ["action.to: unknown key (expected one of: path, states, timeout, type)"],
     ),
