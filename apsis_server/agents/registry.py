@@ -77,6 +77,12 @@ class Registry:
         self._cursors: dict[str, int] = {}
         self._rng = random.Random()
         self._local_user = getpass.getuser()
+        # Static agents by host name and by agent name, in config order: a choice
+        # among hundreds of them looks up, not through every one.
+        self._statics: dict[str, list[StaticAgent]] = {}
+        for static in self.settings.static.values():
+            for name in dict.fromkeys((static.host, static.name)):
+                self._statics.setdefault(name, []).append(static)
         self._keeper = Keeper(
             self.settings,
             state_dir,
@@ -207,8 +213,8 @@ class Registry:
         return Choice(members[chosen.host].agent_id, chosen.notes)
 
     def _for_host(self, host: str, user: str | None) -> AgentConn:
-        for static in self.settings.static.values():
-            if host in (static.host, static.name) and user in (None, static.user):
+        for static in self._statics.get(host, ()):
+            if user in (None, static.user):
                 return self.agents[f"static:{static.name}"]
         # ssh logs in as this user when none is named: naming it is the same account,
         # so the same agent (one state dir, one daemon, one event sequence).
