@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -31,7 +31,12 @@ async def read_limited(request: Request, limit: int) -> bytes | None:
 
 def webhook_route(registry: Registry, facts: Facts, verifier: Verifier) -> Route:
     async def events(request: Request) -> Response:
-        body = await read_limited(request, p.MAX_WEBHOOK_BYTES)
+        try:
+            body = await read_limited(request, p.MAX_WEBHOOK_BYTES)
+        except ClientDisconnect:
+            # The agent went mid-request (a partition, its death): it sends again.
+            # Nothing was applied; not a server error with a traceback in the log.
+            return Response(status_code=400)
         if body is None:
             return Response("request body too large", status_code=413)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
