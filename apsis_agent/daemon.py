@@ -41,6 +41,8 @@ from apsis_common import __version__, tls
 from apsis_common.auth import Verifier
 from apsis_common.protocol import AgentInfo
 
+# The idle watch looks at least this often, whatever wakes it meanwhile.
+IDLE_WATCH = 60.0
 log = logging.getLogger(__name__)
 
 # Set to `off` to contain runs by their process groups even where cgroups are possible.
@@ -60,19 +62,36 @@ class Options:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns the signals."""
+    """uvicorn without its own signal handling (the daemon owns the signals) and
+    without its 0.1 s tick: uvicorn wakes ten times a second to see whether it
+    should exit and to date its answers; the daemon says when (`stop`), and its
+    answers carry no Date header."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # the default headers, once
+        await self._exit.wait()
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self._exit.set()
+
 
 class _Notifications(asyncio.Protocol):
     """Lines of JSON from the shims, through the spawner's pipe."""
 
-    def __init__(self, on_line: Callable[[dict[str, Any]], None], gone: asyncio.Event) -> None:
+    def __init__(
+        self, on_line: Callable[[dict[str, Any]], None], gone: tuple[asyncio.Event, ...]
+    ) -> None:
         self._on_line = on_line
-        self._gone = gone
+        self._gone = gone  # set when the spawner is gone
         self._buffer = b""
 
     def data_received(self, data: bytes) -> None:
@@ -86,7 +105,8 @@ class _Notifications(asyncio.Protocol):
             self._on_line(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gone.set()
+        for event in self._gone:
+            event.set()
 
 
 def _listen(host: str, port: int | None, previous: int | None) -> socket.socket:
@@ -120,6 +140,7 @@ class Daemon:
         self._ssl = tls.server_context(state.cert_file, state.key_file)
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()  # something the idle watch cares about
+        self._activity = 0  # batches of events acknowledged: the agent did something
         self._failed = False
         self.epoch = 0
 
@@ -148,6 +169,7 @@ class Daemon:
 
     def _acked(self, procs: Procs) -> None:
         procs.remove_reported()
+        self._activity += 1
         self._changed.set()
 
     async def run(self) -> int:
@@ -186,7 +208,7 @@ class Daemon:
             keeper,
         )
         await loop.connect_read_pipe(
-            lambda: _Notifications(procs.on_notification, spawner_gone),
+            lambda: _Notifications(procs.on_notification, (spawner_gone, self._changed)),
             os.fdopen(self._handle.notifications, "rb", buffering=0),
         )
         if keeper is not None:
@@ -231,6 +253,7 @@ class Daemon:
             lifespan="off",
             timeout_graceful_shutdown=3,
             server_header=False,
+            date_header=False,
         )
         server = _Server(config)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -252,7 +275,7 @@ class Daemon:
                 log.info("listening on %s:%d (pid %d)", options.bind, port, os.getpid())
                 await self._stopping.wait()
                 log.info("stopping")
-                server.should_exit = True
+                server.stop()
                 for worker in workers:
                     worker.cancel()
                 await _close_connections(server, serving)
@@ -283,12 +306,20 @@ class Daemon:
         return layout
 
     async def _watch_idle(self, procs: Procs, outbox: Outbox, spawner_gone: asyncio.Event) -> None:
-        """Stop when drained, idle for `idle_stop`, or when the spawner is gone."""
+        """Stop when drained, idle for `idle_stop`, or when the spawner is gone.
+
+        Woken by what changes (an ack, a drain, the spawner's end), and by the
+        deadline of `idle_stop`: an idle agent does not wake for nothing."""
         idle_since: float | None = None
+        seen = self._activity
         while True:
+            timeout = IDLE_WATCH
+            idle_stop = self._options.idle_stop
+            if idle_since is not None and idle_stop is not None:
+                timeout = min(timeout, max(0.0, idle_since + idle_stop - time.monotonic()))
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
+                async with asyncio.timeout(timeout):
                     await self._changed.wait()
             self._changed.clear()
             if spawner_gone.is_set():
@@ -301,7 +332,8 @@ class Daemon:
                 log.info("drained: no processes and the outbox is empty")
                 self._stopping.set()
                 return
-            idle_stop = self._options.idle_stop
+            if self._activity != seen:  # busy since the last look, however briefly
+                seen, idle_since = self._activity, None
             if idle_stop is None or not idle:
                 idle_since = None
                 continue

@@ -148,6 +148,7 @@ class Procs:
         # Their exit may come without a word to this daemon: re-adopted at recovery
         # (their shim talks to the old one), or orphaned (the spawner writes it).
         self._adopted: dict[str, Proc] = {}
+        self._busy = asyncio.Event()  # set when _active or _adopted gets a process
         self._flush_handle: asyncio.Handle | None = None
         # Why the outbox cannot be written (a full disk), until it can: said once.
         self.outbox_error: str | None = None
@@ -360,6 +361,7 @@ class Procs:
         if not self._outbox.ledger(proc.proc_id).started:
             self._report_started(proc)
         self._active[proc.proc_id] = proc
+        self._busy.set()  # the scan has work
         if not orphan:
             self._watch(proc)
         elif not self._orphaned(proc):
@@ -430,6 +432,7 @@ class Procs:
         """The exit (or loss) is known: send the rest of the output, then say so."""
         proc.final_pending = True
         self._active[proc.proc_id] = proc
+        self._busy.set()  # the scan has work
         self._send_output(proc)
         facts = proc.facts
         if facts is not None and facts.cgroup is not None and self._keeper is not None:
@@ -455,6 +458,7 @@ class Procs:
         if proc.pidfd is None and not registry.spawner_alive(facts):
             return False
         self._adopted[proc.proc_id] = proc
+        self._busy.set()  # the scan has work
         return True
 
     def _lost(self, proc: Proc, reason: LostReason) -> None:
@@ -470,8 +474,12 @@ class Procs:
     # -- output ------------------------------------------------------------------------
 
     async def scan(self) -> None:
-        """Turn new output into events, for every active process, forever."""
+        """Turn new output into events, for every active process, forever; asleep
+        while no process is active (an idle agent costs nothing)."""
         while True:
+            if not (self._active or self._adopted):
+                self._busy.clear()
+                await self._busy.wait()
             await asyncio.sleep(self.limits.scan_interval)
             self.scan_once()
 
@@ -699,6 +707,7 @@ class Procs:
         if action in (Recovery.ADOPT, Recovery.ORPHAN):
             log.info("re-adopting %s (pid %s)", proc.proc_id, proc.facts and proc.facts.pid)
             self._adopted[proc.proc_id] = proc
+            self._busy.set()  # the scan has work
             self._running(proc, orphan=action is Recovery.ORPHAN)
             return
         if action is Recovery.FAILED:
@@ -724,4 +733,5 @@ class Procs:
         if not ledger.final:
             proc.final_pending = True
             self._active[proc.proc_id] = proc
+            self._busy.set()  # the scan has work
             self._send_output(proc)

@@ -174,6 +174,10 @@ class Sender:
                 verify=tls.client_context(settings.ca_pem),
                 timeout=self._delivery.timeout,
                 trust_env=False,
+                # Kept between heartbeats (httpx's default, 5 s, is the heartbeat's
+                # period: a TLS handshake for each), and closed before the
+                # server closes it (KEEP_ALIVE in apsis_server/app.py, 60 s).
+                limits=httpx.Limits(keepalive_expiry=max(30.0, 2 * self._delivery.heartbeat)),
             )
             self._client_ca = settings.ca_pem
         return self._client

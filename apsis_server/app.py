@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -59,6 +60,7 @@ from apsis_server.web import error_handlers, web_routes
 from apsis_server.web.headers import SecurityHeaders
 
 log = logging.getLogger("apsis_server")
+KEEP_ALIVE = 60
 # The summary feed sends the runs changed in this many seconds as one message.
 SUMMARY_GATHER = 0.05
 
@@ -275,6 +277,27 @@ async def _background(*work: Coroutine[None, None, None]) -> None:
             tasks.create_task(coroutine)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its 0.1 s tick: it wakes ten times a second to see whether it
+    should exit and to date its answers. Here a signal wakes it, and answers carry
+    no Date header: an idle server does not wake for nothing."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None:  # a signal handler: wake the loop through its pipe
+            self._loop.call_soon_threadsafe(self._exit.set)
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not await self.on_tick(0):  # the default headers, once; or exit already
+            await self._exit.wait()
+
+
 async def _follow(feeds: Feeds, leadership: Leadership, url: str) -> None:
     """While standing by, follow the leader's writes for the feeds' subscribers."""
     while True:
@@ -387,12 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     if config.tls_cert and config.tls_key:
         server_context(config.tls_cert, config.tls_key)  # fail early on a bad pair
         certfile, keyfile = str(config.tls_cert), str(config.tls_key)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             app,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=5,
+            date_header=False,  # no tick to keep it current (see _Server)
+            # Idle keep-alive connections live this long (uvicorn's default is 5 s):
+            # agents' heartbeats (every 5 s) and events reuse theirs, instead of a
+            # TLS handshake each.
+            timeout_keep_alive=KEEP_ALIVE,
             # Feed messages are sent to many clients: compressing each per client
             # costs more CPU than the bytes it saves on a LAN.
             ws_per_message_deflate=False,

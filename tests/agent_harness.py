@@ -100,7 +100,9 @@ class Receiver:
             self._tmp = [cert, key]
             ssl_args = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
             self.scheme = "https"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", **ssl_args)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_keep_alive=60, **ssl_args
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]})
 

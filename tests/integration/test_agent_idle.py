@@ -1,0 +1,31 @@
+"""An idle agent sleeps: nothing runs, so nothing wakes its daemon but its
+heartbeat (no scan loop, no uvicorn tick, no idle-watch polling)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.agent_harness import running_agent, sh
+from tests.harness import wait_for
+
+
+def _wakeups(pid: int) -> int:
+    """Voluntary context switches of the daemon's main thread (its event loop)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_an_idle_agent_does_not_wake(tmp_path: Path) -> None:
+    with running_agent(tmp_path, False, "--heartbeat", "30") as (agent, rx):
+        agent.start(("once", sh("echo hi")))  # some work first: then nothing runs
+        wait_for(lambda: rx.exited("once"), 10, "the program to end")
+        pid = int((agent.state_dir / "daemon.pid").read_text().split()[0])
+        time.sleep(1.5)  # the ack of its last events, and the scan going to sleep
+        before = _wakeups(pid)
+        time.sleep(4.0)
+        woke = _wakeups(pid) - before
+        # Polling every 75 ms (the old scan) alone would wake it ~50 times here.
+        assert woke <= 5, f"an idle agent woke {woke} times in 4 s"
