@@ -119,6 +119,14 @@ def check_signal(number: int) -> int:
     return number
 
 
+def _claimed(proc: Proc) -> bool:
+    """Whether the agent took an interrupted start (no shim will make it now)."""
+    try:
+        return registry.claim(proc.directory)
+    except OSError:  # cannot tell (a full disk): a shim may have it
+        return False
+
+
 class Procs:
     """Every process of one agent, and the facts reported about them."""
 
@@ -713,6 +721,11 @@ class Procs:
         if action is Recovery.FAILED:
             self._start_failed(proc, proc.error or "start failed")
             return
+        if action is Recovery.INTERRUPTED and not _claimed(proc):
+            # A shim of the previous daemon took the start and may have started the
+            # program, without a pid file yet: it cannot be started again, nor
+            # watched: lost (the run errors; never a second start).
+            action = Recovery.LOST
         if action is Recovery.INTERRUPTED:
             with contextlib.suppress(OSError):
                 write_atomic(str(proc.directory / "failed"), INTERRUPTED.encode())

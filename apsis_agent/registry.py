@@ -317,6 +317,17 @@ class Observed:
     has_lost: bool = False
 
 
+def claim(directory: Path) -> bool:
+    """Take a start no shim has written a pid for (see the spawner's `_claim`):
+    True if it is the agent's now (no shim can start it any more), False if a shim
+    claimed it first (it may have started the program)."""
+    try:
+        os.close(os.open(directory / "claim", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
 def decide(seen: Observed) -> Recovery:
     """The recovery table of spec/03-agent.md."""
     if seen.has_exit:

@@ -677,6 +677,8 @@ class _Shim:
         running: dict[int, tuple[str, str, dict[str, str] | None]] = {}
         unreported: tuple[dict[str, Any], int, dict[str, str] | None] | None = None
         for request in requests:
+            if not _claim(request["dir"]):
+                continue  # a restarted agent gave this start up first: it is not ours
             started = self.start(request)
             if unreported is not None:
                 self.report(*unreported)  # the shim is out of its cgroup now
@@ -1085,6 +1087,20 @@ def _spawn(request: dict[str, Any], env: dict[str, str]) -> int:
         if not os.path.exists(output):
             raise _StartError(f"cannot open the output file: {exc.strerror}") from None
         raise _StartError(exec_error(exc, argv[0])) from None
+
+
+def _claim(directory: str) -> bool:
+    """Take the start of the process in `directory`: whoever creates its `claim`
+    file first (this shim, or an agent restarted since and recovering it) owns the
+    start, so it never happens twice. False: the agent took it first. A claim that
+    cannot be written (a full disk) is taken anyway: the start then fails there."""
+    try:
+        os.close(os.open(os.path.join(directory, "claim"), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def _fail(directory: str, proc_id: str, note_w: int, error: str) -> None:

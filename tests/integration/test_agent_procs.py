@@ -274,7 +274,7 @@ def test_process_dir_layout(agent: tuple[Agent, Receiver]) -> None:
     _exited(rx, "layout")
     directory = a.state_dir / "procs" / "layout"
     assert directory.stat().st_mode & 0o777 == 0o700
-    assert {p.name for p in directory.iterdir()} == {"spec", "pid", "exit", "output"}
+    assert {p.name for p in directory.iterdir()} == {"spec", "claim", "pid", "exit", "output"}
     assert (directory / "output").read_bytes() == b"hi\n"
     pid = rx.events("layout", ProcStarted)[0].pid
     wait_for(lambda: not pid_alive(pid), what="no zombie left")

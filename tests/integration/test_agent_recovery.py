@@ -176,6 +176,30 @@ def test_crash_between_spec_and_spawn(agent: tuple[Agent, Receiver]) -> None:
         proc.wait()
 
 
+def test_a_start_a_shim_claimed_is_never_made_again(agent: tuple[Agent, Receiver]) -> None:
+    """The daemon died during a start batch; a shim of the old spawner took one of
+    its starts (its `claim`) but had not written the pid when the new daemon looked:
+    the new one cannot start it again (the shim may have), so it is lost — and a
+    start the new daemon took first fails as interrupted (and no old shim can make
+    it then: see test_the_first_claim_owns_the_start)."""
+    a, rx = agent
+    kill_daemon(a.state_dir, signal.SIGKILL)
+    for name in ("taken", "free"):
+        directory = a.state_dir / "procs" / name
+        directory.mkdir(mode=0o700)
+        (directory / "spec").write_bytes(codec.encode_json(ProcSpec(argv=("true",))))
+    (a.state_dir / "procs" / "taken" / "claim").touch()  # a shim got there first
+    proc = serve(a.state_dir, "--heartbeat", "0.5")
+    try:
+        lost = wait_for(lambda: rx.events("taken", ProcLost), what="proc.lost")
+        assert lost[0].reason == "shim_vanished" and not rx.events("taken", ProcStartFailed)
+        failed = wait_for(lambda: rx.events("free", ProcStartFailed), what="start_failed")
+        assert failed[0].error == "agent stopped during start"
+    finally:
+        kill_daemon(a.state_dir)
+        proc.wait()
+
+
 def test_stop_deadline_survives_restart(agent: tuple[Agent, Receiver]) -> None:
     a, rx = agent
     script = "trap '' TERM; echo ready; sleep 60 & wait"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apsis_agent import cgroups, registry
+from apsis_agent import cgroups, registry, spawner
 from apsis_agent.procs import check_spec
 from apsis_agent.registry import Observed, Recovery, check_proc_id, decide
 from apsis_common import codec
@@ -159,3 +159,15 @@ def test_a_start_a_full_disk_refuses_leaves_no_directory(
         registry.create(tmp_path, "p1", ProcSpec(argv=("true",)))
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_first_claim_owns_the_start(tmp_path: Path) -> None:
+    """A shim and a recovering agent both claim a start no pid was written for:
+    whoever is first owns it; the other never starts it (or starts it again)."""
+    shim_first, agent_first = tmp_path / "a", tmp_path / "b"
+    shim_first.mkdir()
+    agent_first.mkdir()
+    assert spawner._claim(str(shim_first))
+    assert not registry.claim(shim_first)
+    assert registry.claim(agent_first)
+    assert not spawner._claim(str(agent_first))
