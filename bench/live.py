@@ -24,7 +24,7 @@ from apsis_agent.provision import provision
 from apsis_agent.state import StateDir
 from apsis_common.states import State
 from apsis_server.agents.events import PATH
-from tests.harness import Server, read_port, wait_for
+from tests.harness import Server, kill_cgroups_under, read_port, wait_for
 from tests.postgres import Cluster
 
 # States a run passes through before its program runs.
@@ -239,6 +239,7 @@ def live_server(
         yield server
     finally:
         server.cleanup()
+        kill_cgroups_under(root)  # agents' run cgroups outlive their state dirs
         shutil.rmtree(root, ignore_errors=True)
         if postgres is not None and url is not None:
             postgres.drop(url)
