@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ from apsis_common.protocol import (
     ProcOutput,
     ProcStarted,
 )
+from tests.harness import run_async
 
 EXIT = ExitInfo(0, 0, None, False, {}, 1.0)
 
@@ -143,9 +143,9 @@ def test_an_ack_that_cannot_be_stored_is_retried_not_fatal(tmp_path: Path) -> No
         return Ack(3)
 
     sender._post = post  # type: ignore[method-assign, assignment]
-    assert not asyncio.run(sender._send_one())
+    assert not run_async(sender._send_one)
     assert outbox.acked_seq == 0 and [e.seq for e in _batch(outbox).events] == [1, 2, 3]
     outbox.full = False
-    assert asyncio.run(sender._send_one())
+    assert run_async(sender._send_one)
     assert outbox.acked_seq == 3 and acks == [1]
     outbox.close()

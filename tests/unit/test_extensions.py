@@ -29,6 +29,7 @@ from apsis_server.core.templates import Templates
 from apsis_server.core.waiting import VerdictKind, check
 from apsis_server.jobsdir import load_jobs_dir
 from apsis_server.plugins import load_extensions
+from tests.harness import run_async
 
 
 @pytest.fixture
@@ -428,7 +429,7 @@ def test_plugin_actions_are_called_within_their_timeout_and_logged() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-    asyncio.run(go())
+    run_async(go)
     assert sorted(engine.notes) == [
         ("r7", "failing action failed: OSError: disk on fire"),
         ("r7", "quiet action done"),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.requests import Request
 
 from apsis_server.agents.events import PATH, webhook_route
+from tests.harness import run_async
 
 
 def test_an_agent_gone_mid_request_is_no_server_error() -> None:
@@ -29,4 +29,4 @@ def test_an_agent_gone_mid_request_is_no_server_error() -> None:
         response = await route.endpoint(Request(scope, receive))
         return int(response.status_code)
 
-    assert asyncio.run(call()) == 400
+    assert run_async(call) == 400
