@@ -3,20 +3,18 @@ situation, in the API, the log, /metrics and `apsis check`."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import pytest
 
 from cli.main import main
 from tests.harness import Server, running_server, wait_for
+from tests.webhook_sink import WebhookSink
 
 JOBS = {
     "fail": "params: [code]\nprogram: {type: shell, command: 'exit {{ code }}'}\n",
@@ -30,37 +28,15 @@ CONFIG = (
 )
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    """Where the checker POSTs new findings; the first POST fails (a retry follows)."""
-
-    received: ClassVar[list[dict[str, Any]]] = []
-    refused: ClassVar[int] = 0
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if not _Hook.refused:
-            _Hook.refused += 1
-            self.send_response(503)
-        else:
-            _Hook.received.append(json.loads(body))
-            self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+HOOK = WebhookSink(refuse=1, status=503)  # where the checker POSTs new findings
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    config = CONFIG.format(url=f"http://127.0.0.1:{hook.server_address[1]}/findings")
-    try:
+    with HOOK:
+        config = CONFIG.format(url=HOOK.url("/findings"))
         with running_server(tmp_path_factory.mktemp("checks"), JOBS, config) as server:
             yield server
-    finally:
-        hook.shutdown()
-        hook.server_close()
 
 
 def _findings(server: Server, check: str) -> list[dict[str, Any]]:
@@ -91,11 +67,11 @@ def test_a_job_failing_again_and_again(server: Server) -> None:
     assert server.log().count("check failing: job fail") == 1
     # The webhook is told once, after a refused first try.
     told = wait_for(
-        lambda: [h for h in _Hook.received if h["finding"]["check"] == "failing"], 15, "webhook"
+        lambda: [h for h in HOOK.received if h["finding"]["check"] == "failing"], 15, "webhook"
     )
-    assert told[0]["finding"]["job_id"] == "fail" and _Hook.refused == 1
+    assert told[0]["finding"]["job_id"] == "fail" and HOOK.refused == 1
     time.sleep(2.5)  # two more checks: nothing new to tell
-    assert len([h for h in _Hook.received if h["finding"]["check"] == "failing"]) == 1
+    assert len([h for h in HOOK.received if h["finding"]["check"] == "failing"]) == 1
     # A run that succeeds ends it.
     server.wait_finished(server.schedule("fail", {"code": "0"}))
     assert _findings(server, "failing") == []

@@ -3,12 +3,9 @@ against the real server and local agent."""
 
 from __future__ import annotations
 
-import http.server
 import itertools
-import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.harness import Server, group_alive, running_server, wait_for
+from tests.webhook_sink import WebhookSink
 
 JOBS = {
     "chain/a": "program: 'echo a'\n",
@@ -260,44 +258,19 @@ def test_dependent_starts_promptly(server: Server) -> None:
     assert 0 <= lag < 0.1, lag
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []  # noqa: RUF012 - one test, one server
-    fail_first = True
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        if _Hook.fail_first:
-            _Hook.fail_first = False
-            self.send_response(500)
-        else:
-            _Hook.received.append(json.loads(body))
-            self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def test_webhook_action_retried_after_failure(tmp_path: Path) -> None:
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=hook.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
-    jobs = {"notify": f"program: 'true'\naction: {{type: webhook, url: '{url}'}}\n"}
-    try:
+    with WebhookSink(refuse=1, status=500) as hook:
+        jobs = {"notify": f"program: 'true'\naction: {{type: webhook, url: '{hook.url()}'}}\n"}
         with running_server(tmp_path, jobs) as server:
             run_id = server.schedule("notify")
             server.wait_finished(run_id)
-            wait_for(lambda: _Hook.received, 10, "the webhook")
-            assert _Hook.received[0]["run"]["run_id"] == run_id
+            wait_for(lambda: hook.received, 10, "the webhook")
+            assert hook.received[0]["run"]["run_id"] == run_id
             log = wait_for(
                 lambda: [m for m in _log(server, run_id) if "delivered" in m], 5, "delivery log"
             )
             assert "attempt 2" in log[0]
             assert any("failed (HTTP 500)" in m for m in _log(server, run_id))
-    finally:
-        hook.shutdown()
-        hook.server_close()
 
 
 def test_dependencies_view(server: Server) -> None:
