@@ -516,7 +516,9 @@ class _Spawner:
             if _exists(directory, "failed"):
                 continue
             if not _exists(directory, "output"):
-                again.append(request)  # never forked
+                # Never forked: started again by a new shim, which holds the dead
+                # one's claim (a restarted daemon finding it reports it lost).
+                again.append({**request, "claimed": True})
                 continue
             pid = by_output.get(os.path.realpath(os.path.join(directory, "output")))
             if pid is not None:
@@ -677,7 +679,7 @@ class _Shim:
         running: dict[int, tuple[str, str, dict[str, str] | None]] = {}
         unreported: tuple[dict[str, Any], int, dict[str, str] | None] | None = None
         for request in requests:
-            if not _claim(request["dir"]):
+            if not request.get("claimed") and not _claim(request["dir"]):
                 continue  # a restarted agent gave this start up first: it is not ours
             started = self.start(request)
             if unreported is not None:
