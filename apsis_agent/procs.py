@@ -359,6 +359,25 @@ class Procs:
             return
         proc.facts = facts
         self._running(proc)
+        if message.get("unsaved"):
+            self._save_facts(proc, json.dumps(message["facts"]).encode(), first=True)
+
+    def _save_facts(self, proc: Proc, text: bytes, first: bool = False) -> None:
+        """Write the `pid` its shim could not (a full disk), once there is room: a
+        restarted daemon needs it to watch the program, or to stop it."""
+        if proc.status is not ProcState.RUNNING:
+            return  # ended meanwhile: its `exit` tells a restarted daemon
+        try:
+            write_atomic(str(proc.directory / "pid"), text)
+        except OSError as exc:
+            if first:
+                log.error(
+                    "cannot write the pid of %s (retrying every second): %s", proc.proc_id, exc
+                )
+            self._at(proc, time.time() + 1.0, lambda p: self._save_facts(p, text))
+            return
+        if not first:
+            log.info("wrote the pid of %s", proc.proc_id)
 
     def _running(self, proc: Proc, orphan: bool = False) -> None:
         """The program runs: watch its shim (or, for an orphan, the program itself)."""

@@ -72,6 +72,7 @@ import time
 
 TYPE_CHECKING = False  # mypy reads the name; nothing imports `typing` at run time
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 # Signals the shim or Python itself may have set to "ignore": ignored signals
@@ -589,9 +590,7 @@ class _Spawner:
                 dirs = None
         text = json.dumps(facts)
         # It may exist, torn: the shim died writing it.
-        write_atomic(os.path.join(request["dir"], "pid"), text.encode())
-        quoted = json.dumps(request["id"])
-        _notify_line(self.note_w, f'{{"id": {quoted}, "facts": {text}}}'.encode())
+        _report_facts(request["dir"], request["id"], text, self.note_w, write_atomic)
         self.orphans[pid] = (request, dirs)
 
     def _children(self) -> list[int]:
@@ -754,9 +753,7 @@ class _Shim:
         text = json.dumps(facts)
         # A torn pid file reads as none, which recovery treats as a start that never
         # happened, as it would a missing one: no temp file and rename needed.
-        write_new(os.path.join(directory, "pid"), text.encode())
-        quoted = json.dumps(request["id"])
-        _notify_line(self.note_w, f'{{"id": {quoted}, "facts": {text}}}'.encode())
+        _report_facts(directory, request["id"], text, self.note_w, write_new)
 
 
 class _Usage:
@@ -1106,8 +1103,27 @@ def _claim(directory: str) -> bool:
 
 
 def _fail(directory: str, proc_id: str, note_w: int, error: str) -> None:
-    write_atomic(os.path.join(directory, "failed"), error.encode(), sync=True)
+    try:
+        write_atomic(os.path.join(directory, "failed"), error.encode(), sync=True)
+    except OSError as exc:  # a full disk: the daemon is told all the same
+        sys.stderr.write(f"spawner: cannot write `failed` for {proc_id}: {exc}\n")
     _notify(note_w, {"id": proc_id, "error": error})
+
+
+def _report_facts(
+    directory: str, proc_id: str, text: str, note_w: int, write: Callable[[str, bytes], None]
+) -> None:
+    """Write a started program's `pid` and tell the daemon. A `pid` that cannot be
+    written (a full disk) does not stop the telling: the daemon watches the program
+    all the same, and writes the file once there is room (`unsaved`)."""
+    try:
+        write(os.path.join(directory, "pid"), text.encode())
+        unsaved = ""
+    except OSError as exc:
+        sys.stderr.write(f"spawner: cannot write the pid of {proc_id} (sent all the same): {exc}\n")
+        unsaved = ', "unsaved": true'
+    quoted = json.dumps(proc_id)
+    _notify_line(note_w, f'{{"id": {quoted}, "facts": {text}{unsaved}}}'.encode())
 
 
 def _write_exit(directory: str, status: int, usage: Any, used: dict[str, float]) -> str:

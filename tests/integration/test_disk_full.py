@@ -17,12 +17,15 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from apsis_common.protocol import ProcStarted
+from tests.agent_harness import running_agent, sh
 from tests.harness import Server, group_alive, wait_for
 
 pytestmark = [
@@ -274,3 +277,32 @@ def _written(server: Server, run_id: str) -> bytes:
     directory until the server acknowledges the final event; read it while there)."""
     found = sorted((server.agent_dir / "procs").glob(f"{run_id}.1.*/output"))
     return found[0].read_bytes() if found else b""
+
+
+def test_a_start_whose_pid_the_disk_refuses_still_ends(tmp_path: Path) -> None:
+    """The disk fills between a start's spec and its `pid` (the spec takes the last
+    page): the program runs all the same, the daemon is told, writes the `pid` once
+    there is room (a restarted daemon needs it), and the exit is reported. Before,
+    the shim died on the write and its spawner on taking it over: the start stayed
+    `starting` for ever (chaos seed 20261207)."""
+    with mounts() as made:
+        small = tmp_path / "small"
+        small.mkdir()
+        _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small))
+        made.append(small)
+        with running_agent(small) as (agent, receiver):
+            filler = fill(small)
+            os.truncate(filler, filler.stat().st_size - 4096)  # one page: the spec's
+            marker = tmp_path / "ran"
+            agent.start(("p1", sh(f"touch {marker}; sleep 3")))
+            wait_for(marker.exists, 10, "the program to run")
+            pid_file = small / "agent" / "procs" / "p1" / "pid"
+            time.sleep(1.5)  # whoever writes the pid has tried (and met the full disk)
+            assert not pid_file.exists() or pid_file.stat().st_size == 0, "the disk is full"
+            filler.unlink()
+            wait_for(lambda: pid_file.exists() and pid_file.stat().st_size > 0, 10, "the pid")
+            facts = json.loads(pid_file.read_text())
+            assert os.path.exists(f"/proc/{facts['pid']}"), "the pid of the running program"
+            exited = wait_for(lambda: receiver.exited("p1"), 15, "p1 to exit")
+            assert exited.exit.exit_code == 0, exited
+            assert receiver.events("p1", ProcStarted), "its start reported"
