@@ -148,12 +148,17 @@ class _Handlers:
         return _answer(request, self._procs.get(request.path_params["proc_id"]).summary())
 
     async def output(self, request: Request) -> Response:
+        """A byte range of stream `fd`: 1, stdout (with stderr, when merged), or 2,
+        a separate stderr (empty when merged)."""
         proc = self._procs.get(request.path_params["proc_id"])
-        size = proc.output_size()
+        fd = request.query_params.get("fd") or "1"
+        if fd not in ("1", "2"):
+            raise BadInput(f"fd must be 1 (stdout) or 2 (stderr), not {fd[:20]!r}")
+        size = proc.output_size(int(fd))
         start = min(_int_param(request, "start", 0), size)
         stop = max(start, min(_int_param(request, "stop", size), size))
         return StreamingResponse(
-            _read(str(proc.output_path), start, stop),
+            _read(str(proc.output_path(int(fd))), start, stop),
             media_type="application/octet-stream",
             headers={"x-apsis-output-length": str(size)},
         )
@@ -212,6 +217,8 @@ def build_app(ctx: Context, verifier: Verifier, fence: Fence) -> ASGIApp:
 
 async def _read(path: str, start: int, stop: int) -> AsyncIterator[bytes]:
     """The byte range of an output file, in chunks (the file only grows)."""
+    if start >= stop:
+        return  # the file may not exist (yet, or at all: a merged stderr)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         while start < stop:

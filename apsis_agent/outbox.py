@@ -10,8 +10,8 @@ outbox stays small however much a program writes. Before a process directory is
 removed, the bytes of its unacknowledged output are copied in.
 
 The ledger records, per process, what has been turned into events (started, the
-final event, output offset), in the same transaction as the events themselves, so
-after a crash the agent neither repeats nor skips a report.
+final event, the output offset of each stream), in the same transaction as the
+events themselves, so after a crash the agent neither repeats nor skips a report.
 
 Writes are buffered and flushed once per event-loop turn (`flush`), so a burst of
 starts or exits costs one transaction.
@@ -44,9 +44,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     proc_id TEXT PRIMARY KEY,
     started INTEGER NOT NULL,
     final INTEGER NOT NULL,
-    enqueued INTEGER NOT NULL
+    enqueued INTEGER NOT NULL,
+    enqueued_err INTEGER NOT NULL DEFAULT 0
 );
 """
+# The ledger's column of each output stream, by fd.
+_ENQUEUED = {1: "enqueued", 2: "enqueued_err"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,12 @@ class Ledger:
 
     started: bool = False
     final: bool = False
-    enqueued: int = 0
+    enqueued: int = 0  # stdout's (with stderr, when merged)
+    enqueued_err: int = 0  # a separate stderr's
+
+    def offsets(self) -> dict[int, int]:
+        """What has been enqueued of each stream, by fd."""
+        return {fd: getattr(self, column) for fd, column in _ENQUEUED.items()}
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,11 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(ledger)")}
+        if "enqueued_err" not in columns:  # an outbox from before stderr could be separate
+            self._db.execute(
+                "ALTER TABLE ledger ADD COLUMN enqueued_err INTEGER NOT NULL DEFAULT 0"
+            )
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "instance" not in meta:
             # Names this sequence: made with the outbox, so a new outbox (a wiped
@@ -90,8 +103,10 @@ class Outbox:
         self._pending: list[_Pending] = []
         self._ledger_changes: dict[str, Ledger] = {}
         self._ledger: dict[str, Ledger] = {
-            row[0]: Ledger(bool(row[1]), bool(row[2]), row[3])
-            for row in self._db.execute("SELECT proc_id, started, final, enqueued FROM ledger")
+            row[0]: Ledger(bool(row[1]), bool(row[2]), row[3], row[4])
+            for row in self._db.execute(
+                "SELECT proc_id, started, final, enqueued, enqueued_err FROM ledger"
+            )
         }
         # Unacknowledged output, for flow control: (seq, proc id, bytes) in order.
         self._unacked: collections.deque[tuple[int, str, int]] = collections.deque()
@@ -151,13 +166,14 @@ class Outbox:
         done, self._done = self._done, []
         return done
 
-    def add_output(self, proc_id: str, path: Path, offset: int, length: int) -> int:
-        """An output event for `length` bytes of `path` from `offset`, read when sent."""
+    def add_output(self, proc_id: str, fd: int, path: Path, offset: int, length: int) -> int:
+        """An output event of stream `fd` for `length` bytes of `path` from `offset`,
+        read when sent."""
         self.last_seq += 1
-        body = codec.encode(ProcOutput(proc_id, 1, offset, b""))
+        body = codec.encode(ProcOutput(proc_id, fd, offset, b""))
         self._pending.append(_Pending(self.last_seq, proc_id, body, str(path), length))
         self._track(self.last_seq, proc_id, length)
-        self._change(proc_id, enqueued=offset + length)
+        self._change(proc_id, **{_ENQUEUED[fd]: offset + length})
         return self.last_seq
 
     def _change(self, proc_id: str, **fields: Any) -> None:
@@ -180,9 +196,12 @@ class Outbox:
                 [(p.seq, p.proc_id, p.body, p.path, p.length) for p in self._pending],
             )
             self._db.executemany(
-                "INSERT OR REPLACE INTO ledger (proc_id, started, final, enqueued)"
-                " VALUES (?, ?, ?, ?)",
-                [(k, v.started, v.final, v.enqueued) for k, v in self._ledger_changes.items()],
+                "INSERT OR REPLACE INTO ledger (proc_id, started, final, enqueued, enqueued_err)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (k, v.started, v.final, v.enqueued, v.enqueued_err)
+                    for k, v in self._ledger_changes.items()
+                ],
             )
             self._set_meta("next_seq", self.last_seq + 1)
         self._pending.clear()

@@ -8,10 +8,11 @@ or polling per process). A shim that dies leaves its programs to the spawner (a
 subreaper), which writes their exits: the agent then watches the program itself,
 and only a program that ended with neither shim nor spawner left to write its
 exit is lost. One scan over the active processes, every `scan_interval`, turns
-new output into events; once the exit is known, the remaining output is
-enqueued before the final event, so `proc.exited` always follows all output of
-its process. A program re-adopted after a restart has a shim (or spawner) that
-talks to the old daemon: the scan notices its `exit` file.
+new output of each stream (stdout, and stderr when separate) into events; once
+the exit is known, the remaining output is enqueued before the final event, so
+`proc.exited` always follows all output of its process. A program re-adopted
+after a restart has a shim (or spawner) that talks to the old daemon: the scan
+notices its `exit` file.
 
 Signals, stops and kills go to the run's cgroup where it has one (cgroups.py),
 else to its process group. The cgroup keeper makes run cgroups ahead and
@@ -67,6 +68,7 @@ from apsis_common.protocol import (
     StartProc,
     StartResult,
     StartStatus,
+    StderrMode,
 )
 
 log = logging.getLogger(__name__)
@@ -316,6 +318,8 @@ class Procs:
             "env_inherit": spec.env_inherit,
             "env": spec.env,
         }
+        if spec.stderr is StderrMode.SEPARATE:  # merged when absent: requests stay small
+            request["stderr"] = str(spec.stderr)
         if spec.login_env:
             request["login"] = self._login
         limits = spec.resources
@@ -540,28 +544,38 @@ class Procs:
             self._ended(proc)
 
     def _send_output(self, proc: Proc) -> None:
-        size = proc.output_size()
-        end = proc.output_end(size, proc.final_pending)
-        outbox, limits = self._outbox, self.limits
-        while proc.enqueued < end:
-            if (
-                outbox.unacked_bytes.get(proc.proc_id, 0) >= limits.unacked_per_proc
-                or outbox.unacked_total >= limits.unacked_total
-            ):
-                break
-            length = min(MAX_OUTPUT_CHUNK, end - proc.enqueued)
-            outbox.add_output(proc.proc_id, proc.output_path, proc.enqueued, length)
-            proc.enqueued += length
+        """Enqueue what the streams have that may be sent, a chunk of each in turn
+        (so a busy stdout does not hold a separate stderr back), while flow control
+        allows; then the final event, once the exit is known and all is enqueued."""
+        sizes = {fd: proc.output_size(fd) for fd in proc.fds}
+        ends = {fd: proc.output_end(fd, size, proc.final_pending) for fd, size in sizes.items()}
+        behind = [fd for fd, end in ends.items() if proc.enqueued[fd] < end]
+        while behind and not self._held_back(proc.proc_id):
+            for fd in behind:
+                offset = proc.enqueued[fd]
+                length = min(MAX_OUTPUT_CHUNK, ends[fd] - offset)
+                self._outbox.add_output(proc.proc_id, fd, proc.output_path(fd), offset, length)
+                proc.enqueued[fd] += length
+            behind = [fd for fd in behind if proc.enqueued[fd] < ends[fd]]
             self._schedule_flush()
-        if proc.final_pending and proc.enqueued >= size:
-            self._report_final(proc, size)
+        if proc.final_pending and all(proc.enqueued[fd] >= size for fd, size in sizes.items()):
+            self._report_final(proc, sizes)
 
-    def _report_final(self, proc: Proc, size: int) -> None:
+    def _held_back(self, proc_id: str) -> bool:
+        """Flow control: too much output of the process, or of the agent, is unacked."""
+        outbox, limits = self._outbox, self.limits
+        return (
+            outbox.unacked_bytes.get(proc_id, 0) >= limits.unacked_per_proc
+            or outbox.unacked_total >= limits.unacked_total
+        )
+
+    def _report_final(self, proc: Proc, sizes: dict[int, int]) -> None:
         proc.final_pending = False
         del self._active[proc.proc_id]
         if proc.status is ProcState.EXITED:
             assert proc.exit is not None
-            self._report(ProcExited(proc.proc_id, proc.exit, size), final=True)
+            exited = ProcExited(proc.proc_id, proc.exit, sizes[1], sizes.get(2, 0))
+            self._report(exited, final=True)
         else:
             assert proc.lost is not None
             if proc.lost_note:
@@ -704,7 +718,7 @@ class Procs:
                 log.warning("removing %s: no spec", entry.path)
                 remove_dir(Path(entry.path))
                 continue
-            proc.enqueued = self._outbox.ledger(proc.proc_id).enqueued
+            proc.enqueued = self._outbox.ledger(proc.proc_id).offsets()
             self._procs[proc.proc_id] = proc
             found.append((proc, registry.decide(registry.observe(proc, self._boot_id))))
         adopted = sum(1 for _, action in found if action in (Recovery.ADOPT, Recovery.ORPHAN))

@@ -11,10 +11,13 @@ One directory per process under `<state>/procs/<proc_id>/` (mode 0700):
              program ended (atomic, fsynced)
     lost     written by the spawner when a dead shim took the program's end with it
     stop     signal, deadline and reason while a stop is under way
-    output   stdout and stderr, appended by the program itself (created by it)
+    output   stdout, and stderr unless it is separate, appended by the program
+             itself (created by it)
+    stderr   a separate stderr (ProcSpec.stderr), appended by the program itself
 
-What has been *reported* about a process (started, final event, output offset)
-lives in the outbox's ledger, updated in the same transaction as the events.
+What has been *reported* about a process (started, final event, output offset
+of each stream) lives in the outbox's ledger, updated in the same transaction
+as the events.
 
 `decide` is the recovery table of spec/03-agent.md as a pure function.
 """
@@ -34,7 +37,7 @@ from typing import Any
 from apsis_agent import cgroups
 from apsis_agent.cgroups import Cgroup
 from apsis_agent.spares import Spares
-from apsis_agent.spawner import read_stat, write_atomic
+from apsis_agent.spawner import FILES, read_stat, write_atomic
 from apsis_common import codec
 from apsis_common.errors import BadInput
 from apsis_common.protocol import (
@@ -45,6 +48,7 @@ from apsis_common.protocol import (
     ProcState,
     ProcSummary,
     SignalReason,
+    StderrMode,
 )
 
 # Process ids name directories: keep them to a safe alphabet.
@@ -104,8 +108,8 @@ class Proc:
     error: str | None = None
     lost: LostReason | None = None  # why, once the status is LOST
     stop: StopFacts | None = None
-    # Bytes of output already turned into events.
-    enqueued: int = 0
+    # Bytes of each stream (by fd) already turned into events.
+    enqueued: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
     # The exit is known but output remains to be enqueued before `proc.exited`.
     final_pending: bool = False
     pidfd: int | None = None
@@ -116,30 +120,38 @@ class Proc:
     timers: list[Any] = field(default_factory=list)
 
     @property
-    def output_path(self) -> Path:
-        return self.directory / "output"
+    def fds(self) -> tuple[int, ...]:
+        """The program's output streams: stdout (1), and a separate stderr (2)."""
+        return (1, 2) if self.spec.stderr is StderrMode.SEPARATE else (1,)
 
-    def output_size(self) -> int:
-        """Bytes of output the program has written (the file keeps them all)."""
+    def output_path(self, fd: int = 1) -> Path:
+        """The file of stream `fd`. Stdout's keeps the name it had when both were
+        merged there: programs started before an upgrade go on writing it."""
+        return self.directory / FILES[fd]
+
+    def output_size(self, fd: int = 1) -> int:
+        """Bytes the program has written to stream `fd` (the file keeps them all)."""
         try:
-            return os.stat(self.output_path).st_size
+            return os.stat(self.output_path(fd)).st_size
         except FileNotFoundError:
             return 0
 
-    def output_end(self, size: int, finished: bool) -> int:
-        """How far output may be sent now, moving `enqueued` past an omitted middle.
+    def output_end(self, fd: int, size: int, finished: bool) -> int:
+        """How far stream `fd` may be sent now, moving its `enqueued` past an
+        omitted middle.
 
-        Over `output_max`, the server keeps the head and the tail: the first half
-        is sent as it is written, the last half once the program has ended (only
-        then is it known), and what lies between is never sent.
+        Over `output_max` (a cap for each stream), the server keeps the head and
+        the tail: the first half is sent as it is written, the last half once the
+        program has ended (only then is it known), and what lies between is never
+        sent.
         """
         cap = self.spec.output_max
         if size <= cap:
             return size
         head = cap - cap // 2
-        if self.enqueued < head or not finished:
+        if self.enqueued[fd] < head or not finished:
             return head
-        self.enqueued = max(self.enqueued, size - cap // 2)
+        self.enqueued[fd] = max(self.enqueued[fd], size - cap // 2)
         return size
 
     def summary(self) -> ProcSummary:
@@ -147,10 +159,11 @@ class Proc:
             proc_id=self.proc_id,
             state=self.status,
             pid=self.facts.pid if self.facts else None,
-            output_length=self.output_size(),
+            output_length=self.output_size(1),
             exit=self.exit,
             error=self.error,
             labels=self.spec.labels,
+            stderr_length=self.output_size(2) if 2 in self.fds else 0,
         )
 
 

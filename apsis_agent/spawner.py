@@ -16,12 +16,13 @@ idle shim, or forks a new one.
 
 Shim: makes its own session (so signals to the agent's group do not reach it),
 and starts each program of its share with posix_spawn into a session of its own
-(so a program that kills its session kills only itself), with the merged
-`output` file as stdout and stderr, opened by the new process itself: an
-`output` file exists only once a program was forked. With cgroups, the shim
-first makes the run's cgroup and moves itself into it, so the program is born
-there (no fork of the program can precede its placement), and moves back
-before it reports the program. Exec errors come back from posix_spawn itself.
+(so a program that kills its session kills only itself), with the `output`
+file as stdout, and as stderr too unless the request keeps stderr separate
+(then the `stderr` file), opened by the new process itself: an `output` file
+exists only once a program was forked. With cgroups, the shim first makes the
+run's cgroup and moves itself into it, so the program is born there (no fork
+of the program can precede its placement), and moves back before it reports
+the program. Exec errors come back from posix_spawn itself.
 For each program it writes `pid` (or `failed`) and tells the daemon with one
 short line on the notification pipe. It then waits for its programs with wait4,
 and as each ends writes its `exit` atomically (temp file, fsync, rename) and
@@ -41,9 +42,9 @@ when a shim dies it looks at the share's process directories: a program with a
 `pid` and no `exit` is now its child (or was just reaped: the status of unknown
 children is kept a little while for that); a program without `pid` whose
 `output` exists was forked as the shim died, and is found among its children
-by its stdout; a program without `output` was never started, and goes to
-another shim. Children it cannot place (a program's own orphaned children) are
-reaped and forgotten.
+by its stdout or stderr; a program without `output` was never started, and
+goes to another shim. Children it cannot place (a program's own orphaned
+children) are reaped and forgotten.
 
 Shims are reused: once all its programs have ended, a shim waits for the next
 share while its spawner lives (at most `_MAX_IDLE` wait, for up to `_IDLE_LIFE`
@@ -95,6 +96,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 _KEEP_REAPED = 10.0
 # How long the spawner lets a start cut short by its shim's death finish.
 _SETTLE = 0.05
+# The file of each stream of a program, by fd: stdout (with stderr, when merged),
+# and a separate stderr.
+FILES = {1: "output", 2: "stderr"}
 # The exit record's usage keys without a cgroup.
 _NO_CGROUP = {"cgroup": 0.0}
 # waitid(2)'s number by machine: the system call takes a fifth argument, the
@@ -521,7 +525,8 @@ class _Spawner:
                 # one's claim (a restarted daemon finding it reports it lost).
                 again.append({**request, "claimed": True})
                 continue
-            pid = by_output.get(os.path.realpath(os.path.join(directory, "output")))
+            files = [os.path.realpath(os.path.join(directory, n)) for n in FILES.values()]
+            pid = next((by_output[f] for f in files if f in by_output), None)
             if pid is not None:
                 self._found(shim, pid, request)
                 continue
@@ -551,7 +556,7 @@ class _Spawner:
 
     def _outputs(self) -> dict[str, int]:
         """Our unknown children by the file their stdout or stderr is (a program's
-        `output`, unless it redirected both)."""
+        `output` or `stderr`, unless it redirected both)."""
         found: dict[str, int] = {}
         for pid in self._children():
             for fd in (1, 2):
@@ -1058,13 +1063,20 @@ def _spawn(request: dict[str, Any], env: dict[str, str]) -> int:
     posix_spawn (vfork + exec in glibc) costs a fraction of a fork of even a
     small Python process, and reports exec errors synchronously. The shim's own
     descriptors are all close-on-exec, so the program gets only stdin (/dev/null)
-    and the output file as stdout and stderr. The new process opens the output
-    file itself: it exists once the program was forked, which tells a spawner
-    whose shim died during the start whether to start it elsewhere.
+    and the output file as stdout and stderr (or, with `"stderr": "separate"`,
+    the `stderr` file as stderr). The new process opens the output file itself
+    (first): it exists once the program was forked, which tells a spawner whose
+    shim died during the start whether to start it elsewhere.
     """
     cwd: str = request["cwd"]
     argv: list[str] = request["argv"]
-    output = os.path.join(request["dir"], "output")
+    fds = (1, 2) if request.get("stderr") == "separate" else (1,)
+    files = {fd: os.path.join(request["dir"], FILES[fd]) for fd in fds}
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    actions: list[Any] = [(os.POSIX_SPAWN_OPEN, fd, f, flags, 0o600) for fd, f in files.items()]
+    if fds == (1,):
+        actions.append((os.POSIX_SPAWN_DUP2, 1, 2))  # merged, in the order written
+    actions.append((os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0))
     try:
         os.chdir(cwd)  # the shim's own directory is the program's: nothing else uses it
     except OSError as exc:
@@ -1074,17 +1086,14 @@ def _spawn(request: dict[str, Any], env: dict[str, str]) -> int:
             argv[0],
             argv,
             env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 1, output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            ],
+            file_actions=actions,
             setsid=True,
             setsigdef=[getattr(signal, name) for name in _RESET_SIGNALS],
         )
     except OSError as exc:
-        if not os.path.exists(output):
-            raise _StartError(f"cannot open the output file: {exc.strerror}") from None
+        for fd, path in files.items():
+            if not os.path.exists(path):
+                raise _StartError(f"cannot open the {FILES[fd]} file: {exc.strerror}") from None
         raise _StartError(exec_error(exc, argv[0])) from None
 
 

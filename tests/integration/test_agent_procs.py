@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from apsis_common.protocol import (
     AgentStarted,
     ProcExited,
     ProcList,
+    ProcOutput,
     ProcSignaled,
     ProcSpec,
     ProcStarted,
@@ -26,6 +28,7 @@ from apsis_common.protocol import (
     StartProc,
     StartResult,
     StartResults,
+    StderrMode,
     StopRequest,
     StopSpec,
     TimeoutSpec,
@@ -42,6 +45,29 @@ def agent(tmp_path: Path) -> Iterator[tuple[Agent, Receiver]]:
 
 def _exited(rx: Receiver, proc_id: str, timeout: float = 10.0) -> ProcExited:
     return wait_for(lambda: rx.exited(proc_id), timeout, f"{proc_id} to exit")
+
+
+def _pieces(rx: Receiver, proc_id: str, fd: int) -> list[tuple[int, bytes]]:
+    """The bytes of one stream from its events, as (offset, bytes) runs in order:
+    events that follow on are joined; a gap starts a new run, an overlap fails."""
+    runs: list[tuple[int, bytearray]] = []
+    for event in rx.events(proc_id, ProcOutput):
+        if event.fd != fd:
+            continue
+        end = runs[-1][0] + len(runs[-1][1]) if runs else 0
+        assert event.offset >= end, f"fd {fd}: overlap at {event.offset}"
+        if runs and event.offset == end:
+            runs[-1][1].extend(event.data)
+        else:
+            runs.append((event.offset, bytearray(event.data)))
+    return [(offset, bytes(data)) for offset, data in runs]
+
+
+def _stream(rx: Receiver, proc_id: str, fd: int) -> bytes:
+    """The whole of one stream from its events, checking there is no gap."""
+    runs = _pieces(rx, proc_id, fd)
+    assert len(runs) <= 1 and all(offset == 0 for offset, _ in runs), f"fd {fd}: a gap"
+    return runs[0][1] if runs else b""
 
 
 def _group_gone(pgid: int) -> bool:
@@ -89,8 +115,77 @@ def test_output_by_range(agent: tuple[Agent, Receiver]) -> None:
     wait_for(lambda: rx.output("ranged") == b"abcdefgh", 5, "output")
     response = a.request("GET", "/procs/ranged/output?start=1&stop=6")
     assert response.status_code == 200 and response.content == b"bcdef"
+    assert response.headers["x-apsis-output-length"] == "8"
+    merged = a.request("GET", "/procs/ranged/output?fd=2")  # stderr is in stdout's file
+    assert merged.status_code == 200 and merged.content == b""
+    assert merged.headers["x-apsis-output-length"] == "0"
     a.request("POST", "/procs/ranged/stop", codec.encode(StopRequest(grace=1.0)))
     _exited(rx, "ranged")
+
+
+def test_stderr_separate(agent: tuple[Agent, Receiver]) -> None:
+    """A program with a separate stderr: each stream is a file and events of its
+    own (fd 1 and 2, offsets in that stream), both lengths come with the exit,
+    and the output endpoint reads either."""
+    a, rx = agent
+    rx.held.add("sep")  # kept, to read it back
+    script = "echo out; echo err >&2; printf 'a\\0b'; printf '\\377' >&2; echo more >&2"
+    a.start(("sep", sh(script, stderr=StderrMode.SEPARATE)))
+    exited = _exited(rx, "sep")
+    out, err = b"out\na\0b", b"err\n\xffmore\n"
+    assert (_stream(rx, "sep", 1), _stream(rx, "sep", 2)) == (out, err)
+    assert (exited.output_length, exited.stderr_length) == (len(out), len(err))
+    directory = a.state_dir / "procs" / "sep"
+    assert (directory / "output").read_bytes() == out
+    assert (directory / "stderr").read_bytes() == err
+    summary = codec.decode(ProcSummary, a.request("GET", "/procs/sep").content)
+    assert (summary.output_length, summary.stderr_length) == (len(out), len(err))
+    for query, expected in [("", out), ("?fd=1", out), ("?fd=2", err)]:
+        response = a.request("GET", f"/procs/sep/output{query}")
+        assert response.status_code == 200 and response.content == expected
+        assert response.headers["x-apsis-output-length"] == str(len(expected))
+    ranged = a.request("GET", "/procs/sep/output?fd=2&start=4&stop=6")
+    assert ranged.content == b"\xffm"
+    assert ranged.headers["x-apsis-output-length"] == str(len(err))
+    for bad in ("3", "0", "-1", "x"):
+        response = a.request("GET", f"/procs/sep/output?fd={bad}")
+        assert response.status_code == 400
+        error = codec.decode_plain(response.content)["error"]
+        assert error.startswith("fd must be 1 (stdout) or 2 (stderr)")
+
+
+def test_stderr_separate_burst_is_byte_exact(agent: tuple[Agent, Receiver]) -> None:
+    """10 MiB to each of stdout and stderr, written alternately in 64 KiB chunks
+    of distinct patterns: both streams arrive whole, in order, each in its own."""
+    a, rx = agent
+    script = (
+        "import os\n"
+        "for i in range(160):\n"
+        "    os.write(1, bytes([65 + i % 26, i % 256]) * 32768)\n"
+        "    os.write(2, bytes([97 + i % 26, 255 - i % 256]) * 32768)\n"
+    )
+    spec = ProcSpec(argv=(sys.executable, "-c", script), stderr=StderrMode.SEPARATE)
+    a.start(("burst", spec))
+    exited = _exited(rx, "burst", 120)
+    out = b"".join(bytes([65 + i % 26, i % 256]) * 32768 for i in range(160))
+    err = b"".join(bytes([97 + i % 26, 255 - i % 256]) * 32768 for i in range(160))
+    assert _stream(rx, "burst", 1) == out
+    assert _stream(rx, "burst", 2) == err
+    assert (exited.output_length, exited.stderr_length) == (len(out), len(err))
+    assert isinstance(rx.events("burst")[-1], ProcExited)
+
+
+def test_output_max_caps_each_stream(agent: tuple[Agent, Receiver]) -> None:
+    """With a separate stderr, `output_max` applies to each stream: each gets its
+    head (sent as written) and its tail (once finished), never its middle."""
+    a, rx = agent
+    script = "printf '%050d%050d' 1 2; printf '%040d%040d' 3 4 >&2"
+    a.start(("capped", sh(script, output_max=20, stderr=StderrMode.SEPARATE)))
+    exited = _exited(rx, "capped")
+    out, err = b"%050d%050d" % (1, 2), b"%040d%040d" % (3, 4)
+    assert _pieces(rx, "capped", 1) == [(0, out[:10]), (90, out[-10:])]
+    assert _pieces(rx, "capped", 2) == [(0, err[:10]), (70, err[-10:])]
+    assert (exited.output_length, exited.stderr_length) == (100, 80)
 
 
 def test_start_failures_have_clear_messages(agent: tuple[Agent, Receiver], tmp_path: Path) -> None:

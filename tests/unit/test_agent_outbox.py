@@ -74,8 +74,8 @@ def test_output_is_read_from_the_file_when_sent(tmp_path: Path) -> None:
     output.write_bytes(b"hello world")
     outbox = Outbox(tmp_path / "o.sqlite")
     outbox.add(ProcStarted("p", 1, 1, 0.0), started=True)
-    outbox.add_output("p", output, 0, 5)
-    outbox.add_output("p", output, 5, 6)
+    outbox.add_output("p", 1, output, 0, 5)
+    outbox.add_output("p", 1, output, 5, 6)
     outbox.add(ProcExited("p", EXIT, 11), final=True)
     outbox.flush()
     assert outbox.ledger("p") == Ledger(started=True, final=True, enqueued=11)
@@ -96,12 +96,81 @@ def test_forget_keeps_unsent_output(tmp_path: Path) -> None:
     output = tmp_path / "output"
     output.write_bytes(b"abc")
     outbox = Outbox(tmp_path / "o.sqlite")
-    outbox.add_output("p", output, 0, 3)
+    outbox.add_output("p", 1, output, 0, 3)
     outbox.flush()
     outbox.forget("p")
     output.unlink()
     assert [e.event for e in _batch(outbox).events] == [ProcOutput("p", 1, 0, b"abc")]
     assert outbox.ledger("p") == Ledger()
+
+
+def test_each_stream_has_its_events_and_its_offset(tmp_path: Path) -> None:
+    """A separate stderr's events say fd 2 and their offsets are in its own file;
+    the ledger keeps an offset per stream, flow control counts both."""
+    (tmp_path / "output").write_bytes(b"out")
+    (tmp_path / "stderr").write_bytes(b"errors")
+    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox.add_output("p", 2, tmp_path / "stderr", 0, 4)
+    outbox.add_output("p", 1, tmp_path / "output", 0, 3)
+    outbox.add_output("p", 2, tmp_path / "stderr", 4, 2)
+    outbox.flush()
+    assert outbox.ledger("p") == Ledger(enqueued=3, enqueued_err=6)
+    assert outbox.ledger("p").offsets() == {1: 3, 2: 6}
+    assert outbox.unacked_bytes == {"p": 9}
+    assert [e.event for e in _batch(outbox).events] == [
+        ProcOutput("p", 2, 0, b"erro"),
+        ProcOutput("p", 1, 0, b"out"),
+        ProcOutput("p", 2, 4, b"rs"),
+    ]
+    outbox.close()
+    assert Outbox(tmp_path / "o.sqlite").ledger("p") == Ledger(enqueued=3, enqueued_err=6)
+
+
+# The schema of outboxes made before stderr could be separate: one offset a process.
+_OLD_SCHEMA = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    proc_id TEXT,
+    body BLOB NOT NULL,
+    path TEXT,
+    length INTEGER NOT NULL DEFAULT 0,
+    data BLOB
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE ledger (
+    proc_id TEXT PRIMARY KEY,
+    started INTEGER NOT NULL,
+    final INTEGER NOT NULL,
+    enqueued INTEGER NOT NULL
+);
+"""
+
+
+def test_an_outbox_from_before_separate_stderr_is_kept(tmp_path: Path) -> None:
+    """An agent upgraded in place opens its old outbox: its events and ledger stay,
+    and the ledger gains the stderr offset."""
+    path = tmp_path / "o.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(_OLD_SCHEMA)
+    old.execute(
+        "INSERT INTO events (seq, proc_id, body) VALUES (1, 'p', ?)",
+        (codec.encode(ProcStarted("p", 1, 1, 0.0)),),
+    )
+    old.execute("INSERT INTO meta VALUES ('next_seq', 2), ('instance', 42)")
+    old.execute("INSERT INTO ledger VALUES ('p', 1, 0, 7)")
+    old.commit()
+    old.close()
+    outbox = Outbox(path)
+    assert outbox.instance == f"{42:016x}" and outbox.last_seq == 1
+    assert outbox.ledger("p") == Ledger(started=True, enqueued=7)
+    assert [e.event for e in _batch(outbox).events] == [ProcStarted("p", 1, 1, 0.0)]
+    (tmp_path / "stderr").write_bytes(b"err")
+    assert outbox.add_output("p", 2, tmp_path / "stderr", 0, 3) == 2
+    outbox.flush()
+    outbox.close()
+    again = Outbox(path)
+    assert again.ledger("p") == Ledger(started=True, enqueued=7, enqueued_err=3)
+    again.close()
 
 
 def test_ledger_survives_restart(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from apsis_agent.registry import Observed, Recovery, check_proc_id, decide
 from apsis_common import codec
 from apsis_common.codec import spec_digest
 from apsis_common.errors import BadInput
-from apsis_common.protocol import ProcSpec, SignalReason, StopSpec, TimeoutSpec
+from apsis_common.protocol import ProcSpec, SignalReason, StderrMode, StopSpec, TimeoutSpec
 
 
 def _seen(**kw: bool) -> Observed:
@@ -171,3 +171,23 @@ def test_the_first_claim_owns_the_start(tmp_path: Path) -> None:
     assert not registry.claim(shim_first)
     assert registry.claim(agent_first)
     assert not spawner._claim(str(agent_first))
+
+
+def test_each_stream_has_its_file_and_its_cap(tmp_path: Path) -> None:
+    """A separate stderr is a stream of its own: its file, its size, its share of
+    `output_max` (a head sent as written, a tail once finished, for each stream)."""
+    spec = ProcSpec(argv=("true",), output_max=10, stderr=StderrMode.SEPARATE)
+    proc = registry.create(tmp_path, "p", spec)
+    assert proc.fds == (1, 2)
+    assert proc.output_path(1).name == "output" and proc.output_path(2).name == "stderr"
+    proc.output_path(1).write_bytes(b"o" * 100)
+    proc.output_path(2).write_bytes(b"e" * 8)
+    assert proc.output_end(1, 100, finished=False) == 5
+    assert proc.output_end(2, 8, finished=False) == 8  # under the cap: all of it
+    proc.enqueued = {1: 5, 2: 8}
+    assert proc.output_end(1, 100, finished=True) == 100
+    assert proc.enqueued == {1: 95, 2: 8}  # stdout's middle skipped, stderr's untouched
+    summary = proc.summary()
+    assert (summary.output_length, summary.stderr_length) == (100, 8)
+    merged = registry.create(tmp_path, "m", ProcSpec(argv=("true",)))
+    assert merged.fds == (1,) and merged.summary().stderr_length == 0
