@@ -57,6 +57,13 @@ class Resources:
     pids: int | None = None
 
 
+class StderrMode(enum.StrEnum):
+    """Where a program's stderr goes."""
+
+    SEPARATE = "separate"  # a file of its own (`stderr`), sent as events with fd 2
+    MERGE = "merge"  # the same file as stdout, in the order the program wrote
+
+
 @dataclass(frozen=True)
 class ProcSpec:
     """What to run. The agent starts it at most once per proc id."""
@@ -74,6 +81,9 @@ class ProcSpec:
     # Run it with the agent user's login environment (apsis_agent/login.py): for
     # agents of a user other than the server's. Older agents ignore it.
     login_env: bool = False
+    # Older agents ignore it and merge; an older server leaves it out: merged, as it
+    # expects.
+    stderr: StderrMode = StderrMode.MERGE
 
 
 @dataclass(frozen=True)
@@ -172,10 +182,11 @@ class ProcSummary:
     proc_id: str
     state: ProcState
     pid: int | None
-    output_length: int
+    output_length: int  # stdout's (with stderr, when merged)
     exit: ExitInfo | None = None
     error: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    stderr_length: int = 0  # a separate stderr's
 
 
 @dataclass(frozen=True)
@@ -258,8 +269,8 @@ class ProcStartFailed:
 class ProcOutput:
     TYPE: ClassVar[EventType] = EventType.PROC_OUTPUT
     proc_id: str
-    fd: int
-    offset: int
+    fd: int  # 1: stdout (with stderr, when merged); 2: a separate stderr
+    offset: int  # in that stream
     data: bytes
 
 
@@ -276,7 +287,8 @@ class ProcExited:
     TYPE: ClassVar[EventType] = EventType.PROC_EXITED
     proc_id: str
     exit: ExitInfo
-    output_length: int
+    output_length: int  # stdout's (with stderr, when merged)
+    stderr_length: int = 0  # a separate stderr's
 
 
 @dataclass(frozen=True)

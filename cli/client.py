@@ -222,9 +222,14 @@ class ApsisClient:
     def run_dependencies(self, run_id: str) -> Json:
         return self._json("GET", f"{run_path(run_id)}/dependencies")
 
-    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> Output:
-        """Raw output bytes from `start` to `stop`, and the full length."""
+    def output(
+        self, run_id: str, start: int = 0, stop: int | None = None, name: str = "merged"
+    ) -> Output:
+        """Raw bytes of output `name` (merged, stdout, stderr) from `start` to
+        `stop`, and its full length."""
         params: dict[str, str | int] = {"start": start, "format": "raw"}
+        if name != "merged":
+            params["name"] = name
         if stop is not None:
             params["stop"] = stop
         response = self.request("GET", f"{run_path(run_id)}/output", params=params)

@@ -216,18 +216,25 @@ RunUpdate = RunChanged | LogAdded | MetaChanged | OutputAdded
 class RunFeed:
     """One run's updates until it finishes, across dropped connections.
 
-    `offset` is where output should start (None: only output written from now on)
-    and, as updates arrive, the end of the output given so far. `run`, `log` and
+    `offset` is where output `name` (merged, stdout, stderr) should start (None:
+    only output written from now on) and, as updates arrive, the end of the output
+    given so far. `run`, `log` and
     `meta` hold what is known; `ready` turns true once the run's state as of the
     first connection has arrived; `done` once the server said the run finished.
     """
 
     def __init__(
-        self, client: FeedClient, run_id: str, offset: int | None = 0, idle: float | None = None
+        self,
+        client: FeedClient,
+        run_id: str,
+        offset: int | None = 0,
+        idle: float | None = None,
+        name: str = "merged",
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.offset = offset
+        self.name = name
         self.idle = idle
         self.run: Json | None = None
         self.log: list[Json] = []
@@ -243,6 +250,8 @@ class RunFeed:
         while not self.done:
             offset = NO_OLD_OUTPUT if self.offset is None else self.offset
             params: dict[str, str | int] = {"init": "true", "offset": offset}
+            if self.name != "merged":
+                params["name"] = self.name
             ws = _dial(self.client, path, params, attempt, self.run is not None)
             attempt += 1
             if ws is None:

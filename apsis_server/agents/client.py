@@ -91,8 +91,9 @@ class AgentClient:
     async def procs(self) -> tuple[p.ProcSummary, ...]:
         return (await self.call(p.ProcList, "GET", "/procs")).procs
 
-    async def output(self, proc_id: str, start: int, stop: int) -> bytes:
-        query = urlencode({"start": start, "stop": stop})
+    async def output(self, proc_id: str, start: int, stop: int, fd: int = 1) -> bytes:
+        """Bytes of a process's stdout (fd 1) or separate stderr (fd 2)."""
+        query = urlencode({"start": start, "stop": stop, **({"fd": fd} if fd != 1 else {})})
         return await self.request("GET", f"/procs/{proc_id}/output?{query}")
 
     async def stop(self, proc_id: str, request: p.StopRequest) -> None:

@@ -35,6 +35,7 @@ from apsis_server.core import lifecycle
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
+from apsis_server.store.base import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,9 @@ class Facts:
         if isinstance(event, p.ProcOutput):
             run = self._run(agent_id, event.proc_id)
             if run is not None:
-                self._output(run, event.offset, event.data)
+                self._output(
+                    run, STDERR if event.fd == STDERR else STDOUT, event.offset, event.data
+                )
             return
         proc_id = getattr(event, "proc_id", "")
         run = self._run(agent_id, proc_id)
@@ -222,18 +225,19 @@ class Facts:
             agent_id=agent_id,
         )
 
-    def _output(self, run: Run, offset: int, data: bytes) -> None:
-        known = self.engine.procs.output_length(run.run_id)
+    def _output(self, run: Run, stream: int, offset: int, data: bytes) -> None:
+        known = self.engine.procs.output_length(run.run_id, stream)
         end = offset + len(data)
         if end <= known:
             return  # a duplicate
         if offset > known:
             # Events arrive in sequence, so a jump is the agent leaving out the middle
             # of an output over the cap: the head and the tail are kept.
-            self.engine.meta(run.run_id, output_omitted=[known, offset])
-            self.engine.note(run.run_id, f"output over the cap: bytes {known}-{offset} not kept")
+            name = "stderr" if stream == STDERR else "output"
+            self.engine.meta(run.run_id, **{f"{name}_omitted": [known, offset]})
+            self.engine.note(run.run_id, f"{name} over the cap: bytes {known}-{offset} not kept")
             known = offset
-        self.engine.add_output(run.run_id, known, data[known - offset :])
+        self.engine.add_output(run.run_id, stream, known, data[known - offset :])
 
     def _signaled(self, run: Run, event: p.ProcSignaled) -> None:
         engine = self.engine
@@ -254,13 +258,13 @@ class Facts:
 
     async def _exited(self, agent_id: str, run: Run, event: p.ProcExited) -> None:
         engine = self.engine
-        known = engine.procs.output_length(run.run_id)
-        if event.output_length > known:
+        for stream, length in ((STDOUT, event.output_length), (STDERR, event.stderr_length)):
+            known = engine.procs.output_length(run.run_id, stream)
+            if length <= known:
+                continue
             try:
-                data = await engine.fetch_output(
-                    agent_id, event.proc_id, known, event.output_length
-                )
-                self._output(run, known, data)
+                data = await engine.fetch_output(agent_id, event.proc_id, known, length, stream)
+                self._output(run, stream, known, data)
             except ApsisError as exc:
                 engine.note(run.run_id, f"could not fetch the rest of the output: {exc}")
         run = engine.runs.get(run.run_id, run)
@@ -283,6 +287,7 @@ class Facts:
             end_time=exit.end_time,
             elapsed=(exit.end_time - started) if started is not None else None,
             output_length=event.output_length,
+            **({"stderr_length": event.stderr_length} if event.stderr_length else {}),
         )
         if run.state in (State.RUNNING, State.STOPPING):
             ended = lifecycle.Succeeded if state == State.SUCCESS else lifecycle.Failed

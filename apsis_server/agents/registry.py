@@ -249,12 +249,14 @@ class Registry:
             conn.dispatcher.command(command)
             self._want(conn)
 
-    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+    async def output(
+        self, agent_id: str, proc_id: str, start: int, stop: int, fd: int = 1
+    ) -> bytes:
         conn = self.agents.get(agent_id)
         client = conn.dispatcher.client if conn is not None else None
         if client is None:
             raise Unavailable(f"agent {agent_id} is not connected")
-        return await client.output(proc_id, start, stop)
+        return await client.output(proc_id, start, stop, fd)
 
     def heard_from(self, agent_id: str, now: float) -> None:
         conn = self.agents.get(agent_id)

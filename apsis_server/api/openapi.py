@@ -35,6 +35,7 @@ from apsis_server.api.views import (
     Stats,
     Version,
 )
+from apsis_server.store.base import OutputName
 
 JSON = "application/json"
 REF = "#/components/schemas/{name}"
@@ -271,13 +272,14 @@ def _operations() -> dict[str, Schema]:
         },
         "/api/v1/runs/{run_id}/output": {
             "get": _op(
-                "output bytes",
+                "output bytes: stdout and stderr merged (in the order the agent read"
+                " them), or one of them",
                 {
                     "description": "the bytes in [start, stop)",
                     "headers": {
                         "X-Apsis-Output-Length": {
                             "schema": {"type": "integer"},
-                            "description": "the full length",
+                            "description": "the full length of that output",
                         }
                     },
                     "content": {
@@ -294,6 +296,12 @@ def _operations() -> dict[str, Schema]:
                         "format",
                         {"enum": ["raw", "text"]},
                         "raw bytes, or text with bad UTF-8 replaced",
+                    ),
+                    _query(
+                        "name",
+                        {"enum": [n.value for n in OutputName]},
+                        "which output (merged): a run with `stderr: merge` has its stderr in"
+                        " stdout",
                     ),
                 ],
             )

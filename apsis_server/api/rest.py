@@ -62,7 +62,7 @@ from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.operations import Operations
 from apsis_server.leadership import Leadership
-from apsis_server.store.base import RunFilter
+from apsis_server.store.base import RunFilter, output_name
 from apsis_server.store.lease import Role
 
 # The one table from error to status.
@@ -450,10 +450,14 @@ async def run_meta(request: Request) -> Response:
 async def run_output(request: Request) -> Response:
     engine = _engine(request)
     run_id = engine.get(_run_id(request)).run_id
-    length = engine.store.output_length(run_id)
+    try:
+        name = output_name(request.query_params.get("name"))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    length = engine.store.output_length(run_id, name)
     start = _int(request, "start", 0, 0, 2**62)
     stop = _int(request, "stop", length, 0, 2**62)
-    data = engine.store.output(run_id, start, max(start, min(stop, length)))
+    data = engine.store.output(run_id, start, max(start, min(stop, length)), name)
     headers = {"x-apsis-output-length": str(length)}
     if request.query_params.get("format", "raw") == "text":
         return Response(data.decode("utf-8", "replace"), media_type="text/plain", headers=headers)

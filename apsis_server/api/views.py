@@ -436,6 +436,10 @@ class RunProgram:
     user: str | None
     timeout: Annotated[Seconds | None, Meta(description="stopped after this long")]
     internal: Annotated[str | None, Meta(description="internal.archive, internal.vacuum…")]
+    stderr: Annotated[
+        Literal["separate", "merge"] | None,
+        Meta(description="stderr kept apart from stdout, or merged into it (a process's)"),
+    ] = None
 
 
 # How a shell program's command is run (core/bound.py).
@@ -457,6 +461,7 @@ def program_view(program: BoundProgram) -> RunProgram:
         user=program.user,
         timeout=timeout,
         internal=None,
+        stderr=program.stderr.value,
     )
 
 

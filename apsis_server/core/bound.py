@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from apsis_common.protocol import StderrMode
 from apsis_server.core.fields import Invalid, duration, positive_duration
 from apsis_server.core.programs import (
     INTERNAL_VALUES,
@@ -64,6 +65,7 @@ class BoundProcess:
     stop_grace: float = 60.0
     output_max: int = DEFAULT_OUTPUT_MAX
     resources: Resources | None = None
+    stderr: StderrMode = StderrMode.SEPARATE
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def bind(program: Program, templates: Templates, scope: Mapping[str, Any]) -> Bo
             program.stop.grace_period, duration, "program.stop.grace_period", expand
         ),
         resources=program.resources,
+        stderr=program.stderr,
     )
 
 
@@ -190,6 +193,7 @@ def to_plain(program: BoundProgram) -> dict[str, Any]:
         if timeout is None
         else {"duration": timeout.duration, "signal": timeout.signal},
         "stop": {"signal": program.stop_signal, "grace": program.stop_grace},
+        "stderr": program.stderr.value,
     }
 
 
@@ -217,6 +221,8 @@ def from_plain(plain: Mapping[str, Any]) -> BoundProgram:
         stop_grace=float(stop.get("grace", 60.0)),
         output_max=int(plain.get("output_max", DEFAULT_OUTPUT_MAX)),
         resources=None if not limits else _resources(limits),
+        # Runs stored before stdout and stderr were kept apart merged them.
+        stderr=StderrMode(plain.get("stderr", StderrMode.MERGE)),
     )
 
 

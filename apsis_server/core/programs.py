@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from apsis_common.protocol import StderrMode
 from apsis_server.core.fields import (
     Collector,
     FieldError,
@@ -114,6 +115,8 @@ class Program:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     resources: Resources | None = None
+    # Kept apart from stdout (the default), or merged into it in the order written.
+    stderr: StderrMode = StderrMode.SEPARATE
     duration: float | str = 0.0  # a no-op's; text is a template
     success: bool = True
     # The keys of an `internal.*` housekeeping program.
@@ -169,6 +172,7 @@ class Program:
             out["env"] = {"inherit": self.env_inherit, "vars": dict(self.env)}
         if self.resources is not None:
             out["resources"] = self.resources.to_plain()
+        out["stderr"] = self.stderr.value
         return out
 
 
@@ -236,6 +240,13 @@ def _resources(value: Any, path: str) -> Resources | None:
     c(f.done, None)
     c.check()
     return resources if resources != Resources() else None
+
+
+def _stderr(value: Any, path: str) -> StderrMode:
+    if isinstance(value, str) and value in tuple(StderrMode):
+        return StderrMode(value)
+    expected = " or ".join(m.value for m in StderrMode)
+    raise Invalid([FieldError(path, f"expected {expected}, got {value!r}")])
 
 
 def _env(value: Any, path: str) -> tuple[bool, dict[str, str]]:
@@ -407,6 +418,7 @@ def _process_keys(f: Fields, compat: bool, c: Collector) -> dict[str, Any]:
         "env": env,
         "cwd": c(lambda: f.take("cwd", string, None), None),
         "resources": c(lambda: f.take("resources", _resources, None), None),
+        "stderr": c(lambda: f.take("stderr", _stderr, StderrMode.SEPARATE), StderrMode.SEPARATE),
     }
 
 

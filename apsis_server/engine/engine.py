@@ -47,13 +47,13 @@ from apsis_server.engine.answers import Answers
 from apsis_server.engine.journal import Journal, Written
 from apsis_server.engine.planning import Planning, plan_ahead
 from apsis_server.engine.ports import Agents, Listener, Settings
-from apsis_server.engine.procs import ProcTable, is_noop, new_proc_id, proc_spec
+from apsis_server.engine.procs import NO_OUTPUT, Lengths, ProcTable, is_noop, new_proc_id, proc_spec
 from apsis_server.engine.starting import InServer, Refused, Starter, ToAgent
 from apsis_server.engine.timers import TimerKind, Timers
 from apsis_server.engine.unfinished import ACTIVE, Unfinished
 from apsis_server.engine.view import EngineView
 from apsis_server.engine.waiting import Ready, Wait, Waiter
-from apsis_server.store.base import RunStore
+from apsis_server.store.base import STDOUT, Chunk, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,11 @@ class Engine(EngineView):
             tasks.create_task(plan_ahead(self))
             tasks.create_task(self.actions.run())
 
-    async def fetch_output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
-        """Bytes of a process's output from its agent (not stored by this call)."""
-        return await self._agents.output(agent_id, proc_id, start, stop)
+    async def fetch_output(
+        self, agent_id: str, proc_id: str, start: int, stop: int, stream: int
+    ) -> bytes:
+        """Bytes of a process's stream from its agent (not stored by this call)."""
+        return await self._agents.output(agent_id, proc_id, start, stop, stream)
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` with every committed batch of changes."""
@@ -165,10 +167,14 @@ class Engine(EngineView):
         the current changes."""
         self._journal.cursors(cursors)
 
-    def add_output(self, run_id: str, offset: int, data: bytes) -> None:
-        """Store a run's output from `offset`, written with the current changes."""
-        self._journal.output(run_id, offset, data)
-        self.procs.set_output_length(run_id, offset + len(data))
+    def add_output(self, run_id: str, stream: int, offset: int, data: bytes) -> None:
+        """Store output of a run's stream from `offset`, next in its merged view;
+        written with the current changes."""
+        merged = self.procs.merged_length(run_id)
+        # Stdout alone (merged with stderr, or before any stderr) needs no place.
+        place = None if stream == STDOUT and merged == offset else merged
+        self._journal.output(Chunk(run_id, offset, data, stream, place))
+        self.procs.stored(run_id, stream, offset + len(data), merged + len(data))
 
     def ack(self, agent_id: str, seq: int) -> None:
         """Record an agent's events up to `seq` as applied, with the current changes."""
@@ -566,12 +572,12 @@ class Engine(EngineView):
 
     # -- restore ----------------------------------------------------------------
 
-    def adopt(self, run: Run, output_length: int = 0, stop: StopContext | None = None) -> None:
+    def adopt(self, run: Run, output: Lengths = NO_OUTPUT, stop: StopContext | None = None) -> None:
         """Take an unfinished run read back from the store as one of ours; its
-        process's output length and stop context count if it has a proc id."""
+        process's output stored and stop context count if it has a proc id."""
         self._runs.put(run)
         if run.proc_id is not None:
-            self.procs.add(run.run_id, run.proc_id, output_length, stop)
+            self.procs.add(run.run_id, run.proc_id, output, stop)
         if run.state == State.SCHEDULED:
             self._planning.scheduled(run)
 

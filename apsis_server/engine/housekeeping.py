@@ -23,7 +23,7 @@ from apsis_server.core.bound import BoundInternal, InternalKind
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
 from apsis_server.store.archive import Retention
-from apsis_server.store.base import RunStore
+from apsis_server.store.base import STDOUT, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Housekeeping:
             return
         if report is not None:
             data = (json.dumps(report, indent=2) + "\n").encode()
-            engine.add_output(run.run_id, 0, data)
+            engine.add_output(run.run_id, STDOUT, 0, data)
             engine.meta(run.run_id, output_length=len(data))
         ended = lifecycle.Succeeded if state == State.SUCCESS else lifecycle.Failed
         engine.apply(current, ended(message))

@@ -22,7 +22,7 @@ from apsis_common.states import State
 from apsis_server.agents.dispatch import Command
 from apsis_server.core.planner import Key
 from apsis_server.core.runs import LogEntry, Run
-from apsis_server.store.base import Changes, RunStore
+from apsis_server.store.base import Changes, Chunk, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class Journal:
     def meta(self, run_id: str, meta: Mapping[str, Any]) -> None:
         self._pending.changes.meta.setdefault(run_id, {}).update(meta)
 
-    def output(self, run_id: str, offset: int, data: bytes) -> None:
-        self._pending.changes.output.append((run_id, offset, data))
+    def output(self, chunk: Chunk) -> None:
+        self._pending.changes.output.append(chunk)
 
     def ack(self, agent_id: str, seq: int) -> None:
         self._pending.changes.acks[agent_id] = seq

@@ -34,7 +34,9 @@ class Agents(Protocol):
     def withdraw(self, agent_id: str, proc_id: str) -> None:
         """Drop a start not yet sent: its run ended first."""
 
-    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes: ...
+    async def output(
+        self, agent_id: str, proc_id: str, start: int, stop: int, fd: int = 1
+    ) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ that run's process.
 A run handed to an agent gets a proc id (`<run id>.<attempt>.<random>`: who knows
 a run id cannot guess its process's, `new_proc_id`), and a new one when it is
 started again; agents' events name the proc id and `run_for` finds the run.
-Beside it the table keeps how much of the run's output is stored (so a repeated
-or skipped piece is recognised) and its stop context (from which an exit's
-outcome is judged). The starter registers a run here as it hands it to an agent,
-the engine as it starts one again or adopts one after a restart; the engine
-forgets it when the run finishes, and still writes the output itself.
+Beside it the table keeps how much of the run's output is stored, per stream and
+merged (so a repeated or skipped piece is recognised, and a new one placed), and
+its stop context (from which an exit's outcome is judged). The starter registers
+a run here as it hands it to an agent, the engine as it starts one again or
+adopts one after a restart; the engine forgets it when the run finishes, and
+still writes the output itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from apsis_common import protocol as p
 from apsis_server.core.bound import BoundNoOp, BoundProcess
 from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Run
+from apsis_server.store.base import STDOUT
+
+# Output stored so far: the end of stdout, of stderr, and of the merged view.
+Lengths = tuple[int, int, int]
+NO_OUTPUT: Lengths = (0, 0, 0)
 
 
 def new_proc_id(run_id: str, attempt: int) -> str:
@@ -33,7 +39,7 @@ class ProcTable:
 
     def __init__(self) -> None:
         self._by_proc: dict[str, str] = {}
-        self._output_len: dict[str, int] = {}
+        self._output_len: dict[str, Lengths] = {}
         self._stop: dict[str, StopContext] = {}
         self._started: dict[str, float] = {}
 
@@ -44,12 +50,16 @@ class ProcTable:
     # -- what the engine tells -------------------------------------------------
 
     def add(
-        self, run_id: str, proc_id: str, output_length: int = 0, stop: StopContext | None = None
+        self,
+        run_id: str,
+        proc_id: str,
+        output: Lengths = NO_OUTPUT,
+        stop: StopContext | None = None,
     ) -> None:
         """A run has a process: just started, or adopted after a restart with the
         output already stored and its stop context."""
         self._by_proc[proc_id] = run_id
-        self._output_len[run_id] = output_length
+        self._output_len[run_id] = output
         self._stop[run_id] = stop or StopContext()
 
     def moved(self, run_id: str, old: str | None, new: str) -> None:
@@ -77,13 +87,20 @@ class ProcTable:
 
     # -- output and stop ---------------------------------------------------------
 
-    def output_length(self, run_id: str) -> int:
-        """How many bytes of a running run's output are stored (or about to be)."""
-        return self._output_len.get(run_id, 0)
+    def output_length(self, run_id: str, stream: int = STDOUT) -> int:
+        """How many bytes of a running run's stream are stored (or about to be)."""
+        return self._output_len.get(run_id, NO_OUTPUT)[0 if stream == STDOUT else 1]
 
-    def set_output_length(self, run_id: str, length: int) -> None:
-        """Output up to `length` is stored (or about to be)."""
-        self._output_len[run_id] = length
+    def merged_length(self, run_id: str) -> int:
+        """Where the next output goes in the run's merged view."""
+        return self._output_len.get(run_id, NO_OUTPUT)[2]
+
+    def stored(self, run_id: str, stream: int, end: int, merged_end: int) -> None:
+        """A stream's output up to `end` is stored (or about to be), the merged view
+        up to `merged_end`."""
+        out, err, _ = self._output_len.get(run_id, NO_OUTPUT)
+        ends = (end, err) if stream == STDOUT else (out, end)
+        self._output_len[run_id] = (*ends, merged_end)
 
     def stop_context(self, run_id: str) -> StopContext:
         """What the server asked of a run's process so far, to judge how it ended."""
@@ -120,4 +137,5 @@ def proc_spec(run: Run, program: BoundProcess) -> p.ProcSpec:
         # Another user's agent (through sudo or ssh): programs get that user's login
         # environment, not the session's that started the agent.
         login_env=(run.agent_id or "").startswith(("sudo:", "ssh:")),
+        stderr=program.stderr,
     )

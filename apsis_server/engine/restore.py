@@ -24,6 +24,7 @@ from apsis_server.core.outcomes import StopContext
 from apsis_server.core.runs import Identity, Run, args_key
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.timers import WATERMARK, TimerKind
+from apsis_server.store.base import OutputName
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ def _rearm(engine: Engine, run: Run) -> None:
             stop_signal=process.stop_signal if process is not None else 15,
             timed_out=bool(meta.get("timed_out")),
         )
-        engine.adopt(run, engine.store.output_length(run.run_id), ctx)
+        names = (OutputName.STDOUT, OutputName.STDERR, OutputName.MERGED)
+        out, err, merged = (engine.store.output_length(run.run_id, n) for n in names)
+        engine.adopt(run, (out, err, merged), ctx)
     if run.stop_time is not None:
         engine.arm(run.run_id, run.stop_time, TimerKind.STOP_TIME)
     if run.state == State.SCHEDULED:

@@ -15,7 +15,7 @@ from pathlib import Path
 from apsis_common.states import FINISHED
 
 _FINISHED = ", ".join(f"'{s.value}'" for s in sorted(FINISHED))
-_TABLES = ("runs", "run_log", "run_meta", "run_output")
+_TABLES = ("runs", "run_log", "run_meta", "run_output", "run_stderr")
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,66 @@ paces itself, and gives free space back with `vacuum_step`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from apsis_common.states import State
 from apsis_server.core.runs import Identity, LogEntry, Run
+
+
+class OutputName(enum.StrEnum):
+    """A run's outputs. A job with `stderr: merge` (and every run from before
+    stdout and stderr were kept apart) has stdout alone, holding both."""
+
+    MERGED = "merged"  # both streams, in the order the agent read them
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+def output_name(text: str | None) -> OutputName:
+    """The output a request names (`merged` when none); ValueError, saying what is
+    allowed, for anything else."""
+    if text is None:
+        return OutputName.MERGED
+    if text not in tuple(OutputName):
+        names = ", ".join(OutputName)
+        raise ValueError(f"name must be one of {names}, got {text[:40]!r}")
+    return OutputName(text)
+
+
+STDOUT, STDERR = 1, 2  # the streams, by the program's file descriptor
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Output bytes of one run: `data` at `offset` of its `stream`, and at `merged`
+    in the merged view (None: at `offset`, as for a run with stdout alone)."""
+
+    run_id: str
+    offset: int
+    data: bytes
+    stream: int = STDOUT
+    merged: int | None = None
+
+    def position(self, name: OutputName) -> int | None:
+        """Where the chunk starts in output `name` (None: it is not part of it)."""
+        if name is OutputName.MERGED:
+            return self.offset if self.merged is None else self.merged
+        wanted = STDOUT if name is OutputName.STDOUT else STDERR
+        return self.offset if self.stream == wanted else None
+
+
+def stitch(pieces: Iterable[tuple[int, bytes]], start: int, stop: int) -> bytes:
+    """The bytes in [start, stop) of output pieces (position, data) in position
+    order; a gap (a middle left out over the cap) is skipped."""
+    out = bytearray()
+    for position, data in pieces:
+        if position < stop and position + len(data) > start:
+            out += data[max(start, position) - position : stop - position]
+    return bytes(out)
 
 
 @dataclass
@@ -25,8 +78,7 @@ class Changes:
     runs: dict[str, Run] = field(default_factory=dict)
     log: list[LogEntry] = field(default_factory=list)
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # (run_id, offset, data): output bytes at a byte offset.
-    output: list[tuple[str, int, bytes]] = field(default_factory=list)
+    output: list[Chunk] = field(default_factory=list)
     acks: dict[str, int] = field(default_factory=dict)
     # The event sequence each agent reports in (see agents/facts.py).
     instances: dict[str, str] = field(default_factory=dict)
@@ -121,10 +173,17 @@ class RunStore(Protocol):
 
     def meta(self, run_id: str) -> dict[str, Any]: ...
 
-    def output_length(self, run_id: str) -> int: ...
+    def output_length(self, run_id: str, name: OutputName = OutputName.MERGED) -> int: ...
 
-    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
-        """The stored bytes in [start, stop); bytes left out over the cap are skipped."""
+    def output(
+        self,
+        run_id: str,
+        start: int = 0,
+        stop: int | None = None,
+        name: OutputName = OutputName.MERGED,
+    ) -> bytes:
+        """The stored bytes of output `name` in [start, stop); bytes left out over
+        the cap are skipped."""
 
     def ack(self, agent_id: str) -> int:
         """The highest event sequence number applied for the agent (0 if none)."""

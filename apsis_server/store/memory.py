@@ -7,7 +7,7 @@ from typing import Any
 
 from apsis_common.states import FINISHED
 from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
-from apsis_server.store.base import Changes, RunFilter
+from apsis_server.store.base import Changes, Chunk, OutputName, RunFilter, stitch
 from apsis_server.store.query import matches, run_time
 
 
@@ -18,7 +18,8 @@ class MemoryStore:
         self._runs: dict[str, Run] = {}
         self._log: dict[str, list[LogEntry]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
-        self._output: dict[str, dict[int, bytes]] = {}
+        # Per run: chunks by (stream, offset).
+        self._output: dict[str, dict[tuple[int, int], Chunk]] = {}
         self._acks: dict[str, int] = {}
         self._instances: dict[str, str] = {}
         self._cursors: dict[tuple[str, str], float] = {}
@@ -34,8 +35,10 @@ class MemoryStore:
             self._log.setdefault(entry.run_id, []).append(entry)
         for run_id, meta in changes.meta.items():
             self._meta.setdefault(run_id, {}).update(meta)
-        for run_id, offset, data in changes.output:
-            self._output.setdefault(run_id, {}).setdefault(offset, data)
+        for chunk in changes.output:
+            self._output.setdefault(chunk.run_id, {}).setdefault(
+                (chunk.stream, chunk.offset), chunk
+            )
         for run_id in changes.deleted:
             self._runs.pop(run_id, None)
             self._log.pop(run_id, None)
@@ -59,18 +62,23 @@ class MemoryStore:
     def meta(self, run_id: str) -> dict[str, Any]:
         return dict(self._meta.get(run_id, {}))
 
-    def output_length(self, run_id: str) -> int:
-        chunks = self._output.get(run_id, {})
-        return max((offset + len(data) for offset, data in chunks.items()), default=0)
+    def _pieces(self, run_id: str, name: OutputName) -> list[tuple[int, bytes]]:
+        chunks = self._output.get(run_id, {}).values()
+        placed = ((c.position(name), c.data) for c in chunks)
+        return sorted((p, d) for p, d in placed if p is not None)
 
-    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
-        end = self.output_length(run_id) if stop is None else stop
-        chunks = sorted(self._output.get(run_id, {}).items())
-        return b"".join(
-            data[max(start, offset) - offset : end - offset]
-            for offset, data in chunks
-            if offset < end and offset + len(data) > start
-        )
+    def output_length(self, run_id: str, name: OutputName = OutputName.MERGED) -> int:
+        return max((p + len(d) for p, d in self._pieces(run_id, name)), default=0)
+
+    def output(
+        self,
+        run_id: str,
+        start: int = 0,
+        stop: int | None = None,
+        name: OutputName = OutputName.MERGED,
+    ) -> bytes:
+        end = self.output_length(run_id, name) if stop is None else stop
+        return stitch(self._pieces(run_id, name), start, end)
 
     def ack(self, agent_id: str) -> int:
         return self._acks.get(agent_id, 0)
@@ -104,7 +112,7 @@ class MemoryStore:
         return found
 
     def size(self) -> int:
-        return sum(len(d) for chunks in self._output.values() for d in chunks.values())
+        return sum(len(c.data) for chunks in self._output.values() for c in chunks.values())
 
     def take(self, run_id: str, into: MemoryStore) -> None:
         """Move a run with its log, metadata and output to another store."""

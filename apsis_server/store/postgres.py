@@ -27,7 +27,7 @@ from psycopg import sql
 from apsis_common.errors import Unavailable
 from apsis_common.states import FINISHED, State
 from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
-from apsis_server.store.base import Changes, RunFilter
+from apsis_server.store.base import STDERR, STDOUT, Changes, OutputName, RunFilter, stitch
 from apsis_server.store.lease import CHANNEL, FENCED_SQLSTATE, Fenced, connect
 from apsis_server.store.query import run_time
 from apsis_server.store.sqlite import _decode, _encode, _run, _summary
@@ -123,7 +123,26 @@ MIGRATIONS.append(
     # Which server wrote a log entry: the run log says which server did what.
     "ALTER TABLE run_log ADD COLUMN server text"
 )
+MIGRATIONS.append(
+    # stdout and stderr kept apart, as in store/sqlite.py: `run_output` is stdout,
+    # `run_stderr` a separate stderr; `merged` places a chunk in the merged view.
+    """
+    ALTER TABLE run_output ADD COLUMN merged bigint;
+    CREATE TABLE run_stderr (
+        run_number bigint NOT NULL,
+        pos bigint NOT NULL,
+        length integer NOT NULL,
+        codec text NOT NULL,
+        data bytea NOT NULL,
+        merged bigint NOT NULL,
+        PRIMARY KEY (run_number, pos)
+    );
+    ALTER TABLE run_stderr ALTER COLUMN data SET STORAGE EXTERNAL;
+    """
+)
 SCHEMA_VERSION = len(MIGRATIONS)
+# The table of each stream.
+_STREAM_TABLES = {STDOUT: "run_output", STDERR: "run_stderr"}
 
 # A NOTIFY payload holds under 8,000 bytes.
 _PAYLOAD = 7900
@@ -134,7 +153,7 @@ _MIGRATION_LOCK = 0x61707369  # "apsi"
 # The columns of `runs` as store/sqlite.py's `_run` reads a row.
 _RUN_COLUMNS = "run_number, job_id, args, state, time, schedule_key, to_json(labels)::text, summary"
 
-_TABLES = ("runs", "run_log", "run_meta", "run_output")
+_TABLES = ("runs", "run_log", "run_meta", "run_output", "run_stderr")
 # A job id search ignores ASCII case only, as SQLite's lower() does.
 _UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
 
@@ -319,27 +338,30 @@ class PostgresStore:
             found = row.fetchone()
         return dict(json.loads(found[0])) if found else {}
 
-    def output_length(self, run_id: str) -> int:
+    def output_length(self, run_id: str, name: OutputName = OutputName.MERGED) -> int:
         number = run_number(run_id)
         with self._reading() as db:
-            row = db.execute(
-                "SELECT max(pos + length) FROM run_output WHERE run_number = %s", (number,)
-            ).fetchone()
-        return int(row[0] or 0) if row else 0
+            rows = [
+                db.execute(q, (number,)).fetchone()
+                for q in _output_queries(name, "max({pos} + length)", "")
+            ]
+        return max(int(row[0] or 0) if row else 0 for row in rows)
 
-    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
-        end = self.output_length(run_id) if stop is None else stop
+    def output(
+        self,
+        run_id: str,
+        start: int = 0,
+        stop: int | None = None,
+        name: OutputName = OutputName.MERGED,
+    ) -> bytes:
+        end = self.output_length(run_id, name) if stop is None else stop
+        queries = _output_queries(
+            name, "{pos}, data, codec", "AND {pos} < %s AND {pos} + length > %s"
+        )
+        params = (run_number(run_id), end, start) * len(queries)
         with self._reading() as db:
-            rows = db.execute(
-                "SELECT pos, data, codec FROM run_output WHERE run_number = %s AND pos < %s"
-                " AND pos + length > %s ORDER BY pos",
-                (run_number(run_id), end, start),
-            ).fetchall()
-        out = bytearray()
-        for offset, data, codec in rows:
-            chunk = _decode(data, codec)
-            out += chunk[max(start, offset) - offset : end - offset]
-        return bytes(out)
+            rows = db.execute(" UNION ALL ".join(queries) + " ORDER BY 1", params).fetchall()
+        return stitch(((pos, _decode(data, codec)) for pos, data, codec in rows), start, end)
 
     def ack(self, agent_id: str) -> int:
         with self._reading() as db:
@@ -416,6 +438,16 @@ def _writing() -> Iterator[None]:
         raise _error(exc) from exc
 
 
+def _output_queries(name: OutputName, what: str, where: str) -> list[str]:
+    """One query per table holding output `name` (as store/sqlite.py's, with `pos`
+    for `offset`); `{pos}` is a chunk's position in it."""
+    if name is OutputName.MERGED:
+        tables, pos = list(_STREAM_TABLES.values()), "coalesce(merged, pos)"
+    else:
+        tables, pos = [_STREAM_TABLES[STDOUT if name is OutputName.STDOUT else STDERR]], "pos"
+    return [f"SELECT {what} FROM {t} WHERE run_number = %s {where}".format(pos=pos) for t in tables]
+
+
 def _notify(cur: psycopg.Cursor, changes: Changes) -> None:
     """NOTIFY the numbers of the runs `changes` touch, delivered when they commit."""
     touched = {
@@ -423,7 +455,7 @@ def _notify(cur: psycopg.Cursor, changes: Changes) -> None:
         *changes.deleted,
         *changes.meta,
         *(e.run_id for e in changes.log),
-        *(run_id for run_id, _, _ in changes.output),
+        *(c.run_id for c in changes.output),
     }
     payload = ""
     for number in sorted(run_number(r) for r in touched):
@@ -487,15 +519,19 @@ def _apply(cur: psycopg.Cursor, changes: Changes, old_meta: dict[int, dict[str, 
             " ON CONFLICT (run_number) DO UPDATE SET meta = excluded.meta",
             merged,
         )
-    if changes.output:
-        cur.executemany(
-            "INSERT INTO run_output VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [
-                (run_number(run_id), offset, len(data), codec, stored)
-                for run_id, offset, data in changes.output
-                for stored, codec in [_encode(data)]
-            ],
-        )
+    for stream, table in _STREAM_TABLES.items():
+        rows = [
+            (run_number(c.run_id), c.offset, len(c.data), codec, stored, c.merged)
+            for c in changes.output
+            if c.stream == stream
+            for stored, codec in [_encode(c.data)]
+        ]
+        if rows:
+            cur.executemany(
+                f"INSERT INTO {table} (run_number, pos, length, codec, data, merged)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                rows,
+            )
     if changes.acks:
         cur.executemany(
             "INSERT INTO agent_acks VALUES (%s, %s)"

@@ -19,7 +19,14 @@ from apsis_common.states import FINISHED, State
 from apsis_server.core.bound import from_plain, to_plain
 from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
 from apsis_server.store.archive import Archiver
-from apsis_server.store.base import Changes, RunFilter
+from apsis_server.store.base import (
+    STDERR,
+    STDOUT,
+    Changes,
+    OutputName,
+    RunFilter,
+    stitch,
+)
 from apsis_server.store.checkpoint import Checkpointer
 from apsis_server.store.query import run_time
 
@@ -82,7 +89,26 @@ MIGRATIONS.append(
     # as PostgreSQL's, so a database moves between the two).
     "ALTER TABLE run_log ADD COLUMN server TEXT"
 )
+MIGRATIONS.append(
+    # stdout and stderr kept apart: `run_output` is stdout (both, for a run that
+    # merges them, and every earlier run), `run_stderr` a separate stderr; `merged`
+    # places a chunk in the merged view (NULL: at its offset).
+    """
+    ALTER TABLE run_output ADD COLUMN merged INTEGER;
+    CREATE TABLE run_stderr (
+        run_number INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        codec TEXT NOT NULL,
+        merged INTEGER NOT NULL,
+        PRIMARY KEY (run_number, offset)
+    )
+    """
+)
 SCHEMA_VERSION = len(MIGRATIONS)
+# The table of each stream.
+_STREAM_TABLES = {STDOUT: "run_output", STDERR: "run_stderr"}
 
 
 def _encode(data: bytes) -> tuple[bytes, str]:
@@ -95,6 +121,16 @@ def _encode(data: bytes) -> tuple[bytes, str]:
 
 def _decode(data: bytes, codec: str) -> bytes:
     return zlib.decompress(data) if codec == "zlib" else data
+
+
+def _output_queries(name: OutputName, what: str, where: str) -> list[str]:
+    """One query per table holding output `name`; `{pos}` in `what` and `where` is a
+    chunk's position in it."""
+    if name is OutputName.MERGED:
+        tables, pos = list(_STREAM_TABLES.values()), "COALESCE(merged, offset)"
+    else:
+        tables, pos = [_STREAM_TABLES[STDOUT if name is OutputName.STDOUT else STDERR]], "offset"
+    return [f"SELECT {what} FROM {t} WHERE run_number = ? {where}".format(pos=pos) for t in tables]
 
 
 def _summary(run: Run) -> str:
@@ -245,13 +281,16 @@ class SqliteStore:
                 db.execute(
                     "INSERT OR REPLACE INTO run_meta VALUES (?, ?)", (number, json.dumps(merged))
                 )
-            db.executemany(
-                "INSERT OR IGNORE INTO run_output VALUES (?, ?, ?, ?, ?)",
-                [
-                    (run_number(run_id), offset, len(data), *_encode(data))
-                    for run_id, offset, data in changes.output
-                ],
-            )
+            for stream, table in _STREAM_TABLES.items():
+                db.executemany(
+                    f"INSERT OR IGNORE INTO {table}"
+                    " (run_number, offset, length, data, codec, merged) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (run_number(c.run_id), c.offset, len(c.data), *_encode(c.data), c.merged)
+                        for c in changes.output
+                        if c.stream == stream
+                    ],
+                )
             db.executemany(
                 "INSERT OR REPLACE INTO agent_acks VALUES (?, ?)", list(changes.acks.items())
             )
@@ -328,25 +367,27 @@ class SqliteStore:
         ).fetchone()
         return dict(json.loads(row[0])) if row else {}
 
-    def output_length(self, run_id: str) -> int:
-        row = self._db.execute(
-            "SELECT MAX(offset + length) FROM run_output WHERE run_number = ?",
-            (run_number(run_id),),
-        ).fetchone()
-        return int(row[0] or 0)
-
-    def output(self, run_id: str, start: int = 0, stop: int | None = None) -> bytes:
-        end = self.output_length(run_id) if stop is None else stop
-        rows = self._db.execute(
-            "SELECT offset, data, codec FROM run_output WHERE run_number = ? AND offset < ?"
-            " AND offset + length > ? ORDER BY offset",
-            (run_number(run_id), end, start),
+    def output_length(self, run_id: str, name: OutputName = OutputName.MERGED) -> int:
+        number = run_number(run_id)
+        return max(
+            int(self._db.execute(q, (number,)).fetchone()[0] or 0)
+            for q in _output_queries(name, "MAX({pos} + length)", "")
         )
-        out = bytearray()
-        for offset, data, codec in rows:
-            chunk = _decode(data, codec)
-            out += chunk[max(start, offset) - offset : end - offset]
-        return bytes(out)
+
+    def output(
+        self,
+        run_id: str,
+        start: int = 0,
+        stop: int | None = None,
+        name: OutputName = OutputName.MERGED,
+    ) -> bytes:
+        end = self.output_length(run_id, name) if stop is None else stop
+        queries = _output_queries(
+            name, "{pos}, data, codec", "AND {pos} < ? AND {pos} + length > ?"
+        )
+        params = (run_number(run_id), end, start) * len(queries)
+        rows = self._db.execute(" UNION ALL ".join(queries) + " ORDER BY 1", params)
+        return stitch(((pos, _decode(data, codec)) for pos, data, codec in rows), start, end)
 
     def ack(self, agent_id: str) -> int:
         row = self._db.execute(

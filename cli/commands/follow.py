@@ -37,11 +37,11 @@ def outcome(run: Json) -> int:
         return 2
 
 
-def drain(ctx: Context, rid: str, offset: int) -> int:
-    """Write the output from `offset` to its current end, exactly; the new offset."""
+def drain(ctx: Context, rid: str, offset: int, name: str = "merged") -> int:
+    """Write output `name` from `offset` to its current end, exactly; the new offset."""
     out = ctx.stdout_bytes
     while True:
-        chunk = ctx.client.output(rid, start=offset)
+        chunk = ctx.client.output(rid, start=offset, name=name)
         if chunk.data:
             out.write(chunk.data)
             out.flush()
@@ -60,13 +60,14 @@ class Follow:
     """What to do while following a run."""
 
     output: int | None = None  # write the output from this offset on stdout
+    name: str = "merged"  # which output: merged, stdout or stderr
     log: bool = False  # show new run log entries
     progress: bool = False  # a spinner on stderr, if it is a terminal
 
 
 def follow_run(ctx: Context, rid: str, how: Follow) -> Json:
     """Follow the run until it finishes, doing `how`; its final summary."""
-    feed = RunFeed(ctx.feeds, rid, offset=how.output)
+    feed = RunFeed(ctx.feeds, rid, offset=how.output, name=how.name)
     # A spinner would tear output written to the same terminal.
     spin = how.progress and ctx.stderr_tty and not (how.output is not None and ctx.stdout_tty)
     with RunProgress(spin) as progress:
@@ -100,7 +101,7 @@ def _poll(
         progress.update(run)
         # Read after the state: once finished, these reach the final end.
         if offset is not None:
-            offset = drain(ctx, rid, offset)
+            offset = drain(ctx, rid, offset, how.name)
         if how.log:
             entries: list[Json] = ctx.client.run_log(rid).get("log") or []
             show_entries(ctx, entries[shown:])

@@ -11,7 +11,7 @@ from pathlib import Path
 from apsis_common.states import State
 from apsis_server.core.runs import LogEntry, Run
 from apsis_server.store.archive import Retention
-from apsis_server.store.base import Changes
+from apsis_server.store.base import Changes, Chunk
 from apsis_server.store.sqlite import SqliteStore
 from tests.harness import run_async, running_server, wait_for
 
@@ -88,7 +88,7 @@ def test_archive_steps_stay_short(tmp_path: Path) -> None:
                     for n in range(base + 1, base + 5_001)
                 },
                 log=[LogEntry(f"r{n}", float(n), "done") for n in range(base + 1, base + 5_001)],
-                output=[(f"r{n}", 0, b"x" * 100) for n in range(base + 1, base + 5_001)],
+                output=[Chunk(f"r{n}", 0, b"x" * 100) for n in range(base + 1, base + 5_001)],
             )
         )
 

@@ -74,8 +74,8 @@ MALFORMED = [
     (
         "program: {type: example-echo, words: [hi], colour: red}\n",
         [
-            "program.colour: unknown key (expected one of: cwd, env, host, resources, stop,"
-            " timeout, type, upper, user, words)"
+            "program.colour: unknown key (expected one of: cwd, env, host, resources, stderr,"
+            " stop, timeout, type, upper, user, words)"
         ],
     ),
     (

@@ -50,8 +50,8 @@ BAD: list[tuple[str, str, str, str]] = [
         "unknown program key",
         "program: {type: shell, command: x, hots: a}\n",
         "program.hots",
-        "unknown key (expected one of: command, cwd, env, host, resources, stop, timeout, type,"
-        " user)",
+        "unknown key (expected one of: command, cwd, env, host, resources, stderr, stop, timeout,"
+        " type, user)",
     ),
     (
         "unknown env key",

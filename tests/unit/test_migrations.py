@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apsis_server.store.archive import Archiver
-from apsis_server.store.base import Changes
+from apsis_server.store.base import Changes, Chunk, OutputName
 from apsis_server.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 
@@ -47,7 +47,10 @@ def test_migrates_forward_from(version: int, tmp_path: Path) -> None:
         run = store.get("r1")
         assert run is not None and run.job_id == "old/job" and run.retry == 0
         assert store.output("r1") == b"hello\n"
-    store.write(Changes(output=[("r2", 0, b"new\n"), ("r3", 0, bytes(range(256)) * 64)]))
+        # Output stored before stdout and stderr were kept apart: stdout, both.
+        assert store.output("r1", name=OutputName.STDOUT) == b"hello\n"
+        assert store.output("r1", name=OutputName.STDERR) == b""
+    store.write(Changes(output=[Chunk("r2", 0, b"new\n"), Chunk("r3", 0, bytes(range(256)) * 64)]))
     assert store.output("r2") == b"new\n"
     assert store.output("r3") == bytes(range(256)) * 64
     store.close()
@@ -67,7 +70,7 @@ def test_archive_of_an_older_version_gains_new_columns(tmp_path: Path) -> None:
     old = tmp_path / "archive.db"
     _at_version(old, 1)
     store = SqliteStore(tmp_path / "apsis.db")
-    store.write(Changes(output=[("r9", 0, b"x")]))
+    store.write(Changes(output=[Chunk("r9", 0, b"x")]))
     archiver = Archiver(store._db, old)
     assert archiver.move([9]) == 1
     archiver.close()

@@ -72,6 +72,8 @@ WIRE: dict[str, Any] = {
                     "end_time": 12.5,
                 },
                 "output_length": 2,
+                # New: a separate stderr's length (older servers decode it away).
+                "stderr_length": 0,
             },
         },
         {"seq": 7, "event": {"type": "proc.lost", "proc_id": "r1.1", "reason": "reboot"}},
@@ -115,8 +117,8 @@ def test_spec_round_trip_and_digest() -> None:
     assert codec.decode(p.ProcSpec, codec.encode_json(spec), p.JSON) == spec
     assert codec.encode_json(spec) == (
         b'{"argv":["a","b"],"cwd":"/tmp","env":{"A":"1"},"env_inherit":true,"labels":{},'
-        b'"login_env":false,"output_max":67108864,"resources":null,"stop":{"grace":60.0,"signal":15},'
-        b'"timeout":{"duration":5.0,"signal":15}}'
+        b'"login_env":false,"output_max":67108864,"resources":null,"stderr":"merge",'
+        b'"stop":{"grace":60.0,"signal":15},"timeout":{"duration":5.0,"signal":15}}'
     )
 
 
@@ -133,6 +135,7 @@ def test_spec_resources_round_trip_and_change_the_digest() -> None:
     older = codec.encode({"argv": ["a"]})
     assert codec.decode(p.ProcSpec, older).resources is None
     assert codec.decode(p.ProcSpec, older).login_env is False
+    assert codec.decode(p.ProcSpec, older).stderr is p.StderrMode.MERGE  # as it was
 
 
 def test_names_decode_as_their_enums() -> None:

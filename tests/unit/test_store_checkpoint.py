@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-from apsis_server.store.base import Changes
+from apsis_server.store.base import Changes, Chunk
 from apsis_server.store.sqlite import SqliteStore
 from tests.harness import wait_for
 
@@ -18,7 +18,7 @@ def test_the_log_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     chunk = random.Random(7).randbytes(256 * 1024)  # does not compress
     try:
         for i in range(40):  # 10 MiB, one commit each 256 KiB
-            store.write(Changes(output=[("r1", i * len(chunk), chunk)]))
+            store.write(Changes(output=[Chunk("r1", i * len(chunk), chunk)]))
         assert store.output_length("r1") == 40 * len(chunk)
         # The database file itself gets the bytes while the store stays open.
         wait_for(lambda: path.stat().st_size >= 40 * len(chunk), 10, "a checkpoint")

@@ -11,7 +11,7 @@ import pytest
 from apsis_common.states import State
 from apsis_server.core.bound import BoundProcess
 from apsis_server.core.runs import LogEntry, Run
-from apsis_server.store.base import Changes, RunFilter, RunStore
+from apsis_server.store.base import STDERR, STDOUT, Changes, Chunk, OutputName, RunFilter, RunStore
 from apsis_server.store.memory import MemoryStore
 from apsis_server.store.postgres import PostgresStore
 from apsis_server.store.sqlite import SqliteStore
@@ -72,7 +72,7 @@ def test_unfinished_and_updates(store: RunStore) -> None:
 
 
 def test_output_by_range(store: RunStore) -> None:
-    store.write(Changes(output=[("r1", 0, b"hello "), ("r1", 6, b"world\x00\xff")]))
+    store.write(Changes(output=[Chunk("r1", 0, b"hello "), Chunk("r1", 6, b"world\x00\xff")]))
     assert store.output_length("r1") == 13
     assert store.output("r1") == b"hello world\x00\xff"
     assert store.output("r1", 3, 8) == b"lo wo"
@@ -81,11 +81,37 @@ def test_output_by_range(store: RunStore) -> None:
 
 
 def test_output_with_the_middle_left_out(store: RunStore) -> None:
-    store.write(Changes(output=[("r1", 0, b"head"), ("r1", 10, b"tail")]))
+    store.write(Changes(output=[Chunk("r1", 0, b"head"), Chunk("r1", 10, b"tail")]))
     assert store.output_length("r1") == 14
     assert store.output("r1") == b"headtail"
     assert store.output("r1", 2, 12) == b"adta"
     assert store.output("r1", 11) == b"ail"
+
+
+def test_stdout_and_stderr_apart_and_merged(store: RunStore) -> None:
+    """Each stream by its own offsets; the merged view by the places the engine gave
+    (a repeated chunk, as an agent's resent event, changes nothing)."""
+    out, err, merged = OutputName.STDOUT, OutputName.STDERR, OutputName.MERGED
+    chunks = [
+        Chunk("r1", 0, b"out1 ", STDOUT),
+        Chunk("r1", 0, b"ERR1 ", STDERR, 5),
+        Chunk("r1", 5, b"out2 ", STDOUT, 10),
+        Chunk("r1", 5, b"ERR2", STDERR, 15),
+    ]
+    store.write(Changes(output=chunks))
+    store.write(Changes(output=chunks[1:2]))
+    assert store.output("r1", name=out) == b"out1 out2 "
+    assert store.output("r1", name=err) == b"ERR1 ERR2"
+    assert store.output("r1") == store.output("r1", name=merged) == b"out1 ERR1 out2 ERR2"
+    lengths = [store.output_length("r1", n) for n in (out, err, merged)]
+    assert lengths == [10, 9, 19]
+    assert store.output("r1", 3, 12) == b"1 ERR1 ou"
+    assert store.output("r1", 2, 7, err) == b"R1 ER"
+    # A run with stdout alone (merged with stderr, or from before): all three agree
+    # but stderr, which is empty.
+    store.write(Changes(output=[Chunk("r2", 0, b"both")]))
+    assert store.output("r2", name=out) == store.output("r2") == b"both"
+    assert store.output("r2", name=err) == b"" and store.output_length("r2", err) == 0
 
 
 def test_query_filters_and_keyset_pages(store: RunStore) -> None:
@@ -127,7 +153,7 @@ def test_cursors_and_identities(store: RunStore) -> None:
 
 def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "a.db")
-    store.write(Changes(runs={"r5": _run(5)}, output=[("r5", 0, b"x")]))
+    store.write(Changes(runs={"r5": _run(5)}, output=[Chunk("r5", 0, b"x")]))
     store.close()
     again = SqliteStore(tmp_path / "a.db")
     assert again.max_run_number() == 5 and again.output("r5") == b"x"
@@ -155,7 +181,7 @@ def test_archive_moves_finished_runs_in_chunks(store: RunStore, tmp_path: Path) 
             runs=runs,
             log=[LogEntry(r, 1.0, "done") for r in runs],
             meta={"r1": {"pid": 5}},
-            output=[("r1", 0, b"hello")],
+            output=[Chunk("r1", 0, b"hello")],
         )
     )
     archive = store.archiver(tmp_path / "archive.db")

@@ -19,7 +19,7 @@ from apsis_common.states import State
 from apsis_server.config import parse_config
 from apsis_server.core.fields import Invalid
 from apsis_server.core.runs import LogEntry, Run
-from apsis_server.store.base import Changes
+from apsis_server.store.base import Changes, Chunk
 from apsis_server.store.lease import Fenced, PostgresLease, Role, RunChanges
 from apsis_server.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, archive_schema
 from tests.harness import run_async, wait_for
@@ -88,7 +88,7 @@ def test_migrates_forward_from(version: int, postgres_url: str) -> None:
         run = store.get("r1")
         assert run is not None and run.job_id == "old/job" and run.retry == 0
         assert store.output("r1") == b"hello\n"
-    store.write(Changes(output=[("r2", 0, b"new\n"), ("r3", 0, bytes(range(256)) * 64)]))
+    store.write(Changes(output=[Chunk("r2", 0, b"new\n"), Chunk("r3", 0, bytes(range(256)) * 64)]))
     assert store.output("r2") == b"new\n"
     assert store.output("r3") == bytes(range(256)) * 64
     store.close()
@@ -147,7 +147,7 @@ def test_servers_starting_at_once_migrate_once(postgres_url: str) -> None:
 
 
 def test_survives_reopen(store: PostgresStore, postgres_url: str) -> None:
-    store.write(Changes(runs={"r5": _run(5)}, output=[("r5", 0, b"x")], meta={"r5": {"a": 1}}))
+    store.write(Changes(runs={"r5": _run(5)}, output=[Chunk("r5", 0, b"x")], meta={"r5": {"a": 1}}))
     store.close()
     again = PostgresStore(postgres_url)
     assert again.max_run_number() == 5 and again.output("r5") == b"x"
@@ -163,7 +163,7 @@ def test_a_refused_batch_writes_nothing(store: PostgresStore) -> None:
             Changes(
                 runs={"r2": _twin(2), "r3": _run(3)},
                 log=[LogEntry("r3", 1.0, "planned")],
-                output=[("r3", 0, b"x")],
+                output=[Chunk("r3", 0, b"x")],
                 acks={"local": 3},
             )
         )
@@ -213,7 +213,7 @@ def test_the_archive_is_a_schema_of_the_database(store: PostgresStore, postgres_
             runs={"r1": _run(1)},
             log=[LogEntry("r1", 1.0, "done")],
             meta={"r1": {"pid": 5}},
-            output=[("r1", 0, b"hello")],
+            output=[Chunk("r1", 0, b"hello")],
         )
     )
     archive = store.archiver(Path("old.db"))
@@ -330,7 +330,7 @@ def test_a_stale_epoch_writes_nothing(lease: PostgresLease, postgres_url: str) -
                     runs={"r1": _run(1), "r2": _run(2)},
                     log=[LogEntry("r1", 1.0, "done")],
                     meta={"r1": {"a": 1}},
-                    output=[("r1", 0, b"x")],
+                    output=[Chunk("r1", 0, b"x")],
                     acks={"x": 2},
                 )
             )
@@ -391,7 +391,7 @@ def test_standbys_hear_of_every_committed_write(store: PostgresStore, postgres_u
         heard: list[list[str]] = []
         async with RunChanges(postgres_url) as changes:
             store.write(Changes(runs={"r1": _run(1), "r12": _run(12)}))
-            store.write(Changes(output=[("r7", 0, b"x")], log=[LogEntry("r3", 1.0, "m")]))
+            store.write(Changes(output=[Chunk("r7", 0, b"x")], log=[LogEntry("r3", 1.0, "m")]))
             with pytest.raises(Unavailable):  # refused: no notification
                 store.write(Changes(runs={"r4": _twin(4), "r5": _twin(5)}))
             many = {f"r{n}": _run(n) for n in range(1000, 3000)}

@@ -66,6 +66,7 @@ class Feeds:
             return
         store = self.engine.store
         changes = Changes()
+        followed = []
         for run_id in run_ids:
             run = store.get(run_id)
             if run is None:
@@ -74,8 +75,10 @@ class Feeds:
             if self.runs.follows(run_id):
                 changes.log += self.runs.unseen_log(run_id, store.log(run_id))
                 changes.meta[run_id] = store.meta(run_id)
-                changes.output.append((run_id, store.output_length(run_id), b""))
+                followed.append(run_id)
         self(changes)
+        for run_id in followed:
+            self.runs.stored_output(run_id)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget a subscriber of either feed (its handler is done)."""

@@ -15,7 +15,7 @@ from apsis_server.api.feeds.fanout import Feeds
 from apsis_server.api.feeds.messages import output_message
 from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, Subscriber, dumps
 from apsis_server.api.tokens import WS_PROTOCOL
-from apsis_server.store.base import RunStore
+from apsis_server.store.base import RunStore, output_name
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class _Sender:
         sub.output_marked = False
         while sub.sent < sub.end:
             stop = min(sub.end, sub.sent + OUTPUT_CHUNK)
-            data = self.store.output(sub.run_id, sub.sent, stop)
+            data = self.store.output(sub.run_id, sub.sent, stop, sub.name)
             if not data:
                 break
             start, sub.sent = sub.sent, sub.sent + len(data)
@@ -157,7 +157,12 @@ async def run_feed(websocket: WebSocket) -> None:
         await _close(websocket, CLOSE_BAD_REQUEST, "offset must be an integer")
         return
     try:
-        sub = feeds.runs.subscribe(run_id, init, offset)
+        name = output_name(websocket.query_params.get("name"))
+    except ValueError as exc:
+        await _close(websocket, CLOSE_BAD_REQUEST, str(exc))
+        return
+    try:
+        sub = feeds.runs.subscribe(run_id, init, offset, name)
     except LookupError:
         await _close(websocket, CLOSE_NO_RUN, f"no run {run_id!r}")
         return

@@ -7,7 +7,7 @@ from apsis_server.api.feeds.subscribers import Mark, RunSubscriber, dumps
 from apsis_server.api.views import LogEntry, log_view, run_view
 from apsis_server.core import runs
 from apsis_server.engine.engine import Engine
-from apsis_server.store.base import Changes
+from apsis_server.store.base import Changes, OutputName
 
 
 class RunUpdates:
@@ -38,9 +38,11 @@ class RunUpdates:
         for run_id, meta in changes.meta.items():
             if run_id in self._subscribers:
                 self._send(run_id, Meta(meta=meta))
-        for run_id, offset, data in changes.output:
-            for sub in self._subscribers.get(run_id, ()):
-                sub.more_output(offset + len(data))
+        for chunk in changes.output:
+            for sub in self._subscribers.get(chunk.run_id, ()):
+                position = chunk.position(sub.name)
+                if position is not None:
+                    sub.more_output(position + len(chunk.data))
         now = self.engine.clock()
         for run in changes.runs.values():
             if run.run_id in self._subscribers:
@@ -75,8 +77,16 @@ class RunUpdates:
 
     # -- subscribing: register and queue the initial messages in one step -------
 
-    def subscribe(self, run_id: str, init: bool, offset: int) -> RunSubscriber:
-        """A new subscriber to one run, with its initial messages queued.
+    def stored_output(self, run_id: str) -> None:
+        """On a standby: the leader may have stored more of the run's output."""
+        for sub in self._subscribers.get(run_id, ()):
+            sub.more_output(self.engine.store.output_length(run_id, sub.name))
+
+    def subscribe(
+        self, run_id: str, init: bool, offset: int, name: OutputName = OutputName.MERGED
+    ) -> RunSubscriber:
+        """A new subscriber to one run and its output `name`, with its initial
+        messages queued.
 
         A negative `offset` counts back from the end of the output. LookupError if
         there is no such run.
@@ -84,8 +94,8 @@ class RunUpdates:
         engine = self.engine
         run = engine.get(run_id)
         run_id = run.run_id
-        sub = RunSubscriber(run_id, self.max_messages, self.max_bytes)
-        length = engine.store.output_length(run_id)
+        sub = RunSubscriber(run_id, self.max_messages, self.max_bytes, name)
+        length = engine.store.output_length(run_id, name)
         start = max(0, length + offset) if offset < 0 else min(offset, length)
         sub.sent = sub.end = start
         if init:

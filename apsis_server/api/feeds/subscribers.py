@@ -7,6 +7,7 @@ import enum
 from collections import deque
 
 from apsis_server.api.views import encode
+from apsis_server.store.base import OutputName
 
 
 class Mark(enum.Enum):
@@ -69,9 +70,12 @@ class Subscriber:
 class RunSubscriber(Subscriber):
     """A subscriber to one run: also where its output stands."""
 
-    def __init__(self, run_id: str, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self, run_id: str, max_messages: int, max_bytes: int, name: OutputName = OutputName.MERGED
+    ) -> None:
         super().__init__(max_messages, max_bytes)
         self.run_id = run_id
+        self.name = name  # the output it follows
         self.sent = 0  # output offset sent so far
         self.end = 0  # output length known to be in the store
         self.output_marked = False
