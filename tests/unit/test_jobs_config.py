@@ -129,3 +129,22 @@ def test_no_jobs_yaml_changes_nothing(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("program: echo a\n")
     loaded = load_jobs_dir(tmp_path, Templates(default_helpers({})))
     assert loaded.errors == [] and loaded.jobs["a"].labels == ()
+
+
+def test_a_folder_can_merge_stderr_for_its_jobs(tmp_path: Path) -> None:
+    """`stderr: merge` (the earlier Apsis's single output) as a folder's default;
+    a job may still ask for its streams apart."""
+    config = 'defaults:\n  "old/": {program: {stderr: merge}}\n'
+    files = {
+        "old/a": "program: echo a\n",
+        "old/b": "program: {type: shell, command: b, stderr: separate}\n",
+        "new": "program: echo new\n",
+    }
+    jobs = _load(tmp_path, files, config).jobs
+    modes = {name: jobs[name].program.stderr.value for name in files}
+    assert modes == {"old/a": "merge", "old/b": "separate", "new": "separate"}
+    (tmp_path / "bad").mkdir()
+    bad = _load(tmp_path / "bad", {"x": "program: {type: shell, command: x, stderr: both}\n"}, "")
+    assert [(e.key_path, e.message) for e in bad.errors] == [
+        ("program.stderr", "expected separate or merge, got 'both'")
+    ]
