@@ -170,7 +170,9 @@ class Engine(EngineView):
     def add_output(self, run_id: str, stream: int, offset: int, data: bytes) -> None:
         """Store output of a run's stream from `offset`, next in its merged view;
         written with the current changes."""
-        merged = self.procs.merged_length(run_id)
+        # A middle left out over the cap keeps its place in the merged view too.
+        skipped = max(0, offset - self.procs.output_length(run_id, stream))
+        merged = self.procs.merged_length(run_id) + skipped
         # Stdout alone (merged with stderr, or before any stderr) needs no place.
         place = None if stream == STDOUT and merged == offset else merged
         self._journal.output(Chunk(run_id, offset, data, stream, place))

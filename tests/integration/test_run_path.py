@@ -19,6 +19,10 @@ JOBS = {
         "program:\n  type: program\n  argv: [/bin/bash, -c, "
         '\'printf "out\\\\000\\\\377\\\\n"; printf "err\\\\n" >&2; printf tail\']\n'
     ),
+    "merged streams": (
+        "program:\n  type: program\n  stderr: merge\n  argv: [/bin/bash, -c, "
+        '\'printf "out\\\\000\\\\377\\\\n"; printf "err\\\\n" >&2; printf tail\']\n'
+    ),
     "long": "program: {type: program, argv: [/bin/sleep, '600']}\n",
     "slow": "params: [n]\nprogram: 'echo start {{ n }}; sleep 3; echo end {{ n }}'\n",
 }
@@ -58,6 +62,14 @@ def test_missing_executable_is_error(server: Server) -> None:
 
 def test_stdout_and_stderr_byte_exact(server: Server) -> None:
     run_id = server.schedule("both streams")
+    assert server.wait_finished(run_id)["state"] == "success"
+    out = server.api("GET", f"/runs/{run_id}/output", params={"name": "stdout"}).content
+    err = server.api("GET", f"/runs/{run_id}/output", params={"name": "stderr"}).content
+    assert (out, err) == (b"out\x00\xff\ntail", b"err\n")
+    merged = server.output(run_id)
+    assert sorted(merged) == sorted(out + err)  # both, in the order the agent read them
+    # Merged by the program: exactly in the order written.
+    run_id = server.schedule("merged streams")
     assert server.wait_finished(run_id)["state"] == "success"
     assert server.output(run_id) == b"out\x00\xff\nerr\ntail"
 
