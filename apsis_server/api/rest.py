@@ -62,7 +62,7 @@ from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.operations import Operations
 from apsis_server.leadership import Leadership
-from apsis_server.store.base import RunFilter, output_name
+from apsis_server.store.base import OutputName, RunFilter, output_name
 from apsis_server.store.lease import Role
 
 # The one table from error to status.
@@ -443,8 +443,16 @@ async def run_dependencies(request: Request) -> Response:
 
 async def run_meta(request: Request) -> Response:
     engine = _engine(request)
-    run_id = engine.get(_run_id(request)).run_id
-    return JSONResponse(RunMeta(engine.store.meta(run_id)))
+    run = engine.get(_run_id(request))
+    store = engine.store
+    meta = store.meta(run.run_id)
+    if not run.state.finished and run.proc_id is not None:
+        # While it runs, the output stored so far (its exit gives the final lengths).
+        meta["output_length"] = store.output_length(run.run_id, OutputName.STDOUT)
+        stderr = store.output_length(run.run_id, OutputName.STDERR)
+        if stderr:
+            meta["stderr_length"] = stderr
+    return JSONResponse(RunMeta(meta))
 
 
 async def run_output(request: Request) -> Response:

@@ -186,6 +186,9 @@ def test_a_server_killed_mid_run_keeps_both_streams_whole(tmp_path: Path) -> Non
         run_id = server.schedule("long")
         server.wait_state(run_id, "running", 30)
         time.sleep(1.0)  # some of each stream stored
+        # While it runs, its metadata says how much of each is stored so far.
+        meta = server.meta(run_id)
+        assert meta["output_length"] > 0 and meta["stderr_length"] > 0, meta
         server.kill()
         server.start()
         run = server.wait_finished(run_id, 60)
