@@ -96,12 +96,14 @@ export function runNumber(runId) {
   return Number(runId.slice(1));
 }
 
-// One run's updates. Callbacks: onRun(run), onLog(entries, replace), onMeta(meta, replace),
-// onOutput(offset, bytes), onStatus(status), onEnd(). Reconnects from where output stood.
+// One run's updates, with one of its outputs (`name`: "merged", "stdout" or "stderr").
+// Callbacks: onRun(run), onLog(entries, replace), onMeta(meta, replace), onOutput(offset,
+// bytes), onStatus(status), onEnd(). Reconnects from where output stood.
 export class RunFeed {
-  constructor(runId, handlers, tail = 64 * 1024) {
+  constructor(runId, handlers, tail = 64 * 1024, name = "merged") {
     this.runId = runId;
     this.handlers = handlers;
+    this.name = name;
     this.offset = -tail; // negative: from the end
     this.closed = false;
     this._delay = 500;
@@ -111,7 +113,7 @@ export class RunFeed {
   start() {
     if (this.closed) return;
     this.handlers.onStatus?.("connecting");
-    const socket = new WebSocket(wsUrl(`/runs/${this.runId}/updates?init=true&offset=${this.offset}`), wsProtocols());
+    const socket = new WebSocket(wsUrl(`/runs/${this.runId}/updates?init=true&offset=${this.offset}&name=${encodeURIComponent(this.name)}`), wsProtocols());
     this._socket = socket;
     let fresh = { log: true, meta: true };
     socket.onopen = () => this.handlers.onStatus?.("connected");

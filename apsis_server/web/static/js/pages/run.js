@@ -1,13 +1,14 @@
 // One run: summary (what made it, what it runs, its times in the reader's zone),
 // run log, metadata in words, live output (ANSI colours, tail first, "load
-// earlier"), the operations, each confirmed first, and its JSON.
+// earlier") in tabs — both streams, stdout, stderr; the one shown is in the address
+// (`?output=stderr`) —, the operations, each confirmed first, and its JSON.
 
 import { get, getBytes, jobPath, post } from "../api.js";
 import { confirmDialog, h, link, toast } from "../dom.js";
 import { isFinished, RunFeed } from "../feed.js";
 import { duration, parseTime, timeEl } from "../format.js";
 import { FINISHED_STATES, opButtons } from "../operations.js";
-import { Output } from "../output.js";
+import { Output, OutputTabs, outputFromUrl, urlWithOutput } from "../output.js";
 import { argsChips, isAdHoc, lateChip, lateness, stateBadge, tickElapsed } from "../runtable.js";
 import { metaText, programWords } from "../words.js";
 import { jsonToggle } from "./json.js";
@@ -71,16 +72,25 @@ export function mount(main, app, [runId]) {
   const metaBox = h("div", { class: "panel", id: "run-meta" });
   const pre = h("pre", { class: "output", id: "output" });
   const noOutput = h("p", { class: "empty output-none", id: "no-output", hidden: true });
+  const outputBox = h("div", { id: "output-box" }, pre, noOutput);
   const outputInfo = h("span", { id: "output-info" });
+  const mergedNote = h("span", { class: "output-note", id: "output-merged", hidden: true }, "stderr merged into stdout");
   const earlier = h("button", { class: "btn btn-small", id: "load-earlier", hidden: true }, "Load earlier");
   const feedState = h("span", { class: "muted", id: "feed-state" });
   const json = jsonToggle(() => ({ run, program: program ?? null, meta, log }));
-  const output = new Output(pre);
+  // The output shown (see `follow`): its name, its bytes as loaded, the feed bringing them.
+  let shown = outputFromUrl();
+  let output = null;
+  let feed = null;
+  let gone = false; // the page was left: open no feed
+  const tabs = new OutputTabs(outputBox, (name) => follow(name));
+  tabs.show(false); // until the program says whether stderr is kept apart
   main.append(head, json.panel,
     h("div", { class: "grid2" }, summaryBox, h("div", {}, programBox, timesBox)),
     h("div", { class: "panel flush output-panel" },
-      h("div", { class: "output-bar" }, h("strong", {}, "Output"), outputInfo, h("span", { class: "spacer" }), feedState, earlier),
-      pre, noOutput),
+      h("div", { class: "output-bar" }, h("strong", {}, "Output"), tabs.el, mergedNote, outputInfo,
+        h("span", { class: "spacer" }), feedState, earlier),
+      outputBox),
     h("div", { class: "grid2" }, logBox, metaBox));
 
   const zone = () => (run ? zoneOf(summary)(run.job_id) : null);
@@ -138,23 +148,46 @@ export function mount(main, app, [runId]) {
         ? when(new Date(meta[k] * 1000).toISOString()) : h("span", { class: "mono" }, metaText(k, meta[k]))]), { id: "meta" })
       : h("p", { class: "muted" }, none));
   };
+  // Each tab's size when known: the one shown as loaded (live); the others once the
+  // program exited, from what the agent reported (stdout, stderr; merged is both).
+  const renderTabs = () => {
+    const known = {};
+    if (typeof meta.output_length === "number") {
+      known.stdout = meta.output_length;
+      known.stderr = meta.stderr_length ?? 0;
+      known.merged = known.stdout + known.stderr;
+    }
+    if (output.end !== null) known[shown] = output.end;
+    tabs.setSizes(known);
+  };
   // An empty black box says nothing: without output, say why there is none.
   const renderOutputInfo = () => {
+    renderTabs();
     const total = output.end ?? 0;
     const from = output.start ?? 0;
     outputInfo.textContent = from > 0 ? `the last ${metaText("output_length", total - from)} of ${metaText("output_length", total)}` : metaText("output_length", total);
     earlier.hidden = !(from > 0);
-    const empty = total === 0 && run !== null;
+    // Empty only once the feed said where this output starts (a tab just opened is not).
+    const empty = total === 0 && run !== null && output.start !== null;
     const why = !run ? "" : isFinished(run.state) ? (run.times?.running ? "No output." : "No output: it never ran.")
       : run.times?.running ? "No output yet." : "Not started yet.";
     pre.hidden = empty && (isFinished(run.state) || !run.times?.running);
     noOutput.hidden = !pre.hidden;
     noOutput.textContent = why;
   };
+  // Tabs, or one output and a note for a program whose stderr goes into its stdout
+  // (and every run from before the two were kept apart).
+  const renderStreams = () => {
+    const merged = program?.stderr === "merge";
+    tabs.show(program !== undefined && !merged);
+    mergedNote.hidden = !merged;
+    if (merged && shown !== "merged") follow("merged");
+  };
   const loadProgram = async () => {
     try {
       const answer = await get(`/runs/${runId}`);
       program = answer.program ?? null;
+      renderStreams();
       if (run) renderSummary();
     } catch {
       // the feed reports a missing run
@@ -168,11 +201,14 @@ export function mount(main, app, [runId]) {
   };
 
   earlier.addEventListener("click", async () => {
-    const stop = output.start;
+    const loading = output;
+    const stop = loading.start;
     const start = Math.max(0, stop - EARLIER);
     earlier.disabled = true;
     try {
-      output.prepend(await getBytes(`/runs/${run.run_id}/output?start=${start}&stop=${stop}`));
+      const bytes = await getBytes(`/runs/${run.run_id}/output?name=${shown}&start=${start}&stop=${stop}`);
+      if (output !== loading) return; // another tab was picked meanwhile
+      output.prepend(bytes);
       pre.scrollTop = 0;
     } catch (exc) {
       toast(`Could not load output: ${exc.message}`, { error: true });
@@ -182,24 +218,39 @@ export function mount(main, app, [runId]) {
     }
   });
 
-  const feed = new RunFeed(runId, {
-    onRun: (r) => {
-      // The program is bound as the run leaves `scheduled`: ask again then.
-      if (program === undefined || (!program && r.state !== "scheduled" && run?.state !== r.state)) loadProgram();
-      run = r;
-      renderAll();
-    },
-    onLog: (entries, replace) => { log = replace ? entries : log.concat(entries); renderLog(); json.refresh(); },
-    onMeta: (m, replace) => { meta = replace ? m : { ...meta, ...m }; renderMeta(); json.refresh(); },
-    onOutput: (offset, bytes) => { output.append(offset, bytes); renderOutputInfo(); },
-    onStatus: (status) => {
-      const words = { connecting: "connecting…", connected: "live", finished: "", disconnected: "reconnecting…", missing: "" };
-      feedState.textContent = words[status] ?? status;
-      feedState.dataset.status = status;
-      if (status === "missing") main.replaceChildren(h("div", { class: "banner error" }, `No run ${runId}.`));
-    },
-  }, TAIL);
-  feed.start();
+  // Show output `name`: the run's feed opened again for it (the run, log and metadata
+  // come again with it, as on a reconnection), the tail first, then live.
+  const follow = (name) => {
+    if (gone) return;
+    feed?.stop();
+    shown = name;
+    output = new Output(pre);
+    // A feed left behind says nothing more (a message may be on its way as it closes).
+    const only = (handler) => (...args) => { if (feed === mine) handler(...args); };
+    const mine = new RunFeed(runId, {
+      onRun: only((r) => {
+        // The program is bound as the run leaves `scheduled`: ask again then.
+        if (program === undefined || (!program && r.state !== "scheduled" && run?.state !== r.state)) loadProgram();
+        run = r;
+        renderAll();
+      }),
+      onLog: only((entries, replace) => { log = replace ? entries : log.concat(entries); renderLog(); json.refresh(); }),
+      onMeta: only((m, replace) => { meta = replace ? m : { ...meta, ...m }; renderMeta(); renderTabs(); json.refresh(); }),
+      onOutput: only((offset, bytes) => { output.append(offset, bytes); renderOutputInfo(); }),
+      onStatus: only((status) => {
+        const words = { connecting: "connecting…", connected: "live", finished: "", disconnected: "reconnecting…", missing: "" };
+        feedState.textContent = words[status] ?? status;
+        feedState.dataset.status = status;
+        if (status === "missing") main.replaceChildren(h("div", { class: "banner error" }, `No run ${runId}.`));
+      }),
+    }, TAIL, name);
+    feed = mine;
+    tabs.select(name);
+    history.replaceState(null, "", urlWithOutput(name));
+    renderOutputInfo();
+    mine.start();
+  };
+  follow(shown);
   const tick = setInterval(() => {
     const el = document.getElementById("elapsed");
     if (el?.dataset.since) el.textContent = duration((summary.now() - parseTime(el.dataset.since)) / 1000);
@@ -207,7 +258,8 @@ export function mount(main, app, [runId]) {
   const stopLate = tickElapsed(summaryBox, () => summary.now());
   window.addEventListener("zonechange", renderAll);
   return () => {
-    feed.stop(); clearInterval(tick); stopLate();
+    gone = true;
+    feed?.stop(); clearInterval(tick); stopLate();
     window.removeEventListener("zonechange", renderAll);
     document.title = "Apsis";
   };
