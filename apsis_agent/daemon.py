@@ -190,12 +190,30 @@ class Daemon:
         keeper = cgroups.Keeper(layout, self.epoch, orphans=orphans) if layout else None
         if orphans is not None and layout is None:
             log.warning("no cgroups: processes runs leave behind are not killed (orphans)")
+
+        def info() -> AgentInfo:
+            return AgentInfo(
+                agent_id=self._settings.agent_id,
+                epoch=self.epoch,
+                version=__version__,
+                pid=os.getpid(),
+                user=getpass.getuser(),
+                hostname=socket.gethostname(),
+                boot_id=spawner.read_boot_id(),
+                running=procs.running,
+                outbox_pending=outbox.pending,
+                acked_seq=outbox.acked_seq,
+                max_procs=procs.limits.max_procs,
+                draining=procs.draining,
+            )
+
         sender = Sender(
             outbox,
             self.config,
             self.epoch,
             Delivery(heartbeat=options.heartbeat),
             lambda: self._acked(procs),
+            info,
         )
         procs = Procs(
             state.procs,
@@ -216,22 +234,6 @@ class Daemon:
         adopted = procs.recover(self.epoch)
         procs.remove_reported()
         log.info("epoch %d: %d processes re-adopted", self.epoch, adopted)
-
-        def info() -> AgentInfo:
-            return AgentInfo(
-                agent_id=self._settings.agent_id,
-                epoch=self.epoch,
-                version=__version__,
-                pid=os.getpid(),
-                user=getpass.getuser(),
-                hostname=socket.gethostname(),
-                boot_id=spawner.read_boot_id(),
-                running=procs.running,
-                outbox_pending=outbox.pending,
-                acked_seq=outbox.acked_seq,
-                max_procs=procs.limits.max_procs,
-                draining=procs.draining,
-            )
 
         def drain() -> None:
             procs.draining = True

@@ -4,8 +4,9 @@ Each POST carries the oldest unacknowledged events (up to a count and a byte
 budget, output bytes read from the files now); the server answers the highest
 contiguous sequence number it applied, and everything up to it leaves the
 outbox. With nothing to send, an empty batch every `heartbeat` seconds tells the
-server the agent is alive. There is no give-up: an unreachable server only means
-the events wait on disk.
+server the agent is alive; once a heartbeat period a batch also carries what
+`GET /agent` would answer (`info`), so the server need not poll. There is no
+give-up: an unreachable server only means the events wait on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import random
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +26,7 @@ from apsis_agent.outbox import Outbox
 from apsis_agent.state import Keys, Settings
 from apsis_common import auth, codec, protocol, tls
 from apsis_common.errors import ProtocolError
-from apsis_common.protocol import Ack
+from apsis_common.protocol import Ack, AgentInfo
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,15 @@ class Sender:
         epoch: int,
         delivery: Delivery,
         on_ack: Callable[[], None],
+        info: Callable[[], AgentInfo],
     ) -> None:
         self._outbox = outbox
         self._config = config
         self._epoch = epoch
         self._delivery = delivery
         self._on_ack = on_ack
+        self._info = info
+        self._info_sent = -float("inf")  # monotonic time of the last accepted info
         self._wake = asyncio.Event()
         self._retry = asyncio.Event()
         self._client: httpx.AsyncClient | None = None
@@ -108,15 +113,19 @@ class Sender:
         settings, keys = self._config()
         envelopes, last = self._outbox.batch(self._delivery.max_events, self._delivery.max_bytes)
         outbox = self._outbox
-        body = codec.encode(
-            {
-                "agent_id": settings.agent_id,
-                "epoch": self._epoch,
-                "events": envelopes,
-                "instance": outbox.instance,
-                "acked": outbox.acked_seq,
-            }
-        )
+        now = time.monotonic()
+        batch = {
+            "agent_id": settings.agent_id,
+            "epoch": self._epoch,
+            "events": envelopes,
+            "instance": outbox.instance,
+            "acked": outbox.acked_seq,
+        }
+        with_info = now - self._info_sent >= self._delivery.heartbeat
+        if with_info:
+            batch["info"] = self._info()
+        body = codec.encode(batch)
+        del batch
         del envelopes  # the bytes live on in `body` only
         try:
             ack = await self._post(settings, keys, body)
@@ -132,6 +141,8 @@ class Sender:
             log.info("webhook %s reachable again", settings.webhook_url)
             self._last_problem = None
         self.connected = True
+        if with_info:
+            self._info_sent = now
         if last <= self._outbox.acked_seq:
             return True  # a heartbeat
         try:

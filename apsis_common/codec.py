@@ -13,6 +13,7 @@ from apsis_common.protocol import (
     EVENT_TYPES,
     JSON,
     MSGPACK,
+    AgentInfo,
     Envelope,
     Event,
     EventBatch,
@@ -103,6 +104,7 @@ class _EventBatch(msgspec.Struct, frozen=True):
     events: tuple[_Envelope, ...]
     instance: str = ""
     acked: int = 0
+    info: AgentInfo | None = None
 
 
 _SHAPES: dict[type[Any], type[Any]] = {EventBatch: _EventBatch, Envelope: _Envelope}
@@ -122,7 +124,9 @@ def _with_events(value: Any) -> Any:
                 events.append(Envelope(envelope.seq, _event(envelope.event)))
             except ProtocolError as exc:
                 raise ProtocolError(f"EventBatch events[{i}]: {exc}") from None
-        return EventBatch(value.agent_id, value.epoch, tuple(events), value.instance, value.acked)
+        return EventBatch(
+            value.agent_id, value.epoch, tuple(events), value.instance, value.acked, value.info
+        )
     if isinstance(value, _Envelope):
         return Envelope(value.seq, _event(value.event))
     return value

@@ -329,6 +329,9 @@ class EventBatch:
     state dir starts a new one at 1) and `acked` is the highest sequence number the
     agent holds as acknowledged: together they let the server tell a sequence that
     restarted, or its own ack left behind by a restore, from a lost acknowledgement.
+    `info` (at most once a heartbeat period) is what `GET /agent` answers, so the
+    server need not ask each agent for it: an older agent leaves it out (and is
+    asked), an older server decodes it away.
     """
 
     agent_id: str
@@ -336,6 +339,7 @@ class EventBatch:
     events: tuple[Envelope, ...]
     instance: str = ""
     acked: int = 0
+    info: AgentInfo | None = None
 
 
 @dataclass(frozen=True)

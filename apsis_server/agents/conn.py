@@ -53,6 +53,8 @@ class AgentConn:
     failures: int = 0
     running: int | None = None  # as the agent reports it
     outbox_pending: int | None = None
+    # When the agent last said what it is with a heartbeat, and what.
+    info: tuple[float, p.AgentInfo] | None = None
     drained_version: str | None = None
     spawned: bool = False
     in_group: bool = False

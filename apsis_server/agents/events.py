@@ -51,7 +51,7 @@ def webhook_route(registry: Registry, facts: Facts, verifier: Verifier) -> Route
             return Response(str(exc), status_code=400)
         if agent_id is None or batch.agent_id != agent_id:
             return Response(status_code=401)
-        registry.heard_from(agent_id, facts.engine.clock())
+        registry.heard_from(agent_id, facts.engine.clock(), batch.info)
         try:
             acked = await facts.apply(agent_id, batch)
         except Unavailable as exc:

@@ -307,12 +307,15 @@ class Keeper:
         return p.BootstrapReady(static.port, info.pid, info.epoch, info.version, True)
 
     async def _poll(self, conn: AgentConn) -> None:
-        """What the agent says about itself: version, load, outbox."""
+        """What the agent says about itself: version, load, outbox (sent with its
+        heartbeats; an agent of an older version is asked)."""
         client = conn.dispatcher.client
         if client is None:
             return
         with contextlib.suppress(ApsisError):
-            info = await client.info()
+            told = conn.info
+            fresh = told is not None and self._clock() - told[0] <= 2 * self.settings.heartbeat
+            info = told[1] if told is not None and fresh else await client.info()
             conn.running, conn.outbox_pending = info.running, info.outbox_pending
             if info.epoch != conn.epoch or info.version != conn.version:
                 conn.epoch, conn.version, conn.pid = info.epoch, info.version, info.pid

@@ -258,10 +258,13 @@ class Registry:
             raise Unavailable(f"agent {agent_id} is not connected")
         return await client.output(proc_id, start, stop, fd)
 
-    def heard_from(self, agent_id: str, now: float) -> None:
+    def heard_from(self, agent_id: str, now: float, info: p.AgentInfo | None = None) -> None:
+        """A batch from the agent (a heartbeat, maybe with what it says of itself)."""
         conn = self.agents.get(agent_id)
         if conn is not None:
             conn.last_heartbeat = now
+            if info is not None and info.agent_id == agent_id:
+                conn.info = (now, info)  # the keeper reads it instead of asking
             self._want(conn)
             if conn.state == AgentState.DISCONNECTED and conn.dispatcher.client is not None:
                 conn.state = AgentState.CONNECTED

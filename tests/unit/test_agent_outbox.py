@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from apsis_agent.outbox import Ledger, Outbox
@@ -14,6 +16,7 @@ from apsis_agent.sender import Delivery, Sender
 from apsis_common import codec
 from apsis_common.protocol import (
     Ack,
+    AgentInfo,
     AgentStarted,
     EventBatch,
     ExitInfo,
@@ -24,6 +27,10 @@ from apsis_common.protocol import (
 from tests.harness import run_async
 
 EXIT = ExitInfo(0, 0, None, False, {}, 1.0)
+
+
+def _info() -> AgentInfo:
+    return AgentInfo("a", 1, "v", 1, "u", "h", "b", 0, 0, 0, 10, False)
 
 
 def _batch(outbox: Outbox, max_events: int = 100, max_bytes: int = 1 << 20) -> EventBatch:
@@ -206,7 +213,7 @@ def test_an_ack_that_cannot_be_stored_is_retried_not_fatal(tmp_path: Path) -> No
     outbox.flush()
     acks: list[int] = []
     settings = SimpleNamespace(agent_id="a", webhook_url="http://127.0.0.1:1/")
-    sender = Sender(outbox, lambda: (settings, None), 1, Delivery(), lambda: acks.append(1))  # type: ignore[arg-type, return-value]
+    sender = Sender(outbox, lambda: (settings, None), 1, Delivery(), lambda: acks.append(1), _info)  # type: ignore[arg-type, return-value]
 
     async def post(*_: Any) -> Ack:
         return Ack(3)
@@ -217,4 +224,33 @@ def test_an_ack_that_cannot_be_stored_is_retried_not_fatal(tmp_path: Path) -> No
     outbox.full = False
     assert run_async(sender._send_one)
     assert outbox.acked_seq == 3 and acks == [1]
+    outbox.close()
+
+
+def test_heartbeats_carry_the_agents_info_once_a_period(tmp_path: Path) -> None:
+    """What `GET /agent` answers rides on a batch once a heartbeat period (so the
+    server need not poll every agent): not on every batch, and again once the
+    period has passed; a batch that was not accepted does not count."""
+    outbox = Outbox(tmp_path / "o.sqlite")
+    settings = SimpleNamespace(agent_id="a", webhook_url="http://127.0.0.1:1/")
+    sender = Sender(outbox, lambda: (settings, None), 1, Delivery(heartbeat=0.3), list, _info)  # type: ignore[arg-type, return-value]
+    sent: list[dict[str, Any]] = []
+    refuse = [True]
+
+    async def post(_settings: Any, _keys: Any, body: bytes) -> Ack:
+        sent.append(codec.decode_plain(body))
+        if refuse[0]:
+            raise httpx.ConnectError("refused")
+        return Ack(0)
+
+    sender._post = post  # type: ignore[method-assign, assignment]
+    assert not run_async(sender._send_one)
+    refuse[0] = False
+    for _ in range(3):
+        assert run_async(sender._send_one)
+    time.sleep(0.35)
+    assert run_async(sender._send_one)
+    with_info = ["info" in body for body in sent]
+    assert with_info == [True, True, False, False, True], with_info
+    assert codec.decode(EventBatch, codec.encode(sent[1])).info == _info()
     outbox.close()

@@ -87,9 +87,10 @@ def test_event_batch_round_trip() -> None:
 
 def test_event_batch_wire_format_is_unchanged() -> None:
     """The events as agents have always sent them; a batch now also names its
-    sequence (`instance`) and the agent's ack, which a batch from an older agent
-    lacks and still decodes without."""
-    assert codec.decode_plain(codec.encode(BATCH)) == {**WIRE, "instance": "", "acked": 0}
+    sequence (`instance`), the agent's ack and, once a heartbeat, its `info`, which
+    a batch from an older agent lacks and still decodes without."""
+    plain = codec.decode_plain(codec.encode(BATCH))
+    assert plain == {**WIRE, "instance": "", "acked": 0, "info": None}
     decoded = codec.decode(p.EventBatch, codec.encode(WIRE))
     assert decoded == BATCH
     assert [type(e.event) for e in decoded.events] == [type(e) for e in EVENTS]
