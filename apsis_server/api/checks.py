@@ -22,6 +22,7 @@ from apsis_server.api.views import checks_view, encode
 from apsis_server.core.checks import AgentSeen, CheckSettings, Facts, Finding, find
 from apsis_server.core.jobs import next_times
 from apsis_server.core.runs import Run
+from apsis_server.core.schedule_types import PluginSchedule
 from apsis_server.engine.engine import Engine
 from apsis_server.store.base import RunFilter
 
@@ -90,10 +91,16 @@ class Checker:
     def _facts(self, now: float) -> Facts:
         engine = self.engine
         next_due = {}
+        failures = {}
         for job in engine.jobs.values():
             due = next_times(job, now, 1)
             if due and due[0].time <= now + self.horizon:
                 next_due[job.job_id] = due[0].time
+            for schedule in job.schedules:
+                if isinstance(schedule, PluginSchedule) and schedule.failure:
+                    failures[job.job_id] = (
+                        f"its {schedule.type_name} schedule {schedule.failure[0]}"
+                    )
         since = now - self.settings.late_window
         started = engine.query(RunFilter(since=since, until=now, limit=1000))
         recent = engine.query(RunFilter(states=tuple(FINISHED), limit=RECENT_FINISHED))
@@ -115,7 +122,8 @@ class Checker:
             for conn in self.registry.agents.values()
         ]
         agents += [AgentSeen(a, "unknown", None, None, runs) for a, runs in running.items()]
-        return Facts(now, next_due, list(engine.runs.values()), started, last, agents)
+        unfinished = list(engine.runs.values())
+        return Facts(now, next_due, unfinished, started, last, agents, failures)
 
 
 async def _post(

@@ -25,6 +25,7 @@ class Check(StrEnum):
     ORPHANED = "orphaned"  # runs `running` on an agent that has fewer processes
     SILENT_AGENT = "silent-agent"  # an agent not heard from past its heartbeat
     FAILING = "failing"  # a job whose last runs all failed
+    SCHEDULE_FAILED = "schedule-failed"  # a plugin schedule that raised, or gave no time
 
 
 class Severity(StrEnum):
@@ -78,6 +79,8 @@ class Facts:
     # Per job: its last finished runs, newest first (at least `failures` of them).
     last_finished: Mapping[str, Sequence[Run]] = field(default_factory=dict)
     agents: Sequence[AgentSeen] = ()
+    # Per job: what went wrong in a plugin schedule's rule.
+    schedule_failures: Mapping[str, str] = field(default_factory=dict)
 
 
 def find(facts: Facts, settings: CheckSettings) -> list[Finding]:
@@ -88,6 +91,7 @@ def find(facts: Facts, settings: CheckSettings) -> list[Finding]:
         *_late_starts(facts, settings),
         *_agents(facts, settings),
         *_failing(facts, settings),
+        *_schedule_failures(facts),
     ]
     return sorted(found, key=lambda f: (f.severity != Severity.ERROR, f.check, f.message))
 
@@ -123,6 +127,17 @@ def _no_run_ahead(facts: Facts) -> Iterable[Finding]:
                 _job_link(job_id),
                 job_id=job_id,
             )
+
+
+def _schedule_failures(facts: Facts) -> Iterable[Finding]:
+    for job_id, failure in sorted(facts.schedule_failures.items()):
+        yield Finding(
+            Check.SCHEDULE_FAILED,
+            Severity.ERROR,
+            f"job {job_id}: {failure}",
+            _job_link(job_id),
+            job_id=job_id,
+        )
 
 
 def _overdue(facts: Facts, settings: CheckSettings) -> Iterable[Finding]:

@@ -443,20 +443,33 @@ class ScheduleRule(Protocol):
 class PluginSchedule(ScheduleBase):
     """A schedule of a plugin type: its times are the rule's, in UTC; the keys every
     schedule has (`enabled`, `args`, `start_date`, `end_date`, `jitter`) work as for
-    the built-in types. A rule that raises yields no more times."""
+    the built-in types. A rule that raises yields no more times, and says why in
+    `failure` (the sanity checker reports it); a time that is not a finite number
+    is skipped, and said there too."""
 
     type_name: str
     rule: ScheduleRule = field(compare=False)
+    # What went wrong in the rule last (a one-item list: the dataclass is frozen).
+    failure: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def slots(self, start: float) -> Iterator[Slot]:
-        times = self.rule.times(start)
+        try:
+            times = iter(self.rule.times(start))
+        except Exception as exc:
+            self.failure[:] = [f"times() raised {type(exc).__name__}: {exc}"[:300]]
+            return
         while True:
             try:
                 t = next(times)
-            except Exception:  # StopIteration too: the plugin's bug ends its times
+            except StopIteration:
+                return
+            except Exception as exc:  # the plugin's bug ends its times
+                self.failure[:] = [f"times() raised {type(exc).__name__}: {exc}"[:300]]
                 return
             if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t):
                 yield _utc_slot(float(t))
+            else:
+                self.failure[:] = [f"times() gave {t!r}, not a time"[:300]]
 
     def describe(self) -> str:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from apsis_common.states import State
 from apsis_server.core.checks import (
     AgentSeen,
@@ -13,6 +15,7 @@ from apsis_server.core.checks import (
     find,
 )
 from apsis_server.core.runs import Run
+from apsis_server.core.schedule_types import PluginSchedule
 
 NOW = 100_000.0
 S = CheckSettings(overdue=60, late=60, late_window=3600, silent=30, failures=3)
@@ -146,3 +149,46 @@ def test_errors_come_first_and_counts_cover_every_pair() -> None:
     assert table[Check.OVERDUE, Severity.ERROR] == 1
     assert table[Check.FAILING, Severity.WARNING] == 1
     assert sum(table.values()) == 2
+
+
+class _Breaking:
+    """A plugin schedule's rule with a bug: two times, then an exception."""
+
+    def times(self, start: float) -> Iterator[float]:
+        yield start + 10
+        yield start + 20
+        raise ValueError("no calendar for 2027")
+
+    def describe(self) -> str:
+        return "breaks"
+
+
+def test_a_plugin_schedule_that_raises_is_a_finding_not_silence() -> None:
+    """Its times end where it raised (nothing more is planned from it), and the
+    checker says so with what it raised: not a job that quietly stops running."""
+    schedule = PluginSchedule(type_name="acme-calendar", rule=_Breaking(), job_id="a")
+    assert [d.time for d in schedule.due(NOW, ())] == [NOW + 10, NOW + 20]
+    assert schedule.failure == ["times() raised ValueError: no calendar for 2027"]
+    failures = {"a": f"its acme-calendar schedule {schedule.failure[0]}"}
+    [finding] = find(Facts(NOW, schedule_failures=failures), S)
+    assert (finding.check, finding.severity, finding.link) == (
+        Check.SCHEDULE_FAILED,
+        Severity.ERROR,
+        "/jobs/a",
+    )
+    assert finding.message == (
+        "job a: its acme-calendar schedule times() raised ValueError: no calendar for 2027"
+    )
+    # A rule giving something that is not a time is said too (the time is skipped).
+    odd = PluginSchedule(type_name="odd", rule=_Odd(), job_id="b")
+    assert [d.time for d in odd.due(NOW, ())] == [NOW + 1]
+    assert odd.failure == ["times() gave 'soon', not a time"]
+
+
+class _Odd:
+    def times(self, start: float) -> Iterator[float]:
+        yield "soon"  # type: ignore[misc]
+        yield start + 1
+
+    def describe(self) -> str:
+        return "odd"
