@@ -34,7 +34,9 @@ class QuietAgents:
     def withdraw(self, agent_id: str, proc_id: str) -> None:
         self.starts = [s for s in self.starts if s.proc_id != proc_id]
 
-    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+    async def output(
+        self, agent_id: str, proc_id: str, start: int, stop: int, fd: int = 1
+    ) -> bytes:
         return b""
 
 

@@ -17,6 +17,7 @@ from apsis_server.core.programs import parse_program
 from apsis_server.core.templates import Templates
 from apsis_server.engine.engine import Engine
 from apsis_server.engine.operations import Operations
+from apsis_server.store.base import STDOUT
 from apsis_server.store.memory import MemoryStore
 from tests.harness import run_async
 
@@ -33,7 +34,9 @@ class NoAgents:
 
     def withdraw(self, agent_id: str, proc_id: str) -> None: ...
 
-    async def output(self, agent_id: str, proc_id: str, start: int, stop: int) -> bytes:
+    async def output(
+        self, agent_id: str, proc_id: str, start: int, stop: int, fd: int = 1
+    ) -> bytes:
         return b""
 
 
@@ -97,8 +100,8 @@ def test_run_subscriber_queues_output_markers_not_bytes() -> None:
     sub = feeds.runs.subscribe(run.run_id, True, 0)
     assert isinstance(sub, RunSubscriber)
     assert [m["type"] for m in queued(sub)] == ["run", "log", "meta", "output"]
-    eng.add_output(run.run_id, 0, b"x" * 100_000)
-    eng.add_output(run.run_id, 100_000, b"y" * 10)
+    eng.add_output(run.run_id, STDOUT, 0, b"x" * 100_000)
+    eng.add_output(run.run_id, STDOUT, 100_000, b"y" * 10)
     eng.commit()
     assert queued(sub) == [Mark.OUTPUT]  # one marker for both chunks
     assert sub.end == 100_010 and sub.sent == 0
