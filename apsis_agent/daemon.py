@@ -205,6 +205,7 @@ class Daemon:
                 acked_seq=outbox.acked_seq,
                 max_procs=procs.limits.max_procs,
                 draining=procs.draining,
+                instance=outbox.instance,
             )
 
         sender = Sender(

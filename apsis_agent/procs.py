@@ -302,6 +302,12 @@ class Procs:
             if known.digest == spec_digest(spec):
                 return None
             raise Conflict(f"conflict: process {proc_id!r} exists with a different spec")
+        if item.instance and item.instance != self._outbox.instance:
+            raise Conflict(
+                "this start was sent before the agent's state was reset (event sequence"
+                f" {item.instance}, now {self._outbox.instance}): it may have started then,"
+                " so it is not started again"
+            )
         try:
             proc = registry.create(self._root, proc_id, spec, self._spares)
         except OSError as exc:

@@ -90,6 +90,10 @@ class ProcSpec:
 class StartProc:
     proc_id: str
     spec: ProcSpec
+    # The agent's event sequence (`AgentInfo.instance`) the start was first sent to,
+    # if known: an agent whose state was reset since (another sequence) refuses it,
+    # as it may have started it before. Older agents ignore it.
+    instance: str = ""
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,9 @@ class AgentInfo:
     acked_seq: int
     max_procs: int
     draining: bool
+    # Its event sequence (`EventBatch.instance`): another one than before means its
+    # state was reset. Older agents leave it out.
+    instance: str = ""
 
 
 # -- agent → server (webhook) ---------------------------------------------------

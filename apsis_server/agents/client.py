@@ -47,6 +47,10 @@ class AgentClient:
         self.base_url = base_url
         self._key = key
         self._epoch = epoch
+        # The agent's event sequence, as it said when reconciled ("": not known).
+        self.instance = ""
+        # The agent's event sequence, as it said when reconciled ("": not known).
+        self.instance = ""
         self._http = Http11Client(base_url, client_context(ca_pem), timeout)
 
     async def close(self) -> None:

@@ -7,11 +7,16 @@ a proc id at most once, a repeated start is harmless. A start the agent can neve
 take (it cannot be encoded, is over the agent's size limit, or is refused as
 malformed) is not retried: its batch is split until that start stands alone, it
 is refused, and the rest go on, so one bad run never holds up another.
+
+A start carries the agent's event sequence it was first sent to (`instance`): an
+agent whose state was reset since, in another sequence, refuses it, as it may
+have started the program before (the run ends `error`, never started twice).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import itertools
 import logging
@@ -72,6 +77,8 @@ class Dispatcher:
         self.client: AgentClient | None = None
         self._starts: dict[str, p.StartProc] = {}
         self._sending: set[str] = set()  # proc ids of starts in a batch in flight
+        # Per proc id: the agent's event sequence its start was first sent to.
+        self._first: dict[str, str] = {}
         self._commands: list[Command] = []
         self._wake = asyncio.Event()
 
@@ -122,10 +129,19 @@ class Dispatcher:
 
     async def _send_starts(self, client: AgentClient, reports: Reports) -> None:
         while batch := self._unsent_batch():
+            fresh = [proc.proc_id for proc in batch if proc.proc_id not in self._first]
+            batch = [self._stamped(proc, client.instance) for proc in batch]
             ids = [proc.proc_id for proc in batch]
             self._sending.update(ids)
             try:
                 results = await _start(client, batch)
+            except Unavailable as exc:
+                if not isinstance(exc.__cause__, TimeoutError):
+                    # No answer, the connection refused or dropped: no agent took
+                    # them (one that timed out may yet have been taken).
+                    for proc_id in fresh:
+                        self._first.pop(proc_id, None)
+                raise
             finally:
                 self._sending.difference_update(ids)
             for proc_id in ids:
@@ -136,8 +152,16 @@ class Dispatcher:
             accepted = [r for r in results if r.status != p.StartStatus.REFUSED]
             reports.accepted(self.agent_id, accepted)
 
+    def _stamped(self, proc: p.StartProc, instance: str) -> p.StartProc:
+        """The start as it goes now: with the sequence it first went to (this one,
+        the first time; none when the agent does not say)."""
+        first = self._first.setdefault(proc.proc_id, proc.instance or instance)
+        return proc if first == proc.instance else dataclasses.replace(proc, instance=first)
+
     def withdraw(self, proc_id: str) -> None:
-        """Drop a start not yet sent: its run has ended (one in flight goes on)."""
+        """Drop a start not yet sent: its run has left `starting` (one in flight goes
+        on); it is never sent again."""
+        self._first.pop(proc_id, None)
         if proc_id not in self._sending:
             self._starts.pop(proc_id, None)
 

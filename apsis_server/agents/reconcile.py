@@ -4,6 +4,10 @@
 | only the server, run starting | ask again: starts are idempotent by proc id |
 | only the server, run running | the run errors: the agent has no such process |
 | only the agent, no unfinished run | stop it if it runs, then delete it |
+
+Asking again is safe only while the agent keeps its state: a start carries the
+agent's event sequence it was first sent to (agents/dispatch.py), and an agent
+whose state was reset since refuses it (the run ends `error`, never started twice).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 async def reconcile(engine: Engine, agent_id: str, client: AgentClient) -> None:
     """Bring the engine's view of `agent_id`'s processes in line with the agent's."""
     try:
+        client.instance = (await client.info()).instance
         procs = {s.proc_id: s for s in await client.procs()}
     except ApsisError as exc:
         log.warning("agent %s: cannot list processes: %s", agent_id, exc)

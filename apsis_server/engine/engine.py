@@ -190,10 +190,11 @@ class Engine(EngineView):
         """Ask an agent to act once the current changes are committed."""
         self._journal.request(agent_id, command)
 
-    def resend_start(self, run: Run) -> None:
-        """Ask the run's agent again to start its proc (starts are idempotent)."""
+    def resend_start(self, run: Run, instance: str = "") -> None:
+        """Ask the run's agent again to start its proc (starts are idempotent);
+        `instance`: the agent's event sequence it was first sent to, if known."""
         if run.agent_id and run.proc_id and isinstance(run.program, BoundProcess):
-            start = p.StartProc(run.proc_id, proc_spec(run, run.program))
+            start = p.StartProc(run.proc_id, proc_spec(run, run.program), instance)
             self._journal.request(run.agent_id, start)
 
     # -- committing ------------------------------------------------------------------

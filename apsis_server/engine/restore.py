@@ -79,7 +79,9 @@ def _rearm(engine: Engine, run: Run) -> None:
     elif run.state == State.WAITING:
         engine.wait(run)
     elif run.state == State.STARTING:
-        engine.resend_start(run)
+        # Sent before this server stopped, to the agent's last known event sequence:
+        # an agent whose state was reset since refuses it (it may have started it).
+        engine.resend_start(run, engine.store.instance(run.agent_id or ""))
     elif run.state in (State.RUNNING, State.STOPPING) and isinstance(run.program, BoundNoOp):
         # It ends when it would have, had the server not stopped (or at once, if past).
         end = run.times.get(State.RUNNING.value, engine.clock()) + run.program.duration

@@ -84,3 +84,40 @@ def test_a_server_restored_from_a_backup_skips_forward(tmp_path: Path) -> None:
             run_ok(server, n)  # no gap waited on: each runs in seconds
         assert "the server is behind the agent" in server.log()
         assert "gap after" not in server.log()
+
+
+def test_a_start_the_wiped_agent_may_have_made_is_not_made_again(tmp_path: Path) -> None:
+    """The agent took a start (its answer reached the server) but had not yet said the
+    program started when its state was wiped (the host reinstalled): the new agent
+    cannot say whether the old one started it, so the run ends `error` with that
+    reason — never a second start. Later runs go to the new agent as usual."""
+    marks = tmp_path / "marks"
+    command = f"echo {{{{ run_id }}}} >> {marks}"
+    jobs = {**JOBS, "marked": f"program: {{type: shell, command: '{command}'}}\n"}
+    with running_server(tmp_path / "server", jobs, CONFIG) as server:
+        run_ok(server, 0)
+        spawner = _spawner(server)
+        os.kill(spawner, signal.SIGSTOP)  # the agent takes starts; nothing is spawned
+        try:
+            run_id = server.post("/runs", {"job_id": "marked"})["run"]["run_id"]
+            assert server.run(run_id)["state"] == "starting"
+            kill_agent(server)
+        finally:
+            os.kill(spawner, signal.SIGKILL)
+        kill_all_under(server.agent_dir)
+        shutil.rmtree(server.agent_dir)
+        run = server.wait_finished(run_id, 30)
+        assert run["state"] == "error", server.get(f"/runs/{run_id}/log")
+        assert "may have started" in run["message"], run
+        run_ok(server, 1)  # a new agent, in a new sequence, takes new starts
+        assert not marks.exists() or run_id not in marks.read_text().split()
+
+
+def _spawner(server: Server) -> int:
+    """The pid of the local agent's spawner (a child of its daemon)."""
+    daemon = server.agent_pid()
+    assert daemon is not None
+    children = Path(f"/proc/{daemon}/task/{daemon}/children").read_text().split()
+    found = [int(c) for c in children if b"spawner" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(found) == 1, children
+    return found[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -24,6 +25,7 @@ class FlakyClient:
     def __init__(self) -> None:
         self.calls = 0
         self.started: list[str] = []
+        self.instance = ""
 
     async def start(self, procs: list[p.StartProc]) -> tuple[p.StartResult, ...]:
         self.calls += 1
@@ -76,6 +78,7 @@ class PickyClient:
     def __init__(self, bad: str) -> None:
         self.bad = bad
         self.batches: list[list[str]] = []
+        self.instance = ""
 
     async def start(self, procs: list[p.StartProc]) -> tuple[p.StartResult, ...]:
         ids = [proc.proc_id for proc in procs]
@@ -153,3 +156,63 @@ def test_an_agents_error_answer_is_read_not_shown_as_bytes() -> None:
     body = codec.encode({"error": "no such process: r1.1"})
     assert reason(Answer(404, {"content-type": p.MSGPACK}, body)) == "no such process: r1.1"
     assert reason(Answer(502, {}, b"bad gateway")) == "bad gateway"
+
+
+class SequencedClient:
+    """An agent in event sequence `instance` that takes every start, or fails them
+    as told (`fail`: the exception the request raises), recording what it got."""
+
+    def __init__(self, instance: str, fail: BaseException | None = None) -> None:
+        self.instance = instance
+        self.fail = fail
+        self.got: list[p.StartProc] = []
+
+    async def start(self, procs: list[p.StartProc]) -> tuple[p.StartResult, ...]:
+        self.got += procs
+        if self.fail is not None:
+            raise self.fail
+        return tuple(p.StartResult(proc.proc_id, p.StartStatus.ACCEPTED) for proc in procs)
+
+
+def _unavailable(cause: BaseException) -> Unavailable:
+    exc = Unavailable("agent unreachable")
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("failure", "stamp"),
+    [
+        (None, "A"),  # taken by the agent of sequence A
+        (_unavailable(TimeoutError()), "A"),  # maybe taken: A may yet start it
+        (_unavailable(ConnectionRefusedError()), "B"),  # never reached A
+        (_unavailable(ConnectionResetError()), "B"),  # dropped unanswered
+    ],
+)
+def test_a_start_carries_the_sequence_it_first_went_to(
+    failure: BaseException | None, stamp: str
+) -> None:
+    """A start sent again after a reconnection carries the event sequence of the
+    agent that (maybe) took it first, so an agent whose state was reset since
+    refuses it; one that never reached an agent goes as new."""
+
+    async def send(dispatcher: Dispatcher, client: SequencedClient) -> None:
+        dispatcher.connected(client)  # type: ignore[arg-type]
+        with contextlib.suppress(Unavailable):
+            await dispatcher._send_starts(client, RecordedReports())  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        dispatcher = Dispatcher("a")
+        start = p.StartProc("r1.1", p.ProcSpec(argv=("true",)))
+        dispatcher.start(start)
+        first = SequencedClient("A", failure)
+        await send(dispatcher, first)
+        assert [s.instance for s in first.got] == ["A"]
+        dispatcher.start(start)  # asked again (the reconciliation with a new agent)
+        again = SequencedClient("B")
+        await send(dispatcher, again)
+        assert [s.instance for s in again.got] == [stamp]
+        dispatcher.withdraw("r1.1")  # the run left `starting`: nothing kept of it
+        assert dispatcher._first == {}
+
+    run_async(scenario)

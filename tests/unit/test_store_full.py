@@ -112,7 +112,12 @@ def test_a_refused_write_keeps_the_changes_too(tmp_path: Path) -> None:
 
 
 class NoProcs:
-    """An agent client whose agent runs nothing (only `procs` is asked)."""
+    """An agent client whose agent runs nothing (only `info` and `procs` are asked)."""
+
+    instance = ""
+
+    async def info(self) -> p.AgentInfo:
+        return p.AgentInfo("local", 1, "v", 1, "u", "h", "b", 0, 0, 0, 10, False, "s1")
 
     async def procs(self) -> list[p.ProcSummary]:
         return []
