@@ -50,7 +50,15 @@ from apsis_agent.provision import provision
 from apsis_agent.state import StateDir
 from apsis_server.agents.events import PATH
 from apsis_server.store.base import RunFilter, RunStore
-from tests.harness import FINISHED, Server, group_alive, kill_all_under, read_port, wait_for
+from tests.harness import (
+    FINISHED,
+    Server,
+    group_alive,
+    kill_all_under,
+    kill_cgroups,
+    read_port,
+    wait_for,
+)
 from tests.proxy import Proxy
 from tests.sshd import agent_command
 
@@ -87,6 +95,7 @@ FAULTS_SQLITE = (
     "partition",
     "server_disk_full",
     "agent_disk_full",
+    "wipe_agent",
 )
 FAULTS_POSTGRES = ("kill_leader", "kill_agent", "stop_agent", "agent_disk_full")
 
@@ -177,6 +186,7 @@ class World:
 
     agent_id: str
     agent_dir: Path
+    wipes = 0  # how many times the agent's state was wiped (`wipe_agent`)
     servers: list[Server]
     marks: Path
 
@@ -211,6 +221,25 @@ class World:
 
     def agent_killed(self, rng: random.Random, history: History) -> None:
         """What follows an agent's death (the server bootstraps a local one again)."""
+
+    def wipe_agent(self, rng: random.Random, history: History) -> None:
+        """The agent's host reinstalled: the daemon and its programs killed, its
+        state dir emptied (the server bootstraps a new agent, in a new sequence)."""
+        pid = self.agent_pid()
+        if pid is None:
+            return
+        history.note(f"agent state wiped (pid {pid} and its programs killed)")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        kill_all_under(self.agent_dir)
+        kill_cgroups(self.agent_dir)
+        for entry in self.agent_dir.iterdir():  # the mount point itself stays
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        self.wipes += 1
+        self.agent_killed(rng, history)
 
     def stop_agent(self, rng: random.Random, history: History) -> None:
         pid = self.agent_pid()
@@ -686,7 +715,7 @@ def check(
         problems += _check_sequence(world, store.ack(world.agent_id))
     finally:
         store.close()
-    problems += _check_logs(world.logs())
+    problems += _check_logs(world.logs(), world.wipes)
     problems += _check_processes(world.agent_dir)
     return problems
 
@@ -741,12 +770,17 @@ def _check_sequence(world: World, acked: int) -> list[str]:
     return problems
 
 
-def _check_logs(text: str) -> list[str]:
-    """Lines that say the two sides' sequences disagreed."""
-    bad = ("gap after seq", "a new event sequence", "the server is behind", "Traceback")
-    return [
+def _check_logs(text: str, wipes: int) -> list[str]:
+    """Lines that say the two sides' sequences disagreed (a new sequence only as
+    often as the agent's state was wiped)."""
+    bad = ("gap after seq", "the server is behind", "Traceback")
+    found = [
         f"log: {line.strip()[:300]}" for line in text.splitlines() if any(b in line for b in bad)
     ]
+    new = [line for line in text.splitlines() if "a new event sequence" in line]
+    if len(new) > wipes:
+        found += [f"log ({len(new)} new sequences, {wipes} wipes): {line[:300]}" for line in new]
+    return found
 
 
 def _check_processes(agent_dir: Path) -> list[str]:
