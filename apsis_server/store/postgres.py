@@ -13,6 +13,7 @@ the main tables to the archive's in one transaction.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import re
@@ -355,13 +356,16 @@ class PostgresStore:
         name: OutputName = OutputName.MERGED,
     ) -> bytes:
         end = self.output_length(run_id, name) if stop is None else stop
-        queries = _output_queries(
-            name, "{pos}, data, codec", "AND {pos} < %s AND {pos} + length > %s"
-        )
-        params = (run_number(run_id), end, start) * len(queries)
+        # As store/sqlite.py's: a range of the key, each table in merged order.
+        where = "AND pos < %s AND {pos} < %s AND {pos} + length > %s ORDER BY pos"
+        params = (run_number(run_id), end, end, start)
         with self._reading() as db:
-            rows = db.execute(" UNION ALL ".join(queries) + " ORDER BY 1", params).fetchall()
-        return stitch(((pos, _decode(data, codec)) for pos, data, codec in rows), start, end)
+            tables = [
+                db.execute(q, params).fetchall()
+                for q in _output_queries(name, "{pos}, data, codec", where)
+            ]
+        pieces = heapq.merge(*tables, key=lambda row: int(row[0]))
+        return stitch(((pos, _decode(data, codec)) for pos, data, codec in pieces), start, end)
 
     def ack(self, agent_id: str) -> int:
         with self._reading() as db:

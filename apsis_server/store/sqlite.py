@@ -7,6 +7,7 @@ loaded whole; history is read by indexed, keyset-paginated queries.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import sqlite3
@@ -121,6 +122,10 @@ def _encode(data: bytes) -> tuple[bytes, str]:
 
 def _decode(data: bytes, codec: str) -> bytes:
     return zlib.decompress(data) if codec == "zlib" else data
+
+
+def _position(piece: tuple[int, bytes]) -> int:
+    return piece[0]
 
 
 def _output_queries(name: OutputName, what: str, where: str) -> list[str]:
@@ -382,12 +387,16 @@ class SqliteStore:
         name: OutputName = OutputName.MERGED,
     ) -> bytes:
         end = self.output_length(run_id, name) if stop is None else stop
-        queries = _output_queries(
-            name, "{pos}, data, codec", "AND {pos} < ? AND {pos} + length > ?"
-        )
-        params = (run_number(run_id), end, start) * len(queries)
-        rows = self._db.execute(" UNION ALL ".join(queries) + " ORDER BY 1", params)
-        return stitch(((pos, _decode(data, codec)) for pos, data, codec in rows), start, end)
+        # A chunk's place in the merged view is never before its offset in its
+        # stream (`offset < end` is a range of the key), and each table read in key
+        # order is in merged order too: the two are merged, not sorted.
+        where = "AND offset < ? AND {pos} < ? AND {pos} + length > ? ORDER BY offset"
+        params = (run_number(run_id), end, end, start)
+        tables = [
+            ((pos, _decode(data, codec)) for pos, data, codec in self._db.execute(q, params))
+            for q in _output_queries(name, "{pos}, data, codec", where)
+        ]
+        return stitch(heapq.merge(*tables, key=_position), start, end)
 
     def ack(self, agent_id: str) -> int:
         row = self._db.execute(
