@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from apsis_common import protocol as p
 from apsis_common.errors import BadInput, Conflict, NotFound, Unavailable
 from apsis_server.agents.client import AgentClient
+from apsis_server.agents.http11 import never_sent
 from apsis_server.agents.reports import Reports
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,8 @@ class Dispatcher:
             try:
                 results = await _start(client, batch)
             except Unavailable as exc:
-                if not isinstance(exc.__cause__, TimeoutError):
-                    # No answer, the connection refused or dropped: no agent took
-                    # them (one that timed out may yet have been taken).
-                    for proc_id in fresh:
+                if never_sent(exc):
+                    for proc_id in fresh:  # no agent can have had them
                         self._first.pop(proc_id, None)
                 raise
             finally:

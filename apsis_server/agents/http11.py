@@ -8,7 +8,11 @@ server's time under load, where start batches are small and frequent.
 
 A request that fails on a reused connection before any byte of an answer (the
 agent closed an idle connection) is sent again on a new one; every request to an
-agent may be repeated (a start is keyed by its proc id).
+agent may be repeated (a start is keyed by its proc id). An idle connection the
+agent has closed is dropped before anything is written to it, so a request that
+could not reach the agent on any connection fails with an error `never_sent` says
+so of: nothing of it left this process (the dispatcher relies on that,
+agents/dispatch.py).
 """
 
 from __future__ import annotations
@@ -38,6 +42,19 @@ class Answer:
 
 class _Stale(Exception):
     """A reused connection was closed before it answered."""
+
+
+_NEVER_SENT = "apsis: nothing of the request was written to any connection"
+
+
+def never_sent(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it) is a request that never left: no connection
+    could be opened and nothing was written to any, so the agent cannot have had it."""
+    while exc is not None:
+        if _NEVER_SENT in getattr(exc, "__notes__", ()):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class Http11Client:
@@ -79,16 +96,27 @@ class Http11Client:
         head.append(f"content-length: {len(body)}")
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         async with self._slots, asyncio.timeout(self._timeout):
+            written = False
             while self._idle:
+                conn = self._idle.pop()
+                if conn[0].at_eof() or conn[1].is_closing():
+                    _close(conn)  # closed by the agent while idle: nothing written
+                    continue
+                written = True
                 with contextlib.suppress(_Stale):
-                    return await self._exchange(self._idle.pop(), method, data, reused=True)
-            conn = await asyncio.open_connection(
-                self._host,
-                self._port,
-                ssl=self._context,
-                server_hostname=self._host,
-                limit=_HEAD_LIMIT,
-            )
+                    return await self._exchange(conn, method, data, reused=True)
+            try:
+                conn = await asyncio.open_connection(
+                    self._host,
+                    self._port,
+                    ssl=self._context,
+                    server_hostname=self._host,
+                    limit=_HEAD_LIMIT,
+                )
+            except OSError as exc:
+                if not written:
+                    exc.add_note(_NEVER_SENT)
+                raise
             return await self._exchange(conn, method, data, reused=False)
 
     async def _exchange(self, conn: _Conn, method: str, data: bytes, reused: bool) -> Answer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import pytest
 
@@ -11,10 +12,10 @@ from apsis_common import codec
 from apsis_common import protocol as p
 from apsis_common.auth import Key
 from apsis_common.errors import BadInput, Unavailable
-from apsis_common.tls import new_ca
+from apsis_common.tls import client_context, new_ca
 from apsis_server.agents.client import AgentClient, reason
 from apsis_server.agents.dispatch import Dispatcher
-from apsis_server.agents.http11 import Answer
+from apsis_server.agents.http11 import Answer, Http11Client, never_sent
 from tests.harness import run_async
 from tests.reports import RecordedReports
 
@@ -174,6 +175,21 @@ class SequencedClient:
         return tuple(p.StartResult(proc.proc_id, p.StartStatus.ACCEPTED) for proc in procs)
 
 
+def _never_sent() -> OSError:
+    """What the HTTP client raises when no connection opened and nothing was written."""
+
+    async def refused() -> None:
+        client = Http11Client("https://127.0.0.1:9", client_context(new_ca().cert_pem))
+        await client.request("POST", "/procs", {})
+
+    try:
+        run_async(refused)
+    except OSError as exc:
+        assert never_sent(exc), exc
+        return exc
+    raise AssertionError("port 9 answered")
+
+
 def _unavailable(cause: BaseException) -> Unavailable:
     exc = Unavailable("agent unreachable")
     exc.__cause__ = cause
@@ -183,18 +199,20 @@ def _unavailable(cause: BaseException) -> Unavailable:
 @pytest.mark.parametrize(
     ("failure", "stamp"),
     [
-        (None, "A"),  # taken by the agent of sequence A
-        (_unavailable(TimeoutError()), "A"),  # maybe taken: A may yet start it
-        (_unavailable(ConnectionRefusedError()), "B"),  # never reached A
-        (_unavailable(ConnectionResetError()), "B"),  # dropped unanswered
+        (lambda: None, "A"),  # taken by the agent of sequence A
+        (lambda: _unavailable(TimeoutError()), "A"),  # maybe taken: A may yet start it
+        (lambda: _unavailable(ConnectionResetError()), "A"),  # A may have run it, then died
+        (lambda: _unavailable(_never_sent()), "B"),  # nothing of it reached any agent
     ],
 )
 def test_a_start_carries_the_sequence_it_first_went_to(
-    failure: BaseException | None, stamp: str
+    failure: Callable[[], BaseException | None], stamp: str
 ) -> None:
     """A start sent again after a reconnection carries the event sequence of the
     agent that (maybe) took it first, so an agent whose state was reset since
-    refuses it; one that never reached an agent goes as new."""
+    refuses it; one that never left the server goes as new. (Chaos seed 20261208:
+    an agent took a start, ran it and was wiped before answering; the start went
+    again, unmarked, to the new agent, which ran it a second time.)"""
 
     async def send(dispatcher: Dispatcher, client: SequencedClient) -> None:
         dispatcher.connected(client)  # type: ignore[arg-type]
@@ -205,7 +223,7 @@ def test_a_start_carries_the_sequence_it_first_went_to(
         dispatcher = Dispatcher("a")
         start = p.StartProc("r1.1", p.ProcSpec(argv=("true",)))
         dispatcher.start(start)
-        first = SequencedClient("A", failure)
+        first = SequencedClient("A", failure())
         await send(dispatcher, first)
         assert [s.instance for s in first.got] == ["A"]
         dispatcher.start(start)  # asked again (the reconciliation with a new agent)
