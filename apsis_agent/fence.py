@@ -10,10 +10,16 @@ thing on connecting (`PUT /leader`, which also points the webhook at it).
 
 A request without an epoch comes from the only server of a SQLite install and
 passes. Epochs below 0 never pass: a server standing by sends -1.
+
+When the file cannot be written (a full disk), the newer epoch is kept in memory
+and fences all the same, and the file is written with a later request: only a
+restart of the agent in between would forget it (logged once). Refusing the
+request instead would hold up the new leader's stops while the disk is full.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from apsis_common.errors import BadInput, Conflict
@@ -21,12 +27,15 @@ from apsis_common.tls import write_private
 
 PARAM = "leader_epoch"
 
+log = logging.getLogger(__name__)
+
 
 class Fence:
     """The newest epoch seen, persisted in `path`."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._unsaved = False  # the newest epoch is not in the file yet
         try:
             self.newest = int(path.read_text().strip())
         except FileNotFoundError:
@@ -47,6 +56,15 @@ class Fence:
                 f"leader epoch {epoch} is older than epoch {self.newest}, which this "
                 "agent has seen: another server leads now"
             )
-        if epoch > self.newest:
-            write_private(self._path, f"{epoch}\n")
-            self.newest = epoch
+        if epoch > self.newest or self._unsaved:
+            self.newest = epoch = max(epoch, self.newest)
+            try:
+                write_private(self._path, f"{epoch}\n")
+            except OSError as exc:
+                if not self._unsaved:
+                    log.error("cannot persist leader epoch %d (kept in memory): %s", epoch, exc)
+                self._unsaved = True
+                return
+            if self._unsaved:
+                log.info("leader epoch %d persisted", epoch)
+            self._unsaved = False
