@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import json
 import logging
@@ -136,6 +137,7 @@ class Daemon:
         self._options = options
         self._handle = handle
         self._settings: Settings = state.load_settings()
+        self._url_unsaved = False  # the leader's webhook is not in the settings file yet
         self._keys: Keys = state.load_keys()
         self._ssl = tls.server_context(state.cert_file, state.key_file)
         self._stopping = asyncio.Event()
@@ -159,12 +161,22 @@ class Daemon:
         log.info("reloaded keys %s and settings", sorted(self._keys.all))
 
     def follow(self, webhook_url: str) -> None:
-        """A new leader: its webhook takes the events from now on (and after a restart)."""
+        """A new leader: its webhook takes the events from now on (and after a restart).
+
+        A full disk does not stop the following: the URL is kept in memory and
+        written with the leader's next notice (it sends one on every connection)."""
         settings = self._settings
-        if webhook_url == settings.webhook_url:
+        if webhook_url == settings.webhook_url and not self._url_unsaved:
             return
-        self._state.save_settings(settings.agent_id, webhook_url, settings.ca_pem)
-        self._settings = self._state.load_settings()
+        self._settings = dataclasses.replace(settings, webhook_url=webhook_url)
+        try:
+            self._state.save_settings(settings.agent_id, webhook_url, settings.ca_pem)
+        except OSError as exc:
+            if not self._url_unsaved:
+                log.error("events go to %s (a new leader); cannot persist it: %s", webhook_url, exc)
+            self._url_unsaved = True
+            return
+        self._url_unsaved = False
         log.info("events go to %s from now on (a new leader)", webhook_url)
 
     def _acked(self, procs: Procs) -> None:

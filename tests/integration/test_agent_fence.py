@@ -82,3 +82,25 @@ def test_a_new_leader_takes_the_events(tmp_path: Path) -> None:
             assert not old.events("after")
         settings = (agent.state_dir / "agent.json").read_text()
         assert new.url in settings  # and so after a restart too
+
+
+def test_a_new_leader_is_followed_while_the_disk_refuses_its_address(tmp_path: Path) -> None:
+    """The agent's settings cannot be written (a full disk: chaos campaign, a 500
+    and a traceback for each notice): the new leader is followed all the same, and
+    its address reaches the file with its next notice."""
+    with running_agent(tmp_path) as (agent, old):
+        settings_file = agent.state_dir / "agent.json"
+        saved = settings_file.read_text()
+        settings_file.unlink()
+        settings_file.mkdir()  # in the file's way: writing it fails
+        with Receiver(old.keys) as new:
+            new.state.acked = old.state.acked
+            notice = codec.encode(LeaderNotice(new.url))
+            assert agent.request("PUT", "/leader?leader_epoch=2", notice).status_code == 200
+            assert start(agent, "after", "?leader_epoch=2") == 200
+            wait_for(lambda: new.events("after"), 10, "the new leader to hear of it")
+            assert not old.events("after")
+            settings_file.rmdir()
+            settings_file.write_text(saved)
+            assert agent.request("PUT", "/leader?leader_epoch=2", notice).status_code == 200
+            assert new.url in settings_file.read_text()  # and so after a restart too
