@@ -210,14 +210,20 @@ class World:
         """Inject `fault`, hold it a while (drawn from `rng`), and heal it."""
         getattr(self, fault)(rng, history)
 
-    def kill_agent(self, rng: random.Random, history: History) -> None:
+    def _kill_daemon(self, history: History, what: str) -> bool:
+        """SIGKILL the agent's daemon, noting `what` (with its `{pid}`); False if
+        none runs."""
         pid = self.agent_pid()
         if pid is None:
-            return
-        history.note(f"SIGKILL agent pid {pid}")
+            return False
+        history.note(what.format(pid=pid))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        self.agent_killed(rng, history)
+        return True
+
+    def kill_agent(self, rng: random.Random, history: History) -> None:
+        if self._kill_daemon(history, "SIGKILL agent pid {pid}"):
+            self.agent_killed(rng, history)
 
     def agent_killed(self, rng: random.Random, history: History) -> None:
         """What follows an agent's death (the server bootstraps a local one again)."""
@@ -225,12 +231,8 @@ class World:
     def wipe_agent(self, rng: random.Random, history: History) -> None:
         """The agent's host reinstalled: the daemon and its programs killed, its
         state dir emptied (the server bootstraps a new agent, in a new sequence)."""
-        pid = self.agent_pid()
-        if pid is None:
+        if not self._kill_daemon(history, "agent state wiped (pid {pid} and its programs killed)"):
             return
-        history.note(f"agent state wiped (pid {pid} and its programs killed)")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
         kill_all_under(self.agent_dir)
         kill_cgroups(self.agent_dir)
         for entry in self.agent_dir.iterdir():  # the mount point itself stays
