@@ -36,8 +36,8 @@ from typing import Any
 
 from apsis_agent import cgroups
 from apsis_agent.cgroups import Cgroup
-from apsis_agent.spares import Spares
-from apsis_agent.spawner import FILES, read_stat, write_atomic
+from apsis_agent.spares import Spares, empty
+from apsis_agent.spawner import FILES, open_new, read_stat, write_atomic, write_new
 from apsis_common import codec
 from apsis_common.errors import BadInput
 from apsis_common.protocol import (
@@ -181,17 +181,13 @@ def create(root: Path, proc_id: str, spec: ProcSpec, spares: Spares | None = Non
     # The directory is new and only recovery reads the spec, so no temp file and
     # rename: a spec cut short by a crash reads as malformed, as a missing one would.
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        fd = os.open(directory / "spec", flags, 0o600)
-        try:
-            os.write(fd, text)
-        finally:
-            os.close(fd)
+        write_new(str(directory / "spec"), text)
     except OSError:
         # A full disk: the start is refused, and no half-made directory stays behind
         # (nothing would ever remove it while the agent runs).
         with contextlib.suppress(OSError):
             os.unlink(directory / "spec")
+        empty(directory)
         with contextlib.suppress(OSError):
             os.rmdir(directory)
         raise
@@ -335,7 +331,7 @@ def claim(directory: Path) -> bool:
     True if it is the agent's now (no shim can start it any more), False if a shim
     claimed it first (it may have started the program)."""
     try:
-        os.close(os.open(directory / "claim", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(open_new(str(directory / "claim")))
     except FileExistsError:
         return False
     return True

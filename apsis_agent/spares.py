@@ -1,4 +1,6 @@
-"""Spare process directories: empty directories a start renames into `procs/`.
+"""Spare process directories: directories a start renames into `procs/`, empty
+but for the blank files that become its spec, claim, pid and exit (spawner.py,
+`BLANKS`).
 
 Making a directory was the dearest step of a start: ext4's Orlov allocator,
 which spreads `procs/`'s subdirectories over block groups (see
@@ -10,8 +12,10 @@ when starts pause, and a reported process directory, once emptied, becomes one
 instead of being removed. A start with no spare left makes its directory.
 
 A directory enters `spare/` before it is emptied (one rename out of `procs/`),
-so a process directory is never half-empty under its name; one found non-empty
-at start-up (a crash while emptying) is removed.
+so a process directory is never half-empty under its name; one found with more
+than blanks in it at start-up (a crash while emptying) is removed. Emptying keeps
+the files that have blanks, emptied and renamed back: a run then frees no inode
+for them either (see `BLANKS` for why that matters).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import shutil
 from pathlib import Path
 
+from apsis_agent.spawner import BLANK, BLANKS
 from apsis_agent.state import spread_subdirs
 
 # Spares kept: a burst of this many starts makes no directory (each ~4 KB on ext4).
@@ -46,7 +51,7 @@ class Spares:
         last = -1
         for entry in os.scandir(self.path):
             spare = entry.name.isdigit() and entry.is_dir(follow_symlinks=False)
-            if spare and not os.listdir(entry.path):
+            if spare and all(n.startswith(BLANK) for n in os.listdir(entry.path)):
                 self._names.append(entry.name)
                 last = max(last, int(entry.name))
             else:
@@ -79,6 +84,9 @@ class Spares:
         for _ in range(min(count, self.limit - len(self._names))):
             name = str(next(self._numbers))
             os.mkdir(self.path / name, 0o700)
+            for blank in BLANKS:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                os.close(os.open(self.path / name / (BLANK + blank), flags, 0o600))
             self._names.append(name)
 
     def recycle(self, directory: Path) -> bool:
@@ -93,19 +101,23 @@ class Spares:
             return True  # already gone: nothing to do
         except OSError:
             return False  # on another file system, say: the caller removes it
-        empty(self.path / name)
+        empty(self.path / name, keep=True)
         self._names.append(name)
         return True
 
 
-def empty(directory: Path) -> None:
-    """Remove what `directory` holds (a system call per file; subdirectories too)."""
+def empty(directory: Path, keep: bool = False) -> None:
+    """Remove what `directory` holds (a system call per file; subdirectories too);
+    with `keep`, its files that have blanks are emptied and become blanks again."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return
     try:
-        for name in os.listdir(fd):
+        names = set(os.listdir(fd))
+        for name in names:
+            if keep and (name.startswith(BLANK) or (name in BLANKS and _blank(fd, name, names))):
+                continue
             try:
                 os.unlink(name, dir_fd=fd)
             except IsADirectoryError:
@@ -114,6 +126,20 @@ def empty(directory: Path) -> None:
                 pass
     finally:
         os.close(fd)
+
+
+def _blank(fd: int, name: str, names: set[str]) -> bool:
+    """Empty the file `name` in the directory `fd` and make it its blank; False if
+    it is no regular file of ours (then it is removed)."""
+    try:
+        file = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        os.close(file)
+        os.replace(name, BLANK + name, src_dir_fd=fd, dst_dir_fd=fd)
+    except OSError:
+        return False
+    # Two names of one file (a crash between a start's link and unlink): rename
+    # left both; the blank stays.
+    return BLANK + name not in names
 
 
 def _remove(path: Path) -> None:

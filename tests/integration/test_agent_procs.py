@@ -462,4 +462,7 @@ def test_process_directories_come_from_spares_and_go_back(
     wait_for(lambda: not directory.exists(), 5, "the directory to go")
     wait_for(lambda: len(os.listdir(spare)) == spares.LIMIT, 5, "the directory back")
     assert inode in {os.stat(d).st_ino for d in spare.iterdir()}
-    assert all(not os.listdir(d) for d in spare.iterdir())
+    blanks = sorted(spawner.BLANK + name for name in spawner.BLANKS)
+    assert all(sorted(os.listdir(d)) == blanks for d in spare.iterdir())
+    recycled = next(d for d in spare.iterdir() if os.stat(d).st_ino == inode)
+    assert all(os.path.getsize(recycled / name) == 0 for name in blanks)
