@@ -15,17 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from bench import pg
-from bench.live import WORK, LiveServer, static_agent, wait_drained
+from bench.live import LiveServer, scratch_dir, static_agent, wait_drained
 from bench.report import Figure, at_most, median_figures
 from bench.stats import epoch
 from bench.throughput import _response, fetch_runs
@@ -49,8 +46,7 @@ def role(server: LiveServer) -> str | None:
 @contextlib.contextmanager
 def pair(url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
     """Servers a and b on the database at `url`, not started; everything ends after."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="apsis-bench-f1-", dir=WORK))
+    root = scratch_dir("f1")
     a, b = (
         LiveServer(root / name, JOBS, f"store: {{url: '{url}'}}\nserver: {{id: {name}}}\n")
         for name in "ab"
@@ -61,7 +57,6 @@ def pair(url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
     finally:
         a.cleanup()
         b.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
