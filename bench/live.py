@@ -229,8 +229,6 @@ _SCRATCH: list[Path] = []
 def scratch_dir(prefix: str) -> Path:
     """A fresh directory under WORK, removed when the benchmark ends (`discard`)."""
     WORK.mkdir(parents=True, exist_ok=True)
-    if not _SCRATCH:  # the first: what an interrupted benchmark left goes at the end too
-        _SCRATCH.extend(p for p in WORK.glob("apsis-bench-*") if p.is_dir())
     root = Path(tempfile.mkdtemp(prefix=f"apsis-bench-{prefix}-", dir=WORK))
     _SCRATCH.append(root)
     return root
