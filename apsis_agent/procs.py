@@ -679,8 +679,11 @@ class Procs:
         proc = self.get(proc_id)
         if not proc.status.final or proc.final_pending:
             raise Conflict(f"process {proc_id!r} is {proc.status.value}")
+        try:
+            self._outbox.forget(proc_id)
+        except sqlite3.Error as exc:  # a full disk: the server asks again
+            raise Unavailable(f"cannot forget process {proc_id!r} now: {exc}") from None
         self._let_go(proc)
-        self._outbox.forget(proc_id)
         remove_dir(proc.directory)
         del self._procs[proc_id]
 

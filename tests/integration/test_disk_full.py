@@ -306,3 +306,28 @@ def test_a_start_whose_pid_the_disk_refuses_still_ends(tmp_path: Path) -> None:
             exited = wait_for(lambda: receiver.exited("p1"), 15, "p1 to exit")
             assert exited.exit.exit_code == 0, exited
             assert receiver.events("p1", ProcStarted), "its start reported"
+
+
+def test_a_forget_the_full_disk_refuses_is_answered_503(tmp_path: Path) -> None:
+    """The server forgets a finished process with DELETE; while the agent's disk is
+    full its outbox cannot commit that: 503 and Retry-After (the server asks again)
+    with nothing forgotten, then 204 once there is room. Before, a 500 and a
+    traceback each time (the chaos campaign's PostgreSQL half, seed 20261208)."""
+    with mounts() as made:
+        small = tmp_path / "small"
+        small.mkdir()
+        _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small))
+        made.append(small)
+        with running_agent(small) as (agent, receiver):
+            receiver.held.add("p1")  # kept until the server says to forget it
+            agent.start(("p1", sh("echo done")))
+            wait_for(lambda: receiver.exited("p1"), 15, "p1 to exit")
+            filler = fill(small)
+            refused = agent.request("DELETE", "/procs/p1")
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert b"cannot forget process" in refused.content
+            assert agent.request("GET", "/procs/p1").status_code == 200, "nothing forgotten"
+            filler.unlink()
+            assert agent.request("DELETE", "/procs/p1").status_code == 204
+            assert agent.request("GET", "/procs/p1").status_code == 404
