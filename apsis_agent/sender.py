@@ -19,13 +19,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import httpx
+from urllib.parse import urlsplit
 
 from apsis_agent.outbox import Outbox
 from apsis_agent.state import Keys, Settings
 from apsis_common import auth, codec, protocol, tls
 from apsis_common.errors import ProtocolError
+from apsis_common.http11 import Http11Client
 from apsis_common.protocol import Ack, AgentInfo
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,8 @@ class Sender:
         self._info_sent = -float("inf")  # monotonic time of the last accepted info
         self._wake = asyncio.Event()
         self._retry = asyncio.Event()
-        self._client: httpx.AsyncClient | None = None
-        self._client_ca: str | None = None
+        self._client: Http11Client | None = None
+        self._client_for_key: tuple[str, str] | None = None  # (webhook URL, CA)
         self.connected = False
         self._last_problem: str | None = None
 
@@ -101,7 +101,7 @@ class Sender:
                         await self._retry.wait()
         finally:
             if self._client is not None:
-                await self._client.aclose()
+                await self._client.close()
 
     def _backoff(self, failures: int) -> float:
         d = self._delivery
@@ -129,7 +129,7 @@ class Sender:
         del envelopes  # the bytes live on in `body` only
         try:
             ack = await self._post(settings, keys, body)
-        except (httpx.HTTPError, OSError, ProtocolError, ValueError) as exc:
+        except (OSError, EOFError, asyncio.LimitOverrunError, ProtocolError, ValueError) as exc:
             problem = str(exc) or type(exc).__name__
             # Log the first failure of a series and each new kind, not every retry.
             if self.connected or problem != self._last_problem:
@@ -166,29 +166,29 @@ class Sender:
 
     async def _post(self, settings: Settings, keys: Keys, body: bytes) -> Ack:
         client = await self._client_for(settings)
-        url = httpx.URL(settings.webhook_url)
-        target = url.raw_path.decode("ascii")
+        url = urlsplit(settings.webhook_url)
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         headers = auth.sign(keys.current, "POST", target, body)
         headers["content-type"] = protocol.MSGPACK
-        response = await client.post(url, content=body, headers=headers)
-        if response.status_code != 200:
-            raise ValueError(f"status {response.status_code}: {response.text[:200]}")
-        content_type = response.headers.get("content-type", protocol.MSGPACK)
-        return codec.decode(Ack, response.content, content_type)
+        answer = await client.request("POST", target, headers, body)
+        if answer.status != 200:
+            raise ValueError(f"status {answer.status}: {answer.text[:200]}")
+        content_type = answer.headers.get("content-type", protocol.MSGPACK)
+        return codec.decode(Ack, answer.body, content_type)
 
-    async def _client_for(self, settings: Settings) -> httpx.AsyncClient:
-        # A new CA (after a bootstrap) needs a new TLS context, so a new client.
-        if self._client is None or self._client_ca != settings.ca_pem:
+    async def _client_for(self, settings: Settings) -> Http11Client:
+        # A new webhook (a new leader) or a new CA (after a bootstrap): a new client.
+        key = (settings.webhook_url, settings.ca_pem)
+        if self._client is None or self._client_for_key != key:
             if self._client is not None:
-                await self._client.aclose()
-            self._client = httpx.AsyncClient(
-                verify=tls.client_context(settings.ca_pem),
+                await self._client.close()
+            # One connection, kept between heartbeats (the server keeps an idle one
+            # 60 s, KEEP_ALIVE in apsis_server/app.py; one it closed is replaced).
+            self._client = Http11Client(
+                settings.webhook_url,
+                tls.client_context(settings.ca_pem),
                 timeout=self._delivery.timeout,
-                trust_env=False,
-                # Kept between heartbeats (httpx's default, 5 s, is the heartbeat's
-                # period: a TLS handshake for each), and closed before the
-                # server closes it (KEEP_ALIVE in apsis_server/app.py, 60 s).
-                limits=httpx.Limits(keepalive_expiry=max(30.0, 2 * self._delivery.heartbeat)),
+                max_connections=1,
             )
-            self._client_ca = settings.ca_pem
+            self._client_for_key = key
         return self._client

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from apsis_common import __version__
 from apsis_common.auth import Verifier
 from apsis_common.errors import Unavailable
+from apsis_common.serving import H11
 from apsis_common.tls import ensure_ca, server_context
 from apsis_server.agents.events import PATH, webhook_route
 from apsis_server.agents.facts import Facts
@@ -424,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             # Feed messages are sent to many clients: compressing each per client
             # costs more CPU than the bytes it saves on a LAN.
             ws_per_message_deflate=False,
+            http=H11,  # each answer in one write (apsis_common/serving.py)
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
         )

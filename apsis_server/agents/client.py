@@ -11,8 +11,8 @@ from apsis_common import codec
 from apsis_common import protocol as p
 from apsis_common.auth import Key, sign
 from apsis_common.errors import AuthError, BadInput, Conflict, NotFound, Unavailable
+from apsis_common.http11 import Answer, Http11Client
 from apsis_common.tls import client_context
-from apsis_server.agents.http11 import Answer, Http11Client
 
 T = TypeVar("T")
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from apsis_common import protocol as p
 from apsis_common.errors import BadInput, Conflict, NotFound, Unavailable
+from apsis_common.http11 import never_sent
 from apsis_server.agents.client import AgentClient
-from apsis_server.agents.http11 import never_sent
 from apsis_server.agents.reports import Reports
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
 
 from apsis_agent.outbox import Ledger, Outbox
@@ -240,7 +239,7 @@ def test_heartbeats_carry_the_agents_info_once_a_period(tmp_path: Path) -> None:
     async def post(_settings: Any, _keys: Any, body: bytes) -> Ack:
         sent.append(codec.decode_plain(body))
         if refuse[0]:
-            raise httpx.ConnectError("refused")
+            raise ConnectionRefusedError("refused")
         return Ack(0)
 
     sender._post = post  # type: ignore[method-assign, assignment]

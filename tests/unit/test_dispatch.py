@@ -12,10 +12,10 @@ from apsis_common import codec
 from apsis_common import protocol as p
 from apsis_common.auth import Key
 from apsis_common.errors import BadInput, Unavailable
+from apsis_common.http11 import Answer, Http11Client, never_sent
 from apsis_common.tls import client_context, new_ca
 from apsis_server.agents.client import AgentClient, reason
 from apsis_server.agents.dispatch import Dispatcher
-from apsis_server.agents.http11 import Answer, Http11Client, never_sent
 from tests.harness import run_async
 from tests.reports import RecordedReports
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from apsis_common import tls
-from apsis_server.agents.http11 import Http11Client
+from apsis_common.http11 import Http11Client
 from tests.harness import run_async
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

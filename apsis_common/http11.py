@@ -1,10 +1,11 @@
-"""A small HTTP/1.1 client for the server's requests to agents.
+"""A small HTTP/1.1 client: the server's requests to agents, an agent's webhook.
 
 Keep-alive connections over verified TLS (asyncio streams), bodies delimited by
 Content-Length (what uvicorn and starlette answer with; chunked answers are read
 too). Nothing else: no redirects, cookies, proxies or compression, none of which
-an agent uses. httpx did the same with ~4x the CPU per request, a quarter of the
-server's time under load, where start batches are small and frequent.
+either uses. httpx did the same with ~4x the CPU per request: a quarter of the
+server's time under load, where start batches are small and frequent, and a
+sixth of the agent's, posting its events.
 
 A request that fails on a reused connection before any byte of an answer (the
 agent closed an idle connection) is sent again on a new one; every request to an
@@ -68,12 +69,13 @@ class Http11Client:
         max_connections: int = 8,
     ) -> None:
         url = urlsplit(base_url)
-        if url.scheme != "https" or url.hostname is None:
+        if url.scheme not in ("http", "https") or url.hostname is None:
             raise ValueError(f"expected an https:// URL, got {base_url!r}")
         self._host = url.hostname
-        self._port = url.port or 443
+        self._port = url.port or (443 if url.scheme == "https" else 80)
         self._authority = url.netloc
-        self._context = context
+        # Plain HTTP only where a URL says so (an agent's webhook may).
+        self._context = context if url.scheme == "https" else None
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Conn] = []
@@ -110,7 +112,7 @@ class Http11Client:
                     self._host,
                     self._port,
                     ssl=self._context,
-                    server_hostname=self._host,
+                    server_hostname=self._host if self._context is not None else None,
                     limit=_HEAD_LIMIT,
                 )
             except OSError as exc:
