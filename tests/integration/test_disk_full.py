@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from apsis_common.protocol import ProcStarted
-from tests.agent_harness import running_agent, sh
+from tests.agent_harness import Agent, Receiver, running_agent, sh
 from tests.harness import Server, group_alive, wait_for
 
 pytestmark = [
@@ -279,33 +279,40 @@ def _written(server: Server, run_id: str) -> bytes:
     return found[0].read_bytes() if found else b""
 
 
-def test_a_start_whose_pid_the_disk_refuses_still_ends(tmp_path: Path) -> None:
-    """The disk fills between a start's spec and its `pid` (the spec takes the last
-    page): the program runs all the same, the daemon is told, writes the `pid` once
-    there is room (a restarted daemon needs it), and the exit is reported. Before,
-    the shim died on the write and its spawner on taking it over: the start stayed
-    `starting` for ever (chaos seed 20261207)."""
+@contextlib.contextmanager
+def small_agent(tmp_path: Path) -> Iterator[tuple[Path, Agent, Receiver]]:
+    """An agent (and its receiver) whose state dir is on a 4 MB tmpfs `small`."""
     with mounts() as made:
         small = tmp_path / "small"
         small.mkdir()
         _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small))
         made.append(small)
         with running_agent(small) as (agent, receiver):
-            filler = fill(small)
-            os.truncate(filler, filler.stat().st_size - 4096)  # one page: the spec's
-            marker = tmp_path / "ran"
-            agent.start(("p1", sh(f"touch {marker}; sleep 3")))
-            wait_for(marker.exists, 10, "the program to run")
-            pid_file = small / "agent" / "procs" / "p1" / "pid"
-            time.sleep(1.5)  # whoever writes the pid has tried (and met the full disk)
-            assert not pid_file.exists() or pid_file.stat().st_size == 0, "the disk is full"
-            filler.unlink()
-            wait_for(lambda: pid_file.exists() and pid_file.stat().st_size > 0, 10, "the pid")
-            facts = json.loads(pid_file.read_text())
-            assert os.path.exists(f"/proc/{facts['pid']}"), "the pid of the running program"
-            exited = wait_for(lambda: receiver.exited("p1"), 15, "p1 to exit")
-            assert exited.exit.exit_code == 0, exited
-            assert receiver.events("p1", ProcStarted), "its start reported"
+            yield small, agent, receiver
+
+
+def test_a_start_whose_pid_the_disk_refuses_still_ends(tmp_path: Path) -> None:
+    """The disk fills between a start's spec and its `pid` (the spec takes the last
+    page): the program runs all the same, the daemon is told, writes the `pid` once
+    there is room (a restarted daemon needs it), and the exit is reported. Before,
+    the shim died on the write and its spawner on taking it over: the start stayed
+    `starting` for ever (chaos seed 20261207)."""
+    with small_agent(tmp_path) as (small, agent, receiver):
+        filler = fill(small)
+        os.truncate(filler, filler.stat().st_size - 4096)  # one page: the spec's
+        marker = tmp_path / "ran"
+        agent.start(("p1", sh(f"touch {marker}; sleep 3")))
+        wait_for(marker.exists, 10, "the program to run")
+        pid_file = small / "agent" / "procs" / "p1" / "pid"
+        time.sleep(1.5)  # whoever writes the pid has tried (and met the full disk)
+        assert not pid_file.exists() or pid_file.stat().st_size == 0, "the disk is full"
+        filler.unlink()
+        wait_for(lambda: pid_file.exists() and pid_file.stat().st_size > 0, 10, "the pid")
+        facts = json.loads(pid_file.read_text())
+        assert os.path.exists(f"/proc/{facts['pid']}"), "the pid of the running program"
+        exited = wait_for(lambda: receiver.exited("p1"), 15, "p1 to exit")
+        assert exited.exit.exit_code == 0, exited
+        assert receiver.events("p1", ProcStarted), "its start reported"
 
 
 def test_a_forget_the_full_disk_refuses_is_answered_503(tmp_path: Path) -> None:
@@ -313,21 +320,16 @@ def test_a_forget_the_full_disk_refuses_is_answered_503(tmp_path: Path) -> None:
     full its outbox cannot commit that: 503 and Retry-After (the server asks again)
     with nothing forgotten, then 204 once there is room. Before, a 500 and a
     traceback each time (the chaos campaign's PostgreSQL half, seed 20261208)."""
-    with mounts() as made:
-        small = tmp_path / "small"
-        small.mkdir()
-        _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small))
-        made.append(small)
-        with running_agent(small) as (agent, receiver):
-            receiver.held.add("p1")  # kept until the server says to forget it
-            agent.start(("p1", sh("echo done")))
-            wait_for(lambda: receiver.exited("p1"), 15, "p1 to exit")
-            filler = fill(small)
-            refused = agent.request("DELETE", "/procs/p1")
-            assert refused.status_code == 503, refused.text
-            assert refused.headers["retry-after"] == "1"
-            assert b"cannot forget process" in refused.content
-            assert agent.request("GET", "/procs/p1").status_code == 200, "nothing forgotten"
-            filler.unlink()
-            assert agent.request("DELETE", "/procs/p1").status_code == 204
-            assert agent.request("GET", "/procs/p1").status_code == 404
+    with small_agent(tmp_path) as (small, agent, receiver):
+        receiver.held.add("p1")  # kept until the server says to forget it
+        agent.start(("p1", sh("echo done")))
+        wait_for(lambda: receiver.exited("p1"), 15, "p1 to exit")
+        filler = fill(small)
+        refused = agent.request("DELETE", "/procs/p1")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        assert b"cannot forget process" in refused.content
+        assert agent.request("GET", "/procs/p1").status_code == 200, "nothing forgotten"
+        filler.unlink()
+        assert agent.request("DELETE", "/procs/p1").status_code == 204
+        assert agent.request("GET", "/procs/p1").status_code == 404
