@@ -78,6 +78,8 @@ class Dispatcher:
         self.client: AgentClient | None = None
         self._starts: dict[str, p.StartProc] = {}
         self._sending: set[str] = set()  # proc ids of starts in a batch in flight
+        # Starts withdrawn while in flight: never sent again, whatever that batch's fate.
+        self._withdrawn: set[str] = set()
         # Per proc id: the agent's event sequence its start was first sent to.
         self._first: dict[str, str] = {}
         self._commands: list[Command] = []
@@ -143,6 +145,9 @@ class Dispatcher:
                 raise
             finally:
                 self._sending.difference_update(ids)
+                for proc_id in self._withdrawn.intersection(ids):
+                    self._starts.pop(proc_id, None)
+                self._withdrawn.difference_update(ids)
             for proc_id in ids:
                 self._starts.pop(proc_id, None)
             for result in results:
@@ -158,10 +163,14 @@ class Dispatcher:
         return proc if first == proc.instance else dataclasses.replace(proc, instance=first)
 
     def withdraw(self, proc_id: str) -> None:
-        """Drop a start not yet sent: its run has left `starting` (one in flight goes
-        on); it is never sent again."""
+        """Drop a start: its run has left `starting`. One not yet sent is never sent;
+        one in flight goes on, and is not sent again should that request fail (the
+        agent may have run it, reported it and removed its directory since: a
+        second request would start it again)."""
         self._first.pop(proc_id, None)
-        if proc_id not in self._sending:
+        if proc_id in self._sending:
+            self._withdrawn.add(proc_id)
+        else:
             self._starts.pop(proc_id, None)
 
     def _unsent_batch(self) -> list[p.StartProc]:

@@ -234,3 +234,43 @@ def test_a_start_carries_the_sequence_it_first_went_to(
         assert dispatcher._first == {}
 
     run_async(scenario)
+
+
+def test_a_start_withdrawn_in_flight_is_not_sent_again_when_that_request_fails() -> None:
+    """The agent took a start, ran it and reported its end (the run left
+    `starting` and its start was withdrawn while the request was in flight), then
+    died before answering: the failed request is not sent again, or the restarted
+    agent, which has removed the finished process's directory, starts it a second
+    time (chaos campaign, PostgreSQL half, seed 20261208: r968)."""
+
+    class DiesBeforeAnswering(SequencedClient):
+        def __init__(self) -> None:
+            super().__init__("A", _unavailable(ConnectionResetError()))
+            self.asked = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def start(self, procs: list[p.StartProc]) -> tuple[p.StartResult, ...]:
+            self.got += procs
+            self.asked.set()
+            await self.release.wait()
+            assert self.fail is not None
+            raise self.fail
+
+    async def scenario() -> None:
+        dispatcher = Dispatcher("a")
+        dispatcher.start(p.StartProc("r1.1", p.ProcSpec(argv=("true",))))
+        dispatcher.start(p.StartProc("r2.1", p.ProcSpec(argv=("true",))))
+        first = DiesBeforeAnswering()
+        dispatcher.connected(first)  # type: ignore[arg-type]
+        sending = asyncio.create_task(dispatcher._send_starts(first, RecordedReports()))  # type: ignore[arg-type]
+        await first.asked.wait()
+        dispatcher.withdraw("r1.1")  # its end came by the webhook meanwhile
+        first.release.set()
+        with contextlib.suppress(Unavailable):
+            await sending
+        again = SequencedClient("A")
+        dispatcher.connected(again)  # type: ignore[arg-type]
+        await dispatcher._send_starts(again, RecordedReports())  # type: ignore[arg-type]
+        assert [s.proc_id for s in again.got] == ["r2.1"], "r2.1 is still starting"
+
+    run_async(scenario)
