@@ -6,7 +6,10 @@ contiguous sequence number it applied, and everything up to it leaves the
 outbox. With nothing to send, an empty batch every `heartbeat` seconds tells the
 server the agent is alive; once a heartbeat period a batch also carries what
 `GET /agent` would answer (`info`), so the server need not poll. There is no
-give-up: an unreachable server only means the events wait on disk.
+give-up: an unreachable server only means the events wait on disk. Batches go
+no more often than every `pace` seconds: in a burst of runs, each batch carries
+more events (the server commits once a batch), at the cost of up to `pace` of
+delay for an event that comes right after a batch.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class Delivery:
     backoff_min: float = 0.05
     backoff_max: float = 10.0
     timeout: float = 30.0
+    # Batches go at most this often: a burst's events go in fewer, larger batches
+    # (each one a commit on the server). An event after a quiet spell goes at once.
+    pace: float = 0.01
 
 
 class Sender:
@@ -63,6 +69,7 @@ class Sender:
         self._info = info
         self._info_sent = -float("inf")  # monotonic time of the last accepted info
         self._wake = asyncio.Event()
+        self._posted = -float("inf")  # monotonic time of the latest post
         self._retry = asyncio.Event()
         self._client: Http11Client | None = None
         self._client_for_key: tuple[str, str] | None = None  # (webhook URL, CA)
@@ -90,6 +97,10 @@ class Sender:
                         async with asyncio.timeout(self._delivery.heartbeat):
                             await self._wake.wait()
                 self._wake.clear()
+                pause = self._posted + self._delivery.pace - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                self._posted = time.monotonic()
                 progressed = await self._send_one()
                 if progressed:
                     failures = 0

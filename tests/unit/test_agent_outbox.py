@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import sqlite3
 import time
 from pathlib import Path
@@ -252,4 +254,55 @@ def test_heartbeats_carry_the_agents_info_once_a_period(tmp_path: Path) -> None:
     with_info = ["info" in body for body in sent]
     assert with_info == [True, True, False, False, True], with_info
     assert codec.decode(EventBatch, codec.encode(sent[1])).info == _info()
+    outbox.close()
+
+
+def test_batches_are_paced_under_load_and_prompt_after_quiet(tmp_path: Path) -> None:
+    """Events stored every 5 ms go in batches at most every `pace` seconds (a burst
+    of runs makes fewer, larger batches, each a commit on the server); an event
+    after a quiet spell goes at once."""
+    outbox = Outbox(tmp_path / "o.sqlite")
+    settings = SimpleNamespace(agent_id="a", webhook_url="http://127.0.0.1:1/")
+    pace = 0.05
+    delivery = Delivery(heartbeat=60.0, pace=pace)
+    sender = Sender(outbox, lambda: (settings, None), 1, delivery, list, _info)  # type: ignore[arg-type, return-value]
+    posts: list[tuple[float, int]] = []  # (when, events in the batch)
+    last = asyncio.Event()  # the event after the quiet spell was posted
+
+    async def post(_settings: Any, _keys: Any, body: bytes) -> Ack:
+        batch = codec.decode(EventBatch, body)
+        posts.append((time.monotonic(), len(batch.events)))
+        if batch.events and batch.events[-1].seq == final[0]:
+            last.set()
+        return Ack(batch.events[-1].seq if batch.events else outbox.acked_seq)
+
+    sender._post = post  # type: ignore[method-assign, assignment]
+    final = [-1]
+
+    async def main() -> float:
+        task = asyncio.create_task(sender.run())
+        began = time.monotonic()
+        while time.monotonic() - began < 0.5:  # a burst: an event every 5 ms
+            outbox.add(AgentStarted(1, 0))
+            outbox.flush()
+            sender.wake()
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)  # quiet
+        stored = time.monotonic()
+        outbox.add(AgentStarted(1, 0))
+        outbox.flush()
+        final[0] = outbox.stored_seq
+        sender.wake()
+        async with asyncio.timeout(5):
+            await last.wait()
+        task.cancel()
+        return stored
+
+    stored = run_async(main)
+    burst = [p for p in posts if p[0] < stored]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(burst)]
+    assert gaps and min(gaps) >= pace * 0.9, gaps
+    assert len(burst) <= 0.5 / pace + 3, len(burst)
+    assert sum(n for _, n in burst) == outbox.stored_seq - 1, "every event of the burst went"
+    assert posts[-1][0] - stored < pace / 2, "after a quiet spell, at once"
     outbox.close()
