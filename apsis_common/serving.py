@@ -16,6 +16,9 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+# Pending bytes written at once, without waiting for the end of the turn.
+_AT_ONCE = 64 * 1024
+
 
 class Joined(asyncio.Transport):
     """A transport that joins the writes made in one turn of the loop."""
@@ -24,6 +27,7 @@ class Joined(asyncio.Transport):
         super().__init__()
         self._transport = transport
         self._pending: list[bytes] = []
+        self._size = 0  # bytes pending
         self._loop = asyncio.get_running_loop()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -32,6 +36,9 @@ class Joined(asyncio.Transport):
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(bytes(data))
+        self._size += len(data)
+        if self._size >= _AT_ONCE:  # a large body is not held back (nor piled up)
+            self._flush()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -42,6 +49,7 @@ class Joined(asyncio.Transport):
             return
         data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending.clear()
+        self._size = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -51,6 +59,7 @@ class Joined(asyncio.Transport):
 
     def abort(self) -> None:
         self._pending.clear()
+        self._size = 0
         self._transport.abort()
 
     def write_eof(self) -> None:
@@ -85,7 +94,7 @@ class Joined(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+        return self._transport.get_write_buffer_size() + self._size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()

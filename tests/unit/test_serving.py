@@ -78,3 +78,22 @@ def test_an_abort_drops_what_is_pending() -> None:
         peer.close()
 
     run_async(main)
+
+
+def test_a_large_body_goes_at_once() -> None:
+    """Pending bytes past 64 KiB go without waiting for the end of the turn, so a
+    body written in one turn does not pile up in memory first."""
+
+    async def main() -> None:
+        transport, peer, sent = await _pair()
+        joined = Joined(transport)
+        joined.write(b"head\r\n\r\n")
+        joined.write(b"x" * 70_000)
+        assert [len(s) for s in sent] == [70_008]
+        joined.write(b"tail")
+        await asyncio.sleep(0)
+        assert sent[1:] == [b"tail"]
+        joined.close()
+        peer.close()
+
+    run_async(main)
