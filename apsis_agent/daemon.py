@@ -41,7 +41,7 @@ from apsis_agent.state import Keys, Settings, StateDir
 from apsis_common import __version__, tls
 from apsis_common.auth import Verifier
 from apsis_common.protocol import AgentInfo
-from apsis_common.serving import H11
+from apsis_common.serving import H11, KEEP_ALIVE
 
 # The idle watch looks at least this often, whatever wakes it meanwhile.
 IDLE_WATCH = 60.0
@@ -270,6 +270,7 @@ class Daemon:
             timeout_graceful_shutdown=3,
             server_header=False,
             date_header=False,
+            timeout_keep_alive=KEEP_ALIVE,
             http=H11,  # each answer in one write (apsis_common/serving.py)
         )
         server = _Server(config)

@@ -194,7 +194,7 @@ class Sender:
             if self._client is not None:
                 await self._client.close()
             # One connection, kept between heartbeats (the server keeps an idle one
-            # 60 s, KEEP_ALIVE in apsis_server/app.py; one it closed is replaced).
+            # 60 s, KEEP_ALIVE in apsis_common/serving.py; one it closed is replaced).
             self._client = Http11Client(
                 settings.webhook_url,
                 tls.client_context(settings.ca_pem),

@@ -18,6 +18,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Pending bytes written at once, without waiting for the end of the turn.
 _AT_ONCE = 64 * 1024
+# How long the server and the agents keep an idle connection open (uvicorn's default
+# is 5 s). A peer's next request then needs no TLS handshake: agents' heartbeats and
+# event batches reuse theirs, and so does the first start batch of a burst after a
+# quiet spell — a handshake takes a few turns of the server's loop, each one long
+# while it fires the burst's runs (140 ms before 2,000 due runs reached the agent).
+KEEP_ALIVE = 60
 
 
 class Joined(asyncio.Transport):

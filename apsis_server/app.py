@@ -26,7 +26,7 @@ from starlette.routing import Route
 from apsis_common import __version__
 from apsis_common.auth import Verifier
 from apsis_common.errors import Unavailable
-from apsis_common.serving import H11
+from apsis_common.serving import H11, KEEP_ALIVE
 from apsis_common.tls import ensure_ca, server_context
 from apsis_server.agents.events import PATH, webhook_route
 from apsis_server.agents.facts import Facts
@@ -61,7 +61,6 @@ from apsis_server.web import error_handlers, web_routes
 from apsis_server.web.headers import SecurityHeaders
 
 log = logging.getLogger("apsis_server")
-KEEP_ALIVE = 60
 # The summary feed sends the runs changed in this many seconds as one message.
 SUMMARY_GATHER = 0.05
 
@@ -418,9 +417,6 @@ def main(argv: list[str] | None = None) -> int:
             access_log=False,
             timeout_graceful_shutdown=5,
             date_header=False,  # no tick to keep it current (see _Server)
-            # Idle keep-alive connections live this long (uvicorn's default is 5 s):
-            # agents' heartbeats (every 5 s) and events reuse theirs, instead of a
-            # TLS handshake each.
             timeout_keep_alive=KEEP_ALIVE,
             # Feed messages are sent to many clients: compressing each per client
             # costs more CPU than the bytes it saves on a LAN.
