@@ -31,7 +31,7 @@ from apsis_server.core.runs import Identity, LogEntry, Run, args_key, run_number
 from apsis_server.store.base import STDERR, STDOUT, Changes, OutputName, RunFilter, stitch
 from apsis_server.store.lease import CHANNEL, FENCED_SQLSTATE, Fenced, connect
 from apsis_server.store.query import run_time
-from apsis_server.store.sqlite import _decode, _encode, _run, _summary
+from apsis_server.store.sqlite import _decode, _encode, _run, _summary, dumps
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ def _apply(cur: psycopg.Cursor, changes: Changes, old_meta: dict[int, dict[str, 
         merged = []
         for run_id, meta in changes.meta.items():
             number = run_number(run_id)
-            merged.append((number, json.dumps({**old_meta.get(number, {}), **meta})))
+            merged.append((number, dumps({**old_meta.get(number, {}), **meta})))
         cur.executemany(
             "INSERT INTO run_meta VALUES (%s, %s)"
             " ON CONFLICT (run_number) DO UPDATE SET meta = excluded.meta",
