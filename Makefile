@@ -43,7 +43,7 @@ system-deps:
 
 ## test: check, then the whole suite (soak and benchmark runs excluded)
 test: check system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 ## chaos: the long seeded fault campaign (tests/chaos/README.md); APSIS_CHAOS_SEED replays one,
 ## APSIS_CHAOS_MINUTES (20) sets its length; needs root (tmpfs mounts)
