@@ -55,3 +55,15 @@ def test_write_atomic_replaces_whole_files(tmp_path: Path) -> None:
     assert target.read_bytes() == b"second"
     assert target.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["exit"]
+
+
+def test_write_atomic_empties_what_a_crash_left(tmp_path: Path) -> None:
+    """A longer temporary file, or blank, left written by a crash does not show
+    through a shorter new text (blanks are emptied only when not empty)."""
+    (tmp_path / "exit.tmp").write_bytes(b"left by a crash, longer than the text")
+    write_atomic(str(tmp_path / "exit"), b"{}")
+    assert (tmp_path / "exit").read_bytes() == b"{}"
+    (tmp_path / ".blank-pid").write_bytes(b"a pid file a crash left as the blank")
+    write_atomic(str(tmp_path / "pid"), b"{}")
+    assert (tmp_path / "pid").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exit", "pid"]
