@@ -296,9 +296,7 @@ class SqliteStore:
                 row = db.execute("SELECT meta FROM run_meta WHERE run_number = ?", (number,))
                 old = row.fetchone()
                 merged = {**(json.loads(old[0]) if old else {}), **meta}
-                db.execute(
-                    "INSERT OR REPLACE INTO run_meta VALUES (?, ?)", (number, dumps(merged))
-                )
+                db.execute("INSERT OR REPLACE INTO run_meta VALUES (?, ?)", (number, dumps(merged)))
             for stream, table in _STREAM_TABLES.items():
                 db.executemany(
                     f"INSERT OR IGNORE INTO {table}"
