@@ -148,8 +148,12 @@ _JSON = msgspec.json.Encoder()
 
 
 def dumps(value: Any) -> str:
-    """`value` as compact JSON text."""
-    return _JSON.encode(value).decode()
+    """`value` as compact JSON text. Text with lone surrogates (which UTF-8 cannot
+    carry; a job's args may hold them) is escaped by json.dumps, as before."""
+    try:
+        return _JSON.encode(value).decode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"))
 
 
 def _summary(run: Run) -> str:

@@ -67,7 +67,8 @@ def test_text_beyond_ascii_reads_back_and_matches(store: RunStore) -> None:
     """Labels, messages, programs and metadata in any script (and the control
     characters JSON must escape) come back as written; a label filter finds them."""
     odd = "équipe ☃ 日本 \u2028 \t\x01"
-    run = _run(1, labels=(odd, "x"), message=odd, program=BoundProcess((odd,)), proc_id="r1.1")
+    lone = "half a pair \udc80"
+    run = _run(1, labels=(odd, "x"), message=odd, program=BoundProcess((odd, lone)), proc_id="r1.1")
     store.write(Changes(runs={"r1": run, "r2": _run(2, labels=("x",))}, meta={"r1": {"note": odd}}))
     store.write(Changes(meta={"r1": {"elapsed": 0.25, "rusage": {"utime": 1e-06}}}))
     assert store.get("r1") == run
