@@ -46,6 +46,10 @@ MAX_MESSAGE = 256 * 1024 * 1024
 # After a drop, how many times to try again (with a growing pause) before polling.
 RECONNECTS = 5
 RECONNECT_PAUSE = 0.2
+# How long closing a feed waits for the server's answer to its close frame (the
+# library's default is 10 s): Ctrl-C ends `apsis watch` within this, whatever the
+# server is doing.
+CLOSE_TIMEOUT = 1.0
 
 
 def feed_url(base_url: str, path: str, params: Mapping[str, str | int] | None = None) -> str:
@@ -82,6 +86,7 @@ class FeedClient:
                     additional_headers=self.headers,
                     ssl=self.ssl,
                     open_timeout=self.timeout,
+                    close_timeout=CLOSE_TIMEOUT,
                     max_size=MAX_MESSAGE,
                 )
         except (WebSocketException, OSError, TimeoutError) as exc:

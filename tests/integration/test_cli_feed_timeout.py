@@ -6,7 +6,9 @@ and waited for it forever, so `apsis wait` hung instead of falling back to polli
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import socket
 import ssl
 import threading
@@ -86,3 +88,58 @@ def test_the_environments_proxy_is_still_used(
             client.open("/api/v1/summary")
         # Refused by the proxy at once; straight to the server it would wait 4 s.
         assert time.monotonic() - began < 1.5
+
+
+@contextlib.contextmanager
+def _deaf_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A TLS server that accepts the websocket upgrade, then reads nothing more:
+    a close frame sent to it is never answered."""
+    ca = tls.new_ca()
+    pair = tls.new_cert(ca, ["127.0.0.1"], "127.0.0.1")
+    (tmp_path / "ca.pem").write_text(ca.cert_pem)
+    (tmp_path / "cert.pem").write_text(pair.cert_pem)
+    (tmp_path / "key.pem").write_text(pair.key_pem)
+    context = tls.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            conn, _ = listener.accept()
+            tls_conn = context.wrap_socket(conn, server_side=True)
+            held.append(tls_conn)
+            request = tls_conn.recv(65536).decode()
+            key = next(
+                line.split(":", 1)[1].strip()
+                for line in request.split("\r\n")
+                if line.lower().startswith("sec-websocket-key:")
+            )
+            accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest())
+            tls_conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], tmp_path / "ca.pem"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def test_closing_a_feed_the_server_never_answers_is_quick(tmp_path: Path) -> None:
+    """Ctrl-C ends `apsis watch` by closing its feed: that must not wait the
+    websocket library's 10 s for a server that does not answer the close."""
+    with _deaf_server(tmp_path) as (port, ca):
+        ws = FeedClient(f"https://127.0.0.1:{port}", ca=str(ca), timeout=5.0).open(
+            "/api/v1/summary"
+        )
+        began = time.monotonic()
+        with ws:  # as the CLI uses it: leaving the block closes it
+            pass
+        assert time.monotonic() - began < 3
