@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,11 @@ from cli.feeds import FeedClient
 
 
 @contextlib.contextmanager
-def _silent_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A TLS server on loopback that reads the upgrade request and never answers."""
+def _tls_server(
+    tmp_path: Path, handle: Callable[[ssl.SSLSocket], None]
+) -> Iterator[tuple[int, Path]]:
+    """A TLS server on loopback calling `handle` with each connection (kept open
+    until the end); its port and CA file."""
     ca = tls.new_ca()
     pair = tls.new_cert(ca, ["127.0.0.1"], "127.0.0.1")
     (tmp_path / "ca.pem").write_text(ca.cert_pem)
@@ -41,7 +44,7 @@ def _silent_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
                 conn, _ = listener.accept()
                 tls_conn = context.wrap_socket(conn, server_side=True)
                 held.append(tls_conn)
-                tls_conn.recv(65536)
+                handle(tls_conn)
 
     threading.Thread(target=serve, daemon=True).start()
     try:
@@ -50,6 +53,15 @@ def _silent_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         listener.close()
         for conn in held:
             conn.close()
+
+
+def _silent_server(tmp_path: Path) -> contextlib.AbstractContextManager[tuple[int, Path]]:
+    """Reads the upgrade request and never answers."""
+
+    def read(conn: ssl.SSLSocket) -> None:
+        conn.recv(65536)
+
+    return _tls_server(tmp_path, read)
 
 
 def test_a_feed_that_never_answers_the_upgrade_gives_up(tmp_path: Path) -> None:
@@ -90,43 +102,19 @@ def test_the_environments_proxy_is_still_used(
         assert time.monotonic() - began < 1.5
 
 
-@contextlib.contextmanager
-def _deaf_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """A TLS server that accepts the websocket upgrade, then reads nothing more:
-    a close frame sent to it is never answered."""
-    ca = tls.new_ca()
-    pair = tls.new_cert(ca, ["127.0.0.1"], "127.0.0.1")
-    (tmp_path / "ca.pem").write_text(ca.cert_pem)
-    (tmp_path / "cert.pem").write_text(pair.cert_pem)
-    (tmp_path / "key.pem").write_text(pair.key_pem)
-    context = tls.server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def serve() -> None:
-        with contextlib.suppress(OSError, ssl.SSLError):
-            conn, _ = listener.accept()
-            tls_conn = context.wrap_socket(conn, server_side=True)
-            held.append(tls_conn)
-            request = tls_conn.recv(65536).decode()
-            key = next(
-                line.split(":", 1)[1].strip()
-                for line in request.split("\r\n")
-                if line.lower().startswith("sec-websocket-key:")
-            )
-            accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest())
-            tls_conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1], tmp_path / "ca.pem"
-    finally:
-        listener.close()
-        for conn in held:
-            conn.close()
+def _upgrade(conn: ssl.SSLSocket) -> None:
+    """Accept the websocket upgrade, then read nothing more."""
+    request = conn.recv(65536).decode()
+    key = next(
+        line.split(":", 1)[1].strip()
+        for line in request.split("\r\n")
+        if line.lower().startswith("sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest())
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
 
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -135,7 +123,7 @@ _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 def test_closing_a_feed_the_server_never_answers_is_quick(tmp_path: Path) -> None:
     """Ctrl-C ends `apsis watch` by closing its feed: that must not wait the
     websocket library's 10 s for a server that does not answer the close."""
-    with _deaf_server(tmp_path) as (port, ca):
+    with _tls_server(tmp_path, _upgrade) as (port, ca):  # a close is never answered
         ws = FeedClient(f"https://127.0.0.1:{port}", ca=str(ca), timeout=5.0).open(
             "/api/v1/summary"
         )
