@@ -218,6 +218,9 @@ def test_watch_into_a_file_writes_a_line_per_change(server: Server) -> None:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         env=env,
+        # Ctrl-C as in a terminal: a test run in the background (`make test &`) has
+        # SIGINT ignored, which its children inherit, and Python then keeps ignoring it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         seen = [read_line(proc, 10).decode()]  # the newest runs first, oldest first
