@@ -554,15 +554,17 @@ class Procs:
         (so a busy stdout does not hold a separate stderr back), while flow control
         allows; then the final event, once the exit is known and all is enqueued."""
         sizes = {fd: proc.output_size(fd) for fd in proc.fds}
-        ends = {fd: proc.output_end(fd, size, proc.final_pending) for fd, size in sizes.items()}
-        behind = [fd for fd, end in ends.items() if proc.enqueued[fd] < end]
-        while behind and not self._held_back(proc.proc_id):
+        while not self._held_back(proc.proc_id):
+            # Again after each chunk: a stream over the cap goes on past its middle.
+            ends = {fd: proc.output_end(fd, size, proc.final_pending) for fd, size in sizes.items()}
+            behind = [fd for fd, end in ends.items() if proc.enqueued[fd] < end]
+            if not behind:
+                break
             for fd in behind:
                 offset = proc.enqueued[fd]
                 length = min(MAX_OUTPUT_CHUNK, ends[fd] - offset)
                 self._outbox.add_output(proc.proc_id, fd, proc.output_path(fd), offset, length)
                 proc.enqueued[fd] += length
-            behind = [fd for fd in behind if proc.enqueued[fd] < ends[fd]]
             self._schedule_flush()
         if proc.final_pending and all(proc.enqueued[fd] >= size for fd, size in sizes.items()):
             self._report_final(proc, sizes)

@@ -49,6 +49,7 @@ from apsis_common.protocol import (
     ProcSummary,
     SignalReason,
     StderrMode,
+    kept,
 )
 
 # Process ids name directories: keep them to a safe alphabet.
@@ -141,17 +142,17 @@ class Proc:
         omitted middle.
 
         Over `output_max` (a cap for each stream), the server keeps the head and
-        the tail: the first half is sent as it is written, the last half once the
-        program has ended (only then is it known), and what lies between is never
-        sent.
+        the tail (`kept`). Whether a stream goes over the cap is known only at its
+        end: while the program runs, its head alone is sent (the first half of the
+        cap, as it is written); the rest once it has ended, the middle never.
         """
         cap = self.spec.output_max
-        if size <= cap:
-            return size
-        head = cap - cap // 2
-        if self.enqueued[fd] < head or not finished:
-            return head
-        self.enqueued[fd] = max(self.enqueued[fd], size - cap // 2)
+        if not finished:
+            return min(size, cap - cap // 2)
+        for start, stop in kept(size, cap):
+            if self.enqueued[fd] < stop:
+                self.enqueued[fd] = max(self.enqueued[fd], start)
+                return stop
         return size
 
     def summary(self) -> ProcSummary:

@@ -64,6 +64,18 @@ class StderrMode(enum.StrEnum):
     MERGE = "merge"  # the same file as stdout, in the order the program wrote
 
 
+def kept(length: int, cap: int) -> tuple[tuple[int, int], ...]:
+    """The byte ranges of a stream of `length` bytes that are sent and stored under
+    `output_max` = `cap`: all of it, or, over the cap, its first and its last half.
+
+    Whether a stream goes over the cap is known only once its program has ended:
+    until then only the head, `kept(size, cap)[0]` clipped to the size, is sent.
+    """
+    if length <= cap:
+        return ((0, length),)
+    return ((0, cap - cap // 2), (length - cap // 2, length))
+
+
 @dataclass(frozen=True)
 class ProcSpec:
     """What to run. The agent starts it at most once per proc id."""

@@ -32,6 +32,7 @@ from apsis_server.agents.client import AgentClient
 from apsis_server.agents.dispatch import Command, CommandKind
 from apsis_server.agents.reconcile import reconcile
 from apsis_server.core import lifecycle
+from apsis_server.core.bound import BoundProcess
 from apsis_server.core.outcomes import StopContext, outcome, signal_name
 from apsis_server.core.runs import Run
 from apsis_server.engine.engine import Engine
@@ -258,15 +259,19 @@ class Facts:
 
     async def _exited(self, agent_id: str, run: Run, event: p.ProcExited) -> None:
         engine = self.engine
+        cap = run.program.output_max if isinstance(run.program, BoundProcess) else None
         for stream, length in ((STDOUT, event.output_length), (STDERR, event.stderr_length)):
-            known = engine.procs.output_length(run.run_id, stream)
-            if length <= known:
-                continue
-            try:
-                data = await engine.fetch_output(agent_id, event.proc_id, known, length, stream)
-                self._output(run, stream, known, data)
-            except ApsisError as exc:
-                engine.note(run.run_id, f"could not fetch the rest of the output: {exc}")
+            # What the agent's events left out, within the cap (an older agent sent
+            # over it while the program ran).
+            for start, stop in p.kept(length, length if cap is None else cap):
+                start = max(start, engine.procs.output_length(run.run_id, stream))
+                if stop <= start:
+                    continue
+                try:
+                    data = await engine.fetch_output(agent_id, event.proc_id, start, stop, stream)
+                    self._output(run, stream, start, data)
+                except ApsisError as exc:
+                    engine.note(run.run_id, f"could not fetch the rest of the output: {exc}")
         run = engine.runs.get(run.run_id, run)
         if run.state == State.STARTING:
             run = engine.apply(run, lifecycle.Started("running"))

@@ -188,6 +188,19 @@ def test_output_max_caps_each_stream(agent: tuple[Agent, Receiver]) -> None:
     assert (exited.output_length, exited.stderr_length) == (100, 80)
 
 
+def test_output_under_the_cap_while_running_is_not_the_head(
+    agent: tuple[Agent, Receiver],
+) -> None:
+    """A stream still under the cap while its program runs may end over it: only
+    its head goes out until the end, so what is kept is the head and the tail
+    (seen: the agent sent what it had, 15 bytes of a 20-byte cap, then the tail)."""
+    a, rx = agent
+    a.start(("grows", sh("printf '%015d' 1; sleep 0.5; printf '%085d' 2", output_max=20)))
+    _exited(rx, "grows")
+    out = b"%015d%085d" % (1, 2)
+    assert _pieces(rx, "grows", 1) == [(0, out[:10]), (90, out[-10:])]
+
+
 def test_start_failures_have_clear_messages(agent: tuple[Agent, Receiver], tmp_path: Path) -> None:
     a, rx = agent
     plain = tmp_path / "not-executable"

@@ -183,11 +183,25 @@ def test_each_stream_has_its_file_and_its_cap(tmp_path: Path) -> None:
     proc.output_path(1).write_bytes(b"o" * 100)
     proc.output_path(2).write_bytes(b"e" * 8)
     assert proc.output_end(1, 100, finished=False) == 5
-    assert proc.output_end(2, 8, finished=False) == 8  # under the cap: all of it
-    proc.enqueued = {1: 5, 2: 8}
+    # Under the cap, but it may yet go over: the head alone while the program runs.
+    assert proc.output_end(2, 8, finished=False) == 5
+    proc.enqueued = {1: 5, 2: 5}
     assert proc.output_end(1, 100, finished=True) == 100
-    assert proc.enqueued == {1: 95, 2: 8}  # stdout's middle skipped, stderr's untouched
+    assert proc.output_end(2, 8, finished=True) == 8  # it ended under the cap: all of it
+    assert proc.enqueued == {1: 95, 2: 5}  # stdout's middle skipped, stderr's untouched
     summary = proc.summary()
     assert (summary.output_length, summary.stderr_length) == (100, 8)
     merged = registry.create(tmp_path, "m", ProcSpec(argv=("true",)))
     assert merged.fds == (1,) and merged.summary().stderr_length == 0
+
+
+def test_a_stream_that_ended_unsent_goes_head_then_tail(tmp_path: Path) -> None:
+    """A program that ended before any of its output was sent: its head, then (the
+    head enqueued) its tail, never the middle."""
+    proc = registry.create(tmp_path, "p", ProcSpec(argv=("true",), output_max=10))
+    assert proc.output_end(1, 100, finished=True) == 5
+    proc.enqueued[1] = 5
+    assert proc.output_end(1, 100, finished=True) == 100
+    assert proc.enqueued[1] == 95
+    assert proc.output_end(1, 100, finished=True) == 100  # again: no further jump
+    assert proc.enqueued[1] == 95

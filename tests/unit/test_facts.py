@@ -12,6 +12,7 @@ import pytest
 from apsis_common import protocol as p
 from apsis_common.states import State
 from apsis_server.agents.facts import Facts
+from apsis_server.engine.ports import Settings
 from apsis_server.store.base import Changes
 from apsis_server.store.sqlite import SqliteStore
 from tests.engine_kit import QuietAgents, new_engine
@@ -85,6 +86,50 @@ def test_elapsed_is_measured_by_the_agent_clock(tmp_path: Path) -> None:
         await facts.apply("local", batch)
         assert engine.get(run.run_id).state == State.SUCCESS
         assert store.meta(run.run_id)["elapsed"] == pytest.approx(0.002, abs=1e-5)
+        store.close()
+
+    run_async(scenario)
+
+
+@pytest.mark.parametrize(
+    ("sent", "reads", "stored", "omitted"),
+    [
+        # Nothing came as events: the head and the tail are fetched, not the middle.
+        ((), [(0, 10), (90, 100)], [(0, 10), (90, 100)], [10, 90]),
+        # An agent from before the head rule sent 15 bytes while the program ran.
+        (((0, 15),), [(90, 100)], [(0, 15), (90, 100)], [15, 90]),
+        # All of the head and tail came: nothing is fetched.
+        (((0, 10), (90, 100)), [], [(0, 10), (90, 100)], [10, 90]),
+    ],
+)
+def test_what_the_exit_fetches_stays_within_the_cap(
+    tmp_path: Path,
+    sent: tuple[tuple[int, int], ...],
+    reads: list[tuple[int, int]],
+    stored: list[tuple[int, int]],
+    omitted: list[int],
+) -> None:
+    """The server fetches what the events left out when a program ends: at most the
+    head and the tail of `output.max_bytes`, whatever the agent sent before."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "apsis.db")
+        agents = QuietAgents()
+        jobs = {"j": "program: {type: program, argv: [/bin/true]}"}
+        engine = new_engine(store, jobs, agents, Settings(output_max=20))
+        run = engine.schedule("j", {})
+        proc_id = agents.starts[-1].proc_id
+        full = bytes(range(100))
+        agents.files[proc_id] = full
+        outputs = [p.ProcOutput(proc_id, 1, start, full[start:stop]) for start, stop in sent]
+        exit = p.ExitInfo(0, 0, None, False, {}, time.time())
+        events: list[p.Event] = [*outputs, p.ProcExited(proc_id, exit, len(full))]
+        batch = p.EventBatch("local", 1, tuple(p.Envelope(i + 1, e) for i, e in enumerate(events)))
+        await Facts(engine, no_restarts).apply("local", batch)
+        assert engine.get(run.run_id).state == State.SUCCESS
+        assert agents.reads == reads
+        assert store.output(run.run_id, 0, 100) == b"".join(full[a:b] for a, b in stored)
+        assert store.meta(run.run_id)["output_omitted"] == omitted
         store.close()
 
     run_async(scenario)
